@@ -828,16 +828,11 @@ impl Room {
     /// of them blocks again.
     fn drain_backlogs(&mut self) {
         while let Some(session) = self.to_drain.pop() {
-            loop {
-                let Some(p) = self.participant_mut(&session) else {
-                    break;
-                };
-                if p.pending.is_some() {
-                    break;
-                }
-                let Some((id, request)) = p.backlog.pop_front() else {
-                    break;
-                };
+            while let Some((id, request)) = self
+                .participant_mut(&session)
+                .filter(|p| p.pending.is_none())
+                .and_then(|p| p.backlog.pop_front())
+            {
                 self.execute(session.clone(), id, request);
             }
         }
