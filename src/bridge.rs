@@ -1,0 +1,203 @@
+//! The only place where signaling's words meet the media engine's.
+//!
+//! Turns [`MediaCommand`]s of a room into calls on [`media::MediaRouter`] and turns what the
+//! engine answers or reports into [`MediaReport`] inputs of that room. Each endpoint gets a
+//! small task that runs its commands strictly in order (create, then candidates, then
+//! release), so a candidate never overtakes the endpoint's creation and a release never
+//! overtakes a negotiation still running (which would leak the peer connection).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use media::{EndpointKey, IceCandidate, MediaEvent, MediaRouter, PublishError, SubscribeError};
+use signaling::protocol::Candidate;
+use signaling::room::{EndpointId, Input, MediaCommand, MediaReport, NegotiationFailure};
+use tokio::sync::mpsc;
+
+use crate::lock;
+
+/// Commands queued for one endpoint task. When full, a candidate is dropped (counted in the
+/// log; ICE copes with a missing candidate) and a release is handed to a task that waits, so
+/// that a release is never lost.
+const ENDPOINT_QUEUE: usize = 64;
+/// Events queued from the media engine for one endpoint before they reach the room. The
+/// engine decides its own full policy (see `media`); this side waits on the room inbox.
+const EVENT_QUEUE: usize = 64;
+
+/// Executes media commands; cheap to share.
+#[derive(Debug)]
+pub(crate) struct Bridge {
+    media: MediaRouter,
+    /// Command queues of live endpoint tasks. Held only for insert/lookup/remove.
+    endpoints: Mutex<HashMap<EndpointId, mpsc::Sender<MediaCommand>>>,
+}
+
+impl Bridge {
+    pub(crate) fn new(media: MediaRouter) -> Self {
+        Self {
+            media,
+            endpoints: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Number of endpoint tasks alive (for metrics and leak tests).
+    pub(crate) fn live_endpoints(&self) -> usize {
+        lock(&self.endpoints).len()
+    }
+
+    /// Executes `cmd` for a room whose inbox is `room`. Never blocks.
+    pub(crate) fn execute(self: &Arc<Self>, cmd: MediaCommand, room: &mpsc::Sender<Input>) {
+        match cmd {
+            MediaCommand::Publish { endpoint, .. } | MediaCommand::Subscribe { endpoint, .. } => {
+                let (tx, rx) = mpsc::channel(ENDPOINT_QUEUE);
+                lock(&self.endpoints).insert(endpoint, tx);
+                tokio::spawn(run_endpoint(
+                    Arc::clone(self),
+                    endpoint,
+                    cmd,
+                    rx,
+                    room.clone(),
+                ));
+            }
+            MediaCommand::AddCandidate { endpoint, .. } | MediaCommand::Release { endpoint } => {
+                let is_release = matches!(cmd, MediaCommand::Release { .. });
+                let queue = lock(&self.endpoints).get(&endpoint).cloned();
+                let Some(queue) = queue else {
+                    // The endpoint task is gone (already released or failed): nothing to do.
+                    return;
+                };
+                match queue.try_send(cmd) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(cmd)) if is_release => {
+                        tokio::spawn(async move {
+                            let _ = queue.send(cmd).await;
+                        });
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::warn!(endpoint = endpoint.0, "candidate queue full; dropped");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One endpoint's life: negotiate, then apply candidates until released.
+async fn run_endpoint(
+    bridge: Arc<Bridge>,
+    endpoint: EndpointId,
+    create: MediaCommand,
+    mut commands: mpsc::Receiver<MediaCommand>,
+    room: mpsc::Sender<Input>,
+) {
+    let key = EndpointKey(endpoint.0);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    tokio::spawn(forward_events(events_rx, room.clone()));
+    let outcome = match create {
+        MediaCommand::Publish {
+            offer, loopback, ..
+        } => bridge
+            .media
+            .publish(key, offer, loopback, events_tx)
+            .await
+            .map_err(|e| publish_failure(endpoint, e)),
+        MediaCommand::Subscribe {
+            publisher, offer, ..
+        } => bridge
+            .media
+            .subscribe(key, EndpointKey(publisher.0), offer, events_tx)
+            .await
+            .map_err(|e| subscribe_failure(endpoint, e)),
+        MediaCommand::AddCandidate { .. } | MediaCommand::Release { .. } => {
+            // `Bridge::execute` starts a task only for Publish and Subscribe.
+            Err(NegotiationFailure::EndpointCreation)
+        }
+    };
+    let negotiated = outcome.is_ok();
+    let report = match outcome {
+        Ok(answer) => MediaReport::Answered { endpoint, answer },
+        Err(failure) => MediaReport::Rejected { endpoint, failure },
+    };
+    let _ = room.send(Input::Media(report)).await;
+    if negotiated {
+        while let Some(cmd) = commands.recv().await {
+            match cmd {
+                MediaCommand::AddCandidate { candidate, .. } => {
+                    bridge.media.add_candidate(key, to_media(candidate)).await;
+                }
+                MediaCommand::Release { .. } => break,
+                MediaCommand::Publish { .. } | MediaCommand::Subscribe { .. } => {}
+            }
+        }
+    }
+    lock(&bridge.endpoints).remove(&endpoint);
+    bridge.media.release(key).await;
+}
+
+/// Turns engine events into room inputs until the engine drops the endpoint's sender.
+async fn forward_events(mut events: mpsc::Receiver<MediaEvent>, room: mpsc::Sender<Input>) {
+    while let Some(ev) = events.recv().await {
+        let report = match ev {
+            MediaEvent::LocalCandidate {
+                endpoint,
+                candidate,
+            } => MediaReport::LocalCandidate {
+                endpoint: EndpointId(endpoint.0),
+                candidate: Candidate {
+                    candidate: candidate.candidate,
+                    sdp_mid: candidate.sdp_mid,
+                    sdp_m_line_index: candidate.sdp_m_line_index,
+                },
+            },
+            MediaEvent::Failed {
+                endpoint,
+                description,
+            } => MediaReport::Failed {
+                endpoint: EndpointId(endpoint.0),
+                description,
+            },
+        };
+        if room.send(Input::Media(report)).await.is_err() {
+            break; // The room is gone; so are its endpoints.
+        }
+    }
+}
+
+fn to_media(c: Candidate) -> IceCandidate {
+    IceCandidate {
+        candidate: c.candidate,
+        sdp_mid: c.sdp_mid,
+        sdp_m_line_index: c.sdp_m_line_index,
+    }
+}
+
+fn publish_failure(endpoint: EndpointId, e: PublishError) -> NegotiationFailure {
+    tracing::info!(endpoint = endpoint.0, error = %e, "publish failed");
+    match e {
+        PublishError::Unavailable => NegotiationFailure::Unavailable,
+        PublishError::InvalidOffer(_) => NegotiationFailure::OfferRejected(e.to_string()),
+        PublishError::AlreadyExists | PublishError::NoPortAvailable => {
+            NegotiationFailure::EndpointCreation
+        }
+        // webrtc-rs's own text stays in the log (above), not in the client's error.
+        PublishError::Negotiation(_) | PublishError::Released => NegotiationFailure::NoAnswer,
+    }
+}
+
+fn subscribe_failure(endpoint: EndpointId, e: SubscribeError) -> NegotiationFailure {
+    tracing::info!(endpoint = endpoint.0, error = %e, "subscribe failed");
+    match e {
+        SubscribeError::Unavailable => NegotiationFailure::Unavailable,
+        SubscribeError::InvalidOffer(_) | SubscribeError::NoCommonCodec => {
+            NegotiationFailure::OfferRejected(e.to_string())
+        }
+        SubscribeError::AlreadyExists | SubscribeError::NoPortAvailable => {
+            NegotiationFailure::EndpointCreation
+        }
+        SubscribeError::PublisherNotFound | SubscribeError::Released => {
+            NegotiationFailure::PublisherGone
+        }
+        SubscribeError::Negotiation(_) => NegotiationFailure::NoAnswer,
+    }
+}

@@ -1,0 +1,98 @@
+//! Typed configuration with documented defaults, from flags or `ROOMD_*` environment variables.
+//!
+//! Owns every tunable of the process and how it becomes the media engine's
+//! [`media::MediaConfig`] and the room state machine's [`signaling::room::RoomConfig`].
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Default HTTP/WebSocket port, as the Kurento Room Server (Spring Boot's default).
+pub const DEFAULT_PORT: u16 = 8080;
+/// Default reconnection grace period (kurento-jsonrpc `ws.sessionReconnectionTime`).
+pub const DEFAULT_RECONNECTION_GRACE_MS: u64 = 10_000;
+/// Default largest accepted WebSocket message. Kurento accepted 1,000,000 characters; SDP
+/// offers with many codecs and candidates stay well below this.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// roomd: a drop-in replacement for the Kurento Room Server with an in-process WebRTC SFU.
+#[derive(Clone, Debug, Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Address the HTTP/WebSocket server listens on.
+    #[arg(long, env = "ROOMD_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Port the HTTP/WebSocket server listens on (`/room`, REST, demo page).
+    #[arg(long, env = "ROOMD_PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// How long a participant whose WebSocket dropped stays in its room (milliseconds).
+    #[arg(long, env = "ROOMD_RECONNECTION_GRACE_MS", default_value_t = DEFAULT_RECONNECTION_GRACE_MS)]
+    pub reconnection_grace_ms: u64,
+    /// Largest accepted WebSocket message in bytes; larger ones close that connection.
+    #[arg(long, env = "ROOMD_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// Local IP address the media peer connections bind to and announce.
+    #[arg(long, env = "ROOMD_MEDIA_IP", default_value = "127.0.0.1")]
+    pub media_ip: IpAddr,
+    /// Public IP to announce instead of `--media-ip` (1:1 NAT).
+    #[arg(long, env = "ROOMD_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+    /// Lowest UDP port for media peer connections.
+    #[arg(long, env = "ROOMD_RTC_PORT_MIN", default_value_t = 40000)]
+    pub rtc_port_min: u16,
+    /// Highest UDP port for media peer connections.
+    #[arg(long, env = "ROOMD_RTC_PORT_MAX", default_value_t = 40999)]
+    pub rtc_port_max: u16,
+    /// Minimum time between two keyframe requests to one publisher track (milliseconds).
+    #[arg(long, env = "ROOMD_KEYFRAME_INTERVAL_MS", default_value_t = 500)]
+    pub keyframe_interval_ms: u64,
+    /// Value answered by `GET /getUpdateSpeakerInterval`.
+    #[arg(long, env = "ROOMD_UPDATE_SPEAKER_INTERVAL", default_value_t = 1800)]
+    pub update_speaker_interval: i64,
+    /// Value answered by `GET /getThresholdSpeaker`.
+    #[arg(long, env = "ROOMD_THRESHOLD_SPEAKER", default_value_t = -50)]
+    pub threshold_speaker: i64,
+    /// `loopbackRemote` of `GET /getClientConfig`.
+    #[arg(long, env = "ROOMD_LOOPBACK_REMOTE", default_value_t = false)]
+    pub loopback_remote: bool,
+    /// `loopbackAndLocal` of `GET /getClientConfig`.
+    #[arg(long, env = "ROOMD_LOOPBACK_AND_LOCAL", default_value_t = false)]
+    pub loopback_and_local: bool,
+    /// `filterRequestParam` of `GET /getClientConfig`.
+    #[arg(long, env = "ROOMD_FILTER_REQUEST_PARAM", default_value = "hat")]
+    pub filter_request_param: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults of the flags above, without reading the command line or environment.
+        Self::parse_from(["roomd"])
+    }
+}
+
+impl Config {
+    /// The reconnection grace period.
+    pub fn reconnection_grace(&self) -> Duration {
+        Duration::from_millis(self.reconnection_grace_ms)
+    }
+
+    /// The media engine's configuration.
+    pub fn media(&self) -> media::MediaConfig {
+        media::MediaConfig {
+            bind_ip: self.media_ip,
+            public_ip: self.public_ip,
+            port_min: self.rtc_port_min,
+            port_max: self.rtc_port_max,
+            keyframe_request_interval: Duration::from_millis(self.keyframe_interval_ms),
+            ..media::MediaConfig::default()
+        }
+    }
+
+    /// The room state machine's configuration.
+    pub fn room(&self) -> signaling::room::RoomConfig {
+        signaling::room::RoomConfig {
+            reconnection_grace: self.reconnection_grace(),
+        }
+    }
+}

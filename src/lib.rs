@@ -1,0 +1,60 @@
+//! roomd: a drop-in replacement for the Kurento Room Server with an in-process WebRTC SFU.
+//!
+//! This is the composition root, the only code that sees both the `signaling` crate (pure
+//! protocol and room logic) and the `media` crate (webrtc-rs). [`serve`] runs the whole server
+//! on a listener so that `main`, the tests and the benches start it the same way.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+pub mod config;
+
+mod bridge;
+mod hub;
+mod rooms;
+mod server;
+mod session;
+
+pub use config::Config;
+
+/// Shared state of the server.
+#[derive(Debug)]
+struct AppState {
+    config: Config,
+    hub: Arc<hub::Hub>,
+    rooms: Arc<rooms::Directory>,
+    room_ctx: rooms::RoomCtx,
+}
+
+/// Serves `/room`, the REST calls and the media engine on `listener` until `shutdown`
+/// completes.
+pub async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let media = media::MediaRouter::new(config.media());
+    let hub = Arc::new(hub::Hub::default());
+    let rooms = Arc::new(rooms::Directory::new(config.room()));
+    let room_ctx = rooms::RoomCtx {
+        hub: Arc::clone(&hub),
+        bridge: Arc::new(bridge::Bridge::new(media)),
+        directory: Arc::clone(&rooms),
+    };
+    let state = Arc::new(AppState {
+        config,
+        hub,
+        rooms,
+        room_ctx,
+    });
+    tracing::info!(addr = %listener.local_addr()?, "roomd listening");
+    axum::serve(listener, server::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Locks a std mutex, recovering the data if a panicking holder poisoned it. Every critical
+/// section in this crate is a single map or field update, so the data stays consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
