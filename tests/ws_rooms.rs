@@ -99,42 +99,37 @@ async fn requests_before_join_answer_102_and_connection_stays_open() {
 #[tokio::test]
 async fn publish_and_subscribe_errors_without_media() {
     let server = start_server().await;
-    let mut a = server.client().await;
-    let mut b = server.client().await;
-    a.join("r", "alice").await;
-    b.join("r", "bob").await;
-    let r = a.call("unpublishVideo", json!({})).await;
-    assert_eq!(
-        error_of(&r),
-        (105, "Participant 'alice' is not streaming media".to_owned())
-    );
-    let r = a
-        .call(
+    let (mut a, _b) = server.pair("r", "alice", "bob").await;
+    let cases = [
+        (
+            "unpublishVideo",
+            json!({}),
+            105,
+            "Participant 'alice' is not streaming media",
+        ),
+        (
             "receiveVideoFrom",
             json!({"sender":"zed_webcam","sdpOffer":"v=0"}),
-        )
-        .await;
-    assert_eq!(
-        error_of(&r),
-        (102, "User 'zed not found in room 'r'".to_owned())
-    );
-    let r = a
-        .call(
+            102,
+            "User 'zed not found in room 'r'",
+        ),
+        (
             "receiveVideoFrom",
             json!({"sender":"bob_webcam","sdpOffer":"v=0"}),
-        )
-        .await;
-    assert_eq!(
-        error_of(&r),
-        (105, "User 'bob not streaming media in room 'r'".to_owned())
-    );
-    let r = a
-        .call(
+            105,
+            "User 'bob not streaming media in room 'r'",
+        ),
+        (
             "receiveVideoFrom",
             json!({"sender":"alice_webcam","sdpOffer":"v=0"}),
-        )
-        .await;
-    assert_eq!(error_of(&r).0, 105);
+            105,
+            "User 'alice not streaming media in room 'r'",
+        ),
+    ];
+    for (method, params, code, message) in cases {
+        let r = a.call(method, params).await;
+        assert_eq!(error_of(&r), (code, message.to_owned()), "{method}");
+    }
 }
 
 /// Checklist 38: unsubscribe from a stranger is 102 without quotes; from a member that was
@@ -142,10 +137,7 @@ async fn publish_and_subscribe_errors_without_media() {
 #[tokio::test]
 async fn unsubscribe_errors_and_success() {
     let server = start_server().await;
-    let mut a = server.client().await;
-    let mut b = server.client().await;
-    a.join("r", "alice").await;
-    b.join("r", "bob").await;
+    let (mut a, mut b) = server.pair("r", "alice", "bob").await;
     let r = a
         .call("unsubscribeFromVideo", json!({"sender":"zed_webcam"}))
         .await;
@@ -183,11 +175,7 @@ async fn ice_candidates_are_accepted_in_every_client_shape() {
 #[tokio::test]
 async fn send_message_reaches_everyone_including_sender() {
     let server = start_server().await;
-    let mut a = server.client().await;
-    let mut b = server.client().await;
-    a.join("room1", "alice").await;
-    b.join("room1", "bob").await;
-    a.notification("participantJoined").await;
+    let (mut a, mut b) = server.pair("room1", "alice", "bob").await;
     let id = a
         .send(
             "sendMessage",
@@ -254,11 +242,7 @@ async fn custom_request_is_unsupported() {
 #[tokio::test]
 async fn leave_order_close_room_removal_and_quick_reentry() {
     let server = start_server().await;
-    let mut a = server.client().await;
-    let mut b = server.client().await;
-    a.join("room1", "alice").await;
-    b.join("room1", "bob").await;
-    a.notification("participantJoined").await;
+    let (mut a, mut b) = server.pair("room1", "alice", "bob").await;
     let r = a.call("leaveRoom", json!({})).await;
     assert_eq!(r["result"].as_object().map(|o| o.len()), Some(1), "{r}");
     let frame = a.closed().await.expect("close frame");
@@ -365,10 +349,7 @@ async fn rest_endpoints_answer_kurento_defaults() {
 #[tokio::test]
 async fn admin_close_sends_room_closed_only() {
     let server = start_server().await;
-    let mut a = server.client().await;
-    let mut b = server.client().await;
-    a.join("doomed", "alice").await;
-    b.join("doomed", "bob").await;
+    let (mut a, mut b) = server.pair("doomed", "alice", "bob").await;
     assert_eq!(server.get("/close?room=nope").await.0, 404);
     assert_eq!(server.get("/close").await.0, 400);
     assert_eq!(server.get("/close?room=doomed").await.0, 200);

@@ -369,10 +369,7 @@ async fn oversized_frame_closes_only_that_connection() {
 #[tokio::test]
 async fn close_session_says_bye_closes_and_evicts_immediately() {
     let server = start_server().await;
-    let mut a = server.client().await;
-    let mut b = server.client().await;
-    a.join("r", "a").await;
-    b.join("r", "b").await;
+    let (mut a, mut b) = server.pair("r", "a", "b").await;
     let id = b.send("closeSession", json!({})).await;
     assert_eq!(
         b.response(id).await,
@@ -453,10 +450,7 @@ async fn connect_with_unknown_or_without_session_id() {
 #[tokio::test]
 async fn dropped_participant_leaves_after_the_grace_period() {
     let server = start_server().await;
-    let mut a = server.client().await;
-    let mut b = server.client().await;
-    a.join("r", "a").await;
-    b.join("r", "b").await;
+    let (mut a, mut b) = server.pair("r", "a", "b").await;
     let dropped = Instant::now();
     a.drop_connection().await;
     let mut a2 = server.client().await;
@@ -483,10 +477,7 @@ async fn reconnection_grace_is_configurable() {
         ..roomd::Config::default()
     };
     let server = start_server_with(config).await;
-    let mut a = server.client().await;
-    let mut b = server.client().await;
-    a.join("r", "a").await;
-    b.join("r", "b").await;
+    let (mut a, mut b) = server.pair("r", "a", "b").await;
     let dropped = Instant::now();
     a.drop_connection().await;
     b.notification("participantLeft").await;

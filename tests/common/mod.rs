@@ -71,6 +71,17 @@ impl Server {
         Client::connect(&self.ws_url()).await
     }
 
+    /// Two clients joined to `room` as `first` then `second`; the first has consumed the
+    /// participantJoined about the second.
+    pub async fn pair(&self, room: &str, first: &str, second: &str) -> (Client, Client) {
+        let mut a = self.client().await;
+        let mut b = self.client().await;
+        a.join(room, first).await;
+        b.join(room, second).await;
+        a.notification("participantJoined").await;
+        (a, b)
+    }
+
     /// GETs a REST path and returns the status and the JSON body (Null if empty).
     pub async fn get(&self, path: &str) -> (u16, Value) {
         http_get(self.addr, path).await
