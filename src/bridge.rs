@@ -40,6 +40,10 @@ impl Bridge {
         }
     }
 
+    pub(crate) fn media(&self) -> &MediaRouter {
+        &self.media
+    }
+
     /// Number of endpoint tasks alive (for metrics and leak tests).
     pub(crate) fn live_endpoints(&self) -> usize {
         lock(&self.endpoints).len()

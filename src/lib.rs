@@ -11,6 +11,7 @@ pub mod config;
 
 mod bridge;
 mod hub;
+mod metrics;
 mod rooms;
 mod server;
 mod session;
@@ -48,9 +49,12 @@ pub async fn serve(
         room_ctx,
     });
     tracing::info!(addr = %listener.local_addr()?, "roomd listening");
-    axum::serve(listener, server::router(state))
+    let served = axum::serve(listener, server::router(Arc::clone(&state)))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    // Close every peer connection and return its port before the process goes away.
+    state.room_ctx.bridge.media().release_all().await;
+    served
 }
 
 /// Locks a std mutex, recovering the data if a panicking holder poisoned it. Every critical

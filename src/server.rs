@@ -32,6 +32,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/getClientConfig", any(client_config))
         .route("/close", any(close_room))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -91,4 +92,20 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "sessions": state.hub.len(),
         "mediaEndpoints": state.room_ctx.bridge.live_endpoints(),
     }))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let gauges = crate::metrics::RoomGauges {
+        rooms: state.rooms.names().len(),
+        participants: state.rooms.participants(),
+        sessions: state.hub.len(),
+    };
+    let body = crate::metrics::render(&gauges, &state.room_ctx.bridge.media().stats());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
 }

@@ -389,3 +389,18 @@ async fn health_reports_rooms_and_participants() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["participants"], 1);
 }
+
+/// `/metrics` exposes room gauges and media counters in Prometheus text format.
+#[tokio::test]
+async fn metrics_expose_rooms_and_media_counters() {
+    let server = start_server().await;
+    let mut c = server.client().await;
+    c.join("m", "u").await;
+    let text = common::http_get_text(server.addr, "/metrics").await;
+    assert!(text.contains("# TYPE roomd_participants gauge"), "{text}");
+    assert!(text.contains("\nroomd_participants 1\n"), "{text}");
+    assert!(
+        text.contains("roomd_rtp_dropped_total{reason=\"SubscriberQueueFull\"}"),
+        "{text}"
+    );
+}

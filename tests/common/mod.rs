@@ -88,8 +88,24 @@ impl Server {
     }
 }
 
-/// A minimal HTTP/1.1 GET over a real TCP socket (no extra client dependency).
+/// GETs a path and returns the body as text (any status).
+pub async fn http_get_text(addr: SocketAddr, path: &str) -> String {
+    http_get_raw(addr, path).await.1
+}
+
+/// A minimal HTTP/1.1 GET over a real TCP socket (no extra client dependency): status and
+/// the JSON body (Null if empty).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, body) = http_get_raw(addr, path).await;
+    let value = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).expect("JSON body")
+    };
+    (status, value)
+}
+
+async fn http_get_raw(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = TcpStream::connect(addr).await.expect("connect to server");
@@ -112,12 +128,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
         } else {
             body.to_owned()
         };
-        let value = if body.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&body).expect("JSON body")
-        };
-        (status, value)
+        (status, body)
     };
     tokio::time::timeout(WAIT, fut)
         .await
