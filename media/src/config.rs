@@ -1,0 +1,33 @@
+//! Media engine configuration: network (bind address, announced address, UDP port range) and
+//! keyframe-request pacing. Queue capacities are constants next to the channels they size
+//! (`fanout.rs`, `publisher.rs`, `session.rs`), each documented with its full policy.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Network and queue configuration of the media engine.
+#[derive(Clone, Debug)]
+pub struct MediaConfig {
+    /// Local address the peer connections bind to and announce as host candidates.
+    pub bind_ip: IpAddr,
+    /// Address announced instead of `bind_ip` (1:1 NAT), if any.
+    pub public_ip: Option<IpAddr>,
+    /// Lowest UDP port of the pool used for peer connections (inclusive).
+    pub port_min: u16,
+    /// Highest UDP port of the pool used for peer connections (inclusive).
+    pub port_max: u16,
+    /// Minimum time between two keyframe requests sent to one publisher track.
+    pub keyframe_request_interval: Duration,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            public_ip: None,
+            port_min: 40000,
+            port_max: 40999,
+            keyframe_request_interval: Duration::from_millis(500),
+        }
+    }
+}
