@@ -25,6 +25,8 @@ mod publisher;
 mod session;
 mod stats;
 mod subscriber;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::io::Cursor;
