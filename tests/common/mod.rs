@@ -17,6 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod peer;
+
 /// The longest any single expected event may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -231,6 +233,25 @@ impl Client {
         loop {
             let msg = self.next_frame().await;
             if is_response_to(&msg, id) {
+                return msg;
+            }
+            self.pending.push_back(msg);
+        }
+    }
+
+    /// Waits for the next notification called `method` whose params satisfy `pred`.
+    pub async fn notification_where(
+        &mut self,
+        method: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let matches = |m: &Value| m["method"] == method && pred(&m["params"]);
+        if let Some(pos) = self.pending.iter().position(matches) {
+            return self.pending.remove(pos).expect("position is in range");
+        }
+        loop {
+            let msg = self.next_frame().await;
+            if matches(&msg) {
                 return msg;
             }
             self.pending.push_back(msg);
