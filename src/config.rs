@@ -85,7 +85,6 @@ impl Config {
             port_min: self.rtc_port_min,
             port_max: self.rtc_port_max,
             keyframe_request_interval: Duration::from_millis(self.keyframe_interval_ms),
-            ..media::MediaConfig::default()
         }
     }
 

@@ -137,7 +137,7 @@ async fn publish_and_subscribe_errors_without_media() {
 #[tokio::test]
 async fn unsubscribe_errors_and_success() {
     let server = start_server().await;
-    let (mut a, mut b) = server.pair("r", "alice", "bob").await;
+    let (mut a, _b) = server.pair("r", "alice", "bob").await;
     let r = a
         .call("unsubscribeFromVideo", json!({"sender":"zed_webcam"}))
         .await;

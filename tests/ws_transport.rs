@@ -450,7 +450,7 @@ async fn connect_with_unknown_or_without_session_id() {
 #[tokio::test]
 async fn dropped_participant_leaves_after_the_grace_period() {
     let server = start_server().await;
-    let (mut a, mut b) = server.pair("r", "a", "b").await;
+    let (a, mut b) = server.pair("r", "a", "b").await;
     let dropped = Instant::now();
     a.drop_connection().await;
     let mut a2 = server.client().await;
@@ -477,7 +477,7 @@ async fn reconnection_grace_is_configurable() {
         ..roomd::Config::default()
     };
     let server = start_server_with(config).await;
-    let (mut a, mut b) = server.pair("r", "a", "b").await;
+    let (a, mut b) = server.pair("r", "a", "b").await;
     let dropped = Instant::now();
     a.drop_connection().await;
     b.notification("participantLeft").await;
