@@ -95,3 +95,29 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults are the Kurento Room Server's: port 8080 on all interfaces, a 10 s
+    /// reconnection grace, frames of at least 1,000,000 characters, 1800 / -50 for the
+    /// speaker REST calls.
+    #[test]
+    fn defaults_match_the_kurento_room_server() {
+        let c = Config::default();
+        assert_eq!((c.bind, c.port), (IpAddr::from([0, 0, 0, 0]), 8080));
+        assert_eq!(c.reconnection_grace(), Duration::from_secs(10));
+        assert!(c.max_message_bytes >= 1_000_000);
+        assert_eq!((c.update_speaker_interval, c.threshold_speaker), (1800, -50));
+        assert_eq!(c.room().reconnection_grace, Duration::from_secs(10));
+    }
+
+    /// Flags override the defaults.
+    #[test]
+    fn flags_override_defaults() {
+        let c = Config::parse_from(["roomd", "--port", "9000", "--public-ip", "203.0.113.9"]);
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.media().public_ip, Some(IpAddr::from([203, 0, 113, 9])));
+    }
+}
