@@ -410,3 +410,22 @@ async fn wait_media_endpoints(server: &Server, n: u64) {
         );
     }
 }
+
+/// Lifecycle: a publisher whose WebSocket drops keeps its media during the grace period and
+/// loses it (publisher and subscriber peer connections released) when the grace ends.
+#[tokio::test]
+async fn dropped_publisher_is_torn_down_after_the_grace_period() {
+    let config = roomd::Config {
+        reconnection_grace_ms: 500,
+        ..roomd::Config::default()
+    };
+    let server = common::start_server_with(config).await;
+    let (mut a, mut b) = server.pair("r", "alice", "bob").await;
+    let _p = publish(&mut a, "alice", false, false).await;
+    let _s = subscribe(&mut b, "alice").await;
+    assert_eq!(media_endpoints(&server).await, 2);
+    a.drop_connection().await;
+    let n = b.notification("participantLeft").await;
+    assert_eq!(n["params"], json!({"name":"alice"}));
+    wait_media_endpoints(&server, 0).await;
+}
