@@ -34,6 +34,9 @@ const MISSED_PINGS_TO_CLOSE: u32 = 3;
 /// Room requests of one connection waiting behind the one in flight. When full, further
 /// requests are answered at once with a transport error instead of being queued.
 const MAX_QUEUED_REQUESTS: usize = 256;
+/// Longest a single frame may take to be written. A client that stops reading makes the
+/// write wait on TCP backpressure; past this the connection is given up (grace period).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// WebSocket close code for a normal closure.
 const CLOSE_NORMAL: u16 = 1000;
 /// WebSocket close code when the server cannot keep up with the client (queue overflow).
@@ -106,9 +109,8 @@ pub(crate) async fn run_connection(socket: WebSocket, state: Arc<AppState>, gene
             Event::Out(Some(out)) => conn.on_outbound(out, &mut frames).await,
             Event::Out(None) => Step::End(End::Dropped), // unreachable while `conn.tx` lives
             Event::Overflow => {
-                let _ = sink
-                    .send(close(CLOSE_TRY_AGAIN_LATER, "Outbound queue overflow"))
-                    .await;
+                let msg = close(CLOSE_TRY_AGAIN_LATER, "Outbound queue overflow");
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await;
                 Step::End(End::Dropped)
             }
             Event::Watchdog => {
@@ -121,21 +123,30 @@ pub(crate) async fn run_connection(socket: WebSocket, state: Arc<AppState>, gene
                 Step::End(End::Dropped)
             }
         };
+        let mut write_failed = false;
         for frame in frames {
             let msg = match frame {
                 Frame::Text(t) => Message::Text(t.into()),
                 Frame::Close => close(CLOSE_NORMAL, ""),
             };
-            if sink.send(msg).await.is_err() {
-                break;
+            match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    write_failed = true;
+                    break;
+                }
             }
         }
         match step {
-            Step::Continue => {}
             Step::End(end) => break end,
+            Step::Continue if write_failed => {
+                tracing::debug!("websocket write failed or timed out");
+                break End::Dropped;
+            }
+            Step::Continue => {}
         }
     };
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
     conn.finish(end).await;
 }
 
