@@ -109,17 +109,15 @@ pub(crate) async fn run_connection(socket: WebSocket, state: Arc<AppState>, gene
             Event::Out(Some(out)) => conn.on_outbound(out, &mut frames).await,
             Event::Out(None) => Step::End(End::Dropped), // unreachable while `conn.tx` lives
             Event::Overflow => {
-                let msg = close(CLOSE_TRY_AGAIN_LATER, "Outbound queue overflow");
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await;
+                frames.push(Frame::Close(
+                    CLOSE_TRY_AGAIN_LATER,
+                    "Outbound queue overflow",
+                ));
                 Step::End(End::Dropped)
             }
             Event::Watchdog => {
-                let _ = sink
-                    .send(close(
-                        CLOSE_NORMAL,
-                        "Close for not receive ping from client",
-                    ))
-                    .await;
+                let reason = "Close for not receive ping from client";
+                frames.push(Frame::Close(CLOSE_NORMAL, reason));
                 Step::End(End::Dropped)
             }
         };
@@ -127,7 +125,7 @@ pub(crate) async fn run_connection(socket: WebSocket, state: Arc<AppState>, gene
         for frame in frames {
             let msg = match frame {
                 Frame::Text(t) => Message::Text(t.into()),
-                Frame::Close => close(CLOSE_NORMAL, ""),
+                Frame::Close(code, reason) => close(code, reason),
             };
             match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
                 Ok(Ok(())) => {}
@@ -164,7 +162,8 @@ enum Step {
 
 enum Frame {
     Text(String),
-    Close,
+    /// A close frame: code and reason.
+    Close(u16, &'static str),
 }
 
 fn close(code: u16, reason: &'static str) -> Message {
@@ -288,7 +287,7 @@ impl Connection {
                 }
                 slot.detach(self.generation);
                 self.state.hub.remove(&slot.id);
-                frames.push(Frame::Close);
+                frames.push(Frame::Close(CLOSE_NORMAL, ""));
                 Step::End(End::Finished)
             }
         }
@@ -376,7 +375,7 @@ impl Connection {
                     slot.detach(self.generation);
                     self.state.hub.remove(&slot.id);
                 }
-                frames.push(Frame::Close);
+                frames.push(Frame::Close(CLOSE_NORMAL, ""));
                 return Step::End(End::Finished);
             }
         }
