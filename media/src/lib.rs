@@ -48,7 +48,9 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::codecs::{is_supported, media_sections, Direction, Kind, MediaSection};
 use crate::fanout::SlotId;
 use crate::publisher::{spawn_track_hub, PublisherEndpoint, PublisherHooks, DATA_QUEUE_CAPACITY};
-use crate::session::{apply_candidate, spawn_event_forwarder, BuildError, Session, SessionFactory};
+use crate::session::{
+    apply_candidate, spawn_event_forwarder, BuildError, RoleHooks, Session, SessionFactory,
+};
 use crate::stats::Counters;
 use crate::subscriber::{attach_output, Output, Pause, SubscriberEndpoint, SubscriberHooks};
 
@@ -405,29 +407,11 @@ impl MediaRouter {
         events: mpsc::Sender<MediaEvent>,
     ) -> Result<String, PublishError> {
         let counters = &self.inner.counters;
-        let (ev_tx, forwarder) = spawn_event_forwarder(counters, events);
         let hooks = Arc::new(PublisherHooks::new(endpoint, Arc::clone(counters)));
-        let first_mid = sections.first().and_then(|s| s.mid.clone());
-        let session = match self
-            .inner
-            .factory
-            .build(endpoint, ev_tx, first_mid, hooks.clone())
+        let mut partial = self
+            .start_session(endpoint, events, &sections, hooks.clone())
             .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                forwarder.abort();
-                return Err(match e {
-                    BuildError::NoPort => PublishError::NoPortAvailable,
-                });
-            }
-        };
-        let mut partial = Partial {
-            session,
-            forwarder,
-            tasks: Vec::new(),
-            outputs: Vec::new(),
-        };
+            .map_err(|BuildError::NoPort| PublishError::NoPortAvailable)?;
         match self
             .publish_negotiate(endpoint, desc, &sections, loopback, &hooks, &mut partial)
             .await
@@ -611,29 +595,11 @@ impl MediaRouter {
         events: mpsc::Sender<MediaEvent>,
     ) -> Result<String, SubscribeError> {
         let counters = &self.inner.counters;
-        let (ev_tx, forwarder) = spawn_event_forwarder(counters, events);
         let hooks = Arc::new(SubscriberHooks::new(Arc::clone(counters)));
-        let first_mid = sections.first().and_then(|s| s.mid.clone());
-        let session = match self
-            .inner
-            .factory
-            .build(endpoint, ev_tx, first_mid, hooks.clone())
+        let mut partial = self
+            .start_session(endpoint, events, &sections, hooks.clone())
             .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                forwarder.abort();
-                return Err(match e {
-                    BuildError::NoPort => SubscribeError::NoPortAvailable,
-                });
-            }
-        };
-        let mut partial = Partial {
-            session,
-            forwarder,
-            tasks: Vec::new(),
-            outputs: Vec::new(),
-        };
+            .map_err(|BuildError::NoPort| SubscribeError::NoPortAvailable)?;
         let pause = Arc::new(Pause::default());
         let result = self
             .subscribe_negotiate(endpoint, &publ, desc, &sections, &pause, &mut partial)
@@ -880,6 +846,36 @@ impl MediaRouter {
         }
         if let Some(p) = publisher {
             p.shutdown().await;
+        }
+    }
+
+    /// Builds the peer connection of a new endpoint with its event forwarder; the shared
+    /// first step of publish and subscribe.
+    async fn start_session(
+        &self,
+        endpoint: EndpointKey,
+        events: mpsc::Sender<MediaEvent>,
+        sections: &[MediaSection],
+        hooks: Arc<dyn RoleHooks>,
+    ) -> Result<Partial, BuildError> {
+        let (ev_tx, forwarder) = spawn_event_forwarder(&self.inner.counters, events);
+        let first_mid = sections.first().and_then(|s| s.mid.clone());
+        match self
+            .inner
+            .factory
+            .build(endpoint, ev_tx, first_mid, hooks)
+            .await
+        {
+            Ok(session) => Ok(Partial {
+                session,
+                forwarder,
+                tasks: Vec::new(),
+                outputs: Vec::new(),
+            }),
+            Err(e) => {
+                forwarder.abort();
+                Err(e)
+            }
         }
     }
 

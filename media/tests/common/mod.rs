@@ -25,8 +25,10 @@ pub fn router() -> MediaRouter {
 pub fn router_with(f: impl FnOnce(&mut MediaConfig)) -> MediaRouter {
     init_logs();
     let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::Relaxed);
-    // Each test binary is its own process; spread binaries by pid too.
-    let base = 42000 + (std::process::id() % 20) as u16 * 1000 + block * 100;
+    // Below the kernel's ephemeral range (32768+ on Linux), so that no client socket bound
+    // to port 0 can take a port a test expects to be free. Each test binary is its own
+    // process; spread binaries by pid, and routers of one binary by block.
+    let base = 20000 + (std::process::id() % 12) as u16 * 1000 + (block % 10) * 100;
     let mut cfg = MediaConfig {
         port_min: base,
         port_max: base + 99,
