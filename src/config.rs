@@ -109,7 +109,10 @@ mod tests {
         assert_eq!((c.bind, c.port), (IpAddr::from([0, 0, 0, 0]), 8080));
         assert_eq!(c.reconnection_grace(), Duration::from_secs(10));
         assert!(c.max_message_bytes >= 1_000_000);
-        assert_eq!((c.update_speaker_interval, c.threshold_speaker), (1800, -50));
+        assert_eq!(
+            (c.update_speaker_interval, c.threshold_speaker),
+            (1800, -50)
+        );
         assert_eq!(c.room().reconnection_grace, Duration::from_secs(10));
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 pub mod config;
 
 mod bridge;
+mod demo;
 mod hub;
 mod metrics;
 mod rooms;

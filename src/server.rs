@@ -33,6 +33,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/close", any(close_room))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::demo::routes())
         .with_state(state)
 }
 

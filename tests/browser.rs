@@ -1,0 +1,100 @@
+//! Proof in a real browser: starts roomd in-process on 127.0.0.1:0 and runs the headless-Chromium
+//! suite of `tests/browser/run.mjs` against it (the built-in demo page at `/`, and a page built
+//! on the real kurento-jsonrpc + kurento-utils client libraries). Fails when the harness fails
+//! or overruns its bound; the harness output is streamed to stderr as it runs.
+//!
+//! Prerequisites (Debian's `chromium`, `npm ci` in tests/browser): `bash tests/browser/setup.sh`,
+//! which `bash tests/run.sh` runs before `cargo test`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The whole browser suite must finish within this (the harness aborts itself at 290 s).
+const SUITE_BOUND: Duration = Duration::from_secs(330);
+
+/// Copies `from` line by line to this process's stderr (bypassing libtest's capture, so the
+/// scenario results show up even when the test passes) and into `log`.
+fn pump(from: impl Read + Send + 'static, log: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let _ = writeln!(std::io::stderr(), "browser| {line}");
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_str(&(line + "\n"));
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_end_to_end_suite() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists(),
+        "browser test prerequisites missing ({chromium}, tests/browser/node_modules): \
+         run `bash tests/browser/setup.sh` (or `bash tests/run.sh`)"
+    );
+
+    // A UDP range of its own: a load generator or another roomd on this machine may hold the
+    // default 40000-40999 range (the symptom is 303 "Unable to create publisher endpoint").
+    let config = roomd::Config {
+        rtc_port_min: 47_000,
+        rtc_port_max: 47_999,
+        ..roomd::Config::default()
+    };
+    let server = common::start_server_with(config).await;
+    let url = format!("http://{}", server.addr);
+
+    let mut child = Command::new("node")
+        .arg("run.mjs")
+        .arg("--url")
+        .arg(&url)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node (is Node.js installed?)");
+    let log = Arc::new(Mutex::new(String::new()));
+    let pumps = [
+        pump(child.stdout.take().expect("piped stdout"), Arc::clone(&log)),
+        pump(child.stderr.take().expect("piped stderr"), Arc::clone(&log)),
+    ];
+
+    // Bounded wait; the server keeps running on this runtime's workers meanwhile.
+    let deadline = Instant::now() + SUITE_BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the harness") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for p in pumps {
+        let _ = p.join();
+    }
+    drop(server);
+
+    let output = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match status {
+        None => panic!(
+            "browser suite exceeded {} s and was killed; output:\n{output}",
+            SUITE_BOUND.as_secs()
+        ),
+        Some(s) if !s.success() => panic!("browser suite failed ({s}); output:\n{output}"),
+        Some(_) => {}
+    }
+    assert!(
+        output.contains(" passed, 0 failed"),
+        "browser suite reported no result line; output:\n{output}"
+    );
+}

@@ -1,0 +1,635 @@
+#!/usr/bin/env node
+// Browser end-to-end tests of roomd in headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core): the built-in demo page at `/`, and a page built on the real Kurento client
+// libraries (kurento-jsonrpc + kurento-utils, bundled here with esbuild).
+//
+//   node run.mjs --url http://127.0.0.1:8080          against a running roomd
+//   node run.mjs --bin ../../target/release/roomd     starts that binary on a free port
+//   options: --only name,name   --screenshot PATH   --list
+//
+// Media assertions read RTCPeerConnection.getStats() in the pages: every expected inbound video
+// must have framesDecoded growing and every inbound audio packetsReceived growing. Every wait
+// polls with a bounded deadline; nothing sleeps for a fixed time to wait for an event.
+// Ends with "N passed, N failed"; exit code 0 only when everything passed.
+
+import { spawn } from 'node:child_process';
+import { mkdirSync, existsSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { chromium } from 'playwright-core';
+import * as esbuild from 'esbuild';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const SUITE_LIMIT_MS = Number(process.env.BROWSER_SUITE_LIMIT_MS || 290_000);
+const MEDIA_WAIT_MS = 20_000;
+const SCENARIO_LIMIT_MS = 60_000;
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  // Several participants share one browser: keep every page's timers and rendering running.
+  '--disable-background-timer-throttling',
+  '--disable-renderer-backgrounding',
+  '--disable-backgrounding-occluded-windows',
+];
+// Small video keeps a 4-person call (4 encoders, 12 decoders) light on a 2-core machine.
+const DEMO_QUERY = '?video=320x180&fps=15';
+
+// ------------------------------------------------------------------------------------------
+// Command line.
+// ------------------------------------------------------------------------------------------
+const argv = process.argv.slice(2);
+function opt(name) {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? argv[i + 1] : undefined;
+}
+let baseUrl = (opt('url') || process.env.ROOMD_URL || '').replace(/\/$/, '');
+const only = (opt('only') || process.env.BROWSER_ONLY || '').split(',').filter(Boolean);
+const screenshotPath = opt('screenshot') || process.env.ROOMD_SCREENSHOT || path.join(HERE, '..', '..', 'docs', 'demo-3-person-call.png');
+const serverBin = opt('bin');
+
+const t0 = Date.now();
+const elapsed = () => ((Date.now() - t0) / 1000).toFixed(1);
+function say(...args) {
+  console.log(`[${elapsed().padStart(6)}s]`, ...args);
+}
+
+const tally = { passed: 0, failed: 0 };
+const watchdog = setTimeout(() => {
+  console.log(`browser suite exceeded ${SUITE_LIMIT_MS / 1000} s: aborting`);
+  console.log(`${tally.passed} passed, ${tally.failed + 1} failed`);
+  if (child) child.kill('SIGTERM');
+  process.exit(2);
+}, SUITE_LIMIT_MS);
+watchdog.unref();
+
+// ------------------------------------------------------------------------------------------
+// Polling.
+// ------------------------------------------------------------------------------------------
+const tick = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Calls `probe` until it returns a truthy value, or throws `what` after `ms`. */
+async function until(what, ms, probe, every = 100) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    last = await probe();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${typeof what === 'function' ? await what() : what}`);
+    await tick(every);
+  }
+}
+
+async function getJson(p) {
+  const r = await fetch(baseUrl + p);
+  if (!r.ok) throw new Error(`GET ${p}: HTTP ${r.status}`);
+  return r.json();
+}
+
+// ------------------------------------------------------------------------------------------
+// In-page statistics, the same for the demo page (window.roomd) and the compat page (window.compat).
+// ------------------------------------------------------------------------------------------
+async function collectStatsInPage() {
+  const src = window.roomd || window.compat;
+  async function summarize(pc) {
+    const s = { conn: pc.connectionState, ice: pc.iceConnectionState, framesDecoded: 0, videoPackets: 0, audioPackets: 0, framesEncoded: 0, width: 0, height: 0 };
+    if (pc.connectionState === 'closed') return s;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'video') {
+        s.framesDecoded += r.framesDecoded || 0;
+        s.videoPackets += r.packetsReceived || 0;
+        s.width = r.frameWidth || s.width;
+        s.height = r.frameHeight || s.height;
+      } else if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+        s.audioPackets += r.packetsReceived || 0;
+      } else if (r.type === 'outbound-rtp' && r.kind === 'video') {
+        s.framesEncoded += r.framesEncoded || 0;
+      }
+    });
+    return s;
+  }
+  const out = { peers: {}, publisher: null };
+  for (const [name, pc] of src.peers) out.peers[name] = await summarize(pc);
+  if (src.publisher) out.publisher = await summarize(src.publisher);
+  return out;
+}
+
+function fmtStats(s) {
+  const one = (x) => (x ? `${x.conn}/${x.ice} frames=${x.framesDecoded} vpk=${x.videoPackets} apk=${x.audioPackets}${x.framesEncoded ? ` enc=${x.framesEncoded}` : ''}` : 'none');
+  const peers = Object.entries(s.peers).map(([n, x]) => `${n}: ${one(x)}`).join('; ');
+  return `publisher: ${one(s.publisher)}; peers: {${peers}}`;
+}
+
+// ------------------------------------------------------------------------------------------
+// Participants.
+// ------------------------------------------------------------------------------------------
+let browser;
+const openContexts = new Set();
+
+class Participant {
+  constructor(name, ctx, page, kind) {
+    this.name = name;
+    this.ctx = ctx;
+    this.page = page;
+    this.kind = kind; // 'demo' | 'compat'
+    this.logs = [];
+    this.sent = []; // text frames the page wrote on its WebSockets
+  }
+
+  static async open(name, kind = 'demo', viewport = { width: 1280, height: 720 }) {
+    const ctx = await browser.newContext({ viewport, permissions: ['camera', 'microphone'] });
+    openContexts.add(ctx);
+    const page = await ctx.newPage();
+    const p = new Participant(name, ctx, page, kind);
+    page.on('console', (m) => p.logs.push(`[${m.type()}] ${m.text()}`));
+    page.on('pageerror', (e) => p.logs.push(`[pageerror] ${e.message}`));
+    page.on('websocket', (ws) => ws.on('framesent', (f) => p.sent.push(String(f.payload))));
+    if (kind === 'demo') {
+      await page.goto(`${baseUrl}/${DEMO_QUERY}`);
+      await page.waitForFunction(() => window.roomd && window.roomd.state === 'lobby', null, { timeout: 10_000 });
+    } else {
+      await page.goto(`${compatUrl}/index.html`);
+      await page.waitForFunction(() => window.compat && typeof window.compat.start === 'function', null, { timeout: 10_000 });
+    }
+    return p;
+  }
+
+  /** Joins through the UI: fills the form and clicks Join. */
+  async join(room, { waitPublishing = true } = {}) {
+    const { page } = this;
+    await page.fill('#room', room);
+    await page.fill('#user', this.name);
+    await page.click('#join');
+    await until(`${this.name} to join ${room}`, 15_000, () => page.evaluate(() => {
+      const err = document.querySelector('#lobby-error');
+      if (err && !err.hidden) throw new Error(`join failed: ${err.textContent}`);
+      return window.roomd.joined;
+    }));
+    if (waitPublishing) await until(`${this.name} to publish`, 15_000, () => page.evaluate(() => window.roomd.publishing || (window.roomd.errors.length && window.roomd.errors.join(' | '))))
+      .then((v) => { if (v !== true) throw new Error(`${this.name} publish failed: ${v}`); });
+  }
+
+  async leave() {
+    await this.page.click('#btn-leave');
+    await until(`${this.name} back in the lobby`, 10_000, () => this.page.evaluate(() => window.roomd.state === 'lobby'));
+  }
+
+  async compatStart(room, loopback) {
+    const wsUri = baseUrl.replace(/^http/, 'ws') + '/room';
+    await this.page.evaluate(({ wsUri, room, user, loopback }) => window.compat.start({ wsUri, room, user, loopback }).then(() => true),
+      { wsUri, room, user: this.name, loopback });
+  }
+
+  stats() {
+    return this.page.evaluate(collectStatsInPage);
+  }
+
+  tiles() {
+    return this.page.evaluate(() => window.roomd.tiles());
+  }
+
+  async close() {
+    openContexts.delete(this.ctx);
+    await this.ctx.close().catch(() => {});
+  }
+
+  dumpLogs(n = 40) {
+    return this.logs.slice(-n).map((l) => `    ${this.name} ${l}`).join('\n');
+  }
+}
+
+/**
+ * Waits until every participant named in `names` is decoding video (framesDecoded grows) and
+ * receiving audio (packetsReceived grows) on `p`'s page, and that `p` subscribes to exactly
+ * those names. With `loopback`, the same for `p`'s own stream coming back on its publisher PC.
+ */
+async function expectMedia(p, names, { loopback = false, ms = MEDIA_WAIT_MS } = {}) {
+  const base = await p.stats();
+  const b = (n) => base.peers[n] || { framesDecoded: 0, audioPackets: 0 };
+  const bl = base.publisher || { framesDecoded: 0, audioPackets: 0 };
+  let last = base;
+  const ok = (s) => {
+    for (const n of names) {
+      const x = s.peers[n];
+      if (!x || x.framesDecoded < b(n).framesDecoded + 3 || x.audioPackets < b(n).audioPackets + 5) return false;
+    }
+    if (loopback) {
+      const x = s.publisher;
+      if (!x || x.framesDecoded < bl.framesDecoded + 3 || x.audioPackets < bl.audioPackets + 5) return false;
+    }
+    return true;
+  };
+  try {
+    await until(() => `media on ${p.name} from [${names.join(', ')}]${loopback ? ' + loopback' : ''}`, ms, async () => {
+      last = await p.stats();
+      return ok(last);
+    }, 200);
+  } catch (e) {
+    throw new Error(`${e.message}\n    last stats of ${p.name}: ${fmtStats(last)}`);
+  }
+  const extra = Object.keys(last.peers).filter((n) => !names.includes(n));
+  if (extra.length) throw new Error(`${p.name} has unexpected subscriptions: ${extra.join(', ')}`);
+  return last;
+}
+
+async function expectTiles(p, names, ms = 3_000) {
+  const want = [...names].sort().join(',');
+  const t = Date.now();
+  await until(async () => `${p.name}'s tiles to be [${want}] (have [${(await p.tiles()).sort().join(',')}])`, ms, async () => (await p.tiles()).sort().join(',') === want, 50);
+  return Date.now() - t;
+}
+
+async function open(names, kind = 'demo') {
+  return Promise.all(names.map((n) => Participant.open(n, kind)));
+}
+
+// ------------------------------------------------------------------------------------------
+// Scenarios.
+// ------------------------------------------------------------------------------------------
+const scenarios = [];
+const scenario = (name, fn) => scenarios.push({ name, fn });
+let roomSeq = 0;
+const uniqueRoom = (base) => `${base}-${Date.now().toString(36)}-${roomSeq++}`;
+
+scenario('lobby-room-list', async (ctx) => {
+  const room = uniqueRoom('lobby');
+  const [a, b] = ctx.track(await open(['lobby-a', 'lobby-b']));
+  await a.join(room, { waitPublishing: false });
+  // b's lobby lists the room (GET /getAllRooms, refreshed every 5 s).
+  await until(`${room} in b's room list`, 8_000, () => b.page.evaluate((r) => !!document.querySelector(`#rooms button[data-room="${r}"]`), room));
+  // Clicking the chip fills the room; joining through it works.
+  await b.page.fill('#user', b.name);
+  await b.page.click(`#rooms button[data-room="${room}"]`);
+  await until('b joined from the chip', 10_000, () => b.page.evaluate(() => window.roomd.joined));
+  // Same name twice: the Kurento 104 error is explained in the lobby.
+  const c = ctx.track(await Participant.open('lobby-a'));
+  await c.page.fill('#room', room);
+  await c.page.fill('#user', 'lobby-a');
+  await c.page.click('#join');
+  const msg = await until('the 104 error message', 10_000, () => c.page.evaluate(() => {
+    const e = document.querySelector('#lobby-error');
+    return !e.hidden && e.textContent;
+  }));
+  if (!/already taken/.test(msg) || !/code 104/.test(msg)) throw new Error(`unexpected error text: ${msg}`);
+  ctx.note(`104 shown as: ${msg.replace(/\n/g, ' / ')}`);
+});
+
+scenario('chat', async (ctx) => {
+  const room = uniqueRoom('chat');
+  const ps = ctx.track(await open(['chat-a', 'chat-b', 'chat-c']));
+  for (const p of ps) await p.join(room, { waitPublishing: false });
+  const [a, b] = ps;
+  await a.page.fill('#chat-input', 'hello from a');
+  await a.page.press('#chat-input', 'Enter');
+  await b.page.fill('#chat-input', 'hi a, b here');
+  await b.page.click('#chat-send');
+  for (const p of ps) {
+    await until(`chat on ${p.name}`, 5_000, () => p.page.evaluate(() => {
+      const c = window.roomd.chat.map((m) => `${m.user}:${m.message}`);
+      return c.includes('chat-a:hello from a') && c.includes('chat-b:hi a, b here');
+    }), 50);
+    const shown = await p.page.evaluate(() => document.querySelector('#messages').textContent);
+    if (!shown.includes('hello from a') || !shown.includes('hi a, b here')) throw new Error(`chat not rendered on ${p.name}`);
+  }
+  // On the wire, as KurentoRoom.js: ping {"interval":3000} with id 0 first, then one id counter
+  // shared by pings and requests, JS field order.
+  const first = a.sent[0];
+  if (first !== '{"jsonrpc":"2.0","method":"ping","params":{"interval":3000},"id":0}') throw new Error(`first frame: ${first}`);
+  const frames = a.sent.map((f) => JSON.parse(f));
+  frames.forEach((f, i) => { if (f.id !== i) throw new Error(`frame ${i} has id ${f.id}: ${a.sent[i]}`); });
+  const join = a.sent.find((f) => f.includes('"joinRoom"'));
+  if (!/^\{"jsonrpc":"2\.0","method":"joinRoom","params":\{"user":"chat-a","room":"[^"]+"\},"id":\d+\}$/.test(join)) throw new Error(`joinRoom frame: ${join}`);
+  const msg = frames.find((f) => f.method === 'sendMessage');
+  if (JSON.stringify(msg.params) !== JSON.stringify({ message: 'hello from a', userMessage: 'chat-a', roomMessage: room })) throw new Error(`sendMessage params: ${JSON.stringify(msg.params)}`);
+});
+
+scenario('two-all-to-all', async (ctx) => {
+  const room = uniqueRoom('duo');
+  const [a, b] = ctx.track(await open(['duo-a', 'duo-b']));
+  await a.join(room);
+  await b.join(room);
+  await Promise.all([expectMedia(a, ['duo-b']), expectMedia(b, ['duo-a'])]);
+  // The negotiation on the wire, as KurentoRoom.js does it.
+  const frames = a.sent.map((f) => JSON.parse(f));
+  const pub = frames.find((f) => f.method === 'publishVideo');
+  if (Object.keys(pub.params).join() !== 'sdpOffer,doLoopback' || pub.params.doLoopback !== false || !/a=sendonly/.test(pub.params.sdpOffer) || /a=sendrecv/.test(pub.params.sdpOffer)) {
+    throw new Error(`publishVideo params: ${JSON.stringify({ ...pub.params, sdpOffer: pub.params.sdpOffer.slice(0, 80) })}`);
+  }
+  const sub = frames.find((f) => f.method === 'receiveVideoFrom');
+  if (sub.params.sender !== 'duo-b_webcam' || !/a=recvonly/.test(sub.params.sdpOffer) || /a=send/.test(sub.params.sdpOffer)) throw new Error(`receiveVideoFrom params: sender ${sub.params.sender}`);
+  const names = new Set(frames.filter((f) => f.method === 'onIceCandidate').map((f) => f.params.endpointName));
+  if (!names.has('duo-a') || !names.has('duo-b') || names.size !== 2) throw new Error(`onIceCandidate endpointNames: ${[...names]}`);
+  // Mute and unmute: the published tracks are disabled/enabled and the tile shows it.
+  const senders = () => a.page.evaluate(() => ({
+    enabled: window.roomd.publisher.getSenders().map((x) => x.track && x.track.enabled),
+    badges: document.querySelectorAll('#grid .tile.local .badges .i').length,
+  }));
+  await a.page.click('#btn-mic');
+  await a.page.click('#btn-cam');
+  let m = await senders();
+  if (m.enabled.some(Boolean) || m.badges !== 2) throw new Error(`mute did not apply: ${JSON.stringify(m)}`);
+  await a.page.click('#btn-mic');
+  await a.page.click('#btn-cam');
+  m = await senders();
+  if (!m.enabled.every(Boolean) || m.badges !== 0) throw new Error(`unmute did not apply: ${JSON.stringify(m)}`);
+  await expectMedia(b, ['duo-a']);
+});
+
+scenario('four-all-to-all', async (ctx) => {
+  const room = uniqueRoom('quad');
+  const names = ['quad-a', 'quad-b', 'quad-c', 'quad-d'];
+  const ps = ctx.track(await open(names));
+  for (const p of ps) await p.join(room);
+  const results = await Promise.all(ps.map((p) => expectMedia(p, names.filter((n) => n !== p.name))));
+  const subs = results.reduce((n, s) => n + Object.keys(s.peers).length, 0);
+  if (subs !== 12) throw new Error(`expected 12 subscriptions, saw ${subs}`);
+  ctx.note('12 subscriptions decoding video and receiving audio');
+});
+
+scenario('loopback', async (ctx) => {
+  const room = uniqueRoom('loop');
+  const [a] = ctx.track(await open(['loop-a']));
+  await a.join(room);
+  await a.page.click('#btn-loopback');
+  await until('republished with doLoopback', 15_000, () => a.page.evaluate(() => window.roomd.loopback && window.roomd.publishing));
+  await expectMedia(a, [], { loopback: true });
+});
+
+scenario('leave', async (ctx) => {
+  const room = uniqueRoom('leave');
+  const [a, b, c] = ctx.track(await open(['leave-a', 'leave-b', 'leave-c']));
+  for (const p of [a, b, c]) await p.join(room);
+  await expectTiles(a, ['leave-b', 'leave-c'], 10_000);
+  await expectTiles(b, ['leave-a', 'leave-c'], 10_000);
+  await c.leave();
+  const [ta, tb] = await Promise.all([expectTiles(a, ['leave-b']), expectTiles(b, ['leave-a'])]);
+  ctx.note(`tile removed after ${ta} ms / ${tb} ms`);
+  if (!(await getJson('/getAllRooms')).includes(room)) throw new Error('room vanished while 2 participants remain');
+  await a.leave();
+  await b.leave();
+  await until(`${room} dropped from /getAllRooms`, 5_000, async () => !(await getJson('/getAllRooms')).includes(room));
+});
+
+scenario('unpublish-republish', async (ctx) => {
+  const room = uniqueRoom('unpub');
+  const [a, b] = ctx.track(await open(['unpub-a', 'unpub-b']));
+  await a.join(room);
+  await b.join(room);
+  await expectMedia(b, ['unpub-a']);
+  await a.page.click('#btn-publish'); // Stop sharing
+  const gone = await expectTiles(b, []);
+  await until('a not publishing', 5_000, () => a.page.evaluate(() => !window.roomd.publishing));
+  await a.page.click('#btn-publish'); // Share camera
+  const back = await expectTiles(b, ['unpub-a'], 10_000);
+  await expectMedia(b, ['unpub-a']);
+  await expectMedia(a, ['unpub-b']);
+  ctx.note(`tile gone after ${gone} ms, back after ${back} ms, media flowing again`);
+});
+
+scenario('re-entry-5x', async (ctx) => {
+  const room = uniqueRoom('reentry');
+  const [a, b] = ctx.track(await open(['re-a', 're-b']));
+  await a.join(room);
+  const times = [];
+  for (let i = 1; i <= 5; i++) {
+    const t = Date.now();
+    await b.join(room);
+    await Promise.all([expectMedia(b, ['re-a']), expectMedia(a, ['re-b'])]);
+    times.push(Date.now() - t);
+    await b.leave();
+    await expectTiles(a, []);
+  }
+  ctx.note(`join→media both ways per round: ${times.join(', ')} ms`);
+});
+
+scenario('late-joiner-and-screenshot', async (ctx) => {
+  const room = 'weekly-sync';
+  const [alice, bob] = ctx.track(await open(['Alice', 'Bob']));
+  const carol = ctx.track(await Participant.open('Carol', 'demo', { width: 1280, height: 720 }));
+  await alice.join(room);
+  await bob.join(room);
+  await Promise.all([expectMedia(alice, ['Bob']), expectMedia(bob, ['Alice'])]);
+  // Carol joins late; the page records when joinRoom was sent, and we poll getStats in the page.
+  await carol.page.fill('#room', room);
+  await carol.page.fill('#user', 'Carol');
+  await carol.page.click('#join');
+  const first = await carol.page.evaluate(async ({ names, limit }) => {
+    const t = performance.now();
+    while (!window.roomd.joined && performance.now() - t < limit) await new Promise((r) => setTimeout(r, 5));
+    const start = window.roomd.timings.joinSentAt;
+    const res = {};
+    while (performance.now() - t < limit && Object.keys(res).length < names.length) {
+      for (const n of names) {
+        const pc = window.roomd.peers.get(n);
+        if (n in res || !pc) continue;
+        let fd = 0;
+        (await pc.getStats()).forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'video') fd += r.framesDecoded || 0; });
+        if (fd > 0) res[n] = Math.round(performance.now() - start);
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return res;
+  }, { names: ['Alice', 'Bob'], limit: 10_000 });
+  ctx.note(`late joiner join→first decoded frame: Alice ${first.Alice ?? 'never'} ms, Bob ${first.Bob ?? 'never'} ms`);
+  for (const n of ['Alice', 'Bob']) {
+    if (first[n] === undefined || first[n] > 2000) throw new Error(`late joiner decoded ${n} after ${first[n] ?? '>10000'} ms (limit 2000 ms)`);
+  }
+  await Promise.all([expectMedia(carol, ['Alice', 'Bob']), expectMedia(alice, ['Bob', 'Carol']), expectMedia(bob, ['Alice', 'Carol'])]);
+
+  // Screenshot of the 3-person call from Carol's page, with a little chat.
+  await alice.page.fill('#chat-input', 'Morning! Can everyone see my screen share later?');
+  await alice.page.press('#chat-input', 'Enter');
+  await bob.page.fill('#chat-input', 'Video looks great here, hi Carol!');
+  await bob.page.press('#chat-input', 'Enter');
+  await until('chat shown on Carol', 5_000, () => carol.page.evaluate(() => window.roomd.chat.length >= 2), 50);
+  await until('every tile playing with stats', 10_000, () => carol.page.evaluate(() => {
+    const tiles = [...document.querySelectorAll('#grid .tile')];
+    return tiles.length === 3 && tiles.every((t) => t.classList.contains('has-video') && t.querySelector('.stats').textContent.includes('kb/s'));
+  }), 100);
+  mkdirSync(path.dirname(screenshotPath), { recursive: true });
+  await carol.page.screenshot({ path: screenshotPath });
+  ctx.note(`screenshot: ${path.relative(path.join(HERE, '..', '..'), screenshotPath)}`);
+});
+
+scenario('kurento-utils-compat', async (ctx) => {
+  const room = uniqueRoom('compat');
+  const k1 = ctx.track(await Participant.open('kurento-sendonly', 'compat'));
+  const k2 = ctx.track(await Participant.open('kurento-sendrecv', 'compat'));
+  const d = ctx.track(await Participant.open('demo-page'));
+  await k1.compatStart(room, false);
+  await d.join(room);
+  await k2.compatStart(room, true);
+  await Promise.all([
+    expectMedia(k1, ['kurento-sendrecv', 'demo-page']),
+    expectMedia(k2, ['kurento-sendonly', 'demo-page'], { loopback: true }),
+    expectMedia(d, ['kurento-sendonly', 'kurento-sendrecv']),
+  ]);
+  for (const k of [k1, k2]) {
+    const errors = await k.page.evaluate(() => window.compat.errors);
+    if (errors.length) throw new Error(`${k.name} errors: ${errors.join(' | ')}`);
+  }
+  await k2.page.evaluate(() => window.compat.leave());
+  await expectTiles(d, ['kurento-sendonly']);
+  ctx.note('WebRtcPeerSendonly, WebRtcPeerSendrecv (doLoopback) and WebRtcPeerRecvonly all decode');
+});
+
+// ------------------------------------------------------------------------------------------
+// Main.
+// ------------------------------------------------------------------------------------------
+let compatBundle = '';
+let compatUrl = '';
+let compatServer;
+let child;
+
+/**
+ * Serves the compat page from a real loopback origin (a page from a fulfilled route counts as
+ * "public" for Chromium's local-network-access checks, which then block its ws://127.0.0.1).
+ */
+async function serveCompatPage() {
+  const html = '<!doctype html><meta charset="utf-8"><title>kurento-utils compat</title><body><script src="/compat.js"></script></body>';
+  compatServer = createHttpServer((req, res) => {
+    if (req.url === '/compat.js') {
+      res.writeHead(200, { 'content-type': 'text/javascript' });
+      res.end(compatBundle);
+    } else {
+      res.writeHead(200, { 'content-type': 'text/html' });
+      res.end(html);
+    }
+  });
+  await new Promise((resolve) => compatServer.listen(0, '127.0.0.1', resolve));
+  compatUrl = `http://127.0.0.1:${compatServer.address().port}`;
+}
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+async function startServer(bin) {
+  const port = await freePort();
+  child = spawn(bin, ['--bind', '127.0.0.1', '--port', String(port), '--rtc-port-min', '47000', '--rtc-port-max', '47999'], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    env: { RUST_LOG: 'error', ...process.env },
+  });
+  baseUrl = `http://127.0.0.1:${port}`;
+  await until('roomd /health', 15_000, async () => {
+    try {
+      return (await fetch(`${baseUrl}/health`)).ok;
+    } catch {
+      return false;
+    }
+  });
+}
+
+async function main() {
+  if (argv.includes('--list')) {
+    for (const s of scenarios) console.log(s.name);
+    return 0;
+  }
+  if (serverBin) await startServer(serverBin);
+  if (!baseUrl) {
+    console.error('usage: node run.mjs --url http://127.0.0.1:PORT | --bin path/to/roomd');
+    return 2;
+  }
+  if (!existsSync(CHROMIUM)) {
+    console.error(`${CHROMIUM} not found: run tests/browser/setup.sh`);
+    return 2;
+  }
+  const built = await esbuild.build({
+    entryPoints: [path.join(HERE, 'compat', 'client.js')],
+    bundle: true,
+    format: 'iife',
+    platform: 'browser',
+    define: { global: 'window' },
+    write: false,
+    logLevel: 'warning',
+  });
+  compatBundle = built.outputFiles[0].text;
+  await serveCompatPage();
+  const index = await (await fetch(`${baseUrl}/`)).text();
+  if (!index.includes('/demo/app.js')) throw new Error('GET / did not serve the demo page');
+
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  say(`chromium ${browser.version()} against ${baseUrl}`);
+
+  const selected = scenarios.filter((s) => !only.length || only.includes(s.name));
+  for (const s of selected) {
+    const tracked = [];
+    const notes = [];
+    const ctx = {
+      track(x) {
+        for (const p of Array.isArray(x) ? x : [x]) tracked.push(p);
+        return x;
+      },
+      note(n) { notes.push(n); },
+    };
+    const start = Date.now();
+    let timer;
+    try {
+      await Promise.race([
+        s.fn(ctx),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`scenario exceeded ${SCENARIO_LIMIT_MS / 1000} s`)), SCENARIO_LIMIT_MS);
+        }),
+      ]);
+      tally.passed++;
+      say(`ok   ${s.name} (${((Date.now() - start) / 1000).toFixed(1)} s)`);
+      for (const n of notes) say(`     ${n}`);
+    } catch (e) {
+      tally.failed++;
+      say(`FAIL ${s.name} (${((Date.now() - start) / 1000).toFixed(1)} s): ${e.message}`);
+      for (const n of notes) say(`     ${n}`);
+      for (const p of tracked) {
+        const st = p.page.isClosed() ? null : await p.stats().catch(() => null);
+        if (st) console.log(`    ${p.name} stats: ${fmtStats(st)}`);
+        const errs = p.page.isClosed() ? [] : await p.page.evaluate(() => (window.roomd || window.compat).errors).catch(() => []);
+        if (errs.length) console.log(`    ${p.name} errors: ${errs.join(' | ')}`);
+        console.log(p.dumpLogs());
+      }
+    }
+    clearTimeout(timer);
+    await Promise.all(tracked.map((p) => p.close()));
+  }
+  await browser.close();
+  compatServer.close();
+  say(`browser suite took ${elapsed()} s`);
+  console.log(`${tally.passed} passed, ${tally.failed} failed`);
+  return tally.failed ? 1 : 0;
+}
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    if (child) child.kill('SIGTERM');
+    process.exit(130);
+  });
+}
+
+main()
+  .then((code) => {
+    if (child) child.kill('SIGTERM');
+    process.exit(code);
+  })
+  .catch(async (e) => {
+    console.error(e && e.stack ? e.stack : e);
+    if (browser) await browser.close().catch(() => {});
+    if (child) child.kill('SIGTERM');
+    console.log('0 passed, 1 failed');
+    process.exit(1);
+  });

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the browser end-to-end tests need on a fresh Debian machine, and nothing that is
+# already there: Debian's chromium (no downloaded browser build), and the npm packages of
+# package-lock.json (playwright-core, esbuild, kurento-jsonrpc, kurento-utils) into node_modules.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "setup: installing Debian's chromium"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "setup: node and npm are required" >&2
+  exit 1
+fi
+
+# npm ci when node_modules is missing or older than the lock file.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: npm ci in tests/browser"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+echo "setup: $(/usr/bin/chromium --version 2>/dev/null | head -1), node $(node --version)"
