@@ -437,7 +437,11 @@ impl Connection {
                 }
             }
             tracing::warn!(room = %room_name, "could not reach a room for a join");
-            return Err(RoomError::MediaUnavailable);
+            let user = joining_as.unwrap_or_default();
+            return Err(RoomError::RoomClosing {
+                user,
+                room: room_name,
+            });
         }
         let Some(b) = binding else {
             if let (ClientRequest::LeaveRoom, Some(stale)) = (&request, slot.binding()) {

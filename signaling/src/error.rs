@@ -108,6 +108,14 @@ pub enum RoomError {
         /// The room given.
         given: String,
     },
+    /// `joinRoom` raced with the room closing and no live room could take the join.
+    #[error("'{user}' is trying to join room '{room}' but it is closing")]
+    RoomClosing {
+        /// The joiner's name.
+        user: String,
+        /// The room.
+        room: String,
+    },
     /// `leaveRoom` when the room recorded for the session no longer exists (admin close).
     #[error("org.kurento.room.exception.RoomException:Room '{room}' not found")]
     RoomNotFound {
@@ -158,6 +166,7 @@ impl RoomError {
             | Self::SenderNotStreaming { .. }
             | Self::LoopbackOnlyWhenPublishing => 105,
             Self::RoomMessageMismatch { .. } => 202,
+            Self::RoomClosing { .. } => 203,
             Self::MediaUnavailable => 301,
             Self::PublishSdp { .. } | Self::SubscribeSdp { .. } => 302,
             Self::PublisherEndpoint | Self::SubscriberEndpoint => 303,
@@ -178,7 +187,15 @@ mod tests {
 
     #[test]
     fn messages_match_the_original_texts() {
-        let cases: [(RoomError, i64, &str); 8] = [
+        let cases: [(RoomError, i64, &str); 9] = [
+            (
+                RoomError::RoomClosing {
+                    user: "u".into(),
+                    room: "r".into(),
+                },
+                203,
+                "'u' is trying to join room 'r' but it is closing",
+            ),
             (
                 RoomError::MissingParam("doLoopback"),
                 -1,
