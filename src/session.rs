@@ -418,7 +418,7 @@ impl Connection {
                     });
                 }
             }
-            let joining_as = Some(user.clone());
+            let user = user.clone();
             let room_name = room.clone();
             let mut input = Input::Request {
                 session,
@@ -432,12 +432,16 @@ impl Connection {
                     None => self.room_for_join(&room_name),
                 };
                 match handle.tx.send(input).await {
-                    Ok(()) => return Ok(InFlight { id, joining_as }),
+                    Ok(()) => {
+                        return Ok(InFlight {
+                            id,
+                            joining_as: Some(user),
+                        })
+                    }
                     Err(mpsc::error::SendError(back)) => input = back,
                 }
             }
             tracing::warn!(room = %room_name, "could not reach a room for a join");
-            let user = joining_as.unwrap_or_default();
             return Err(RoomError::RoomClosing {
                 user,
                 room: room_name,
