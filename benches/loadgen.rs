@@ -1,0 +1,1824 @@
+//! End-to-end load generator: sans-IO webrtc-rs (`rtc` 0.21.1) peers on one pinned thread,
+//! speaking the Kurento room protocol to a release `roomd` child process over WebSocket
+//! (joinRoom / publishVideo / receiveVideoFrom / onIceCandidate / iceCandidate), or the Janus
+//! VideoRoom API to a Janus child process, with synthetic VP8 + Opus-sized media on 127.0.0.1.
+//!
+//! ```text
+//! CARGO_TARGET_DIR=target-bench cargo bench --bench loadgen -- [options]
+//!   --scenario LIST   comma list of 1x2, 10x4, 4x10, 1x25, ramp, or `all` (default all)
+//!   --suite S         gcm | cm | both (default gcm): the only SRTP profile the peers offer
+//!   --server S        roomd | janus | both (default roomd)
+//!   --seconds N       measured window per scenario (default 5; plus ~2 s warm-up)
+//!   --ramp LIST       viewer counts for `ramp` (default 10,25,50,100,200,300,400,500,600)
+//!   --no-reference    skip the reference-forwarder runs
+//!   --smoke           1 room x 2 against roomd for ~5 s; exit 1 unless media flows both ways
+//! ```
+//!
+//! Plain `cargo bench` (no options) runs `--smoke`. Generator on CPU 0, server on CPU 1
+//! (`taskset`). A scenario is marked INVALID when the generator used more than 85 % of its
+//! core during the window (then the generator, not the server, was measured).
+//!
+//! Media per publisher: VP8-shaped video at 30 fps, ≈1.5 Mbit/s (5 × 1200-byte packets per
+//! frame, 12 for a key frame; key frame every 2 s and on PLI/FIR) and Opus-sized audio at
+//! 50 pps (160 bytes). Every payload carries (publisher id, kind, payload sequence number,
+//! send time) after the 2-byte VP8 descriptor/header, so the receiver computes loss and
+//! one-way latency per stream.
+
+#[path = "common/refwd.rs"]
+mod refwd;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use refwd::Suite;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+};
+use rtc::peer_connection::configuration::setting_engine::{SettingEngine, SettingEngineBuilder};
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use serde_json::{json, Value};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+// ---------------------------------------------------------------------------------------------
+// Media profile
+
+const FPS: u32 = 30;
+const VIDEO_PKT: usize = 1200;
+const DELTA_PKTS: usize = 5;
+const KEY_PKTS: usize = 12;
+const KEY_EVERY: Duration = Duration::from_secs(2);
+const AUDIO_PKT: usize = 160;
+const AUDIO_PTIME: Duration = Duration::from_millis(20);
+const MAGIC: u8 = 0x4C; // 'L'
+const GEN_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+const INVALID_GENERATOR_LOAD: f64 = 0.85;
+
+/// `LOADGEN_DEBUG=1`: print every signalling message received.
+fn debug() -> bool {
+    static D: OnceLock<bool> = OnceLock::new();
+    *D.get_or_init(|| std::env::var_os("LOADGEN_DEBUG").is_some())
+}
+
+fn epoch() -> Instant {
+    static T0: OnceLock<Instant> = OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+/// Payload: [VP8 descriptor][VP8 header][MAGIC][kind][pub u32][seq u32][send ns u64] + fill.
+fn payload(len: usize, vp8: [u8; 2], kind: u8, publisher: u32, seq: u32) -> Bytes {
+    let mut b = BytesMut::with_capacity(len);
+    b.extend_from_slice(&vp8);
+    b.extend_from_slice(&[MAGIC, kind]);
+    b.extend_from_slice(&publisher.to_be_bytes());
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(&now_ns().to_be_bytes());
+    b.resize(len, 0xA5);
+    b.freeze()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared statistics (one thread: Rc/RefCell)
+
+#[derive(Default)]
+struct StreamStat {
+    count: u64,
+    max_seq: u32,
+    seen: bool,
+    win_count0: u64,
+    win_seq0: u32,
+}
+
+#[derive(Default)]
+struct Stats {
+    measuring: bool,
+    streams: HashMap<(u64, u32, u8), StreamStat>, // (subscriber pc, publisher, kind)
+    latencies_us: Vec<u32>,
+    received_total: u64,
+    received_window: u64,
+    sent_total: u64,
+    sent_window: u64,
+    plis: u64,
+    firs: u64,
+    join_to_first_frame: Vec<f64>,
+    connected: u64,
+    failed: u64,
+    signaling_errors: u64,
+    first_error: Option<String>,
+}
+
+type SharedStats = Rc<RefCell<Stats>>;
+
+impl Stats {
+    fn start_window(&mut self) {
+        self.measuring = true;
+        self.latencies_us.clear();
+        self.received_window = 0;
+        self.sent_window = 0;
+        for s in self.streams.values_mut() {
+            s.win_count0 = s.count;
+            s.win_seq0 = s.max_seq;
+        }
+    }
+    /// (expected, received) over the window, by payload sequence numbers.
+    fn window_loss(&self) -> (u64, u64) {
+        let (mut exp, mut got) = (0u64, 0u64);
+        for s in self.streams.values() {
+            if s.win_count0 == 0 {
+                continue; // stream started inside the window: not steady
+            }
+            exp += u64::from(s.max_seq.wrapping_sub(s.win_seq0));
+            got += s.count - s.win_count0;
+        }
+        (exp, got.min(exp.max(got)))
+    }
+    fn error(&mut self, e: String) {
+        self.signaling_errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One peer connection, driven on the local task set
+
+enum PcCmd {
+    Answer(String),
+    Offer(String, oneshot::Sender<String>),
+    Candidate(RTCIceCandidateInit),
+}
+
+struct Publishing {
+    id: u32,
+    video: RTCRtpSenderId,
+    audio: RTCRtpSenderId,
+    video_ssrc: u32,
+    audio_ssrc: u32,
+}
+
+fn setting_engine(suite: Suite) -> SettingEngine {
+    let profile = match suite {
+        Suite::Gcm => SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+        Suite::Cm => SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+    };
+    SettingEngineBuilder::new()
+        .with_srtp_protection_profiles(vec![profile])
+        .build()
+}
+
+/// Lets inbound PLI/FIR reach the application (`poll_read`); every other inbound RTCP packet
+/// stops at the end of the chain (webrtc-rs `rtcp-processing` pattern, as `media::keyframe`).
+#[derive(Default)]
+struct KeyframeRequests {
+    read: std::collections::VecDeque<rtc::interceptor::TaggedPacket>,
+    write: std::collections::VecDeque<rtc::interceptor::TaggedPacket>,
+}
+
+fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
+    let any = p.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+impl Protocol<rtc::interceptor::TaggedPacket, rtc::interceptor::TaggedPacket, ()>
+    for KeyframeRequests
+{
+    type Rout = rtc::interceptor::TaggedPacket;
+    type Wout = rtc::interceptor::TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        if let rtc::interceptor::Packet::Rtcp(packets) = &msg.message.packet {
+            if !packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                return Ok(());
+            }
+            msg.message
+                .add(rtc::interceptor::Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl rtc::interceptor::Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &rtc::interceptor::StreamInfo) {}
+}
+
+fn new_pc(suite: Suite) -> RTCPeerConnection {
+    let mut me = MediaEngine::default();
+    me.register_default_codecs().expect("codecs");
+    // Only the keyframe-request interceptor: the generator stays cheap (no NACK/TWCC/RR work on
+    // the generator core); loopback does not lose packets below the server's capacity.
+    let registry = Registry::new().with(14_000usize.into(), KeyframeRequests::default());
+    RTCPeerConnectionBuilder::new()
+        .with_setting_engine(setting_engine(suite))
+        .with_media_engine(me)
+        .with_interceptor_registry(registry)
+        .build(Instant::now())
+        .expect("peer connection")
+}
+
+fn codec(kind: RtpCodecKind) -> RTCRtpCodec {
+    match kind {
+        RtpCodecKind::Audio => RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        _ => RTCRtpCodec {
+            mime_type: MIME_TYPE_VP8.to_owned(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+    }
+}
+
+fn add_send_track(pc: &mut RTCPeerConnection, kind: RtpCodecKind, ssrc: u32) -> RTCRtpSenderId {
+    let track = MediaStreamTrack::new(
+        "loadgen".to_owned(),
+        format!("{kind}-{ssrc}"),
+        format!("{kind}"),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec(kind),
+            ..Default::default()
+        }],
+    );
+    let _ = pc
+        .add_transceiver_from_track(
+            track,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                streams: vec![],
+                send_encodings: vec![],
+            }),
+        )
+        .expect("transceiver");
+    pc.get_senders().last().expect("sender")
+}
+
+/// Binds the peer's UDP socket and registers it as the only (host) candidate.
+async fn bind_candidate(pc: &mut RTCPeerConnection) -> (UdpSocket, String) {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("udp bind");
+    let addr = sock.local_addr().expect("addr");
+    let cand = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .expect("candidate");
+    let init = RTCIceCandidate::from(&cand).to_json().expect("json");
+    let line = init.candidate.clone();
+    pc.add_local_candidate(init).expect("local candidate");
+    (sock, line)
+}
+
+fn create_offer(pc: &mut RTCPeerConnection) -> String {
+    let offer = pc.create_offer(None).expect("offer");
+    pc.set_local_description(Instant::now(), offer.clone())
+        .expect("set local");
+    offer.sdp
+}
+
+struct PeerCtx {
+    key: u64,
+    stats: SharedStats,
+    publishing: Option<Publishing>,
+    /// For subscriber PCs: when the subscribe request was sent.
+    subscribe_sent: Option<Instant>,
+    stop: Rc<Cell<bool>>,
+}
+
+/// Runs one peer connection until `stop`: socket I/O, timers, media generation (publishers),
+/// statistics (subscribers).
+async fn run_pc(
+    mut pc: RTCPeerConnection,
+    sock: UdpSocket,
+    mut cmds: mpsc::UnboundedReceiver<PcCmd>,
+    mut ctx: PeerCtx,
+) {
+    let local = sock.local_addr().expect("addr");
+    let mut buf = vec![0u8; 2048];
+    let mut connected = false;
+    let mut first_video = false;
+    let (mut vpt, mut apt) = (None::<u8>, None::<u8>);
+    let mut vseq = 0u16;
+    let mut aseq = 0u16;
+    let (mut vpay, mut apay) = (0u32, 0u32);
+    let mut frame = 0u32;
+    let mut want_key = true;
+    let mut last_key = Instant::now();
+    let start = Instant::now();
+    let mut next_video = Instant::now();
+    let mut next_audio = Instant::now();
+    let frame_dt = Duration::from_secs(1) / FPS;
+    loop {
+        if ctx.stop.get() {
+            break;
+        }
+        // Drain outputs.
+        while let Some(msg) = pc.poll_write() {
+            let _ = sock.try_send_to(&msg.message, msg.transport.peer_addr);
+        }
+        while let Some(ev) = pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
+                match s {
+                    RTCPeerConnectionState::Connected if !connected => {
+                        connected = true;
+                        ctx.stats.borrow_mut().connected += 1;
+                    }
+                    RTCPeerConnectionState::Failed => {
+                        ctx.stats.borrow_mut().failed += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        while let Some(TaggedRTCMessage { message, .. }) = pc.poll_read() {
+            match message {
+                RTCMessage::RtpPacket(_, p) => {
+                    let b = &p.payload;
+                    if b.len() < 20 || b[2] != MAGIC {
+                        continue;
+                    }
+                    let kind = b[3];
+                    let publisher = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                    let seq = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+                    let sent = u64::from_be_bytes(b[12..20].try_into().expect("8 bytes"));
+                    let mut st = ctx.stats.borrow_mut();
+                    st.received_total += 1;
+                    if st.measuring {
+                        st.received_window += 1;
+                        let lat = now_ns().saturating_sub(sent) / 1000;
+                        st.latencies_us.push(lat.min(u64::from(u32::MAX)) as u32);
+                    }
+                    if kind == 1 && !first_video {
+                        first_video = true;
+                        if let Some(t) = ctx.subscribe_sent {
+                            st.join_to_first_frame.push(t.elapsed().as_secs_f64());
+                        }
+                    }
+                    let s = st.streams.entry((ctx.key, publisher, kind)).or_default();
+                    s.count += 1;
+                    if !s.seen || seq.wrapping_sub(s.max_seq) < (1 << 31) {
+                        s.max_seq = seq;
+                    }
+                    s.seen = true;
+                }
+                RTCMessage::RtcpPacket(_, pkts) => {
+                    let mut st = ctx.stats.borrow_mut();
+                    for p in &pkts {
+                        let any = p.as_any();
+                        if any.downcast_ref::<PictureLossIndication>().is_some() {
+                            st.plis += 1;
+                            want_key = true;
+                        } else if any.downcast_ref::<FullIntraRequest>().is_some() {
+                            st.firs += 1;
+                            want_key = true;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Media generation.
+        let now = Instant::now();
+        if connected {
+            if let Some(p) = &ctx.publishing {
+                if vpt.is_none() {
+                    vpt = pt_of(&mut pc, p.video, MIME_TYPE_VP8);
+                    apt = pt_of(&mut pc, p.audio, MIME_TYPE_OPUS);
+                }
+                if let (Some(vp), Some(ap)) = (vpt, apt) {
+                    let mut sent = 0u64;
+                    while now >= next_video {
+                        next_video += frame_dt;
+                        frame += 1;
+                        let key = want_key || last_key.elapsed() >= KEY_EVERY;
+                        if key {
+                            want_key = false;
+                            last_key = now;
+                        }
+                        let n = if key { KEY_PKTS } else { DELTA_PKTS };
+                        let ts = frame.wrapping_mul(90_000 / FPS);
+                        for i in 0..n {
+                            let desc = if i == 0 { 0x10 } else { 0x00 };
+                            let hdr = if key { 0x00 } else { 0x01 };
+                            vseq = vseq.wrapping_add(1);
+                            vpay += 1;
+                            let pkt = rtc::rtp::packet::Packet {
+                                header: rtc::rtp::header::Header {
+                                    version: 2,
+                                    payload_type: vp,
+                                    sequence_number: vseq,
+                                    timestamp: ts,
+                                    ssrc: p.video_ssrc,
+                                    marker: i + 1 == n,
+                                    ..Default::default()
+                                },
+                                payload: payload(VIDEO_PKT, [desc, hdr], 1, p.id, vpay),
+                            };
+                            if let Some(mut s) = pc.rtp_sender(p.video) {
+                                if s.write_rtp(now, pkt).is_ok() {
+                                    sent += 1;
+                                }
+                            }
+                        }
+                        if now.duration_since(next_video) > Duration::from_millis(500) {
+                            next_video = now; // fell far behind: skip, do not burst
+                        }
+                    }
+                    while now >= next_audio {
+                        next_audio += AUDIO_PTIME;
+                        aseq = aseq.wrapping_add(1);
+                        apay += 1;
+                        let pkt = rtc::rtp::packet::Packet {
+                            header: rtc::rtp::header::Header {
+                                version: 2,
+                                payload_type: ap,
+                                sequence_number: aseq,
+                                timestamp: apay.wrapping_mul(960),
+                                ssrc: p.audio_ssrc,
+                                ..Default::default()
+                            },
+                            payload: payload(AUDIO_PKT, [0, 0], 0, p.id, apay),
+                        };
+                        if let Some(mut s) = pc.rtp_sender(p.audio) {
+                            if s.write_rtp(now, pkt).is_ok() {
+                                sent += 1;
+                            }
+                        }
+                        if now.duration_since(next_audio) > Duration::from_millis(500) {
+                            next_audio = now;
+                        }
+                    }
+                    if sent > 0 {
+                        let mut st = ctx.stats.borrow_mut();
+                        st.sent_total += sent;
+                        if st.measuring {
+                            st.sent_window += sent;
+                        }
+                        continue; // flush what was just written
+                    }
+                }
+            }
+        } else {
+            next_video = now;
+            next_audio = now;
+            if start.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+        }
+        // Wait for the next thing to do.
+        let mut deadline = pc
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_secs(1))
+            .min(now + Duration::from_secs(1));
+        if connected && ctx.publishing.is_some() {
+            deadline = deadline.min(next_video).min(next_audio);
+        }
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(sleep);
+        tokio::select! {
+            biased;
+            r = sock.recv_from(&mut buf) => {
+                if let Ok((n, peer)) = r {
+                    let _ = pc.handle_read(TaggedBytesMut {
+                        now: Instant::now(),
+                        transport: TransportContext {
+                            local_addr: local,
+                            peer_addr: peer,
+                            ecn: None,
+                            transport_protocol: TransportProtocol::UDP,
+                        },
+                        message: BytesMut::from(&buf[..n]),
+                    });
+                    // Drain what else is queued without waiting.
+                    while let Ok((n, peer)) = sock.try_recv_from(&mut buf) {
+                        let _ = pc.handle_read(TaggedBytesMut {
+                            now: Instant::now(),
+                            transport: TransportContext {
+                                local_addr: local,
+                                peer_addr: peer,
+                                ecn: None,
+                                transport_protocol: TransportProtocol::UDP,
+                            },
+                            message: BytesMut::from(&buf[..n]),
+                        });
+                    }
+                }
+            }
+            c = cmds.recv() => match c {
+                Some(PcCmd::Answer(sdp)) => {
+                    match RTCSessionDescription::answer(sdp) {
+                        Ok(a) => {
+                            if let Err(e) = pc.set_remote_description(Instant::now(), a) {
+                                ctx.stats.borrow_mut().error(format!("set answer: {e}"));
+                            }
+                        }
+                        Err(e) => ctx.stats.borrow_mut().error(format!("parse answer: {e}")),
+                    }
+                }
+                Some(PcCmd::Offer(sdp, reply)) => {
+                    // Janus subscriber: the server offers, we answer.
+                    let r = RTCSessionDescription::offer(sdp)
+                        .and_then(|o| pc.set_remote_description(Instant::now(), o))
+                        .and_then(|_| pc.create_answer(None))
+                        .and_then(|a| {
+                            pc.set_local_description(Instant::now(), a.clone())?;
+                            Ok(a.sdp)
+                        });
+                    match r {
+                        Ok(sdp) => { let _ = reply.send(sdp); }
+                        Err(e) => ctx.stats.borrow_mut().error(format!("janus offer: {e}")),
+                    }
+                }
+                Some(PcCmd::Candidate(c)) => {
+                    let _ = pc.add_remote_candidate(c);
+                }
+                None => {}
+            },
+            _ = &mut sleep => {
+                let _ = pc.handle_timeout(Instant::now());
+            }
+        }
+    }
+    let _ = pc.close();
+    while let Some(msg) = pc.poll_write() {
+        let _ = sock.try_send_to(&msg.message, msg.transport.peer_addr);
+    }
+    ctx.publishing.take();
+}
+
+fn pt_of(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId, mime: &str) -> Option<u8> {
+    let mut s = pc.rtp_sender(sender)?;
+    s.get_parameters()
+        .rtp_parameters
+        .codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+        .map(|c| c.payload_type)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kurento room protocol (roomd)
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A JSON-RPC client on one WebSocket: requests with replies, notifications to a channel.
+struct Rpc {
+    out: mpsc::UnboundedSender<Message>,
+    pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Value>>>>,
+    next_id: Cell<u64>,
+}
+
+impl Rpc {
+    async fn connect(
+        url: &str,
+        stop: Rc<Cell<bool>>,
+    ) -> Result<(Rc<Rpc>, mpsc::UnboundedReceiver<Value>), String> {
+        Self::connect_with(url, stop, None).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        stop: Rc<Cell<bool>>,
+        protocol: Option<&str>,
+    ) -> Result<(Rc<Rpc>, mpsc::UnboundedReceiver<Value>), String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+        if let Some(p) = protocol {
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", p.parse().expect("header"));
+        }
+        let (ws, _): (Ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| format!("ws connect {url}: {e}"))?;
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let (note_tx, note_rx) = mpsc::unbounded_channel::<Value>();
+        let pending: Rc<RefCell<HashMap<u64, oneshot::Sender<Value>>>> = Rc::default();
+        tokio::task::spawn_local(async move {
+            while let Some(m) = out_rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let p2 = pending.clone();
+        tokio::task::spawn_local(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                if stop.get() {
+                    break;
+                }
+                let Message::Text(t) = m else { continue };
+                if debug() {
+                    eprintln!("<- {t}");
+                }
+                let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                    continue;
+                };
+                // Kurento: replies carry "id"; Janus: replies carry "transaction".
+                let id = v.get("id").and_then(Value::as_u64).or_else(|| {
+                    v.get("transaction")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse().ok())
+                        .filter(|_| v["janus"] != "ack")
+                });
+                match id.and_then(|id| p2.borrow_mut().remove(&id)) {
+                    Some(tx) => {
+                        let _ = tx.send(v);
+                    }
+                    None => {
+                        if v["janus"] != "ack" {
+                            let _ = note_tx.send(v);
+                        }
+                    }
+                }
+            }
+        });
+        Ok((
+            Rc::new(Rpc {
+                out,
+                pending,
+                next_id: Cell::new(1),
+            }),
+            note_rx,
+        ))
+    }
+
+    fn id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// Kurento JSON-RPC request; returns `result` or an error string.
+    async fn call(&self, method: &str, params: Value) -> Result<Value, String> {
+        let id = self.id();
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        let msg = json!({"jsonrpc":"2.0","method":method,"params":params,"id":id});
+        self.out
+            .send(Message::Text(msg.to_string().into()))
+            .map_err(|_| "ws closed".to_owned())?;
+        let v = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .map_err(|_| format!("{method}: timeout"))?
+            .map_err(|_| format!("{method}: closed"))?;
+        if let Some(e) = v.get("error") {
+            return Err(format!("{method}: {e}"));
+        }
+        Ok(v["result"].clone())
+    }
+
+    /// Janus request: `transaction` is set; waits for the first non-ack reply.
+    async fn janus(&self, mut msg: Value) -> Result<Value, String> {
+        let id = self.id();
+        msg["transaction"] = json!(id.to_string());
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        self.out
+            .send(Message::Text(msg.to_string().into()))
+            .map_err(|_| "ws closed".to_owned())?;
+        let v = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .map_err(|_| format!("janus {}: timeout", msg["janus"]))?
+            .map_err(|_| "janus: closed".to_owned())?;
+        if v["janus"] == "error" {
+            return Err(format!("janus error: {}", v["error"]));
+        }
+        Ok(v)
+    }
+
+    fn close(&self) {
+        let _ = self.out.send(Message::Close(None));
+    }
+}
+
+/// Janus: trickles our one candidate, then end-of-candidates (Janus waits for them).
+fn janus_trickle(rpc: &Rpc, session: u64, handle: u64, cand: &str) {
+    for c in [
+        json!({"candidate": cand, "sdpMid": "0", "sdpMLineIndex": 0}),
+        json!({"completed": true}),
+    ] {
+        let _ = rpc.out.send(Message::Text(
+            json!({"janus":"trickle","session_id":session,"handle_id":handle,"candidate":c,"transaction":"t"})
+                .to_string()
+                .into(),
+        ));
+    }
+}
+
+/// Janus gathers on every non-loopback interface; keep its IPv4 host candidates only.
+fn janus_sdp(sdp: &str) -> String {
+    sdp.split("\r\n")
+        .filter(|l| {
+            !(l.starts_with("a=candidate") && l.split(' ').nth(4).is_some_and(|a| a.contains(':')))
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+fn candidate_of(params: &Value) -> Option<RTCIceCandidateInit> {
+    Some(RTCIceCandidateInit {
+        candidate: params["candidate"].as_str()?.to_owned(),
+        sdp_mid: params["sdpMid"].as_str().map(str::to_owned),
+        sdp_mline_index: params["sdpMLineIndex"].as_u64().map(|i| i as u16),
+        ..Default::default()
+    })
+}
+
+/// The scenario-wide context handed to every participant.
+#[derive(Clone)]
+struct Env {
+    url: String,
+    suite: Suite,
+    stats: SharedStats,
+    stop: Rc<Cell<bool>>,
+    next_key: Rc<Cell<u64>>,
+}
+
+impl Env {
+    fn key(&self) -> u64 {
+        let k = self.next_key.get();
+        self.next_key.set(k + 1);
+        k
+    }
+}
+
+/// One roomd participant: joins, optionally publishes, subscribes to every publisher.
+async fn kurento_participant(env: Env, room: String, user: String, publish: bool, pub_id: u32) {
+    let (rpc, mut notes) = match Rpc::connect(&env.url, env.stop.clone()).await {
+        Ok(x) => x,
+        Err(e) => return env.stats.borrow_mut().error(e),
+    };
+    let endpoints: Rc<RefCell<HashMap<String, mpsc::UnboundedSender<PcCmd>>>> = Rc::default();
+    let joined = match rpc
+        .call("joinRoom", json!({"user": user, "room": room}))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return env.stats.borrow_mut().error(e),
+    };
+    // Server-initiated traffic: candidates and newly published participants.
+    let (pub_tx, mut pub_rx) = mpsc::unbounded_channel::<String>();
+    {
+        let endpoints = endpoints.clone();
+        let pub_tx = pub_tx.clone();
+        tokio::task::spawn_local(async move {
+            while let Some(n) = notes.recv().await {
+                match n["method"].as_str() {
+                    Some("iceCandidate") => {
+                        let p = &n["params"];
+                        let name = p["endpointName"].as_str().unwrap_or_default();
+                        if let (Some(tx), Some(c)) = (endpoints.borrow().get(name), candidate_of(p))
+                        {
+                            let _ = tx.send(PcCmd::Candidate(c));
+                        }
+                    }
+                    Some("participantPublished") => {
+                        if let Some(id) = n["params"]["id"].as_str() {
+                            let _ = pub_tx.send(id.to_owned());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    for p in joined["value"].as_array().into_iter().flatten() {
+        if p["streams"].is_array() {
+            if let Some(id) = p["id"].as_str() {
+                let _ = pub_tx.send(id.to_owned());
+            }
+        }
+    }
+    drop(pub_tx);
+    if publish {
+        let mut pc = new_pc(env.suite);
+        let video_ssrc = 0x1000_0000 + pub_id * 2;
+        let audio_ssrc = video_ssrc + 1;
+        let audio = add_send_track(&mut pc, RtpCodecKind::Audio, audio_ssrc);
+        let video = add_send_track(&mut pc, RtpCodecKind::Video, video_ssrc);
+        let (sock, _cand) = bind_candidate(&mut pc).await;
+        let offer = create_offer(&mut pc);
+        let (tx, rx) = mpsc::unbounded_channel();
+        endpoints.borrow_mut().insert(user.clone(), tx.clone());
+        let ctx = PeerCtx {
+            key: env.key(),
+            stats: env.stats.clone(),
+            publishing: Some(Publishing {
+                id: pub_id,
+                video,
+                audio,
+                video_ssrc,
+                audio_ssrc,
+            }),
+            subscribe_sent: None,
+            stop: env.stop.clone(),
+        };
+        tokio::task::spawn_local(run_pc(pc, sock, rx, ctx));
+        match rpc
+            .call(
+                "publishVideo",
+                json!({"sdpOffer": offer, "doLoopback": false}),
+            )
+            .await
+        {
+            Ok(r) => {
+                let _ = tx.send(PcCmd::Answer(
+                    r["sdpAnswer"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+            Err(e) => env.stats.borrow_mut().error(e),
+        }
+    }
+    while let Some(sender) = pub_rx.recv().await {
+        if env.stop.get() {
+            break;
+        }
+        if sender == user {
+            continue;
+        }
+        let mut pc = new_pc(env.suite);
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            let _ = pc.add_transceiver_from_kind(
+                kind,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            );
+        }
+        let (sock, _cand) = bind_candidate(&mut pc).await;
+        let offer = create_offer(&mut pc);
+        let (tx, rx) = mpsc::unbounded_channel();
+        endpoints.borrow_mut().insert(sender.clone(), tx.clone());
+        let ctx = PeerCtx {
+            key: env.key(),
+            stats: env.stats.clone(),
+            publishing: None,
+            subscribe_sent: Some(Instant::now()),
+            stop: env.stop.clone(),
+        };
+        tokio::task::spawn_local(run_pc(pc, sock, rx, ctx));
+        match rpc
+            .call(
+                "receiveVideoFrom",
+                json!({"sender": format!("{sender}_webcam"), "sdpOffer": offer}),
+            )
+            .await
+        {
+            Ok(r) => {
+                let _ = tx.send(PcCmd::Answer(
+                    r["sdpAnswer"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+            Err(e) => env.stats.borrow_mut().error(e),
+        }
+    }
+    while !env.stop.get() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rpc.close();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Janus VideoRoom adapter
+
+const JANUS_ROOM_BASE: u64 = 7000;
+
+/// One Janus participant: session + publisher handle (join, configure with our offer) and one
+/// subscriber handle per remote publisher (Janus offers, we answer, `start`).
+async fn janus_participant(env: Env, room: u64, user: String, publish: bool, pub_id: u32) {
+    let (rpc, mut notes) =
+        match Rpc::connect_with(&env.url, env.stop.clone(), Some("janus-protocol")).await {
+            Ok(x) => x,
+            Err(e) => return env.stats.borrow_mut().error(e),
+        };
+    let r = async {
+        let s = rpc.janus(json!({"janus":"create"})).await?;
+        let session = s["data"]["id"].as_u64().ok_or("no session id")?;
+        let attach = |rpc: Rc<Rpc>| async move {
+            let h = rpc
+                .janus(json!({"janus":"attach","session_id":session,"plugin":"janus.plugin.videoroom"}))
+                .await?;
+            h["data"]["id"].as_u64().ok_or_else(|| "no handle id".to_owned())
+        };
+        // Keepalive + event routing.
+        let handles: Rc<RefCell<HashMap<u64, mpsc::UnboundedSender<PcCmd>>>> = Rc::default();
+        let (feeds_tx, mut feeds_rx) = mpsc::unbounded_channel::<u64>();
+        {
+            let rpc2 = rpc.clone();
+            let stop = env.stop.clone();
+            tokio::task::spawn_local(async move {
+                while !stop.get() {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    let _ = rpc2.out.send(Message::Text(
+                        json!({"janus":"keepalive","session_id":session,"transaction":"ka"}).to_string().into(),
+                    ));
+                }
+            });
+            let handles = handles.clone();
+            let feeds_tx = feeds_tx.clone();
+            tokio::task::spawn_local(async move {
+                while let Some(n) = notes.recv().await {
+                    if n["janus"] == "trickle" {
+                        let c = &n["candidate"];
+                        if let (Some(h), Some(ci)) = (n["sender"].as_u64(), candidate_of(c)) {
+                            if let Some(tx) = handles.borrow().get(&h) {
+                                let _ = tx.send(PcCmd::Candidate(ci));
+                            }
+                        }
+                    }
+                    for p in n["plugindata"]["data"]["publishers"].as_array().into_iter().flatten() {
+                        if let Some(id) = p["id"].as_u64() {
+                            let _ = feeds_tx.send(id);
+                        }
+                    }
+                }
+            });
+        }
+        let my_feed = 1_000_000 + u64::from(pub_id);
+        let ph = attach(rpc.clone()).await?;
+        let joined = rpc
+            .janus(json!({"janus":"message","session_id":session,"handle_id":ph,
+                "body":{"request":"join","ptype":"publisher","room":room,"id":my_feed,"display":user}}))
+            .await?;
+        let joined = if joined["janus"] == "success" { wait_event(&rpc, &joined).await? } else { joined };
+        for p in joined["plugindata"]["data"]["publishers"].as_array().into_iter().flatten() {
+            if let Some(id) = p["id"].as_u64() {
+                let _ = feeds_tx.send(id);
+            }
+        }
+        drop(feeds_tx);
+        if publish {
+            let mut pc = new_pc(env.suite);
+            let video_ssrc = 0x1000_0000 + pub_id * 2;
+            let audio_ssrc = video_ssrc + 1;
+            let audio = add_send_track(&mut pc, RtpCodecKind::Audio, audio_ssrc);
+            let video = add_send_track(&mut pc, RtpCodecKind::Video, video_ssrc);
+            let (sock, cand) = bind_candidate(&mut pc).await;
+            let offer = create_offer(&mut pc);
+            let (tx, rx) = mpsc::unbounded_channel();
+            handles.borrow_mut().insert(ph, tx.clone());
+            tokio::task::spawn_local(run_pc(pc, sock, rx, PeerCtx {
+                key: env.key(),
+                stats: env.stats.clone(),
+                publishing: Some(Publishing { id: pub_id, video, audio, video_ssrc, audio_ssrc }),
+                subscribe_sent: None,
+                stop: env.stop.clone(),
+            }));
+            let ev = rpc
+                .janus(json!({"janus":"message","session_id":session,"handle_id":ph,
+                    "body":{"request":"configure","audio":true,"video":true},
+                    "jsep":{"type":"offer","sdp":offer}}))
+                .await?;
+            let ev = if ev["janus"] == "ack" || ev["jsep"].is_null() { wait_jsep(&rpc, ev).await? } else { ev };
+            let sdp = janus_sdp(ev["jsep"]["sdp"].as_str().ok_or("no answer jsep")?);
+            janus_trickle(&rpc, session, ph, &cand);
+            let _ = tx.send(PcCmd::Answer(sdp));
+        }
+        while let Some(feed) = feeds_rx.recv().await {
+            if env.stop.get() {
+                break;
+            }
+            if feed == my_feed {
+                continue;
+            }
+            let sh = attach(rpc.clone()).await?;
+            let sent = Instant::now();
+            let ev = rpc
+                .janus(json!({"janus":"message","session_id":session,"handle_id":sh,
+                    "body":{"request":"join","ptype":"subscriber","room":room,"streams":[{"feed":feed}]}}))
+                .await?;
+            let ev = if ev["jsep"].is_null() { wait_jsep(&rpc, ev).await? } else { ev };
+            let offer = janus_sdp(ev["jsep"]["sdp"].as_str().ok_or("no offer jsep")?);
+            let mut pc = new_pc(env.suite);
+            let (sock, cand) = bind_candidate(&mut pc).await;
+            let (tx, rx) = mpsc::unbounded_channel();
+            handles.borrow_mut().insert(sh, tx.clone());
+            tokio::task::spawn_local(run_pc(pc, sock, rx, PeerCtx {
+                key: env.key(),
+                stats: env.stats.clone(),
+                publishing: None,
+                subscribe_sent: Some(sent),
+                stop: env.stop.clone(),
+            }));
+            let (atx, arx) = oneshot::channel();
+            let _ = tx.send(PcCmd::Offer(offer, atx));
+            let answer = arx.await.map_err(|_| "no answer from pc".to_owned())?;
+            rpc.janus(json!({"janus":"message","session_id":session,"handle_id":sh,
+                "body":{"request":"start"},"jsep":{"type":"answer","sdp":answer}}))
+                .await?;
+            janus_trickle(&rpc, session, sh, &cand);
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    if let Err(e) = r {
+        env.stats.borrow_mut().error(e);
+    }
+    while !env.stop.get() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rpc.close();
+}
+
+/// Janus answers plugin messages with an `ack` and later an `event`: the event arrives as a
+/// notification. This helper is a placeholder for the synchronous `success` case.
+async fn wait_event(_rpc: &Rpc, v: &Value) -> Result<Value, String> {
+    Ok(v.clone())
+}
+
+async fn wait_jsep(_rpc: &Rpc, v: Value) -> Result<Value, String> {
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ServerKind {
+    Roomd,
+    Janus,
+}
+
+struct Server {
+    _kind: ServerKind,
+    /// roomd's HTTP port (for `/metrics`).
+    http_port: Option<u16>,
+    child: Child,
+    url: String,
+    _dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(d) = self._dir.as_ref().filter(|_| !debug()) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18080)
+}
+
+fn pinned(cmd: &str) -> Command {
+    if Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+    {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(SERVER_CPU.to_string()).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    }
+}
+
+async fn wait_tcp(port: u16) -> bool {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn start_roomd() -> Result<Server, String> {
+    let port = free_port();
+    let child = pinned(env!("CARGO_BIN_EXE_roomd"))
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--media-ip",
+            "127.0.0.1",
+            "--rtc-port-min",
+            "40000",
+            "--rtc-port-max",
+            "49999",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn roomd: {e}"))?;
+    let s = Server {
+        _kind: ServerKind::Roomd,
+        http_port: Some(port),
+        child,
+        url: format!("ws://127.0.0.1:{port}/room"),
+        _dir: None,
+    };
+    if !wait_tcp(port).await {
+        return Err("roomd did not listen".into());
+    }
+    Ok(s)
+}
+
+async fn start_janus(rooms: u64, publishers: usize) -> Result<Server, String> {
+    let exe = ["/usr/bin/janus", "/usr/local/bin/janus"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .ok_or("janus is not installed (apt-get install -y janus)")?;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("loadgen-janus-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let plugins = "/usr/lib/x86_64-linux-gnu/janus/plugins";
+    let transports = "/usr/lib/x86_64-linux-gnu/janus/transports";
+    let w =
+        |name: &str, body: String| std::fs::write(dir.join(name), body).map_err(|e| e.to_string());
+    w(
+        "janus.jcfg",
+        format!(
+            r#"general: {{ configs_folder = "{d}" plugins_folder = "{plugins}" transports_folder = "{transports}" events_folder = "/nonexistent" loggers_folder = "/nonexistent" debug_level = 3 admin_secret = "x" protected_folders = [] }}
+certificates: {{ }}
+media: {{ rtp_port_range = "30000-39999" }}
+nat: {{ nice_debug = false ice_enforce_list = "127.0.0.1" ice_ignore_list = "" }}
+plugins: {{ disable = "libjanus_sip.so,libjanus_streaming.so,libjanus_audiobridge.so,libjanus_echotest.so,libjanus_recordplay.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so,libjanus_nosip.so,libjanus_lua.so,libjanus_duktape.so" }}
+transports: {{ disable = "libjanus_http.so,libjanus_rabbitmq.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so" }}
+events: {{ broadcast = false }}
+"#,
+            d = dir.display()
+        ),
+    )?;
+    w(
+        "janus.transport.websockets.jcfg",
+        format!("general: {{ json = \"compact\" ws = true ws_port = {port} ws_ip = \"127.0.0.1\" wss = false }}\nadmin: {{ admin_ws = false }}\n"),
+    )?;
+    let mut rooms_cfg = String::from("general: { }\n");
+    for r in 0..rooms {
+        rooms_cfg.push_str(&format!(
+            "room-{id}: {{ description = \"bench\" publishers = {p} bitrate = 0 fir_freq = 0 audiocodec = \"opus\" videocodec = \"vp8\" }}\n",
+            id = JANUS_ROOM_BASE + r,
+            p = publishers.max(2),
+        ));
+    }
+    w("janus.plugin.videoroom.jcfg", rooms_cfg)?;
+    let log = std::fs::File::create(dir.join("janus.log")).map_err(|e| e.to_string())?;
+    let child = pinned(exe)
+        .arg("-F")
+        .arg(&dir)
+        .arg("-C")
+        .arg(dir.join("janus.jcfg"))
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawn janus: {e}"))?;
+    let s = Server {
+        _kind: ServerKind::Janus,
+        http_port: None,
+        child,
+        url: format!("ws://127.0.0.1:{port}/"),
+        _dir: Some(dir.clone()),
+    };
+    if !wait_tcp(port).await {
+        let tail = std::fs::read_to_string(dir.join("janus.log")).unwrap_or_default();
+        let tail: String = tail.lines().rev().take(8).collect::<Vec<_>>().join(" | ");
+        return Err(format!("janus did not listen: {tail}"));
+    }
+    Ok(s)
+}
+
+/// Sum of the samples of a Prometheus counter on roomd's `/metrics` (plain HTTP/1.0 GET).
+async fn scrape_counter(port: u16, name: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    let v = body
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    Some(v as u64)
+}
+
+/// Seconds all threads of `pid` spent runnable but waiting for a CPU (procfs schedstat).
+/// A busy neighbour on the server's core shows up here, not in the server's CPU time.
+fn sched_wait(pid: u32) -> f64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
+}
+
+/// (utime + stime) seconds and VmRSS/VmHWM kB of a process, from procfs.
+fn proc_sample(pid: u32) -> (f64, u64, u64) {
+    let tick = 100.0; // CLK_TCK on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tick)
+        })
+        .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (cpu, kb("VmRSS:"), kb("VmHWM:"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+#[derive(Clone, Debug)]
+struct Scenario {
+    name: String,
+    rooms: usize,
+    participants: usize,
+    publishers: usize,
+}
+
+impl Scenario {
+    fn conference(rooms: usize, size: usize) -> Self {
+        Scenario {
+            name: format!("{rooms}x{size}"),
+            rooms,
+            participants: size,
+            publishers: size,
+        }
+    }
+    fn broadcast(viewers: usize) -> Self {
+        Scenario {
+            name: format!("1->{viewers}"),
+            rooms: 1,
+            participants: viewers + 1,
+            publishers: 1,
+        }
+    }
+    /// Subscriber streams (audio + video) the server must feed.
+    fn sub_streams(&self) -> usize {
+        2 * self.rooms * self.publishers * (self.participants - 1)
+    }
+    /// Fan-out per published packet.
+    fn fanout(&self) -> usize {
+        self.participants - 1
+    }
+}
+
+struct Outcome {
+    server: ServerKind,
+    suite: Suite,
+    scenario: Scenario,
+    pps: f64,
+    in_pps: f64,
+    us_per_pkt: f64,
+    server_cpu: f64,
+    rss_mb: f64,
+    hwm_mb: f64,
+    rss_per_stream_kb: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    loss: f64,
+    plis: u64,
+    firs: u64,
+    server_kf: Option<u64>,
+    jff_p50: f64,
+    jff_p99: f64,
+    gen_load: f64,
+    server_wait: f64,
+    gen_wait: f64,
+    connected: u64,
+    expected_pcs: u64,
+    errors: u64,
+    first_error: Option<String>,
+    reference_us: Option<f64>,
+}
+
+impl Outcome {
+    fn valid(&self) -> bool {
+        self.gen_load <= INVALID_GENERATOR_LOAD
+            && self.errors == 0
+            && self.connected == self.expected_pcs
+    }
+}
+
+fn pct(v: &mut [u32], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    let (_, x, _) = v.select_nth_unstable(i);
+    f64::from(*x) / 1000.0
+}
+
+fn pctf(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize] * 1000.0
+}
+
+async fn run_scenario(
+    kind: ServerKind,
+    suite: Suite,
+    sc: &Scenario,
+    window: Duration,
+    warmup: Duration,
+) -> Result<Outcome, String> {
+    let server = match kind {
+        ServerKind::Roomd => start_roomd().await?,
+        ServerKind::Janus => start_janus(sc.rooms as u64, sc.publishers).await?,
+    };
+    let pid = server.child.id();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, rss0, _) = proc_sample(pid);
+    let stats: SharedStats = Rc::default();
+    let env = Env {
+        url: server.url.clone(),
+        suite,
+        stats: stats.clone(),
+        stop: Rc::new(Cell::new(false)),
+        next_key: Rc::new(Cell::new(1)),
+    };
+    let expected_pcs = (sc.rooms * (sc.publishers + sc.publishers * (sc.participants - 1))) as u64;
+    let mut pub_id = 0u32;
+    for r in 0..sc.rooms {
+        for p in 0..sc.participants {
+            let publish = p < sc.publishers;
+            pub_id += 1;
+            let env = env.clone();
+            let user = format!("u{r}p{p}");
+            match kind {
+                ServerKind::Roomd => {
+                    tokio::task::spawn_local(kurento_participant(
+                        env,
+                        format!("room{r}"),
+                        user,
+                        publish,
+                        pub_id,
+                    ));
+                }
+                ServerKind::Janus => {
+                    tokio::task::spawn_local(janus_participant(
+                        env,
+                        JANUS_ROOM_BASE + r as u64,
+                        user,
+                        publish,
+                        pub_id,
+                    ));
+                }
+            }
+            // Publishers first so subscribers find them; a short stagger keeps joins realistic.
+            tokio::time::sleep(Duration::from_millis(if publish { 20 } else { 5 })).await;
+        }
+    }
+    // Wait for every PC to connect and the first frames (bounded).
+    let t = Instant::now();
+    let join_budget = Duration::from_secs(10) + Duration::from_millis(20 * expected_pcs);
+    while t.elapsed() < join_budget {
+        let subs = expected_pcs - (sc.rooms * sc.publishers) as u64;
+        let ready = {
+            let s = stats.borrow();
+            s.connected + s.failed >= expected_pcs && s.join_to_first_frame.len() as u64 >= subs
+        };
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(warmup).await;
+    // Window.
+    stats.borrow_mut().start_window();
+    let (c0, _, _) = proc_sample(pid);
+    let (w0, gw0) = (sched_wait(pid), sched_wait(std::process::id()));
+    let g0 = refwd::process_cpu();
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let wall = t0.elapsed().as_secs_f64();
+    let gen_load = (refwd::process_cpu() - g0) / wall;
+    let (c1, rss, hwm) = proc_sample(pid);
+    let server_wait = (sched_wait(pid) - w0) / wall;
+    let gen_wait = (sched_wait(std::process::id()) - gw0) / wall;
+    let server_kf = match server.http_port {
+        Some(p) => scrape_counter(p, "roomd_keyframe_requests_sent_total").await,
+        None => None,
+    };
+    let out = {
+        let mut st = stats.borrow_mut();
+        st.measuring = false;
+        let (expected, got) = st.window_loss();
+        let received = st.received_window;
+        let server_cpu = c1 - c0;
+        let streams = sc.sub_streams().max(1);
+        let mut lat = std::mem::take(&mut st.latencies_us);
+        let mut jff = std::mem::take(&mut st.join_to_first_frame);
+        Outcome {
+            server: kind,
+            suite,
+            scenario: sc.clone(),
+            pps: received as f64 / wall,
+            in_pps: st.sent_window as f64 / wall,
+            us_per_pkt: server_cpu * 1e6 / received.max(1) as f64,
+            server_cpu: server_cpu / wall,
+            rss_mb: rss as f64 / 1024.0,
+            hwm_mb: hwm as f64 / 1024.0,
+            rss_per_stream_kb: rss.saturating_sub(rss0) as f64 / streams as f64,
+            p50: pct(&mut lat, 0.5),
+            p99: pct(&mut lat, 0.99),
+            p999: pct(&mut lat, 0.999),
+            loss: if expected == 0 {
+                f64::NAN
+            } else {
+                1.0 - got as f64 / expected as f64
+            },
+            plis: st.plis,
+            firs: st.firs,
+            server_kf,
+            jff_p50: pctf(&mut jff, 0.5),
+            jff_p99: pctf(&mut jff, 0.99),
+            gen_load,
+            server_wait,
+            gen_wait,
+            connected: st.connected,
+            expected_pcs,
+            errors: st.signaling_errors,
+            first_error: st.first_error.clone(),
+            reference_us: None,
+        }
+    };
+    env.stop.set(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(server);
+    Ok(out)
+}
+
+fn print_header() {
+    println!(
+        "{:<6} {:<5} {:<8} {:>8} {:>7} {:>6} {:>7} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>5} {:>6}  status",
+        "server", "suite", "scenario", "fwd pps", "µs/pkt", "cpu%", "RSS MB", "kB/str", "p50 ms", "p99", "p99.9", "loss%", "KF req", "in pps", "deliv%", "jff50", "jff99", "gen%", "÷ref"
+    );
+}
+
+fn print_outcome(o: &Outcome) {
+    let ratio = o.reference_us.map(|r| r / o.us_per_pkt);
+    println!(
+        "{:<6} {:<5} {:<8} {:>8.0} {:>7.2} {:>6.1} {:>7.1} {:>7.1} {:>7.3} {:>6.3} {:>6.3} {:>7.3} {:>7} {:>6.0} {:>6.1} {:>7.1} {:>7.1} {:>5.0} {:>6}  {}",
+        match o.server { ServerKind::Roomd => "roomd", ServerKind::Janus => "janus" },
+        o.suite.name(),
+        o.scenario.name,
+        o.pps,
+        o.us_per_pkt,
+        o.server_cpu * 100.0,
+        o.rss_mb,
+        o.rss_per_stream_kb,
+        o.p50,
+        o.p99,
+        o.p999,
+        o.loss * 100.0,
+        o.server_kf.unwrap_or(o.plis + o.firs),
+        o.in_pps,
+        100.0 * o.pps / (o.in_pps * o.scenario.fanout() as f64).max(1.0),
+        o.jff_p50,
+        o.jff_p99,
+        o.gen_load * 100.0,
+        ratio.map(|r| format!("{:.0}%", r * 100.0)).unwrap_or_else(|| "-".into()),
+        if o.valid() && (o.loss > 0.005 || o.pps < 0.95 * o.in_pps * o.scenario.fanout() as f64) {
+            format!(
+                "SATURATED (loss or delivery short; peak RSS {:.0} MB; run-queue wait: server {:.0} %, generator {:.0} %)",
+                o.hwm_mb,
+                o.server_wait * 100.0,
+                o.gen_wait * 100.0
+            )
+        } else if o.valid() {
+            format!("ok (peak RSS {:.0} MB; run-queue wait: server {:.0} %, generator {:.0} %)", o.hwm_mb, o.server_wait * 100.0, o.gen_wait * 100.0)
+        } else {
+            format!(
+                "INVALID ({}{}{})",
+                if o.gen_load > INVALID_GENERATOR_LOAD { "generator core > 85 %; " } else { "" },
+                if o.connected != o.expected_pcs { format!("{}/{} PCs connected; ", o.connected, o.expected_pcs) } else { String::new() },
+                o.first_error.clone().unwrap_or_default()
+            )
+        }
+    );
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Opts {
+    scenarios: Vec<String>,
+    suites: Vec<Suite>,
+    servers: Vec<ServerKind>,
+    window: Duration,
+    ramp: Vec<usize>,
+    reference: bool,
+    smoke: bool,
+}
+
+fn opts() -> Opts {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let has = |name: &str| args.iter().any(|a| a == name);
+    let explicit = ["--scenario", "--suite", "--server", "--seconds", "--ramp"]
+        .iter()
+        .any(|a| has(a));
+    Opts {
+        scenarios: arg("--scenario")
+            .unwrap_or_else(|| "all".into())
+            .split(',')
+            .flat_map(|s| {
+                if s == "all" {
+                    vec!["1x2", "10x4", "4x10", "1x25", "ramp"]
+                        .into_iter()
+                        .map(String::from)
+                        .collect()
+                } else {
+                    vec![s.to_owned()]
+                }
+            })
+            .collect(),
+        suites: arg("--suite")
+            .and_then(|s| Suite::parse(&s))
+            .unwrap_or_else(|| vec![Suite::Gcm]),
+        servers: match arg("--server").as_deref() {
+            Some("janus") => vec![ServerKind::Janus],
+            Some("both") => vec![ServerKind::Roomd, ServerKind::Janus],
+            _ => vec![ServerKind::Roomd],
+        },
+        window: Duration::from_secs_f64(
+            arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(5.0),
+        ),
+        ramp: arg("--ramp")
+            .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_else(|| vec![10, 25, 50, 100, 200, 300, 400, 500, 600]),
+        reference: !has("--no-reference"),
+        smoke: has("--smoke") || !explicit,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let o = opts();
+    raise_fd_limit();
+    let _ = epoch();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    let code = local.block_on(&rt, async move {
+        if o.smoke {
+            return smoke().await;
+        }
+        main_async(o).await;
+        0
+    });
+    std::process::exit(code);
+}
+
+/// 1 room × 2 against roomd, ~5 s, exit code 1 unless media flows both ways.
+async fn smoke() -> i32 {
+    refwd::pin_current_thread(GEN_CPU);
+    let sc = Scenario::conference(1, 2);
+    let t = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        run_scenario(
+            ServerKind::Roomd,
+            Suite::Gcm,
+            &sc,
+            Duration::from_secs(2),
+            Duration::from_millis(500),
+        ),
+    )
+    .await;
+    match r {
+        Ok(Ok(o)) => {
+            print_header();
+            print_outcome(&o);
+            let ok = o.pps > 0.0 && o.connected == o.expected_pcs && o.jff_p50.is_finite();
+            println!(
+                "smoke: {} in {:.1} s ({} of {} peer connections connected, {:.0} forwarded pps)",
+                if ok { "PASS" } else { "FAIL: no media flowed" },
+                t.elapsed().as_secs_f64(),
+                o.connected,
+                o.expected_pcs,
+                o.pps
+            );
+            i32::from(!ok)
+        }
+        Ok(Err(e)) => {
+            println!("smoke: FAIL: {e}");
+            1
+        }
+        Err(_) => {
+            println!("smoke: FAIL: timed out");
+            1
+        }
+    }
+}
+
+async fn main_async(o: Opts) {
+    // Reference first (it pins its own threads), then pin this thread for the generator.
+    let mut reference: HashMap<(Suite, usize), f64> = HashMap::new();
+    let mut scenarios = Vec::new();
+    for name in &o.scenarios {
+        match name.as_str() {
+            "ramp" => {}
+            n => {
+                let Some((r, p)) = n
+                    .split_once('x')
+                    .and_then(|(r, p)| Some((r.parse().ok()?, p.parse().ok()?)))
+                else {
+                    println!("unknown scenario {n}");
+                    continue;
+                };
+                scenarios.push(Scenario::conference(r, p));
+            }
+        }
+    }
+    let ramp = o.scenarios.iter().any(|s| s == "ramp");
+    if o.reference {
+        let mut ns: Vec<usize> = scenarios.iter().map(Scenario::fanout).collect();
+        if ramp {
+            ns.push(24);
+        }
+        ns.sort_unstable();
+        ns.dedup();
+        for &suite in &o.suites {
+            for &n in &ns {
+                if let Ok(r) = refwd::run(refwd::Params::paced(suite, n, Duration::from_secs(2))) {
+                    println!("{}", r.line());
+                    reference.insert((suite, n), r.us_per_out());
+                }
+            }
+        }
+    }
+    refwd::pin_current_thread(GEN_CPU);
+    println!(
+        "\nwindow {:.0} s per scenario; generator pinned to CPU {GEN_CPU}, server to CPU {SERVER_CPU}; latency = one-way send→receive through the server (generator-side rtc processing included)",
+        o.window.as_secs_f64()
+    );
+    print_header();
+    let mut results = Vec::new();
+    for &suite in &o.suites {
+        for sc in &scenarios {
+            for &kind in &o.servers {
+                match run_scenario(kind, suite, sc, o.window, Duration::from_secs(2)).await {
+                    Ok(mut out) => {
+                        out.reference_us = reference.get(&(suite, sc.fanout())).copied();
+                        print_outcome(&out);
+                        results.push(out);
+                    }
+                    Err(e) => println!("{kind:?} {} {}: failed: {e}", suite.name(), sc.name),
+                }
+            }
+        }
+        if ramp {
+            for &kind in &o.servers {
+                for &n in &o.ramp {
+                    let sc = Scenario::broadcast(n);
+                    match run_scenario(kind, suite, &sc, o.window, Duration::from_secs(2)).await {
+                        Ok(mut out) => {
+                            out.reference_us = reference.get(&(suite, n.min(24))).copied();
+                            print_outcome(&out);
+                            let stop = out.loss.is_nan() || out.loss > 0.005 || !out.valid();
+                            results.push(out);
+                            if stop {
+                                println!("ramp stops at {n} viewers (loss > 0.5 % or invalid run)");
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            println!("{kind:?} {} {}: failed: {e}", suite.name(), sc.name);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // roomd ÷ Janus, same scenario and suite.
+    for r in results.iter().filter(|r| r.server == ServerKind::Roomd) {
+        if let Some(j) = results.iter().find(|j| {
+            j.server == ServerKind::Janus
+                && j.suite == r.suite
+                && j.scenario.name == r.scenario.name
+                && j.valid()
+                && j.pps > 0.0
+        }) {
+            println!(
+                "roomd ÷ janus {} {}: CPU per packet {:.2}× less ({:.2} vs {:.2} µs), RSS {:.1} vs {:.1} MB",
+                r.suite.name(),
+                r.scenario.name,
+                j.us_per_pkt / r.us_per_pkt,
+                r.us_per_pkt,
+                j.us_per_pkt,
+                r.rss_mb,
+                j.rss_mb
+            );
+        }
+    }
+}
