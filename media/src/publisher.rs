@@ -25,7 +25,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use crate::codecs::{CodecInfo, Kind};
 use crate::fanout::{DropReason, FanOut, Packet, Slot, SlotId};
 use crate::keyframe::{KeyframeDecision, KeyframeLimiter};
-use crate::session::{RoleHooks, Session};
+use crate::session::{close_endpoint, RoleHooks, Session};
 use crate::stats::{spawn_counted, Counters, Gauge};
 use crate::subscriber::Output;
 use crate::EndpointKey;
@@ -288,17 +288,7 @@ impl PublisherEndpoint {
         for h in self.hooks.abort_tasks() {
             let _ = h.await;
         }
-        self.session.close().await;
-        let fwd = self
-            .event_forwarder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(f) = fwd {
-            f.abort();
-            let _ = f.await;
-        }
-        self.gauge.lock().unwrap_or_else(|e| e.into_inner()).take();
+        close_endpoint(&self.session, &self.event_forwarder, &self.gauge).await;
         debug!(endpoint = self.key.0, "publisher released");
     }
 }

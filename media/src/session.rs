@@ -472,6 +472,27 @@ pub(crate) fn short_error(what: &str, e: &dyn std::fmt::Display) -> String {
     format!("{what}: {msg}")
 }
 
+/// The last steps of every endpoint's teardown, shared by publishers and subscribers: close
+/// the peer connection (returning its port), stop the endpoint's event forwarder, and stop
+/// counting the endpoint in the live gauges.
+pub(crate) async fn close_endpoint<G>(
+    session: &Session,
+    event_forwarder: &std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    gauge: &std::sync::Mutex<Option<G>>,
+) {
+    session.close().await;
+    // Poisoning cannot leave these `Option`s half-updated: recover the value.
+    let forwarder = event_forwarder
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(f) = forwarder {
+        f.abort();
+        let _ = f.await;
+    }
+    gauge.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ use crate::codecs::{CodecInfo, PtMap};
 use crate::fanout::{DropReason, ForwardStats, Packet, Slot, SlotId, SUBSCRIBER_QUEUE_CAPACITY};
 use crate::keyframe::is_keyframe_request;
 use crate::publisher::{DataFanOut, DataMsg, TrackCtl, TrackHub};
-use crate::session::{RoleHooks, Session};
+use crate::session::{close_endpoint, RoleHooks, Session};
 use crate::stats::{spawn_counted, Counters, Gauge};
 use crate::EndpointKey;
 
@@ -375,17 +375,7 @@ impl SubscriberEndpoint {
         for t in self.hooks.abort_tasks() {
             let _ = t.await;
         }
-        self.session.close().await;
-        let fwd = self
-            .event_forwarder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(f) = fwd {
-            f.abort();
-            let _ = f.await;
-        }
-        self.gauge.lock().unwrap_or_else(|e| e.into_inner()).take();
+        close_endpoint(&self.session, &self.event_forwarder, &self.gauge).await;
         debug!(endpoint = self.key.0, "subscriber released");
     }
 }
