@@ -2,6 +2,11 @@
 //! speaking the Kurento room protocol to a release `roomd` child process over WebSocket
 //! (joinRoom / publishVideo / receiveVideoFrom / onIceCandidate / iceCandidate), or the Janus
 //! VideoRoom API to a Janus child process, with synthetic VP8 + Opus-sized media on 127.0.0.1.
+//! Janus (libnice) never gathers a loopback candidate, so with `--server janus|both` (root and
+//! iproute2 needed) the run creates a network namespace `roomd-janus-<pid>` joined by a veth pair
+//! (10.213.0.1 host end, 10.213.0.2 inside), starts Janus in it with `ip netns exec`, and binds
+//! the Janus peers to 10.213.0.1; roomd stays on 127.0.0.1. The namespace (and with it the veth)
+//! is deleted at the end, on error and on Ctrl-C; namespaces of dead earlier runs are reaped.
 //!
 //! ```text
 //! CARGO_TARGET_DIR=target-bench cargo bench --bench loadgen -- [options]
@@ -29,6 +34,7 @@ mod refwd;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::sync::OnceLock;
@@ -310,9 +316,9 @@ fn add_send_track(pc: &mut RTCPeerConnection, kind: RtpCodecKind, ssrc: u32) -> 
     pc.get_senders().last().expect("sender")
 }
 
-/// Binds the peer's UDP socket and registers it as the only (host) candidate.
-async fn bind_candidate(pc: &mut RTCPeerConnection) -> (UdpSocket, String) {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("udp bind");
+/// Binds the peer's UDP socket on `ip` and registers it as the only (host) candidate.
+async fn bind_candidate(pc: &mut RTCPeerConnection, ip: IpAddr) -> (UdpSocket, String) {
+    let sock = UdpSocket::bind((ip, 0)).await.expect("udp bind");
     let addr = sock.local_addr().expect("addr");
     let cand = CandidateHostConfig {
         base_config: CandidateConfig {
@@ -794,6 +800,9 @@ fn candidate_of(params: &Value) -> Option<RTCIceCandidateInit> {
 #[derive(Clone)]
 struct Env {
     url: String,
+    /// The address the generator's peers bind: 127.0.0.1 for roomd, the host end of the veth
+    /// for Janus in its network namespace.
+    media_ip: IpAddr,
     suite: Suite,
     stats: SharedStats,
     stop: Rc<Cell<bool>>,
@@ -862,7 +871,7 @@ async fn kurento_participant(env: Env, room: String, user: String, publish: bool
         let audio_ssrc = video_ssrc + 1;
         let audio = add_send_track(&mut pc, RtpCodecKind::Audio, audio_ssrc);
         let video = add_send_track(&mut pc, RtpCodecKind::Video, video_ssrc);
-        let (sock, _cand) = bind_candidate(&mut pc).await;
+        let (sock, _cand) = bind_candidate(&mut pc, env.media_ip).await;
         let offer = create_offer(&mut pc);
         let (tx, rx) = mpsc::unbounded_channel();
         endpoints.borrow_mut().insert(user.clone(), tx.clone());
@@ -913,7 +922,7 @@ async fn kurento_participant(env: Env, room: String, user: String, publish: bool
                 }),
             );
         }
-        let (sock, _cand) = bind_candidate(&mut pc).await;
+        let (sock, _cand) = bind_candidate(&mut pc, env.media_ip).await;
         let offer = create_offer(&mut pc);
         let (tx, rx) = mpsc::unbounded_channel();
         endpoints.borrow_mut().insert(sender.clone(), tx.clone());
@@ -1021,7 +1030,7 @@ async fn janus_participant(env: Env, room: u64, user: String, publish: bool, pub
             let audio_ssrc = video_ssrc + 1;
             let audio = add_send_track(&mut pc, RtpCodecKind::Audio, audio_ssrc);
             let video = add_send_track(&mut pc, RtpCodecKind::Video, video_ssrc);
-            let (sock, cand) = bind_candidate(&mut pc).await;
+            let (sock, cand) = bind_candidate(&mut pc, env.media_ip).await;
             let offer = create_offer(&mut pc);
             let (tx, rx) = mpsc::unbounded_channel();
             handles.borrow_mut().insert(ph, tx.clone());
@@ -1058,7 +1067,7 @@ async fn janus_participant(env: Env, room: u64, user: String, publish: bool, pub
             let ev = if ev["jsep"].is_null() { wait_jsep(&rpc, ev).await? } else { ev };
             let offer = janus_sdp(ev["jsep"]["sdp"].as_str().ok_or("no offer jsep")?);
             let mut pc = new_pc(env.suite);
-            let (sock, cand) = bind_candidate(&mut pc).await;
+            let (sock, cand) = bind_candidate(&mut pc, env.media_ip).await;
             let (tx, rx) = mpsc::unbounded_channel();
             handles.borrow_mut().insert(sh, tx.clone());
             tokio::task::spawn_local(run_pc(pc, sock, rx, PeerCtx {
@@ -1113,6 +1122,7 @@ struct Server {
     http_port: Option<u16>,
     child: Child,
     url: String,
+    media_ip: IpAddr,
     _dir: Option<std::path::PathBuf>,
 }
 
@@ -1149,12 +1159,9 @@ fn pinned(cmd: &str) -> Command {
     }
 }
 
-async fn wait_tcp(port: u16) -> bool {
+async fn wait_tcp(ip: IpAddr, port: u16) -> bool {
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if tokio::net::TcpStream::connect((ip, port)).await.is_ok() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1184,15 +1191,131 @@ async fn start_roomd() -> Result<Server, String> {
         http_port: Some(port),
         child,
         url: format!("ws://127.0.0.1:{port}/room"),
+        media_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         _dir: None,
     };
-    if !wait_tcp(port).await {
+    if !wait_tcp(IpAddr::V4(Ipv4Addr::LOCALHOST), port).await {
         return Err("roomd did not listen".into());
     }
     Ok(s)
 }
 
-async fn start_janus(rooms: u64, publishers: usize) -> Result<Server, String> {
+// ---------------------------------------------------------------------------------------------
+// Janus's network namespace
+
+/// A network namespace this run creates for Janus, joined to the host by a veth pair on a
+/// private /30 (10.213.0.1 host end, 10.213.0.2 inside). Janus (libnice) never gathers on
+/// loopback, so inside the namespace it gathers on the veth only, and the generator's Janus peers
+/// bind the host end: all media stays between this run's own endpoints. Dropping it deletes the
+/// namespace, which deletes the veth pair.
+struct JanusNet {
+    ns: String,
+    /// The veth end inside the namespace (Janus's `ice_enforce_list`).
+    inner_if: String,
+    host_ip: Ipv4Addr,
+    ns_ip: Ipv4Addr,
+}
+
+const NETNS_PREFIX: &str = "roomd-janus-";
+
+/// Runs `ip ARGS` (bounded to 10 s), returning its stderr on failure.
+fn ip_cmd(args: &[&str]) -> Result<(), String> {
+    let mut child = Command::new("timeout")
+        .arg("10")
+        .arg("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    match child.wait() {
+        Ok(st) if st.success() => Ok(()),
+        Ok(st) => Err(format!("ip {}: {st}: {}", args.join(" "), err.trim())),
+        Err(e) => Err(format!("ip {}: {e}", args.join(" "))),
+    }
+}
+
+impl JanusNet {
+    fn create() -> Result<Self, String> {
+        // Effective uid: the second field of `Uid:` in /proc/self/status.
+        let euid = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+            });
+        if euid.as_deref() != Some("0") {
+            return Err("Janus's network namespace needs root (ip netns add)".into());
+        }
+        if Command::new("ip")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            return Err("`ip` not found (apt-get install -y iproute2)".into());
+        }
+        Self::reap_stale();
+        let pid = std::process::id();
+        let net = JanusNet {
+            ns: format!("{NETNS_PREFIX}{pid}"),
+            // Interface names are at most 15 bytes.
+            inner_if: format!("rjn{}", pid % 10_000_000),
+            host_ip: Ipv4Addr::new(10, 213, 0, 1),
+            ns_ip: Ipv4Addr::new(10, 213, 0, 2),
+        };
+        let host_if = format!("rjh{}", pid % 10_000_000);
+        ip_cmd(&["netns", "add", &net.ns])?;
+        // From here on, `net` drops (deleting the namespace) on any error.
+        let host_cidr = format!("{}/30", net.host_ip);
+        let ns_cidr = format!("{}/30", net.ns_ip);
+        let ns = net.ns.as_str();
+        let inner = net.inner_if.as_str();
+        ip_cmd(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", inner, "netns", ns,
+        ])?;
+        ip_cmd(&["addr", "add", &host_cidr, "dev", &host_if])?;
+        ip_cmd(&["link", "set", &host_if, "up"])?;
+        ip_cmd(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip_cmd(&["-n", ns, "addr", "add", &ns_cidr, "dev", inner])?;
+        ip_cmd(&["-n", ns, "link", "set", inner, "up"])?;
+        Ok(net)
+    }
+
+    /// Deletes `roomd-janus-<pid>` namespaces left by earlier runs whose process is gone
+    /// (e.g. killed by SIGKILL); only namespaces this generator names are touched.
+    fn reap_stale() {
+        let Ok(rd) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(NETNS_PREFIX) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+                let _ = ip_cmd(&["netns", "del", &name]);
+            }
+        }
+    }
+}
+
+impl Drop for JanusNet {
+    fn drop(&mut self) {
+        if let Err(e) = ip_cmd(&["netns", "del", &self.ns]) {
+            eprintln!("loadgen: {e}");
+        }
+    }
+}
+
+async fn start_janus(rooms: u64, publishers: usize, net: &JanusNet) -> Result<Server, String> {
     let exe = ["/usr/bin/janus", "/usr/local/bin/janus"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -1210,17 +1333,18 @@ async fn start_janus(rooms: u64, publishers: usize) -> Result<Server, String> {
             r#"general: {{ configs_folder = "{d}" plugins_folder = "{plugins}" transports_folder = "{transports}" events_folder = "/nonexistent" loggers_folder = "/nonexistent" debug_level = 3 admin_secret = "x" protected_folders = [] }}
 certificates: {{ }}
 media: {{ rtp_port_range = "30000-39999" }}
-nat: {{ nice_debug = false ice_enforce_list = "127.0.0.1" ice_ignore_list = "" }}
+nat: {{ nice_debug = false ice_enforce_list = "{enforce}" ice_ignore_list = "" }}
 plugins: {{ disable = "libjanus_sip.so,libjanus_streaming.so,libjanus_audiobridge.so,libjanus_echotest.so,libjanus_recordplay.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so,libjanus_nosip.so,libjanus_lua.so,libjanus_duktape.so" }}
 transports: {{ disable = "libjanus_http.so,libjanus_rabbitmq.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so" }}
 events: {{ broadcast = false }}
 "#,
-            d = dir.display()
+            d = dir.display(),
+            enforce = net.inner_if,
         ),
     )?;
     w(
         "janus.transport.websockets.jcfg",
-        format!("general: {{ json = \"compact\" ws = true ws_port = {port} ws_ip = \"127.0.0.1\" wss = false }}\nadmin: {{ admin_ws = false }}\n"),
+        format!("general: {{ json = \"compact\" ws = true ws_port = {port} ws_ip = \"{}\" wss = false }}\nadmin: {{ admin_ws = false }}\n", net.ns_ip),
     )?;
     let mut rooms_cfg = String::from("general: { }\n");
     for r in 0..rooms {
@@ -1232,7 +1356,12 @@ events: {{ broadcast = false }}
     }
     w("janus.plugin.videoroom.jcfg", rooms_cfg)?;
     let log = std::fs::File::create(dir.join("janus.log")).map_err(|e| e.to_string())?;
-    let child = pinned(exe)
+    // `ip netns exec` execs taskset, which execs Janus: the child's pid is Janus's.
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.ns]);
+    let pinned = pinned(exe);
+    cmd.arg(pinned.get_program()).args(pinned.get_args());
+    let child = cmd
         .arg("-F")
         .arg(&dir)
         .arg("-C")
@@ -1245,10 +1374,11 @@ events: {{ broadcast = false }}
         _kind: ServerKind::Janus,
         http_port: None,
         child,
-        url: format!("ws://127.0.0.1:{port}/"),
+        url: format!("ws://{}:{port}/", net.ns_ip),
+        media_ip: IpAddr::V4(net.host_ip),
         _dir: Some(dir.clone()),
     };
-    if !wait_tcp(port).await {
+    if !wait_tcp(IpAddr::V4(net.ns_ip), port).await {
         let tail = std::fs::read_to_string(dir.join("janus.log")).unwrap_or_default();
         let tail: String = tail.lines().rev().take(8).collect::<Vec<_>>().join(" | ");
         return Err(format!("janus did not listen: {tail}"));
@@ -1408,6 +1538,7 @@ fn pctf(v: &mut [f64], q: f64) -> f64 {
 }
 
 async fn run_scenario(
+    net: Option<&JanusNet>,
     kind: ServerKind,
     suite: Suite,
     sc: &Scenario,
@@ -1416,7 +1547,10 @@ async fn run_scenario(
 ) -> Result<Outcome, String> {
     let server = match kind {
         ServerKind::Roomd => start_roomd().await?,
-        ServerKind::Janus => start_janus(sc.rooms as u64, sc.publishers).await?,
+        ServerKind::Janus => {
+            let net = net.ok_or("no network namespace for Janus")?;
+            start_janus(sc.rooms as u64, sc.publishers, net).await?
+        }
     };
     let pid = server.child.id();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1424,6 +1558,7 @@ async fn run_scenario(
     let stats: SharedStats = Rc::default();
     let env = Env {
         url: server.url.clone(),
+        media_ip: server.media_ip,
         suite,
         stats: stats.clone(),
         stop: Rc::new(Cell::new(false)),
@@ -1686,6 +1821,7 @@ async fn smoke() -> i32 {
     let r = tokio::time::timeout(
         Duration::from_secs(20),
         run_scenario(
+            None,
             ServerKind::Roomd,
             Suite::Gcm,
             &sc,
@@ -1720,7 +1856,52 @@ async fn smoke() -> i32 {
     }
 }
 
-async fn main_async(o: Opts) {
+/// `run_scenario` with a 2 s warm-up, bounded in time (join budget + window + 60 s).
+async fn run_bounded(
+    net: Option<&JanusNet>,
+    kind: ServerKind,
+    suite: Suite,
+    sc: &Scenario,
+    window: Duration,
+) -> Result<Outcome, String> {
+    let pcs = (sc.rooms * sc.publishers * sc.participants) as u64;
+    let limit = Duration::from_secs(70) + Duration::from_millis(25 * pcs) + window;
+    tokio::time::timeout(
+        limit,
+        run_scenario(net, kind, suite, sc, window, Duration::from_secs(2)),
+    )
+    .await
+    .unwrap_or_else(|_| Err(format!("timed out after {:.0} s", limit.as_secs_f64())))
+}
+
+async fn main_async(mut o: Opts) {
+    // Janus runs in a network namespace of its own (see `JanusNet`); without it, no Janus runs.
+    let net = if o.servers.contains(&ServerKind::Janus) {
+        match JanusNet::create() {
+            Ok(n) => {
+                println!(
+                    "janus: network namespace {} ({} inside, peers bind {} on the host end)",
+                    n.ns, n.ns_ip, n.host_ip
+                );
+                // Ctrl-C: delete the namespace before exiting (Drop does not run on a signal).
+                let ns = n.ns.clone();
+                tokio::task::spawn_local(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        let _ = ip_cmd(&["netns", "del", &ns]);
+                        std::process::exit(130);
+                    }
+                });
+                Some(n)
+            }
+            Err(e) => {
+                println!("janus: skipped: {e}");
+                o.servers.retain(|k| *k != ServerKind::Janus);
+                None
+            }
+        }
+    } else {
+        None
+    };
     // Reference first (it pins its own threads), then pin this thread for the generator.
     let mut reference: HashMap<(Suite, usize), f64> = HashMap::new();
     let mut scenarios = Vec::new();
@@ -1766,7 +1947,7 @@ async fn main_async(o: Opts) {
     for &suite in &o.suites {
         for sc in &scenarios {
             for &kind in &o.servers {
-                match run_scenario(kind, suite, sc, o.window, Duration::from_secs(2)).await {
+                match run_bounded(net.as_ref(), kind, suite, sc, o.window).await {
                     Ok(mut out) => {
                         out.reference_us = reference.get(&(suite, sc.fanout())).copied();
                         print_outcome(&out);
@@ -1780,7 +1961,7 @@ async fn main_async(o: Opts) {
             for &kind in &o.servers {
                 for &n in &o.ramp {
                     let sc = Scenario::broadcast(n);
-                    match run_scenario(kind, suite, &sc, o.window, Duration::from_secs(2)).await {
+                    match run_bounded(net.as_ref(), kind, suite, &sc, o.window).await {
                         Ok(mut out) => {
                             out.reference_us = reference.get(&(suite, n.min(24))).copied();
                             print_outcome(&out);
