@@ -1143,7 +1143,7 @@ fn free_port() -> u16 {
         .unwrap_or(18080)
 }
 
-fn pinned(cmd: &str) -> Command {
+fn pinned(cmd: impl AsRef<std::ffi::OsStr>) -> Command {
     if Command::new("taskset")
         .arg("-V")
         .stdout(Stdio::null())
@@ -1152,7 +1152,7 @@ fn pinned(cmd: &str) -> Command {
         .is_ok()
     {
         let mut c = Command::new("taskset");
-        c.arg("-c").arg(SERVER_CPU.to_string()).arg(cmd);
+        c.arg("-c").arg(SERVER_CPU.to_string()).arg(cmd.as_ref());
         c
     } else {
         Command::new(cmd)
@@ -1171,7 +1171,10 @@ async fn wait_tcp(ip: IpAddr, port: u16) -> bool {
 
 async fn start_roomd() -> Result<Server, String> {
     let port = free_port();
-    let child = pinned(env!("CARGO_BIN_EXE_roomd"))
+    // LOADGEN_ROOMD_BIN runs another build of roomd (an A/B of two commits on the same machine).
+    let bin = std::env::var_os("LOADGEN_ROOMD_BIN")
+        .unwrap_or_else(|| std::ffi::OsString::from(env!("CARGO_BIN_EXE_roomd")));
+    let child = pinned(bin)
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args([
             "--media-ip",

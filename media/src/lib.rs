@@ -49,7 +49,7 @@ use crate::codecs::{is_supported, media_sections, Direction, Kind, MediaSection}
 use crate::fanout::SlotId;
 use crate::publisher::{spawn_track_hub, PublisherEndpoint, PublisherHooks, DATA_QUEUE_CAPACITY};
 use crate::session::{
-    apply_candidate, spawn_event_forwarder, BuildError, RoleHooks, Session, SessionFactory,
+    apply_candidate, spawn_event_forwarder, BuildError, RoleHooks, RtpFlow, Session, SessionFactory,
 };
 use crate::stats::Counters;
 use crate::subscriber::{attach_output, Output, Pause, SubscriberEndpoint, SubscriberHooks};
@@ -408,8 +408,13 @@ impl MediaRouter {
     ) -> Result<String, PublishError> {
         let counters = &self.inner.counters;
         let hooks = Arc::new(PublisherHooks::new(endpoint, Arc::clone(counters)));
+        let flow = if loopback {
+            RtpFlow::Both
+        } else {
+            RtpFlow::Receive
+        };
         let mut partial = self
-            .start_session(endpoint, events, &sections, hooks.clone())
+            .start_session(endpoint, events, &sections, flow, hooks.clone())
             .await
             .map_err(|BuildError::NoPort| PublishError::NoPortAvailable)?;
         match self
@@ -597,7 +602,7 @@ impl MediaRouter {
         let counters = &self.inner.counters;
         let hooks = Arc::new(SubscriberHooks::new(Arc::clone(counters)));
         let mut partial = self
-            .start_session(endpoint, events, &sections, hooks.clone())
+            .start_session(endpoint, events, &sections, RtpFlow::Send, hooks.clone())
             .await
             .map_err(|BuildError::NoPort| SubscribeError::NoPortAvailable)?;
         let pause = Arc::new(Pause::default());
@@ -856,6 +861,7 @@ impl MediaRouter {
         endpoint: EndpointKey,
         events: mpsc::Sender<MediaEvent>,
         sections: &[MediaSection],
+        flow: RtpFlow,
         hooks: Arc<dyn RoleHooks>,
     ) -> Result<Partial, BuildError> {
         let (ev_tx, forwarder) = spawn_event_forwarder(&self.inner.counters, events);
@@ -863,7 +869,7 @@ impl MediaRouter {
         match self
             .inner
             .factory
-            .build(endpoint, ev_tx, first_mid, hooks)
+            .build(endpoint, ev_tx, first_mid, flow, hooks)
             .await
         {
             Ok(session) => Ok(Partial {

@@ -17,6 +17,10 @@ use tracing::{debug, info, warn};
 
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
+use rtc::interceptor::{
+    NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder, SenderReportBuilder, Slot,
+    TwccReceiverBuilder,
+};
 use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
@@ -171,6 +175,52 @@ pub(crate) fn spawn_event_forwarder(
     (tx, handle)
 }
 
+/// Which way RTP flows on a peer connection; decides its interceptor chain.
+///
+/// Every interceptor sits on every packet's path in both directions (webrtc-rs walks the whole
+/// chain per packet and moves the packet through each stage), so a peer connection only carries
+/// the stages its flow uses. The SDP is the same for all three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RtpFlow {
+    /// A publisher: RTP in. NACK generator, TWCC feedback, receiver reports.
+    Receive,
+    /// A subscriber: RTP out. NACK responder, sender reports, keyframe-request delivery.
+    Send,
+    /// A publisher with loopback: both sets.
+    Both,
+}
+
+impl RtpFlow {
+    fn receives(self) -> bool {
+        matches!(self, RtpFlow::Receive | RtpFlow::Both)
+    }
+
+    fn sends(self) -> bool {
+        matches!(self, RtpFlow::Send | RtpFlow::Both)
+    }
+
+    /// The interceptors this flow needs, in webrtc-rs's standard slots.
+    fn registry(self) -> Registry {
+        let mut r = Registry::new();
+        if self.receives() {
+            r = r
+                .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+                .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
+                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+        }
+        if self.sends() {
+            r = r
+                .with(Slot::NackResponder, NackResponderBuilder::new().build())
+                .with(Slot::SenderReport, SenderReportBuilder::new().build())
+                .with(
+                    KEYFRAME_INTERCEPTOR_SLOT.into(),
+                    KeyframeRequestInterceptor::default(),
+                );
+        }
+        r
+    }
+}
+
 /// Shared context for building sessions.
 #[derive(Clone)]
 pub(crate) struct SessionFactory {
@@ -263,6 +313,7 @@ impl SessionFactory {
         endpoint: EndpointKey,
         events: mpsc::Sender<MediaEvent>,
         first_mid: Option<String>,
+        flow: RtpFlow,
         hooks: Arc<dyn RoleHooks>,
     ) -> Result<Session, BuildError> {
         let attempts = self.ports.size().min(MAX_BIND_ATTEMPTS);
@@ -289,7 +340,7 @@ impl SessionFactory {
                 hooks: Arc::clone(&hooks),
             });
             let addr = SocketAddr::new(self.config.bind_ip, lease.port());
-            match self.build_pc(addr, handler).await {
+            match self.build_pc(addr, flow, handler).await {
                 Ok(pc) => {
                     let gauge = Gauge::new(&self.counters, |c| &c.peer_connections);
                     return Ok(Session {
@@ -315,14 +366,15 @@ impl SessionFactory {
     async fn build_pc(
         &self,
         addr: SocketAddr,
+        flow: RtpFlow,
         handler: Arc<EndpointHandler>,
     ) -> webrtc::error::Result<Arc<dyn PeerConnection>> {
         let mut media_engine = MediaEngine::default();
         crate::codecs::register(&mut media_engine)?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
-            KEYFRAME_INTERCEPTOR_SLOT.into(),
-            KeyframeRequestInterceptor::default(),
-        );
+        // The default set registers its RTCP feedback types and header extensions in the engine,
+        // which keeps the SDP identical; its chain is replaced by the flow's own.
+        let _all_directions = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        let registry = flow.registry();
 
         let network = if addr.is_ipv4() {
             NetworkType::Udp4
