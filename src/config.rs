@@ -4,6 +4,7 @@
 //! [`media::MediaConfig`] and the room state machine's [`signaling::room::RoomConfig`].
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -62,6 +63,12 @@ pub struct Config {
     /// `filterRequestParam` of `GET /getClientConfig`.
     #[arg(long, env = "ROOMD_FILTER_REQUEST_PARAM", default_value = "hat")]
     pub filter_request_param: String,
+    /// PEM certificate chain: serve HTTPS and `wss://` instead of plain HTTP (needs `--tls-key`).
+    #[arg(long, env = "ROOMD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "ROOMD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -114,6 +121,16 @@ mod tests {
             (1800, -50)
         );
         assert_eq!(c.room().reconnection_grace, Duration::from_secs(10));
+    }
+
+    /// TLS takes a certificate and a key together; one without the other is a usage error.
+    #[test]
+    fn tls_needs_both_cert_and_key() {
+        assert!(Config::default().tls_cert.is_none());
+        let c = Config::parse_from(["roomd", "--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        assert_eq!(c.tls_cert.as_deref(), Some(std::path::Path::new("c.pem")));
+        assert!(Config::try_parse_from(["roomd", "--tls-cert", "c.pem"]).is_err());
+        assert!(Config::try_parse_from(["roomd", "--tls-key", "k.pem"]).is_err());
     }
 
     /// Flags override the defaults.

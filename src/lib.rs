@@ -16,6 +16,7 @@ mod metrics;
 mod rooms;
 mod server;
 mod session;
+mod tls;
 
 pub use config::Config;
 
@@ -35,6 +36,14 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Bad TLS files stop the start-up with a clear error, before anything is bound or spawned.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tls::server_config(cert, key)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        ),
+        _ => None,
+    };
     let media = media::MediaRouter::new(config.media());
     let hub = Arc::new(hub::Hub::default());
     let rooms = Arc::new(rooms::Directory::new(config.room()));
@@ -49,10 +58,21 @@ pub async fn serve(
         rooms,
         room_ctx,
     });
-    tracing::info!(addr = %listener.local_addr()?, "roomd listening");
-    let served = axum::serve(listener, server::router(Arc::clone(&state)))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let router = server::router(Arc::clone(&state));
+    let served = match tls {
+        None => {
+            tracing::info!(addr = %listener.local_addr()?, "roomd listening (http, ws)");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            tracing::info!(addr = %listener.local_addr()?, "roomd listening (https, wss)");
+            axum::serve(tls::TlsListener::new(listener, tls)?, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     // Close every peer connection and return its port before the process goes away.
     state.room_ctx.bridge.media().release_all().await;
     served

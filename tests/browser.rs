@@ -1,6 +1,7 @@
 //! Proof in a real browser: starts roomd in-process on 127.0.0.1:0 and runs the headless-Chromium
-//! suite of `tests/browser/run.mjs` against it (the built-in demo page at `/`, and a page built
-//! on the real kurento-jsonrpc + kurento-utils client libraries). Fails when the harness fails
+//! suite of `tests/browser/run.mjs` against it (the built-in demo page at `/`, the same page
+//! over HTTPS/`wss://` from a second roomd with a throw-away certificate, and a page built on the
+//! real kurento-jsonrpc + kurento-utils client libraries). Fails when the harness fails
 //! or overruns its bound; the harness output is streamed to stderr as it runs.
 //!
 //! Prerequisites (Debian's `chromium`, `npm ci` in tests/browser): `bash tests/browser/setup.sh`,
@@ -49,11 +50,23 @@ async fn browser_end_to_end_suite() {
     };
     let server = common::start_server_with(config).await;
     let url = format!("http://{}", server.addr);
+    // The same page behind TLS (`--tls-cert`): a second roomd with a throw-away certificate, for
+    // the `https-two-all-to-all` scenario (Chromium is told to accept the self-signed cert).
+    let cert = common::tls::TestCert::new("browser");
+    let tls_config = roomd::Config {
+        rtc_port_min: 46_000,
+        rtc_port_max: 46_999,
+        ..cert.config()
+    };
+    let tls_server = common::start_server_with(tls_config).await;
+    let tls_url = format!("https://localhost:{}", tls_server.addr.port());
 
     let mut child = Command::new("node")
         .arg("run.mjs")
         .arg("--url")
         .arg(&url)
+        .arg("--tls-url")
+        .arg(&tls_url)
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -83,6 +96,7 @@ async fn browser_end_to_end_suite() {
         let _ = p.join();
     }
     drop(server);
+    drop(tls_server);
 
     let output = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match status {

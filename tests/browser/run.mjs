@@ -55,6 +55,8 @@ function opt(name) {
   return i >= 0 ? argv[i + 1] : undefined;
 }
 let baseUrl = (opt('url') || process.env.ROOMD_URL || '').replace(/\/$/, '');
+// A second roomd serving the same page over HTTPS (self-signed certificate), for the TLS scenario.
+const tlsUrl = (opt('tls-url') || process.env.ROOMD_TLS_URL || '').replace(/\/$/, '');
 const only = (opt('only') || process.env.BROWSER_ONLY || '').split(',').filter(Boolean);
 const screenshotPath = opt('screenshot') || process.env.ROOMD_SCREENSHOT || path.join(HERE, '..', '..', 'docs', 'demo-3-person-call.png');
 const serverBin = opt('bin');
@@ -145,18 +147,23 @@ class Participant {
     this.kind = kind; // 'demo' | 'compat'
     this.logs = [];
     this.sent = []; // text frames the page wrote on its WebSockets
+    this.wsUrls = []; // URLs of the WebSockets the page opened
   }
 
-  static async open(name, kind = 'demo', viewport = { width: 1280, height: 720 }) {
-    const ctx = await browser.newContext({ viewport, permissions: ['camera', 'microphone'] });
+  static async open(name, kind = 'demo', viewport = { width: 1280, height: 720 }, base = baseUrl) {
+    // The TLS server's certificate is self-signed: accept it, as a user who trusts it would.
+    const ctx = await browser.newContext({ viewport, permissions: ['camera', 'microphone'], ignoreHTTPSErrors: base.startsWith('https:') });
     openContexts.add(ctx);
     const page = await ctx.newPage();
     const p = new Participant(name, ctx, page, kind);
     page.on('console', (m) => p.logs.push(`[${m.type()}] ${m.text()}`));
     page.on('pageerror', (e) => p.logs.push(`[pageerror] ${e.message}`));
-    page.on('websocket', (ws) => ws.on('framesent', (f) => p.sent.push(String(f.payload))));
+    page.on('websocket', (ws) => {
+      p.wsUrls.push(ws.url());
+      ws.on('framesent', (f) => p.sent.push(String(f.payload)));
+    });
     if (kind === 'demo') {
-      await page.goto(`${baseUrl}/${DEMO_QUERY}`);
+      await page.goto(`${base}/${DEMO_QUERY}`);
       await page.waitForFunction(() => window.roomd && window.roomd.state === 'lobby', null, { timeout: 10_000 });
     } else {
       await page.goto(`${compatUrl}/index.html`);
@@ -344,6 +351,23 @@ scenario('two-all-to-all', async (ctx) => {
   m = await senders();
   if (!m.enabled.every(Boolean) || m.badges !== 0) throw new Error(`unmute did not apply: ${JSON.stringify(m)}`);
   await expectMedia(b, ['duo-a']);
+});
+
+scenario('https-two-all-to-all', async (ctx) => {
+  if (!tlsUrl) throw new Error('no --tls-url: this scenario needs a roomd started with --tls-cert/--tls-key');
+  const room = uniqueRoom('tls');
+  const [a, b] = ctx.track(await Promise.all(['tls-a', 'tls-b'].map((n) => Participant.open(n, 'demo', undefined, tlsUrl))));
+  for (const p of [a, b]) {
+    const where = await p.page.evaluate(() => ({ protocol: location.protocol, secure: window.isSecureContext }));
+    if (where.protocol !== 'https:' || !where.secure) throw new Error(`${p.name} page: ${JSON.stringify(where)}`);
+  }
+  await a.join(room);
+  await b.join(room);
+  await Promise.all([expectMedia(a, ['tls-b']), expectMedia(b, ['tls-a'])]);
+  for (const p of [a, b]) {
+    if (!p.wsUrls.length || !p.wsUrls.every((u) => u.startsWith('wss://'))) throw new Error(`${p.name} WebSockets: ${p.wsUrls.join(', ')}`);
+  }
+  ctx.note(`over ${tlsUrl}: page https, secure context, signalling on ${a.wsUrls[0]}`);
 });
 
 scenario('four-all-to-all', async (ctx) => {

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod peer;
+pub mod tls;
 
 /// The longest any single expected event may take.
 pub const WAIT: Duration = Duration::from_secs(10);
