@@ -6,9 +6,14 @@
 //! (`publisher.rs`) owns one `FanOut` per incoming track and applies membership changes to it
 //! between packets, so no lock is taken per packet.
 //!
-//! Rules kept here (ARCHITECTURE.md §3.6): no allocation, no lock, no `.await` and no log above
-//! `trace` in [`FanOut::forward`]; a packet is shared ([`Packet`] is an `Arc`) and never copied per
-//! subscriber; a full subscriber queue drops the packet for that subscriber only.
+//! Rules kept here (ARCHITECTURE.md §3.6): no lock held across packets, no `.await` and no log
+//! above `trace` in [`FanOut::forward`]; a packet is shared ([`Packet`] is an `Arc`) until a
+//! subscriber's [`PacketSink`] makes its one per-leg copy; a subscriber without room drops the
+//! packet for itself only.
+//!
+//! A [`PacketSink`] is where one subscriber's packets go: in the server, straight into that
+//! subscriber's peer connection (`subscriber.rs`, no task or queue of ours in between); in
+//! tests and benches, a bounded queue.
 
 use std::sync::Arc;
 
@@ -22,11 +27,45 @@ use tokio::sync::mpsc::error::TrySendError;
 /// because webrtc-rs's `write_rtp` takes the packet by value.
 pub type Packet = Arc<rtp::packet::Packet>;
 
-/// Capacity of each subscriber's packet queue (one per subscribed track), in packets: about
-/// 1 s of 2 Mbit/s video. Full policy: the publisher task drops the newest packet for that
-/// subscriber only, counts [`DropReason::SubscriberQueueFull`] and asks for a keyframe
-/// (rate-limited) so the subscriber recovers, exactly as after network loss.
+/// Capacity of a queue-backed subscriber sink (tests and benches), in packets: about 1 s of
+/// 2 Mbit/s video. Full policy: the publisher task drops the newest packet for that subscriber
+/// only, counts [`DropReason::SubscriberQueueFull`] and asks for a keyframe (rate-limited) so the
+/// subscriber recovers, exactly as after network loss. The server's direct sinks apply the same
+/// policy to webrtc-rs's own per-peer-connection queue (256 events).
 pub const SUBSCRIBER_QUEUE_CAPACITY: usize = 256;
+
+/// What a [`PacketSink`] did with one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for someone else to write.
+    Queued,
+    /// Written to the subscriber's peer connection.
+    Written,
+    /// No room right now (slow or stalled subscriber): dropped for this subscriber only.
+    Full,
+    /// The subscriber is gone: its slot is removed.
+    Closed,
+    /// Dropped for this packet only, for the given reason.
+    Dropped(DropReason),
+}
+
+/// Where one subscriber's packets go. [`offer`](Self::offer) runs on the forwarding hot path of
+/// the publisher's track: it must never wait.
+pub trait PacketSink: Send {
+    /// Takes `pkt` now or reports why not.
+    fn offer(&mut self, pkt: &Packet) -> Offer;
+}
+
+/// A bounded queue drained by another task: `try_send`, never waits.
+impl PacketSink for mpsc::Sender<Packet> {
+    fn offer(&mut self, pkt: &Packet) -> Offer {
+        match self.try_send(Arc::clone(pkt)) {
+            Ok(()) => Offer::Queued,
+            Err(TrySendError::Full(_)) => Offer::Full,
+            Err(TrySendError::Closed(_)) => Offer::Closed,
+        }
+    }
+}
 
 /// Why a packet did not reach a subscriber. Every early return on the forwarding path names one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,8 +122,10 @@ impl DropReason {
 /// Counters kept by one forwarding task and flushed to the shared stats now and then.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForwardStats {
-    /// Packets handed to a subscriber queue (one per subscriber per packet).
+    /// Packets a subscriber sink took (one per subscriber per packet).
     pub forwarded: u64,
+    /// Of those, packets written straight to a subscriber's peer connection.
+    pub written: u64,
     /// Drops, indexed by [`DropReason::index`].
     pub dropped: [u64; DropReason::COUNT],
 }
@@ -103,7 +144,7 @@ impl ForwardStats {
 
     /// Whether nothing was counted.
     pub fn is_empty(&self) -> bool {
-        self.forwarded == 0 && self.dropped.iter().all(|d| *d == 0)
+        self.forwarded == 0 && self.written == 0 && self.dropped.iter().all(|d| *d == 0)
     }
 }
 
@@ -111,22 +152,35 @@ impl ForwardStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SlotId(pub u64);
 
-/// One subscriber of a track: the sending half of its bounded packet queue.
-#[derive(Debug)]
+/// One subscriber of a track: its sink.
 pub struct Slot {
     id: SlotId,
-    tx: mpsc::Sender<Packet>,
-    /// Set when a packet was dropped because the queue was full; cleared on the next successful
+    sink: Box<dyn PacketSink>,
+    /// Set when a packet was dropped for lack of room; cleared on the next successful
     /// hand-off. The false→true transition is what triggers a keyframe request.
     needs_keyframe: bool,
 }
 
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("id", &self.id)
+            .field("needs_keyframe", &self.needs_keyframe)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Slot {
-    /// A slot feeding `tx`.
+    /// A slot feeding the bounded queue `tx`.
     pub fn new(id: SlotId, tx: mpsc::Sender<Packet>) -> Self {
+        Self::with_sink(id, tx)
+    }
+
+    /// A slot feeding `sink`.
+    pub fn with_sink(id: SlotId, sink: impl PacketSink + 'static) -> Self {
         Self {
             id,
-            tx,
+            sink: Box::new(sink),
             needs_keyframe: false,
         }
     }
@@ -183,33 +237,39 @@ impl FanOut {
         std::mem::take(&mut self.stats)
     }
 
-    /// HOT PATH: hands `pkt` to every subscriber queue with `try_send`; no allocation, no lock,
-    /// no `.await`. A full queue drops the packet for that subscriber only; a closed queue
-    /// removes its slot. Returns `true` when at least one subscriber just started dropping,
-    /// i.e. when a keyframe should be requested for it.
+    /// HOT PATH: offers `pkt` to every subscriber's sink; no `.await`. A sink without room
+    /// drops the packet for that subscriber only; a closed sink removes its slot. Returns `true`
+    /// when at least one subscriber just started dropping, i.e. when a keyframe should be
+    /// requested for it.
     pub fn forward(&mut self, pkt: &Packet) -> bool {
         let stats = &mut self.stats;
         let mut keyframe_needed = false;
-        self.slots
-            .retain_mut(|slot| match slot.tx.try_send(Arc::clone(pkt)) {
-                Ok(()) => {
-                    stats.forwarded += 1;
-                    slot.needs_keyframe = false;
-                    true
+        self.slots.retain_mut(|slot| match slot.sink.offer(pkt) {
+            offer @ (Offer::Queued | Offer::Written) => {
+                stats.forwarded += 1;
+                if offer == Offer::Written {
+                    stats.written += 1;
                 }
-                Err(TrySendError::Full(_)) => {
-                    stats.drop_one(DropReason::SubscriberQueueFull);
-                    if !slot.needs_keyframe {
-                        slot.needs_keyframe = true;
-                        keyframe_needed = true;
-                    }
-                    true
+                slot.needs_keyframe = false;
+                true
+            }
+            Offer::Full => {
+                stats.drop_one(DropReason::SubscriberQueueFull);
+                if !slot.needs_keyframe {
+                    slot.needs_keyframe = true;
+                    keyframe_needed = true;
                 }
-                Err(TrySendError::Closed(_)) => {
-                    stats.drop_one(DropReason::SubscriberClosed);
-                    false
-                }
-            });
+                true
+            }
+            Offer::Closed => {
+                stats.drop_one(DropReason::SubscriberClosed);
+                false
+            }
+            Offer::Dropped(reason) => {
+                stats.drop_one(reason);
+                true
+            }
+        });
         keyframe_needed
     }
 }
@@ -308,5 +368,42 @@ mod tests {
         assert_eq!(fan.len(), 1);
         assert!(fan.remove(SlotId(1)));
         assert!(!fan.remove(SlotId(1)));
+    }
+
+    /// A sink that answers from a script, for the outcomes a queue cannot produce.
+    struct Scripted(Vec<Offer>);
+
+    impl PacketSink for Scripted {
+        fn offer(&mut self, _pkt: &Packet) -> Offer {
+            self.0.pop().unwrap_or(Offer::Closed)
+        }
+    }
+
+    #[test]
+    fn direct_writes_count_as_sent_and_per_packet_drops_keep_the_slot() {
+        let mut fan = FanOut::new();
+        // Popped from the end: Dropped, Written, Full, Written, then Closed.
+        fan.add(Slot::with_sink(
+            SlotId(1),
+            Scripted(vec![
+                Offer::Written,
+                Offer::Full,
+                Offer::Written,
+                Offer::Dropped(DropReason::UnmappedPayloadType),
+            ]),
+        ));
+        let pkt: Packet = Arc::new(synthetic_packet(1, 1, 96, 10));
+        assert!(!fan.forward(&pkt), "a per-packet drop asks for no keyframe");
+        assert!(!fan.forward(&pkt));
+        assert!(fan.forward(&pkt), "running out of room asks for a keyframe");
+        assert!(!fan.forward(&pkt));
+        assert_eq!(fan.len(), 1);
+        assert!(!fan.forward(&pkt));
+        assert!(fan.is_empty(), "a closed sink leaves");
+        let s = fan.take_stats();
+        assert_eq!((s.forwarded, s.written), (2, 2));
+        assert_eq!(s.dropped(DropReason::UnmappedPayloadType), 1);
+        assert_eq!(s.dropped(DropReason::SubscriberQueueFull), 1);
+        assert_eq!(s.dropped(DropReason::SubscriberClosed), 1);
     }
 }

@@ -26,7 +26,7 @@ pub struct MediaStats {
     pub ports_in_use: u64,
     /// RTP packets received from publishers.
     pub packets_received: u64,
-    /// RTP packets handed to subscriber queues (one per subscriber per packet).
+    /// RTP packets subscriber sinks took (one per subscriber per packet).
     pub packets_forwarded: u64,
     /// RTP packets written to subscriber (or loopback) peer connections.
     pub packets_sent: u64,
@@ -102,6 +102,9 @@ impl Counters {
         if s.forwarded != 0 {
             self.packets_forwarded
                 .fetch_add(s.forwarded, Ordering::Relaxed);
+        }
+        if s.written != 0 {
+            self.packets_sent.fetch_add(s.written, Ordering::Relaxed);
         }
         for (i, n) in s.dropped.iter().enumerate() {
             if *n != 0 {

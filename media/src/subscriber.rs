@@ -2,10 +2,11 @@
 //! client's offer with send-only tracks fed from a publisher's [`TrackHub`]s; also the output
 //! side of loopback.
 //!
-//! Owns: [`Output`] (one outgoing track: its bounded packet queue, the task that rewrites SSRC
-//! and payload type and writes to webrtc-rs, and the task that turns the client's PLI/FIR into
-//! a keyframe request to the publisher track), [`SubscriberHooks`] (the client's data channels,
-//! which receive the publisher's data-channel messages) and [`SubscriberEndpoint`].
+//! Owns: [`Output`] (one outgoing track: the [`TrackWriter`] sink through which the publisher's
+//! track task rewrites SSRC and payload type and writes straight into webrtc-rs, and the task
+//! that turns the client's PLI/FIR into a keyframe request to the publisher track),
+//! [`SubscriberHooks`] (the client's data channels, which receive the publisher's data-channel
+//! messages) and [`SubscriberEndpoint`].
 //!
 //! Data-channel policy: messages from the publisher are relayed to every channel the
 //! *subscribing client* opened on its subscriber peer connection (we never create one); while
@@ -15,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use tokio::sync::{mpsc, Notify};
+use std::task::{Context, Poll, Waker};
+
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, trace};
 
@@ -26,39 +29,69 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::rtp_transceiver::RtpSender;
 
 use crate::codecs::{CodecInfo, PtMap};
-use crate::fanout::{DropReason, ForwardStats, Packet, Slot, SlotId, SUBSCRIBER_QUEUE_CAPACITY};
+use crate::fanout::{DropReason, Offer, Packet, PacketSink, Slot, SlotId};
 use crate::keyframe::is_keyframe_request;
 use crate::publisher::{DataFanOut, DataMsg, TrackCtl, TrackHub};
 use crate::session::{close_endpoint, RoleHooks, Session};
 use crate::stats::{spawn_counted, Counters, Gauge};
 use crate::EndpointKey;
 
-/// Flush an output task's local counters after this many packets (or whenever its queue is
-/// momentarily empty).
-const STATS_FLUSH_EVERY: u64 = 64;
-
-/// Test hook: makes an output task stop draining its queue (a stalled subscriber).
+/// Test hook: makes a subscriber's outputs refuse packets as if webrtc-rs's queue were full
+/// (a stalled subscriber).
 #[derive(Debug, Default)]
 pub(crate) struct Pause {
     paused: AtomicBool,
-    resumed: Notify,
 }
 
 impl Pause {
     pub(crate) fn set(&self, paused: bool) {
         self.paused.store(paused, Ordering::Relaxed);
-        if !paused {
-            self.resumed.notify_waiters();
-        }
     }
 
-    async fn wait_while_paused(&self) {
-        while self.paused.load(Ordering::Relaxed) {
-            let notified = self.resumed.notified();
-            if !self.paused.load(Ordering::Relaxed) {
-                break;
-            }
-            notified.await;
+    fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+}
+
+/// The sink of one output, called by the publisher's track task for every packet: the one
+/// per-subscriber copy (SSRC and payload type of this leg), then `write_rtp` polled exactly
+/// once. webrtc-rs's write is a lock and a bounded channel send (256 events per peer
+/// connection) to the connection's driver task; when that channel is full the write is
+/// abandoned and the packet dropped for this subscriber ([`Offer::Full`]), so a slow
+/// subscriber never holds up the publisher or the other subscribers.
+struct TrackWriter {
+    out: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    pt_map: PtMap,
+    pause: Arc<Pause>,
+    /// Set by [`Output::shutdown`]: the slot leaves at the next packet even if the publisher
+    /// track never saw the unsubscribe.
+    closed: Arc<AtomicBool>,
+}
+
+impl PacketSink for TrackWriter {
+    fn offer(&mut self, pkt: &Packet) -> Offer {
+        if self.closed.load(Ordering::Relaxed) {
+            return Offer::Closed;
+        }
+        if self.pause.is_paused() {
+            return Offer::Full;
+        }
+        let Some(pt) = self.pt_map.get(pkt.header.payload_type) else {
+            return Offer::Dropped(DropReason::UnmappedPayloadType);
+        };
+        let mut p = (**pkt).clone();
+        p.header.ssrc = self.ssrc;
+        p.header.payload_type = pt;
+        // Polled once and dropped if pending: nothing is written then (dropping webrtc-rs's
+        // pending lock or channel send abandons it).
+        let mut write = self.out.write_rtp(p);
+        match write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Offer::Written,
+            // Not bound yet (connection still being set up) or closing.
+            Poll::Ready(Err(_)) => Offer::Dropped(DropReason::WriteFailed),
+            // The driver's queue is full (or its lock briefly taken by a bind): no room now.
+            Poll::Pending => Offer::Full,
         }
     }
 }
@@ -67,6 +100,7 @@ impl Pause {
 pub(crate) struct Output {
     slot: SlotId,
     hub_ctl: mpsc::Sender<TrackCtl>,
+    closed: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -74,7 +108,8 @@ impl Output {
     /// Leaves the publisher track and stops this output's tasks.
     pub(crate) async fn shutdown(self) {
         // Best effort: if the control queue is full or the track task is gone, the closed
-        // packet queue removes the slot on the next packet anyway.
+        // flag removes the slot on the next packet anyway.
+        self.closed.store(true, Ordering::Relaxed);
         let _ = self.hub_ctl.try_send(TrackCtl::Unsubscribe(self.slot));
         for t in &self.tasks {
             t.abort();
@@ -86,8 +121,8 @@ impl Output {
 }
 
 /// Wires `out` (already negotiated on its peer connection through `sender`) to `hub`: builds the
-/// payload-type map from the codecs negotiated on both legs, spawns the write and RTCP tasks and
-/// joins the publisher track (which asks the publisher for a keyframe).
+/// payload-type map from the codecs negotiated on both legs, spawns the RTCP task and joins the
+/// publisher track with a [`TrackWriter`] (which asks the publisher for a keyframe).
 #[allow(clippy::too_many_arguments)] // internal wiring function, two call sites
 pub(crate) async fn attach_output(
     counters: &Arc<Counters>,
@@ -118,18 +153,14 @@ pub(crate) async fn attach_output(
         }
     }
 
-    let (tx, rx) = mpsc::channel::<Packet>(SUBSCRIBER_QUEUE_CAPACITY);
-    let write = spawn_counted(
-        counters,
-        run_output(
-            rx,
-            Arc::clone(&out),
-            ssrc,
-            pt_map,
-            Arc::clone(counters),
-            pause,
-        ),
-    );
+    let closed = Arc::new(AtomicBool::new(false));
+    let writer = TrackWriter {
+        out: Arc::clone(&out),
+        ssrc,
+        pt_map,
+        pause,
+        closed: Arc::clone(&closed),
+    };
     let ctl = hub.ctl.clone();
     let c2 = Arc::clone(counters);
     let rtcp = spawn_counted(counters, async move {
@@ -146,7 +177,7 @@ pub(crate) async fn attach_output(
     });
     if hub
         .ctl
-        .send(TrackCtl::Subscribe(Slot::new(slot, tx)))
+        .send(TrackCtl::Subscribe(Slot::with_sink(slot, writer)))
         .await
         .is_err()
     {
@@ -155,71 +186,9 @@ pub(crate) async fn attach_output(
     Some(Output {
         slot,
         hub_ctl: hub.ctl.clone(),
-        tasks: vec![write, rtcp],
+        closed,
+        tasks: vec![rtcp],
     })
-}
-
-/// The write task of one output: rewrites SSRC and payload type per packet (the publisher's
-/// packet is shared; this is the single per-subscriber copy) and writes it to webrtc-rs. Runs
-/// until the queue closes (publisher track gone) or the task is aborted.
-async fn run_output(
-    mut rx: mpsc::Receiver<Packet>,
-    out: Arc<TrackLocalStaticRTP>,
-    ssrc: u32,
-    pt_map: PtMap,
-    counters: Arc<Counters>,
-    pause: Arc<Pause>,
-) {
-    let mut stats = OutputStats {
-        local: ForwardStats::default(),
-        sent: 0,
-        counters,
-    };
-    loop {
-        pause.wait_while_paused().await;
-        let Some(pkt) = rx.recv().await else { break };
-        match pt_map.get(pkt.header.payload_type) {
-            Some(pt) => {
-                let mut p = (*pkt).clone();
-                p.header.ssrc = ssrc;
-                p.header.payload_type = pt;
-                match out.write_rtp(p).await {
-                    Ok(()) => stats.sent += 1,
-                    Err(_) => stats.local.drop_one(DropReason::WriteFailed),
-                }
-            }
-            None => stats.local.drop_one(DropReason::UnmappedPayloadType),
-        }
-        if stats.sent >= STATS_FLUSH_EVERY || rx.is_empty() {
-            stats.flush();
-        }
-    }
-}
-
-/// An output task's batched counters; flushed when the task is dropped (also on abort).
-struct OutputStats {
-    local: ForwardStats,
-    sent: u64,
-    counters: Arc<Counters>,
-}
-
-impl OutputStats {
-    fn flush(&mut self) {
-        self.counters.flush(&self.local);
-        self.local = ForwardStats::default();
-        if self.sent != 0 {
-            self.counters
-                .packets_sent
-                .fetch_add(self.sent, Ordering::Relaxed);
-            self.sent = 0;
-        }
-    }
-}
-
-impl Drop for OutputStats {
-    fn drop(&mut self) {
-        self.flush();
-    }
 }
 
 /// `on_track` / `on_data_channel` behaviour of a subscriber peer connection.
