@@ -568,6 +568,46 @@ mod tests {
         }
     }
 
+    fn slot_positions(flow: RtpFlow) -> Vec<usize> {
+        flow.registry()
+            .slots()
+            .into_iter()
+            .map(|(slot, _)| usize::from(slot))
+            .collect()
+    }
+
+    /// A subscriber connection carries only the sending stages, a publisher only the receiving
+    /// ones, a loopback publisher both (the NACK responder answers retransmission requests,
+    /// the keyframe interceptor lets PLI/FIR reach the application).
+    #[test]
+    fn interceptor_chain_follows_the_rtp_flow() {
+        let send = [
+            usize::from(Slot::NackResponder),
+            usize::from(Slot::SenderReport),
+            KEYFRAME_INTERCEPTOR_SLOT,
+        ];
+        let receive = [
+            usize::from(Slot::NackGenerator),
+            usize::from(Slot::TwccReceiver),
+            usize::from(Slot::ReceiverReport),
+        ];
+        let mut got = slot_positions(RtpFlow::Send);
+        got.sort_unstable();
+        let mut want = send.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        let mut got = slot_positions(RtpFlow::Receive);
+        got.sort_unstable();
+        let mut want = receive.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        let mut got = slot_positions(RtpFlow::Both);
+        got.sort_unstable();
+        let mut want = [send, receive].concat();
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn announces_public_address() {
         let public = Some(IpAddr::from([203, 0, 113, 7]));
