@@ -37,10 +37,16 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Read buffer preallocated per WebSocket: room messages are small (an SDP offer is 3–10 kB), and
+/// a larger message is still read whole, over several reads. tungstenite's default of 128 KiB
+/// per connection was 19 % of roomd's heap in a 1→25 massif profile (BENCHMARKS.md §4.1).
+const WS_READ_BUFFER: usize = 16 * 1024;
+
 async fn ws_upgrade(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
     let max = state.config.max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| {
             let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
             run_connection(socket, state, generation)
