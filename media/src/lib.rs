@@ -548,6 +548,7 @@ impl MediaRouter {
                 ssrc,
                 SlotId(self.next_id()),
                 Arc::new(Pause::default()),
+                partial.session.connected_watch(),
             )
             .await
             {
@@ -762,6 +763,7 @@ impl MediaRouter {
                 ssrc,
                 SlotId(self.next_id()),
                 Arc::clone(pause),
+                partial.session.connected_watch(),
             )
             .await
             {

@@ -306,6 +306,11 @@ impl Session {
         }
     }
 
+    /// Follows whether the connection is up (ICE and DTLS done).
+    pub(crate) fn connected_watch(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
     /// Waits (bounded) until local candidate gathering completed.
     pub(crate) async fn wait_gathered(&self) {
         let mut rx = self.gathered.clone();

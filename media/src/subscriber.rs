@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use std::task::{Context, Poll, Waker};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, trace};
 
@@ -132,6 +132,7 @@ pub(crate) async fn attach_output(
     ssrc: u32,
     slot: SlotId,
     pause: Arc<Pause>,
+    connected: watch::Receiver<bool>,
 ) -> Option<Output> {
     let params = match sender.get_parameters().await {
         Ok(p) => p,
@@ -175,6 +176,18 @@ pub(crate) async fn attach_output(
         }
         drop(c2);
     });
+    // Joining asks the publisher for a keyframe at once, but that keyframe usually arrives
+    // before this connection's ICE/DTLS are done and is lost; ask again once it is up (the
+    // publisher's limiter coalesces the two when they are close).
+    let kf_ctl = hub.ctl.clone();
+    let mut connected = connected;
+    let keyframe_when_up = spawn_counted(counters, async move {
+        if connected.wait_for(|up| *up).await.is_ok() {
+            trace!("subscriber connected: keyframe request");
+            // Full or closed: dropped (requests are idempotent and coalesced).
+            let _ = kf_ctl.try_send(TrackCtl::RequestKeyframe);
+        }
+    });
     if hub
         .ctl
         .send(TrackCtl::Subscribe(Slot::with_sink(slot, writer)))
@@ -187,7 +200,7 @@ pub(crate) async fn attach_output(
         slot,
         hub_ctl: hub.ctl.clone(),
         closed,
-        tasks: vec![rtcp],
+        tasks: vec![rtcp, keyframe_when_up],
     })
 }
 
