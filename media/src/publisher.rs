@@ -441,7 +441,10 @@ impl HubTask {
                     "subscriber joined track"
                 );
                 self.fanout.add(slot);
-                self.request_keyframe()
+                // No keyframe request yet: one sent now would arrive before the subscriber's
+                // ICE/DTLS finish and be lost. The output asks once its connection is up
+                // (`subscriber::attach_output`), so the limiter does not defer that one.
+                false
             }
             TrackCtl::Unsubscribe(id) => {
                 self.fanout.remove(id);

@@ -121,8 +121,9 @@ impl Output {
 }
 
 /// Wires `out` (already negotiated on its peer connection through `sender`) to `hub`: builds the
-/// payload-type map from the codecs negotiated on both legs, spawns the RTCP task and joins the
-/// publisher track with a [`TrackWriter`] (which asks the publisher for a keyframe).
+/// payload-type map from the codecs negotiated on both legs, spawns the RTCP task and the task
+/// that asks the publisher for a keyframe once the connection is up, and joins the publisher
+/// track with a [`TrackWriter`].
 #[allow(clippy::too_many_arguments)] // internal wiring function, two call sites
 pub(crate) async fn attach_output(
     counters: &Arc<Counters>,
@@ -176,9 +177,9 @@ pub(crate) async fn attach_output(
         }
         drop(c2);
     });
-    // Joining asks the publisher for a keyframe at once, but that keyframe usually arrives
-    // before this connection's ICE/DTLS are done and is lost; ask again once it is up (the
-    // publisher's limiter coalesces the two when they are close).
+    // The subscriber's keyframe: asked for once this connection is up (ICE and DTLS done).
+    // Asked for at join time instead, it would usually arrive before and be lost, and the
+    // publisher's limiter would then defer the useful request by up to its interval.
     let kf_ctl = hub.ctl.clone();
     let mut connected = connected;
     let keyframe_when_up = spawn_counted(counters, async move {
