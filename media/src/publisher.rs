@@ -32,8 +32,9 @@ use crate::EndpointKey;
 
 /// Capacity of each publisher track's control queue. Full policy: membership changes
 /// (`Subscribe`/`Unsubscribe`) come from control paths (publish/subscribe/release) and are sent
-/// with `send().await`, so they wait; `RequestKeyframe` comes from RTCP tasks with `try_send`
-/// and is dropped when the queue is full (requests are idempotent and coalesced anyway).
+/// with `send().await`, so they wait; `RequestKeyframe` and `SubscriberConnected` come from
+/// subscriber RTCP tasks with `try_send` and are dropped when the queue is full (keyframe
+/// requests are idempotent and coalesced anyway).
 pub(crate) const TRACK_CTL_CAPACITY: usize = 64;
 
 /// Capacity of each subscriber's data-channel message queue. Full policy: the publisher's
@@ -50,12 +51,16 @@ const STATS_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_mill
 /// Control messages to one publisher track task.
 #[derive(Debug)]
 pub(crate) enum TrackCtl {
-    /// Add a subscriber slot (and ask for a keyframe so it can start decoding).
+    /// Add a subscriber slot.
     Subscribe(Slot),
     /// Remove a subscriber slot.
     Unsubscribe(SlotId),
-    /// A subscriber asked for a keyframe (PLI/FIR), or a queue overflowed.
+    /// A subscriber asked for a keyframe (PLI/FIR).
     RequestKeyframe,
+    /// A subscriber's connection just came up (ICE and DTLS done): it needs a keyframe to
+    /// start decoding. Asked for at join time instead, the keyframe would usually arrive before
+    /// the connection is up and be lost, and the limiter would defer the useful request.
+    SubscriberConnected,
 }
 
 /// A published track as seen by subscribers.
@@ -441,9 +446,7 @@ impl HubTask {
                     "subscriber joined track"
                 );
                 self.fanout.add(slot);
-                // No keyframe request yet: one sent now would arrive before the subscriber's
-                // ICE/DTLS finish and be lost. The output asks once its connection is up
-                // (`subscriber::attach_output`), so the limiter does not defer that one.
+                // Its keyframe is requested at `SubscriberConnected`.
                 false
             }
             TrackCtl::Unsubscribe(id) => {
@@ -456,6 +459,7 @@ impl HubTask {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.request_keyframe()
             }
+            TrackCtl::SubscriberConnected => self.request_keyframe(),
         }
     }
 }

@@ -268,15 +268,7 @@ impl Session {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         let Some(resources) = taken else { return };
-        let watchdog = self
-            .watchdog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(w) = watchdog {
-            w.abort();
-            let _ = w.await;
-        }
+        stop_task(&self.watchdog).await;
         if let Err(e) = self.pc.close().await {
             debug!(error = %e, "peer connection close reported an error");
         }
@@ -549,16 +541,19 @@ pub(crate) async fn close_endpoint<G>(
     gauge: &std::sync::Mutex<Option<G>>,
 ) {
     session.close().await;
-    // Poisoning cannot leave these `Option`s half-updated: recover the value.
-    let forwarder = event_forwarder
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    if let Some(f) = forwarder {
-        f.abort();
-        let _ = f.await;
-    }
+    stop_task(event_forwarder).await;
+    // Poisoning cannot leave this `Option` half-updated: recover the value.
     gauge.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
+/// Takes the task out of `slot` (if one is there), aborts it and waits until it is gone.
+async fn stop_task(slot: &std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>) {
+    // Poisoning cannot leave the `Option` half-updated: recover the value.
+    let task = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(t) = task {
+        t.abort();
+        let _ = t.await;
+    }
 }
 
 #[cfg(test)]

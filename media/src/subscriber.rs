@@ -14,10 +14,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-use bytes::BytesMut;
 use std::task::{Context, Poll, Waker};
 
+use bytes::BytesMut;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, trace};
@@ -101,29 +100,26 @@ pub(crate) struct Output {
     slot: SlotId,
     hub_ctl: mpsc::Sender<TrackCtl>,
     closed: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Asks for the starting keyframe, then relays the subscriber's PLI/FIR.
+    rtcp: JoinHandle<()>,
 }
 
 impl Output {
-    /// Leaves the publisher track and stops this output's tasks.
+    /// Leaves the publisher track and stops this output's task.
     pub(crate) async fn shutdown(self) {
         // Best effort: if the control queue is full or the track task is gone, the closed
         // flag removes the slot on the next packet anyway.
         self.closed.store(true, Ordering::Relaxed);
         let _ = self.hub_ctl.try_send(TrackCtl::Unsubscribe(self.slot));
-        for t in &self.tasks {
-            t.abort();
-        }
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.rtcp.abort();
+        let _ = self.rtcp.await;
     }
 }
 
 /// Wires `out` (already negotiated on its peer connection through `sender`) to `hub`: builds the
-/// payload-type map from the codecs negotiated on both legs, spawns the RTCP task and the task
-/// that asks the publisher for a keyframe once the connection is up, and joins the publisher
-/// track with a [`TrackWriter`].
+/// payload-type map from the codecs negotiated on both legs, spawns the task that asks the
+/// publisher for a keyframe once the connection is up and then relays the subscriber's PLI/FIR,
+/// and joins the publisher track with a [`TrackWriter`].
 #[allow(clippy::too_many_arguments)] // internal wiring function, two call sites
 pub(crate) async fn attach_output(
     counters: &Arc<Counters>,
@@ -133,7 +129,7 @@ pub(crate) async fn attach_output(
     ssrc: u32,
     slot: SlotId,
     pause: Arc<Pause>,
-    connected: watch::Receiver<bool>,
+    mut connected: watch::Receiver<bool>,
 ) -> Option<Output> {
     let params = match sender.get_parameters().await {
         Ok(p) => p,
@@ -166,6 +162,13 @@ pub(crate) async fn attach_output(
     let ctl = hub.ctl.clone();
     let c2 = Arc::clone(counters);
     let rtcp = spawn_counted(counters, async move {
+        // First the keyframe this subscriber starts from, once its connection is up. Its RTCP
+        // cannot arrive before that either (SRTCP needs DTLS), so waiting here delays nothing.
+        if connected.wait_for(|up| *up).await.is_ok() {
+            trace!("subscriber connected: keyframe request");
+            // Full or closed: dropped (requests are idempotent and coalesced).
+            let _ = ctl.try_send(TrackCtl::SubscriberConnected);
+        }
         while let Some(ev) = out.poll().await {
             if let TrackLocalEvent::OnRtcpPacket(pkts) = ev {
                 if pkts.iter().any(|p| is_keyframe_request(p.as_ref())) {
@@ -176,18 +179,6 @@ pub(crate) async fn attach_output(
             }
         }
         drop(c2);
-    });
-    // The subscriber's keyframe: asked for once this connection is up (ICE and DTLS done).
-    // Asked for at join time instead, it would usually arrive before and be lost, and the
-    // publisher's limiter would then defer the useful request by up to its interval.
-    let kf_ctl = hub.ctl.clone();
-    let mut connected = connected;
-    let keyframe_when_up = spawn_counted(counters, async move {
-        if connected.wait_for(|up| *up).await.is_ok() {
-            trace!("subscriber connected: keyframe request");
-            // Full or closed: dropped (requests are idempotent and coalesced).
-            let _ = kf_ctl.try_send(TrackCtl::RequestKeyframe);
-        }
     });
     if hub
         .ctl
@@ -201,7 +192,7 @@ pub(crate) async fn attach_output(
         slot,
         hub_ctl: hub.ctl.clone(),
         closed,
-        tasks: vec![rtcp, keyframe_when_up],
+        rtcp,
     })
 }
 
