@@ -5,18 +5,14 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_tungstenite::tungstenite::Message;
 
 use common::tls::TestCert;
-
-const WAIT: Duration = Duration::from_secs(10);
+use common::{Client, WAIT};
 
 async fn tls_connect(
     cert: &TestCert,
@@ -62,27 +58,6 @@ async fn wss_connect(cert: &TestCert, addr: std::net::SocketAddr) -> Wss {
     ws
 }
 
-/// Sends a request and returns the response with the same id (notifications are skipped).
-async fn call(ws: &mut Wss, id: i64, method: &str, params: Value) -> Value {
-    let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-    ws.send(Message::text(req.to_string()))
-        .await
-        .expect("send over wss");
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a message within the bound")
-            .expect("connection open")
-            .expect("a readable frame");
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(&t).expect("roomd sends JSON");
-            if v["id"] == json!(id) {
-                return v;
-            }
-        }
-    }
-}
-
 /// With `--tls-cert`/`--tls-key`, the REST calls answer over HTTPS and `/room` speaks the
 /// same protocol over `wss://`: ping, joinRoom (with the Kurento result shape), and the
 /// participantJoined another TLS client receives.
@@ -98,26 +73,17 @@ async fn https_and_wss_serve_the_same_protocol() {
     assert!(status.contains(" 200 "), "status line: {status}");
     assert!(body.contains("/demo/app.js"), "the demo page over https");
 
-    let mut a = wss_connect(&cert, server.addr).await;
-    let pong = call(&mut a, 1, "ping", json!({"interval": 3000})).await;
+    let mut a = Client::from_ws(wss_connect(&cert, server.addr).await);
+    let pong = a.call("ping", json!({"interval": 3000})).await;
     assert_eq!(pong["result"]["value"], "pong");
-    let joined = call(&mut a, 2, "joinRoom", json!({"user": "tls-a", "room": "r"})).await;
+    let joined = a.join("r", "tls-a").await;
     assert_eq!(joined["result"]["value"], json!([]), "{joined}");
     assert!(joined["result"]["sessionId"].is_string(), "{joined}");
 
-    let mut b = wss_connect(&cert, server.addr).await;
-    let joined = call(&mut b, 1, "joinRoom", json!({"user": "tls-b", "room": "r"})).await;
+    let mut b = Client::from_ws(wss_connect(&cert, server.addr).await);
+    let joined = b.join("r", "tls-b").await;
     assert_eq!(joined["result"]["value"][0]["id"], "tls-a", "{joined}");
-    let note = loop {
-        let msg = tokio::time::timeout(WAIT, a.next())
-            .await
-            .expect("participantJoined within the bound")
-            .expect("connection open")
-            .expect("a readable frame");
-        if let Message::Text(t) = msg {
-            break serde_json::from_str::<Value>(&t).expect("JSON");
-        }
-    };
+    let note = a.notification("participantJoined").await;
     assert_eq!(note["method"], "participantJoined");
     assert_eq!(note["params"]["id"], "tls-b");
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -151,9 +152,10 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// A Kurento room client speaking raw JSON-RPC frames.
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A Kurento room client speaking raw JSON-RPC frames, over plain TCP by default or over any
+/// other stream (TLS in tests/tls.rs).
+pub struct Client<S = MaybeTlsStream<TcpStream>> {
+    ws: WebSocketStream<S>,
     next_id: i64,
     /// Messages received while waiting for something else, in arrival order.
     pending: VecDeque<Value>,
@@ -165,6 +167,13 @@ impl Client {
             .await
             .expect("websocket connect in time")
             .expect("websocket upgrade");
+        Self::from_ws(ws)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// A client on an already upgraded WebSocket.
+    pub fn from_ws(ws: WebSocketStream<S>) -> Self {
         Self {
             ws,
             next_id: 0,
