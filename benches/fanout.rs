@@ -28,35 +28,21 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use media::fanout::{synthetic_packet, FanOut, Packet, Slot, SlotId, SUBSCRIBER_QUEUE_CAPACITY};
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use rtc::srtp::context::Context;
-use rtc::srtp::option::srtp_replay_protection;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokio::sync::mpsc;
 
+#[path = "common/srtp_ctx.rs"]
+mod srtp_ctx;
+use srtp_ctx::{context, KEY, PROFILES};
+
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-const KEY: [u8; 16] = [
-    96, 180, 31, 4, 119, 137, 128, 252, 75, 194, 252, 44, 63, 56, 61, 55,
-];
-const SALT: [u8; 14] = [247, 26, 49, 94, 99, 29, 79, 94, 5, 111, 252, 216, 62, 195];
 const FANOUTS: [usize; 5] = [1, 4, 9, 24, 99];
 const PAYLOAD: usize = 1200;
 /// Protected input packets prepared per scenario (consecutive sequence numbers).
 const RING: usize = 4096;
-
-fn context(profile: ProtectionProfile, replay: bool) -> Context {
-    let provider = rtc::crypto::default_provider().expect("ring provider");
-    Context::new(
-        &KEY,
-        &SALT[..profile.salt_len()],
-        profile,
-        replay.then(|| srtp_replay_protection(64)),
-        None,
-        provider.crypto(),
-    )
-    .expect("srtp context")
-}
 
 // ---------------------------------------------------------------------------------------------
 // In-place header rewrite on a byte buffer.
@@ -186,7 +172,7 @@ struct Core {
 
 impl Core {
     fn new(profile: ProtectionProfile, n: usize) -> Self {
-        let mut enc = context(profile, false);
+        let mut enc = context(profile, &KEY, false);
         let ring = (0..RING as u16)
             .map(|s| {
                 let p = synthetic_packet(s, 0x1234_5678, 96, PAYLOAD);
@@ -199,13 +185,13 @@ impl Core {
         for i in 0..n {
             let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE_CAPACITY);
             fan.add(Slot::new(SlotId(i as u64), tx));
-            subs.push((rx, context(profile, false), 0x1000_0000 + i as u32));
+            subs.push((rx, context(profile, &KEY, false), 0x1000_0000 + i as u32));
         }
         Core {
             ring,
             next: 0,
             profile,
-            dec: context(profile, true),
+            dec: context(profile, &KEY, true),
             fan,
             subs,
         }
@@ -216,7 +202,7 @@ impl Core {
     fn step(&mut self) -> usize {
         if self.next == RING {
             // Renew the replay window (sequence numbers restart); rare, amortised.
-            self.dec = context(self.profile, true);
+            self.dec = context(self.profile, &KEY, true);
             self.next = 0;
         }
         let wire = &self.ring[self.next];
@@ -243,16 +229,9 @@ impl Core {
     }
 }
 
-fn profiles() -> [(&'static str, ProtectionProfile); 2] {
-    [
-        ("gcm", ProtectionProfile::AeadAes128Gcm),
-        ("cm", ProtectionProfile::Aes128CmHmacSha1_80),
-    ]
-}
-
 fn bench_fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
-    for (name, profile) in profiles() {
+    for (name, profile) in PROFILES {
         for n in FANOUTS {
             let mut core = Core::new(profile, n);
             g.throughput(Throughput::Elements(n as u64));
@@ -305,7 +284,7 @@ fn report_allocations() {
         "  rtp/rewrite_struct          {:>8.2}",
         a as f64 / PACKETS as f64
     );
-    for (name, profile) in profiles() {
+    for (name, profile) in PROFILES {
         for n in FANOUTS {
             let mut core = Core::new(profile, n);
             for _ in 0..64 {

@@ -815,6 +815,50 @@ impl Env {
         self.next_key.set(k + 1);
         k
     }
+
+    /// Drives `pc` on the local task set; returns its command channel.
+    fn spawn_pc(
+        &self,
+        pc: RTCPeerConnection,
+        sock: UdpSocket,
+        publishing: Option<Publishing>,
+        subscribe_sent: Option<Instant>,
+    ) -> mpsc::UnboundedSender<PcCmd> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = PeerCtx {
+            key: self.key(),
+            stats: self.stats.clone(),
+            publishing,
+            subscribe_sent,
+            stop: self.stop.clone(),
+        };
+        tokio::task::spawn_local(run_pc(pc, sock, rx, ctx));
+        tx
+    }
+
+    /// A publishing peer connection (audio and video send tracks, SSRCs derived from `pub_id`),
+    /// already driven; returns its command channel, its offer and its local candidate.
+    async fn start_publisher_pc(
+        &self,
+        pub_id: u32,
+    ) -> (mpsc::UnboundedSender<PcCmd>, String, String) {
+        let mut pc = new_pc(self.suite);
+        let video_ssrc = 0x1000_0000 + pub_id * 2;
+        let audio_ssrc = video_ssrc + 1;
+        let audio = add_send_track(&mut pc, RtpCodecKind::Audio, audio_ssrc);
+        let video = add_send_track(&mut pc, RtpCodecKind::Video, video_ssrc);
+        let (sock, cand) = bind_candidate(&mut pc, self.media_ip).await;
+        let offer = create_offer(&mut pc);
+        let publishing = Publishing {
+            id: pub_id,
+            video,
+            audio,
+            video_ssrc,
+            audio_ssrc,
+        };
+        let tx = self.spawn_pc(pc, sock, Some(publishing), None);
+        (tx, offer, cand)
+    }
 }
 
 /// One roomd participant: joins, optionally publishes, subscribes to every publisher.
@@ -866,29 +910,8 @@ async fn kurento_participant(env: Env, room: String, user: String, publish: bool
     }
     drop(pub_tx);
     if publish {
-        let mut pc = new_pc(env.suite);
-        let video_ssrc = 0x1000_0000 + pub_id * 2;
-        let audio_ssrc = video_ssrc + 1;
-        let audio = add_send_track(&mut pc, RtpCodecKind::Audio, audio_ssrc);
-        let video = add_send_track(&mut pc, RtpCodecKind::Video, video_ssrc);
-        let (sock, _cand) = bind_candidate(&mut pc, env.media_ip).await;
-        let offer = create_offer(&mut pc);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, offer, _cand) = env.start_publisher_pc(pub_id).await;
         endpoints.borrow_mut().insert(user.clone(), tx.clone());
-        let ctx = PeerCtx {
-            key: env.key(),
-            stats: env.stats.clone(),
-            publishing: Some(Publishing {
-                id: pub_id,
-                video,
-                audio,
-                video_ssrc,
-                audio_ssrc,
-            }),
-            subscribe_sent: None,
-            stop: env.stop.clone(),
-        };
-        tokio::task::spawn_local(run_pc(pc, sock, rx, ctx));
         match rpc
             .call(
                 "publishVideo",
@@ -924,16 +947,8 @@ async fn kurento_participant(env: Env, room: String, user: String, publish: bool
         }
         let (sock, _cand) = bind_candidate(&mut pc, env.media_ip).await;
         let offer = create_offer(&mut pc);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let tx = env.spawn_pc(pc, sock, None, Some(Instant::now()));
         endpoints.borrow_mut().insert(sender.clone(), tx.clone());
-        let ctx = PeerCtx {
-            key: env.key(),
-            stats: env.stats.clone(),
-            publishing: None,
-            subscribe_sent: Some(Instant::now()),
-            stop: env.stop.clone(),
-        };
-        tokio::task::spawn_local(run_pc(pc, sock, rx, ctx));
         match rpc
             .call(
                 "receiveVideoFrom",
@@ -1025,22 +1040,8 @@ async fn janus_participant(env: Env, room: u64, user: String, publish: bool, pub
         }
         drop(feeds_tx);
         if publish {
-            let mut pc = new_pc(env.suite);
-            let video_ssrc = 0x1000_0000 + pub_id * 2;
-            let audio_ssrc = video_ssrc + 1;
-            let audio = add_send_track(&mut pc, RtpCodecKind::Audio, audio_ssrc);
-            let video = add_send_track(&mut pc, RtpCodecKind::Video, video_ssrc);
-            let (sock, cand) = bind_candidate(&mut pc, env.media_ip).await;
-            let offer = create_offer(&mut pc);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, offer, cand) = env.start_publisher_pc(pub_id).await;
             handles.borrow_mut().insert(ph, tx.clone());
-            tokio::task::spawn_local(run_pc(pc, sock, rx, PeerCtx {
-                key: env.key(),
-                stats: env.stats.clone(),
-                publishing: Some(Publishing { id: pub_id, video, audio, video_ssrc, audio_ssrc }),
-                subscribe_sent: None,
-                stop: env.stop.clone(),
-            }));
             let ev = rpc
                 .janus(json!({"janus":"message","session_id":session,"handle_id":ph,
                     "body":{"request":"configure","audio":true,"video":true},
@@ -1068,15 +1069,8 @@ async fn janus_participant(env: Env, room: u64, user: String, publish: bool, pub
             let offer = janus_sdp(ev["jsep"]["sdp"].as_str().ok_or("no offer jsep")?);
             let mut pc = new_pc(env.suite);
             let (sock, cand) = bind_candidate(&mut pc, env.media_ip).await;
-            let (tx, rx) = mpsc::unbounded_channel();
+            let tx = env.spawn_pc(pc, sock, None, Some(sent));
             handles.borrow_mut().insert(sh, tx.clone());
-            tokio::task::spawn_local(run_pc(pc, sock, rx, PeerCtx {
-                key: env.key(),
-                stats: env.stats.clone(),
-                publishing: None,
-                subscribe_sent: Some(sent),
-                stop: env.stop.clone(),
-            }));
             let (atx, arx) = oneshot::channel();
             let _ = tx.send(PcCmd::Offer(offer, atx));
             let answer = arx.await.map_err(|_| "no answer from pc".to_owned())?;

@@ -26,12 +26,14 @@ use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrIn};
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use rtc::srtp::context::Context;
-use rtc::srtp::option::srtp_replay_protection;
 use rtc::srtp::protection_profile::ProtectionProfile;
+
+#[path = "srtp_ctx.rs"]
+mod srtp_ctx;
+use srtp_ctx::context;
 
 const KEY_IN: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
 const KEY_OUT: [u8; 16] = [16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1];
-const SALT: [u8; 14] = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4];
 const BATCH: usize = 32;
 const BURST: usize = 4;
 pub(crate) const PAYLOAD: usize = 1200;
@@ -66,20 +68,6 @@ impl Suite {
             _ => None,
         }
     }
-}
-
-fn context(suite: Suite, key: &[u8; 16], replay: bool) -> Context {
-    let provider = rtc::crypto::default_provider().expect("ring provider");
-    let profile = suite.profile();
-    Context::new(
-        key,
-        &SALT[..profile.salt_len()],
-        profile,
-        replay.then(|| srtp_replay_protection(64)),
-        None,
-        provider.crypto(),
-    )
-    .expect("srtp context")
 }
 
 /// Pins the calling thread to `cpu` (ignored when the CPU does not exist).
@@ -224,7 +212,7 @@ pub(crate) fn run(p: Params) -> std::io::Result<Report> {
         std::thread::spawn(move || -> std::io::Result<()> {
             pin_current_thread(p.generator_cpu);
             let sock = UdpSocket::bind("127.0.0.1:0")?;
-            let mut ctx = context(p.suite, &KEY_IN, false);
+            let mut ctx = context(p.suite.profile(), &KEY_IN, false);
             let mut clear = clear_packet(0, 0xAAAA_0001);
             let period = Duration::from_secs_f64(BURST as f64 / p.in_pps as f64);
             let mut seq = 0u16;
@@ -259,9 +247,9 @@ pub(crate) fn run(p: Params) -> std::io::Result<Report> {
         let measuring = measuring.clone();
         std::thread::spawn(move || -> (u64, u64, f64, f64) {
             pin_current_thread(p.server_cpu);
-            let mut dec = context(p.suite, &KEY_IN, true);
+            let mut dec = context(p.suite.profile(), &KEY_IN, true);
             let mut encs: Vec<Context> = (0..p.fanout)
-                .map(|_| context(p.suite, &KEY_OUT, false))
+                .map(|_| context(p.suite.profile(), &KEY_OUT, false))
                 .collect();
             let mut bufs = vec![[0u8; 1500]; BATCH];
             let mut hdrs = MultiHeaders::<SockaddrIn>::preallocate(BATCH, None);
