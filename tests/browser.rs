@@ -11,9 +11,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::process::Command;
 
 /// The whole browser suite must finish within this (the harness aborts itself at 290 s).
 const SUITE_BOUND: Duration = Duration::from_secs(330);
@@ -71,26 +73,31 @@ async fn browser_end_to_end_suite() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("start node (is Node.js installed?)");
     let log = Arc::new(Mutex::new(String::new()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
     let pumps = [
-        pump(child.stdout.take().expect("piped stdout"), Arc::clone(&log)),
-        pump(child.stderr.take().expect("piped stderr"), Arc::clone(&log)),
+        pump(
+            std::fs::File::from(stdout.into_owned_fd().expect("stdout pipe")),
+            Arc::clone(&log),
+        ),
+        pump(
+            std::fs::File::from(stderr.into_owned_fd().expect("stderr pipe")),
+            Arc::clone(&log),
+        ),
     ];
 
-    // Bounded wait; the server keeps running on this runtime's workers meanwhile.
-    let deadline = Instant::now() + SUITE_BOUND;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll the harness") {
-            break Some(status);
+    // Bounded wait for the harness to exit; the server keeps running on this runtime's workers
+    // meanwhile.
+    let status = match tokio::time::timeout(SUITE_BOUND, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for the harness")),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     for p in pumps {
         let _ = p.join();
