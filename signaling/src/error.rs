@@ -143,6 +143,44 @@ pub enum RoomError {
         /// A short, client-safe reason.
         detail: String,
     },
+    /// LIMIT: `joinRoom` of a new room when the server holds its maximum number of rooms (the
+    /// original's text for a demo server without resources).
+    #[error("No resources left to create new room")]
+    TooManyRooms,
+    /// LIMIT: `joinRoom` of a room that holds its maximum number of participants.
+    #[error("Room '{room}' is full ({max} participants)")]
+    RoomFull {
+        /// The room.
+        room: String,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// LIMIT: `publishVideo` when the room holds its maximum number of publishers.
+    #[error(
+        "Unable to create publisher endpoint: room '{room}' has its maximum of {max} publishers"
+    )]
+    TooManyPublishers {
+        /// The room.
+        room: String,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// LIMIT: an SDP offer larger than configured (refused like an invalid offer).
+    #[error("org.kurento.client.internal.server.KurentoServerException:SDP offer of {size} bytes exceeds the limit of {max}")]
+    OfferTooLarge {
+        /// The offer's size in bytes.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// LIMIT: `onIceCandidate` beyond the configured number per endpoint.
+    #[error("Too many ICE candidates for endpoint '{endpoint}' (limit {max})")]
+    TooManyCandidates {
+        /// The endpoint name.
+        endpoint: String,
+        /// The configured maximum.
+        max: usize,
+    },
 }
 
 impl RoomError {
@@ -155,7 +193,8 @@ impl RoomError {
             | Self::UnsupportedMethod
             | Self::AlreadyPublishing { .. }
             | Self::RoomNotFound { .. }
-            | Self::OfferRejected { .. } => -1,
+            | Self::OfferRejected { .. }
+            | Self::OfferTooLarge { .. } => -1,
             Self::AlreadyJoined { .. } => 101,
             Self::NoParticipant { .. }
             | Self::SenderNotFound { .. }
@@ -165,12 +204,16 @@ impl RoomError {
             Self::NotStreaming { .. }
             | Self::SenderNotStreaming { .. }
             | Self::LoopbackOnlyWhenPublishing => 105,
+            Self::RoomFull { .. } => 201,
             Self::RoomMessageMismatch { .. } => 202,
             Self::RoomClosing { .. } => 203,
+            Self::TooManyRooms => 204,
             Self::MediaUnavailable => 301,
             Self::PublishSdp { .. } | Self::SubscribeSdp { .. } => 302,
-            Self::PublisherEndpoint | Self::SubscriberEndpoint => 303,
-            Self::EmptyUserName => 999,
+            Self::PublisherEndpoint | Self::SubscriberEndpoint | Self::TooManyPublishers { .. } => {
+                303
+            }
+            Self::EmptyUserName | Self::TooManyCandidates { .. } => 999,
         }
     }
 

@@ -43,12 +43,24 @@ pub struct RoomConfig {
     /// How long a participant whose WebSocket dropped stays in the room (kurento-jsonrpc's
     /// `ws.sessionReconnectionTime`, 10 s by default).
     pub reconnection_grace: Duration,
+    /// Most participants in one room, those in their grace period included.
+    pub max_participants: usize,
+    /// Most publishers (publications, negotiating ones included) in one room.
+    pub max_publishers: usize,
+    /// Largest SDP offer accepted by `publishVideo` and `receiveVideoFrom`, in bytes.
+    pub max_sdp_bytes: usize,
+    /// Most client ICE candidates accepted per endpoint.
+    pub max_candidates_per_endpoint: usize,
 }
 
 impl Default for RoomConfig {
     fn default() -> Self {
         Self {
             reconnection_grace: Duration::from_secs(10),
+            max_participants: 1000,
+            max_publishers: 100,
+            max_sdp_bytes: 64 * 1024,
+            max_candidates_per_endpoint: 100,
         }
     }
 }
@@ -146,8 +158,6 @@ pub enum MediaCommand {
         offer: String,
         /// Send the publisher's media back to it on the same peer connection.
         loopback: bool,
-        /// The participant joined with `dataChannels: true`.
-        data_channels: bool,
     },
     /// Create a subscriber endpoint fed by `publisher` and answer `offer`.
     Subscribe {
@@ -199,6 +209,106 @@ pub enum Output {
         /// The session.
         session: SessionId,
     },
+    /// The session became a participant under `user`. Comes before anything sent to it as a
+    /// participant. The driver records the membership and, when the session's connection is
+    /// already gone, answers with [`Input::Disconnected`] (or [`Input::Evict`] for a session
+    /// that no longer exists): a join whose socket closed while the join was in flight must
+    /// not leave a participant that nobody will ever disconnect.
+    Admitted {
+        /// The session.
+        session: SessionId,
+        /// Its participant name.
+        user: String,
+    },
+    /// The session is no longer a participant (left, evicted, or the room was closed).
+    Removed {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: Removal,
+    },
+}
+
+/// Why a participant left its room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// `leaveRoom`.
+    Left,
+    /// Evicted: grace period over, `closeSession`, or its session vanished.
+    Evicted,
+    /// The whole room was closed by an administrator: the session's `leaveRoom` now answers
+    /// "room not found" (protocol.md checklist 71).
+    RoomClosed,
+}
+
+/// What the server knows of a session's room, as recorded from [`Output::Admitted`] and
+/// [`Output::Removed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Membership<'a> {
+    /// In no room.
+    None,
+    /// A participant of `room` under `user`.
+    In {
+        /// The room.
+        room: &'a str,
+        /// The participant name.
+        user: &'a str,
+    },
+    /// Its room was closed by an administrator.
+    Closed {
+        /// The room that was closed.
+        room: &'a str,
+    },
+}
+
+/// Where a session's room request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To the room of this name (created if it does not exist): a join.
+    Join(String),
+    /// To the room the session is a participant of.
+    Member,
+    /// Nowhere: answer at once with this error.
+    Answer(RoomError),
+}
+
+/// Decides where `request` of `session` goes. The rules that need more than one room live
+/// here and only here: one room per session, and what a session in no room is answered.
+/// Everything else is decided by the [`Room`] the request reaches.
+pub fn route(session: &SessionId, membership: Membership<'_>, request: &ClientRequest) -> Route {
+    match (request, membership) {
+        (ClientRequest::CustomRequest, _) => Route::Answer(RoomError::UnsupportedMethod),
+        (
+            ClientRequest::JoinRoom { room, .. },
+            Membership::In {
+                room: current,
+                user,
+            },
+        ) => {
+            if room == current {
+                Route::Member // The room answers (104 or 101).
+            } else {
+                // DEVIATION (protocol.md §3.1): one room per session.
+                Route::Answer(RoomError::AlreadyJoined {
+                    session: session.0.clone(),
+                    room: current.to_owned(),
+                    user: user.to_owned(),
+                })
+            }
+        }
+        (ClientRequest::JoinRoom { room, .. }, _) => Route::Join(room.clone()),
+        (_, Membership::In { .. }) => Route::Member,
+        (ClientRequest::LeaveRoom, Membership::Closed { room }) => {
+            Route::Answer(RoomError::RoomNotFound {
+                room: room.to_owned(),
+            })
+        }
+        (_, Membership::None | Membership::Closed { .. }) => {
+            Route::Answer(RoomError::NoParticipant {
+                session: session.0.clone(),
+            })
+        }
+    }
 }
 
 /// Server candidates held for one endpoint until its answer is out; more are dropped.
@@ -229,7 +339,6 @@ pub struct Room {
 struct Participant {
     session: SessionId,
     name: String,
-    data_channels: bool,
     /// Set while the WebSocket is gone: evicted at this instant unless it reconnects.
     evict_at: Option<Instant>,
     publication: Option<Endpoint>,
@@ -245,6 +354,8 @@ struct Participant {
 #[derive(Debug)]
 struct Endpoint {
     id: EndpointId,
+    /// Client candidates added so far (capped by `max_candidates_per_endpoint`).
+    candidates: usize,
     /// `Some` until the reply carrying the answer has been emitted.
     negotiating: Option<Negotiation>,
 }
@@ -364,16 +475,15 @@ impl Room {
     }
 
     fn execute(&mut self, session: SessionId, id: Id, request: ClientRequest) {
-        if let ClientRequest::JoinRoom {
-            user,
-            data_channels,
-            ..
-        } = request
-        {
-            return self.join(session, id, user, data_channels);
+        if let ClientRequest::JoinRoom { user, .. } = request {
+            return self.join(session, id, user);
         }
         if request == ClientRequest::CustomRequest {
-            return self.reply(&session, id, Err(RoomError::UnsupportedMethod));
+            // [`route`] answers it before it reaches a room; a room that gets one anyway gives
+            // route's answer rather than deciding a second time.
+            if let Route::Answer(err) = route(&session, Membership::None, &request) {
+                return self.reply(&session, id, Err(err));
+            }
         }
         let Some(index) = self.index_of(&session) else {
             let err = RoomError::NoParticipant {
@@ -409,7 +519,7 @@ impl Room {
         }
     }
 
-    fn join(&mut self, session: SessionId, id: Id, user: String, data_channels: bool) {
+    fn join(&mut self, session: SessionId, id: Id, user: String) {
         if let Some(index) = self.index_of(&session) {
             // DEVIATION (protocol.md §3.1): a second join on the same session changes nothing.
             let me = &self.participants[index];
@@ -437,6 +547,13 @@ impl Room {
             };
             return self.reply(&session, id, Err(err));
         }
+        if self.participants.len() >= self.config.max_participants {
+            let err = RoomError::RoomFull {
+                room: self.name.clone(),
+                max: self.config.max_participants,
+            };
+            return self.reply(&session, id, Err(err));
+        }
         // Snapshot and insertion are one step: every present participant is either listed
         // in the result or (for later joiners) told by participantJoined, never both.
         let peers: Vec<Peer> = self
@@ -447,11 +564,14 @@ impl Room {
                 publishing: p.is_publishing(),
             })
             .collect();
+        self.out.push_back(Output::Admitted {
+            session: session.clone(),
+            user: user.clone(),
+        });
         self.notify_all_except(None, &Notification::ParticipantJoined { id: user.clone() });
         self.participants.push(Participant {
             session: session.clone(),
             name: user,
-            data_channels,
             evict_at: None,
             publication: None,
             subscriptions: BTreeMap::new(),
@@ -468,23 +588,38 @@ impl Room {
             let session = self.participants[index].session.clone();
             return self.reply(&session, id, Err(RoomError::AlreadyPublishing { user }));
         }
+        let session = self.participants[index].session.clone();
+        if let Err(err) = self.check_offer(&offer) {
+            return self.reply(&session, id, Err(err));
+        }
+        let publishers = self
+            .participants
+            .iter()
+            .filter(|p| p.publication.is_some())
+            .count();
+        if publishers >= self.config.max_publishers {
+            let err = RoomError::TooManyPublishers {
+                room: self.name.clone(),
+                max: self.config.max_publishers,
+            };
+            return self.reply(&session, id, Err(err));
+        }
         let endpoint = self.allocate_endpoint();
         let p = &mut self.participants[index];
+        let early = p.early.remove(&p.name).unwrap_or_default();
         p.publication = Some(Endpoint {
             id: endpoint,
+            candidates: early.len(),
             negotiating: Some(Negotiation {
                 request: id,
                 held: Vec::new(),
             }),
         });
         p.pending = Some(endpoint);
-        let early = p.early.remove(&p.name).unwrap_or_default();
-        let data_channels = p.data_channels;
         self.out.push_back(Output::Media(MediaCommand::Publish {
             endpoint,
             offer,
             loopback,
-            data_channels,
         }));
         for candidate in early {
             self.out
@@ -526,6 +661,7 @@ impl Room {
             Some(Endpoint {
                 id,
                 negotiating: None,
+                ..
             }) => *id,
             _ => {
                 let err = RoomError::SenderNotStreaming {
@@ -545,6 +681,9 @@ impl Room {
             };
             return self.reply(&session, id, Err(err));
         }
+        if let Err(err) = self.check_offer(&offer) {
+            return self.reply(&session, id, Err(err));
+        }
         let endpoint = self.allocate_endpoint();
         let p = &mut self.participants[index];
         let early = p.early.remove(&sender).unwrap_or_default();
@@ -552,6 +691,7 @@ impl Room {
             sender,
             Endpoint {
                 id: endpoint,
+                candidates: early.len(),
                 negotiating: Some(Negotiation {
                     request: id,
                     held: Vec::new(),
@@ -594,18 +734,29 @@ impl Room {
         let session = p.session.clone();
         // The end-of-candidates marker some browsers send is accepted and ignored.
         if !c.candidate.is_empty() {
+            let max = self.config.max_candidates_per_endpoint;
             let target = if endpoint_name == p.name {
-                p.publication.as_ref().map(|e| e.id)
+                p.publication.as_mut()
             } else {
-                p.subscriptions.get(&endpoint_name).map(|e| e.id)
+                p.subscriptions.get_mut(&endpoint_name)
             };
             match target {
-                Some(endpoint) => self
-                    .out
-                    .push_back(Output::Media(MediaCommand::AddCandidate {
-                        endpoint,
-                        candidate: c,
-                    })),
+                Some(ep) if ep.candidates >= max => {
+                    let err = RoomError::TooManyCandidates {
+                        endpoint: endpoint_name,
+                        max,
+                    };
+                    return self.reply(&session, id, Err(err));
+                }
+                Some(ep) => {
+                    ep.candidates += 1;
+                    let endpoint = ep.id;
+                    self.out
+                        .push_back(Output::Media(MediaCommand::AddCandidate {
+                            endpoint,
+                            candidate: c,
+                        }));
+                }
                 None => {
                     // Unknown or not-yet-created endpoints are never an error: buffer.
                     let room_for_name =
@@ -624,7 +775,7 @@ impl Room {
 
     fn leave(&mut self, index: usize, id: Id) {
         let session = self.participants[index].session.clone();
-        let name = self.remove_participant(index);
+        let name = self.remove_participant(index, Removal::Left);
         self.notify_all_except(None, &Notification::ParticipantLeft { name });
         self.reply(&session, id, Ok(Reply::Empty));
         self.out.push_back(Output::CloseSession { session });
@@ -654,7 +805,7 @@ impl Room {
         let Some(index) = self.index_of(session) else {
             return;
         };
-        let name = self.remove_participant(index);
+        let name = self.remove_participant(index, Removal::Evicted);
         self.notify_all_except(None, &Notification::ParticipantLeft { name });
         self.notify(session, Notification::ParticipantEvicted);
     }
@@ -663,7 +814,7 @@ impl Room {
         let room = self.name.clone();
         while !self.participants.is_empty() {
             let session = self.participants[0].session.clone();
-            self.remove_participant(0);
+            self.remove_participant(0, Removal::RoomClosed);
             self.notify(&session, Notification::RoomClosed { room: room.clone() });
         }
     }
@@ -786,8 +937,12 @@ impl Room {
     /// Removes a participant with everything it owns, and every other participant's
     /// subscription to it. Returns its name. Queued requests of the removed participant are
     /// dropped: its socket is gone or about to be closed.
-    fn remove_participant(&mut self, index: usize) -> String {
+    fn remove_participant(&mut self, index: usize, reason: Removal) -> String {
         let p = self.participants.remove(index);
+        self.out.push_back(Output::Removed {
+            session: p.session.clone(),
+            reason,
+        });
         if let Some(publication) = p.publication {
             self.release(publication.id);
         }
@@ -850,6 +1005,16 @@ impl Room {
                 .find(|(_, e)| e.id == endpoint)
                 .map(|(name, _)| (i, name.clone()))
         })
+    }
+
+    fn check_offer(&self, offer: &str) -> Result<(), RoomError> {
+        if offer.len() > self.config.max_sdp_bytes {
+            return Err(RoomError::OfferTooLarge {
+                size: offer.len(),
+                max: self.config.max_sdp_bytes,
+            });
+        }
+        Ok(())
     }
 
     fn allocate_endpoint(&mut self) -> EndpointId {

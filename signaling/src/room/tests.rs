@@ -269,9 +269,10 @@ fn empty_user_name_is_999_and_leaves_room_empty() {
     assert!(h.room.is_empty());
 }
 
-/// Checklist 19 (state part): joining with dataChannels passes the flag to the publisher.
+/// Checklist 19 (state part): `dataChannels` is accepted at join and changes nothing in the
+/// room: the media engine negotiates a data channel whenever the offer carries one.
 #[test]
-fn data_channels_flag_reaches_the_publish_command() {
+fn data_channels_flag_is_accepted_and_the_publish_command_is_unchanged() {
     let mut h = Harness::new();
     h.req(
         "alice",
@@ -290,12 +291,111 @@ fn data_channels_flag_reaches_the_publish_command() {
     );
     assert!(out.iter().any(|o| matches!(
         o,
-        Output::Media(MediaCommand::Publish {
-            data_channels: true,
-            loopback: true,
-            ..
-        })
+        Output::Media(MediaCommand::Publish { loopback: true, .. })
     )));
+}
+
+/// The driver learns of a membership before anything is sent to the new participant, and
+/// before the others hear of it, so that a join whose socket is already gone is caught.
+#[test]
+fn join_emits_admitted_before_the_reply_and_the_others_notifications() {
+    let mut h = Harness::new();
+    h.join("alice");
+    let out = h.join("bob");
+    let admitted = position(
+        &out,
+        |o| matches!(o, Output::Admitted { session, user } if *session == s("bob") && user == "bob"),
+    );
+    let joined_note = position(&out, |o| matches!(o, Output::Notify { .. }));
+    let reply = position(&out, |o| is_reply_to(o, "bob"));
+    assert!(admitted < joined_note && admitted < reply, "{out:?}");
+    // A refused join admits nobody.
+    let (_, out) = h.req(
+        "carol",
+        ClientRequest::JoinRoom {
+            room: ROOM.into(),
+            user: "bob".into(),
+            data_channels: false,
+        },
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::Admitted { .. })));
+}
+
+fn removed(out: &[Output]) -> Vec<(SessionId, Removal)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Removed { session, reason } => Some((session.clone(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every way out of a room is reported once, with its reason.
+#[test]
+fn leave_evict_and_close_emit_removed_with_their_reason() {
+    let mut h = Harness::new();
+    for who in ["alice", "bob", "carol", "dave"] {
+        h.join(who);
+    }
+    let (_, out) = h.req("alice", ClientRequest::LeaveRoom);
+    assert_eq!(removed(&out), vec![(s("alice"), Removal::Left)]);
+    let out = h.input(Input::Evict { session: s("bob") });
+    assert_eq!(removed(&out), vec![(s("bob"), Removal::Evicted)]);
+    h.input(Input::Disconnected {
+        session: s("carol"),
+    });
+    h.now += RoomConfig::default().reconnection_grace;
+    h.room.handle_timeout(h.now);
+    let out: Vec<Output> = std::iter::from_fn(|| h.room.poll_output()).collect();
+    assert_eq!(removed(&out), vec![(s("carol"), Removal::Evicted)]);
+    let out = h.input(Input::Close);
+    assert_eq!(removed(&out), vec![(s("dave"), Removal::RoomClosed)]);
+    assert!(h.room.is_empty());
+}
+
+/// The cross-room rules: one room per session, customRequest always refused, and what a
+/// session outside any room is answered.
+#[test]
+fn route_decides_the_rules_that_span_rooms() {
+    let me = s("alice");
+    let join = |room: &str| ClientRequest::JoinRoom {
+        room: room.into(),
+        user: "alice".into(),
+        data_channels: false,
+    };
+    let inside = Membership::In {
+        room: "r1",
+        user: "alice",
+    };
+    assert_eq!(
+        route(&me, Membership::None, &join("r1")),
+        Route::Join("r1".into())
+    );
+    assert_eq!(route(&me, inside, &join("r1")), Route::Member);
+    match route(&me, inside, &join("r2")) {
+        Route::Answer(e) => assert_eq!(e.code(), 101),
+        other => panic!("{other:?}"),
+    }
+    for m in [Membership::None, inside] {
+        assert_eq!(
+            route(&me, m, &ClientRequest::CustomRequest),
+            Route::Answer(RoomError::UnsupportedMethod)
+        );
+    }
+    assert_eq!(route(&me, inside, &ClientRequest::LeaveRoom), Route::Member);
+    match route(&me, Membership::None, &ClientRequest::UnpublishVideo) {
+        Route::Answer(e) => assert_eq!(e.code(), 102),
+        other => panic!("{other:?}"),
+    }
+    let closed = Membership::Closed { room: "r1" };
+    match route(&me, closed, &ClientRequest::LeaveRoom) {
+        Route::Answer(e) => assert_eq!(
+            e.to_string(),
+            "org.kurento.room.exception.RoomException:Room 'r1' not found"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(route(&me, closed, &join("r1")), Route::Join("r1".into()));
 }
 
 /// Deviation §3.1: a second join on a session that is already a participant changes nothing.
@@ -1343,4 +1443,122 @@ fn endpoint_ids_carry_the_room_prefix() {
     h.join("alice");
     let (ep, _) = h.publish("alice");
     assert_eq!(ep.0 >> 32, 7);
+}
+
+fn limited(config: RoomConfig) -> Harness {
+    Harness {
+        room: Room::new(ROOM, 7, config),
+        ..Harness::new()
+    }
+}
+
+/// LIMIT: a full room refuses the next joiner with 201 and tells nobody.
+#[test]
+fn a_full_room_refuses_the_next_joiner() {
+    let mut h = limited(RoomConfig {
+        max_participants: 2,
+        ..RoomConfig::default()
+    });
+    h.join("alice");
+    h.join("bob");
+    let out = h.join("carol");
+    assert_eq!(the_error(&out).code(), 201);
+    assert!(notes_to(&out, "alice").is_empty());
+    assert_eq!(h.room.participant_count(), 2);
+}
+
+/// LIMIT: publishers per room count negotiating publications too; the next is refused (303)
+/// without a media command, and a freed place can be taken again.
+#[test]
+fn publishers_per_room_are_capped() {
+    let mut h = limited(RoomConfig {
+        max_publishers: 1,
+        ..RoomConfig::default()
+    });
+    h.join("alice");
+    h.join("bob");
+    let (_, out) = h.req(
+        "alice",
+        ClientRequest::PublishVideo {
+            sdp_offer: "o".into(),
+            do_loopback: false,
+        },
+    );
+    assert!(media_endpoint(&out).is_some());
+    let (_, out) = h.req(
+        "bob",
+        ClientRequest::PublishVideo {
+            sdp_offer: "o".into(),
+            do_loopback: false,
+        },
+    );
+    assert_eq!(the_error(&out).code(), 303);
+    assert!(media_endpoint(&out).is_none());
+    h.input(Input::Evict {
+        session: s("alice"),
+    });
+    let (_, out) = h.publish("bob");
+    assert!(matches!(the_reply(&out), Ok(Reply::SdpAnswer(_))));
+}
+
+/// LIMIT: an oversized offer is refused (-1) before any endpoint exists, for publish and
+/// subscribe alike.
+#[test]
+fn oversized_offers_are_refused_before_media() {
+    let mut h = limited(RoomConfig {
+        max_sdp_bytes: 10,
+        ..RoomConfig::default()
+    });
+    h.join("alice");
+    h.join("bob");
+    let (_, out) = h.req(
+        "alice",
+        ClientRequest::PublishVideo {
+            sdp_offer: "x".repeat(11),
+            do_loopback: false,
+        },
+    );
+    assert_eq!(the_error(&out).code(), -1);
+    assert!(media_endpoint(&out).is_none());
+    h.publish("alice");
+    let (_, out) = h.req(
+        "bob",
+        ClientRequest::ReceiveVideoFrom {
+            sender: "alice".into(),
+            sdp_offer: "x".repeat(11),
+        },
+    );
+    assert_eq!(the_error(&out).code(), -1);
+    assert!(media_endpoint(&out).is_none());
+}
+
+/// LIMIT: client candidates per endpoint, early ones included; past it 999 and no command.
+#[test]
+fn candidates_per_endpoint_are_capped() {
+    let mut h = limited(RoomConfig {
+        max_candidates_per_endpoint: 2,
+        ..RoomConfig::default()
+    });
+    h.join("alice");
+    let add = |h: &mut Harness| {
+        h.req(
+            "alice",
+            ClientRequest::OnIceCandidate {
+                endpoint_name: "alice".into(),
+                candidate: cand("candidate:1 1 udp 1 127.0.0.1 9 typ host"),
+            },
+        )
+        .1
+    };
+    add(&mut h); // early, buffered
+    h.publish("alice");
+    let out = add(&mut h);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaCommand::AddCandidate { .. }))));
+    let out = add(&mut h);
+    assert_eq!(the_error(&out).code(), 999);
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaCommand::AddCandidate { .. }))));
 }
