@@ -49,6 +49,20 @@ impl Bridge {
         lock(&self.endpoints).len()
     }
 
+    /// Releases every endpoint of the room with this serial (after its task died; a live room
+    /// releases its endpoints one by one).
+    pub(crate) fn release_room(self: &Arc<Self>, serial: u32) {
+        let endpoints: Vec<EndpointId> = lock(&self.endpoints)
+            .keys()
+            .filter(|e| e.0 >> 32 == u64::from(serial))
+            .copied()
+            .collect();
+        for endpoint in endpoints {
+            let (tx, _) = mpsc::channel(1);
+            self.execute(MediaCommand::Release { endpoint }, &tx);
+        }
+    }
+
     /// Executes `cmd` for a room whose inbox is `room`. Never blocks.
     pub(crate) fn execute(self: &Arc<Self>, cmd: MediaCommand, room: &mpsc::Sender<Input>) {
         match cmd {

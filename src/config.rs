@@ -69,6 +69,42 @@ pub struct Config {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
     #[arg(long, env = "ROOMD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Secret for the admin actions (`POST /close?room=`), sent as `Authorization: Bearer
+    /// <token>`. Without it the admin actions are off (403).
+    #[arg(long, env = "ROOMD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Origins allowed to open `/room` (comma-separated, e.g. `https://meet.example.com`).
+    /// Empty: any origin, as the original server.
+    #[arg(long, env = "ROOMD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Most rooms at once; a join that would create one more gets 204.
+    #[arg(long, env = "ROOMD_MAX_ROOMS", default_value_t = 10_000)]
+    pub max_rooms: usize,
+    /// Most participants in one room; one more gets 201.
+    #[arg(long, env = "ROOMD_MAX_PARTICIPANTS_PER_ROOM", default_value_t = 1000)]
+    pub max_participants_per_room: usize,
+    /// Most publishers in one room; one more `publishVideo` gets 303.
+    #[arg(long, env = "ROOMD_MAX_PUBLISHERS_PER_ROOM", default_value_t = 100)]
+    pub max_publishers_per_room: usize,
+    /// Most WebSocket connections at once; more are refused with HTTP 503.
+    #[arg(long, env = "ROOMD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Most WebSocket connections at once from one client IP; more are refused with HTTP 429.
+    #[arg(long, env = "ROOMD_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+    /// Requests per second one connection may sustain (token bucket refill rate).
+    #[arg(long, env = "ROOMD_REQUESTS_PER_SECOND", default_value_t = 50)]
+    pub requests_per_second: u32,
+    /// Requests one connection may send in a burst; past it requests get error -32000, and a
+    /// connection refused this many times in a row is closed (1008).
+    #[arg(long, env = "ROOMD_REQUEST_BURST", default_value_t = 200)]
+    pub request_burst: u32,
+    /// Largest SDP offer accepted, in bytes; larger ones get error -1.
+    #[arg(long, env = "ROOMD_MAX_SDP_BYTES", default_value_t = 64 * 1024)]
+    pub max_sdp_bytes: usize,
+    /// Most client ICE candidates per media endpoint; more get 999.
+    #[arg(long, env = "ROOMD_MAX_CANDIDATES_PER_ENDPOINT", default_value_t = 100)]
+    pub max_candidates_per_endpoint: usize,
 }
 
 impl Default for Config {
@@ -99,6 +135,10 @@ impl Config {
     pub fn room(&self) -> signaling::room::RoomConfig {
         signaling::room::RoomConfig {
             reconnection_grace: self.reconnection_grace(),
+            max_participants: self.max_participants_per_room,
+            max_publishers: self.max_publishers_per_room,
+            max_sdp_bytes: self.max_sdp_bytes,
+            max_candidates_per_endpoint: self.max_candidates_per_endpoint,
         }
     }
 }
@@ -131,6 +171,22 @@ mod tests {
         assert_eq!(c.tls_cert.as_deref(), Some(std::path::Path::new("c.pem")));
         assert!(Config::try_parse_from(["roomd", "--tls-cert", "c.pem"]).is_err());
         assert!(Config::try_parse_from(["roomd", "--tls-key", "k.pem"]).is_err());
+    }
+
+    /// The limits reach the room state machine; origins are a comma-separated list.
+    #[test]
+    fn limits_and_origins_are_parsed() {
+        let c = Config::parse_from([
+            "roomd",
+            "--max-participants-per-room",
+            "3",
+            "--allowed-origins",
+            "https://a.example,https://b.example",
+        ]);
+        assert_eq!(c.room().max_participants, 3);
+        assert_eq!(c.allowed_origins.len(), 2);
+        assert!(Config::default().allowed_origins.is_empty());
+        assert!(Config::default().admin_token.is_none());
     }
 
     /// Flags override the defaults.

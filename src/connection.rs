@@ -4,27 +4,31 @@
 //! Owns the kurento-jsonrpc transport habits of a connection: `ping` answered at once (even
 //! while a room request of the same session waits for media), the ping watchdog (close after
 //! 3 × the interval the first ping announced), `connect` rebinding a session, `closeSession`,
-//! the start of the reconnection grace period when the socket drops, and strict FIFO
-//! processing of the session's room requests: the next one is dispatched only when the
-//! previous one has been answered. Does not own room state (the room task does) nor the
-//! session registry (the hub does).
+//! the start of the reconnection grace period when the socket drops, the per-connection
+//! request rate limit, and strict FIFO processing of the session's room requests: the next
+//! one is dispatched only when the previous one has been answered. Where a room request goes
+//! is decided by `signaling::room::route`, not here; memberships are written by room drivers
+//! (`rooms.rs`), not here. Generic over the frame stream and sink, so that its races are unit
+//! tested without sockets (see the tests at the end).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use std::fmt::Display;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::Value;
 use signaling::jsonrpc::{self, Decoded, Id};
 use signaling::protocol::{self, ClientRequest, Method, ParseError, TransportRequest};
-use signaling::room::Input;
+use signaling::room::{route, Input, Route, SessionId};
 use signaling::RoomError;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use crate::hub::{Binding, Conn, Outbound, Slot, OUTBOUND_CAPACITY};
-use crate::rooms::RoomHandle;
+use crate::sessions::{Conn, Detached, Outbound, Session, OUTBOUND_CAPACITY};
 use crate::AppState;
 
 /// kurento-jsonrpc's default heartbeat interval when the first ping carries none.
@@ -41,6 +45,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_NORMAL: u16 = 1000;
 /// WebSocket close code when the server cannot keep up with the client (queue overflow).
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// WebSocket close code for a client that keeps breaking the rules (rate limit).
+const CLOSE_POLICY_VIOLATION: u16 = 1008;
+/// JSON-RPC error code of transport-level refusals (queue full, rate limited), in the
+/// implementation-defined server-error range; kurento-jsonrpc clients treat it as any error.
+const TRANSPORT_REFUSED: i64 = -32000;
 
 /// How a connection ended, which decides what happens to its session.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,33 +65,42 @@ struct Connection {
     generation: u64,
     tx: mpsc::Sender<Outbound>,
     kill: Arc<Notify>,
-    slot: Option<Arc<Slot>>,
-    /// The room request waiting for its answer.
-    in_flight: Option<InFlight>,
+    session: Option<Arc<Session>>,
+    /// The room request waiting for its answer, and the room (serial) it was sent to.
+    in_flight: Option<(Id, u32)>,
     queue: VecDeque<(Id, ClientRequest)>,
     /// (interval, deadline) once the first ping arrived.
     watchdog: Option<(Duration, Instant)>,
+    rate: RateLimit,
 }
 
-struct InFlight {
-    id: Id,
-    /// For `joinRoom`: the name to bind to on success.
-    joining_as: Option<String>,
-}
-
-/// Serves one WebSocket until it closes.
-pub(crate) async fn run_connection(socket: WebSocket, state: Arc<AppState>, generation: u64) {
-    let (mut sink, mut stream) = socket.split();
+/// Serves one WebSocket (its frame stream and sink) until it closes.
+pub(crate) async fn run_connection<R, W, E>(
+    mut stream: R,
+    mut sink: W,
+    state: Arc<AppState>,
+    generation: u64,
+) where
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    W: Sink<Message> + Unpin,
+    E: Display,
+{
     let (tx, mut rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let rate = RateLimit::new(
+        state.config.requests_per_second,
+        state.config.request_burst,
+        Instant::now(),
+    );
     let mut conn = Connection {
         state,
         generation,
         tx,
         kill: Arc::new(Notify::new()),
-        slot: None,
+        session: None,
         in_flight: None,
         queue: VecDeque::new(),
         watchdog: None,
+        rate,
     };
     let end = loop {
         let deadline = conn.watchdog.map(|(_, d)| d);
@@ -148,8 +166,8 @@ pub(crate) async fn run_connection(socket: WebSocket, state: Arc<AppState>, gene
     conn.finish(end).await;
 }
 
-enum Event {
-    Frame(Option<Result<Message, axum::Error>>),
+enum Event<E> {
+    Frame(Option<Result<Message, E>>),
     Out(Option<Outbound>),
     Overflow,
     Watchdog,
@@ -187,20 +205,39 @@ impl Connection {
             Decoded::Notification { method } => {
                 // DEVIATION (protocol.md §1.8): requests without id are never executed.
                 tracing::debug!(%method, "request without id ignored");
-                return Step::Continue;
+                return self.count_against_rate(frames);
             }
             Decoded::Ignored(why) => {
                 tracing::debug!(?why, "inbound frame ignored");
-                return Step::Continue;
+                return self.count_against_rate(frames);
             }
         };
         let id = request.id;
+        if !self.rate.allow(Instant::now()) {
+            self.state
+                .counters
+                .rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            let msg = "Too many requests: slow down";
+            frames.push(Frame::Text(jsonrpc::encode_error(
+                id,
+                TRANSPORT_REFUSED,
+                msg,
+                None,
+            )));
+            return self.abuse_check(frames);
+        }
         match protocol::parse(&request.method, &request.params) {
             Ok(Method::Transport(t)) => self.on_transport(id, t, &request.params, frames).await,
             Ok(Method::Room(r)) => {
                 if self.queue.len() >= MAX_QUEUED_REQUESTS {
                     let msg = "Too many requests in flight";
-                    frames.push(Frame::Text(jsonrpc::encode_error(id, -32000, msg, None)));
+                    frames.push(Frame::Text(jsonrpc::encode_error(
+                        id,
+                        TRANSPORT_REFUSED,
+                        msg,
+                        None,
+                    )));
                     return Step::Continue;
                 }
                 self.queue.push_back((id, r));
@@ -229,6 +266,33 @@ impl Connection {
         }
     }
 
+    /// Frames that are not requests (garbage, notifications) cost a token too, so that a flood
+    /// of them is bounded like a flood of requests; they get no answer.
+    fn count_against_rate(&mut self, frames: &mut Vec<Frame>) -> Step {
+        if self.rate.allow(Instant::now()) {
+            return Step::Continue;
+        }
+        self.state
+            .counters
+            .rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+        self.abuse_check(frames)
+    }
+
+    /// A connection refused by the rate limit this many times in a row is closed.
+    fn abuse_check(&mut self, frames: &mut Vec<Frame>) -> Step {
+        if self.rate.refused_in_a_row() < self.rate.burst() {
+            return Step::Continue;
+        }
+        tracing::info!(session = ?self.session.as_ref().map(|s| &s.id), "rate limit abused; connection closed");
+        self.state
+            .counters
+            .abusive_closed
+            .fetch_add(1, Ordering::Relaxed);
+        frames.push(Frame::Close(CLOSE_POLICY_VIOLATION, "Too many requests"));
+        Step::End(End::Dropped)
+    }
+
     async fn on_transport(
         &mut self,
         id: Id,
@@ -251,9 +315,9 @@ impl Connection {
             }
             TransportRequest::Connect { session_id } => {
                 let frame = match session_id {
-                    Some(sid) => match self.state.hub.get(&sid) {
-                        Some(slot) => {
-                            self.adopt(slot).await;
+                    Some(sid) => match self.state.sessions.get(&SessionId(sid.clone())) {
+                        Some(session) => {
+                            self.adopt(session).await;
                             jsonrpc::encode_result(id, Value::from("reconnection successful"), &sid)
                         }
                         None => jsonrpc::encode_error(
@@ -264,8 +328,8 @@ impl Connection {
                         ),
                     },
                     None => {
-                        let slot = self.slot();
-                        jsonrpc::encode_result(id, Value::from("OK"), &slot.id.0)
+                        let session = self.session();
+                        jsonrpc::encode_result(id, Value::from("OK"), &session.id.0)
                     }
                 };
                 frames.push(Frame::Text(frame));
@@ -276,17 +340,18 @@ impl Connection {
                     id,
                     Value::from("bye"),
                 )));
-                let Some(slot) = self.slot.take() else {
+                let Some(session) = self.session.take() else {
                     return Step::Continue; // No session yet: only "bye".
                 };
-                if let Some(binding) = slot.binding() {
+                // Forgotten first: a join still in flight is then admitted into a session
+                // that no longer exists, and its room evicts it at once.
+                self.state.sessions.remove(&session.id);
+                if let Detached::Now(Some(room)) = session.detach(self.generation) {
                     let evict = Input::Evict {
-                        session: slot.id.clone(),
+                        session: session.id.clone(),
                     };
-                    let _ = binding.room.tx.send(evict).await;
+                    let _ = room.tx.send(evict).await;
                 }
-                slot.detach(self.generation);
-                self.state.hub.remove(&slot.id);
                 frames.push(Frame::Close(CLOSE_NORMAL, ""));
                 Step::End(End::Finished)
             }
@@ -294,28 +359,31 @@ impl Connection {
     }
 
     /// Takes over an existing session (`connect` with its id).
-    async fn adopt(&mut self, slot: Arc<Slot>) {
-        if self.slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+    async fn adopt(&mut self, session: Arc<Session>) {
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, &session))
+        {
             return;
         }
-        if let Some(previous) = self.slot.take() {
+        if let Some(previous) = self.session.take() {
             // This connection had created a session of its own: it is abandoned.
-            previous.detach(self.generation);
-            if previous.binding().is_none() {
-                self.state.hub.remove(&previous.id);
+            if let Detached::Now(None) = previous.detach(self.generation) {
+                self.state.sessions.remove(&previous.id);
             }
         }
-        let old = slot.attach(self.conn());
+        let (old, room) = session.attach(self.conn());
         if let Some(kill) = old {
             kill.notify_one(); // The session's previous socket, if still open, is closed.
         }
-        if let Some(binding) = slot.binding() {
+        if let Some(room) = room {
             let input = Input::Reconnected {
-                session: slot.id.clone(),
+                session: session.id.clone(),
             };
-            let _ = binding.room.tx.send(input).await;
+            let _ = room.tx.send(input).await;
         }
-        self.slot = Some(slot);
+        self.session = Some(session);
     }
 
     fn conn(&self) -> Conn {
@@ -327,19 +395,19 @@ impl Connection {
     }
 
     /// The session of this connection, created on first use.
-    fn slot(&mut self) -> Arc<Slot> {
-        if let Some(slot) = &self.slot {
-            return Arc::clone(slot);
+    fn session(&mut self) -> Arc<Session> {
+        if let Some(session) = &self.session {
+            return Arc::clone(session);
         }
-        let slot = self.state.hub.create();
-        slot.attach(self.conn());
-        self.slot = Some(Arc::clone(&slot));
-        slot
+        let session = self.state.sessions.create();
+        session.attach(self.conn());
+        self.session = Some(Arc::clone(&session));
+        session
     }
 
     fn error_frame(&mut self, id: Id, err: &RoomError) -> String {
         let sid = if err.carries_session_id() {
-            Some(self.slot().id.0.clone())
+            Some(self.session().id.0.clone())
         } else {
             None
         };
@@ -349,31 +417,39 @@ impl Connection {
     async fn on_outbound(&mut self, out: Outbound, frames: &mut Vec<Frame>) -> Step {
         match out {
             Outbound::Notification(text) => frames.push(Frame::Text(text)),
-            Outbound::Reply { id, frame, joined } => {
+            Outbound::Reply { id, frame } => {
+                if self.in_flight.map(|(waiting, _)| waiting) != Some(id) {
+                    // Already answered here when the membership ended (see below).
+                    tracing::debug!(id, "late reply dropped");
+                    return Step::Continue;
+                }
                 frames.push(Frame::Text(frame));
-                if self.in_flight.as_ref().is_some_and(|f| f.id == id) {
-                    let done = self.in_flight.take();
-                    if let (
-                        Some(room),
-                        Some(InFlight {
-                            joining_as: Some(user),
-                            ..
-                        }),
-                    ) = (joined, done)
-                    {
-                        if let Some(slot) = &self.slot {
-                            slot.bind(Some(Binding { room, user }));
-                        }
-                    }
+                self.in_flight = None;
+                self.pump(frames).await;
+            }
+            Outbound::MembershipEnded { room_serial } => {
+                // Evicted or the room closed: that room will not answer what is in flight
+                // there (a request sent to another room, e.g. a join, still waits).
+                if let Some((id, _)) = self.in_flight.filter(|(_, r)| *r == room_serial) {
+                    self.in_flight = None;
+                    let session = self.session().id.clone();
+                    let err = RoomError::NoParticipant { session: session.0 };
+                    frames.push(Frame::Text(self.error_frame(id, &err)));
                     self.pump(frames).await;
                 }
             }
             Outbound::Close => {
-                // After a successful leaveRoom: the session is destroyed with the socket.
-                if let Some(slot) = self.slot.take() {
-                    slot.bind(None);
-                    slot.detach(self.generation);
-                    self.state.hub.remove(&slot.id);
+                // After a successful leaveRoom: the session is destroyed with the socket. A
+                // join queued behind the leave may have been admitted meanwhile: forgotten
+                // first and evicted from wherever it is, exactly as `closeSession`.
+                if let Some(session) = self.session.take() {
+                    self.state.sessions.remove(&session.id);
+                    if let Detached::Now(Some(room)) = session.detach(self.generation) {
+                        let evict = Input::Evict {
+                            session: session.id.clone(),
+                        };
+                        let _ = room.tx.send(evict).await;
+                    }
                 }
                 frames.push(Frame::Close(CLOSE_NORMAL, ""));
                 return Step::End(End::Finished);
@@ -389,7 +465,7 @@ impl Connection {
                 return;
             };
             match self.dispatch(id, request).await {
-                Ok(in_flight) => self.in_flight = Some(in_flight),
+                Ok(room_serial) => self.in_flight = Some((id, room_serial)),
                 Err(err) => {
                     let frame = self.error_frame(id, &err);
                     frames.push(Frame::Text(frame));
@@ -398,104 +474,356 @@ impl Connection {
         }
     }
 
-    /// Sends one room request to its room, or answers it here when no room can (the session
-    /// is in no room, or its room is gone).
-    async fn dispatch(&mut self, id: Id, request: ClientRequest) -> Result<InFlight, RoomError> {
-        let slot = self.slot();
-        let session = slot.id.clone();
-        let binding = slot.binding().filter(|b| !b.room.is_closed());
-        if let ClientRequest::CustomRequest = request {
-            return Err(RoomError::UnsupportedMethod);
-        }
-        if let ClientRequest::JoinRoom { room, user, .. } = &request {
-            if let Some(b) = &binding {
-                if &*b.room.name != room.as_str() {
-                    // DEVIATION (protocol.md §3.1): one room per session.
-                    return Err(RoomError::AlreadyJoined {
-                        session: session.0,
-                        room: b.room.name.to_string(),
-                        user: b.user.clone(),
-                    });
-                }
-            }
-            let user = user.clone();
-            let room_name = room.clone();
-            let mut input = Input::Request {
-                session,
-                id,
-                request,
-            };
-            // A room that just emptied refuses new inputs; the directory then has a new one.
-            for _ in 0..8 {
-                let handle = match &binding {
-                    Some(b) => b.room.clone(),
-                    None => self.room_for_join(&room_name),
-                };
-                match handle.tx.send(input).await {
-                    Ok(()) => {
-                        return Ok(InFlight {
-                            id,
-                            joining_as: Some(user),
-                        })
-                    }
-                    Err(mpsc::error::SendError(back)) => input = back,
-                }
-            }
-            tracing::warn!(room = %room_name, "could not reach a room for a join");
-            return Err(RoomError::RoomClosing {
-                user,
-                room: room_name,
-            });
-        }
-        let Some(b) = binding else {
-            if let (ClientRequest::LeaveRoom, Some(stale)) = (&request, slot.binding()) {
-                // The room was closed by an administrator while the session was in it.
-                slot.bind(None);
-                return Err(RoomError::RoomNotFound {
-                    room: stale.room.name.to_string(),
-                });
-            }
-            return Err(RoomError::NoParticipant { session: session.0 });
-        };
-        let input = Input::Request {
-            session: session.clone(),
+    /// Sends one room request where `signaling::room::route` says (returning the room's
+    /// serial), or answers it here.
+    async fn dispatch(&mut self, id: Id, request: ClientRequest) -> Result<u32, RoomError> {
+        let session = self.session();
+        let membership = session.membership();
+        let decision = route(&session.id, membership.view(), &request);
+        let mut input = Input::Request {
+            session: session.id.clone(),
             id,
             request,
         };
-        match b.room.tx.send(input).await {
-            Ok(()) => Ok(InFlight {
-                id,
-                joining_as: None,
-            }),
-            Err(_) => Err(RoomError::NoParticipant { session: session.0 }),
+        match decision {
+            Route::Answer(err) => Err(err),
+            Route::Member => {
+                let room = membership.room().cloned();
+                match room {
+                    Some(room) if room.tx.send(input).await.is_ok() => Ok(room.serial),
+                    // The room task is gone (its removal reaches us through the registry).
+                    _ => Err(RoomError::NoParticipant {
+                        session: session.id.0.clone(),
+                    }),
+                }
+            }
+            Route::Join(name) => {
+                // A room that just emptied refuses new inputs; the directory then has a new one.
+                for _ in 0..8 {
+                    let Some(handle) = self.state.rooms.get_or_create(&name, &self.state.room_ctx)
+                    else {
+                        return Err(RoomError::TooManyRooms);
+                    };
+                    match handle.tx.send(input).await {
+                        Ok(()) => return Ok(handle.serial),
+                        Err(mpsc::error::SendError(back)) => input = back,
+                    }
+                }
+                tracing::warn!(room = %name, "could not reach a room for a join");
+                let user = match input {
+                    Input::Request {
+                        request: ClientRequest::JoinRoom { user, .. },
+                        ..
+                    } => user,
+                    _ => String::new(),
+                };
+                Err(RoomError::RoomClosing { user, room: name })
+            }
         }
-    }
-
-    fn room_for_join(&self, name: &str) -> RoomHandle {
-        self.state.rooms.get_or_create(name, &self.state.room_ctx)
     }
 
     /// After the socket closed: start the grace period, or forget the session.
     async fn finish(self, end: End) {
-        let Some(slot) = self.slot else { return };
-        if end == End::Finished || !slot.detach(self.generation) {
-            return; // Finished, or another connection took the session over.
+        let Some(session) = self.session else { return };
+        if end == End::Finished {
+            return;
         }
-        if let Some(binding) = slot.binding() {
+        let Detached::Now(room) = session.detach(self.generation) else {
+            return; // Another connection took the session over.
+        };
+        if let Some(room) = room {
             let input = Input::Disconnected {
-                session: slot.id.clone(),
+                session: session.id.clone(),
             };
-            let _ = binding.room.tx.send(input).await;
+            let _ = room.tx.send(input).await;
         }
-        // The session stays reachable for `connect` during the grace period.
-        let hub = Arc::clone(&self.state.hub);
+        // The session stays reachable for `connect` during the grace period. Its room (if it
+        // is admitted later, after this point) starts its own grace period on admission.
+        let sessions = Arc::clone(&self.state.sessions);
         let grace = self.state.config.reconnection_grace();
         let generation = self.generation;
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            if slot.is_abandoned_since(generation) {
-                hub.remove(&slot.id);
+            if session.is_abandoned_since(generation) {
+                sessions.remove(&session.id);
             }
         });
+    }
+}
+
+/// Token bucket for one connection's requests: `burst` at once, refilled at `rate` per
+/// second. Time is passed in.
+#[derive(Debug)]
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    refused_in_a_row: u32,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: now,
+            refused_in_a_row: 0,
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused_in_a_row = 0;
+            true
+        } else {
+            self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
+            false
+        }
+    }
+
+    fn refused_in_a_row(&self) -> u32 {
+        self.refused_in_a_row
+    }
+
+    fn burst(&self) -> u32 {
+        // `burst` came from a u32 (at least 1).
+        self.burst as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection's races, driven through in-memory frame channels instead of sockets,
+    //! against the real registries and room tasks. Time is tokio's paused clock.
+
+    use super::*;
+    use futures_util::sink;
+    use futures_util::stream;
+    use serde_json::json;
+    use std::convert::Infallible;
+
+    struct Harness {
+        to_server: Option<mpsc::Sender<Message>>,
+        from_server: mpsc::Receiver<Message>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn config() -> crate::Config {
+        crate::Config {
+            reconnection_grace_ms: 500,
+            requests_per_second: 10,
+            request_burst: 5,
+            ..crate::Config::default()
+        }
+    }
+
+    fn connect(state: &Arc<AppState>, generation: u64) -> Harness {
+        let (to_server, rx) = mpsc::channel::<Message>(64);
+        let (tx, from_server) = mpsc::channel::<Message>(64);
+        let frames = stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (Ok::<_, Infallible>(m), rx))
+        });
+        let out = sink::unfold(tx, |tx, m: Message| async move {
+            tx.send(m).await.map_err(|_| "test reader gone")?;
+            Ok::<_, &'static str>(tx)
+        });
+        let task = tokio::spawn(run_connection(
+            Box::pin(frames),
+            Box::pin(out),
+            Arc::clone(state),
+            generation,
+        ));
+        Harness {
+            to_server: Some(to_server),
+            from_server,
+            task,
+        }
+    }
+
+    impl Harness {
+        async fn send(&mut self, id: i64, method: &str, params: Value) {
+            let frame = json!({"jsonrpc":"2.0","id":id,"method":method,"params":params});
+            self.to_server
+                .as_ref()
+                .expect("stream still open")
+                .send(Message::Text(frame.to_string().into()))
+                .await
+                .expect("connection task reads");
+        }
+
+        /// The next text frame, as JSON; `None` once the connection closed.
+        async fn next(&mut self) -> Option<Value> {
+            loop {
+                match self.from_server.recv().await? {
+                    Message::Text(t) => return Some(serde_json::from_str(&t).expect("JSON")),
+                    Message::Close(_) => return None,
+                    _ => continue,
+                }
+            }
+        }
+
+        async fn reply_to(&mut self, id: i64) -> Value {
+            loop {
+                let v = self.next().await.expect("a reply before the close");
+                if v["id"] == json!(id) {
+                    return v;
+                }
+            }
+        }
+
+        /// Ends the frame stream as an abrupt TCP close would, and waits for the task.
+        async fn vanish(mut self) {
+            self.to_server = None;
+            self.task.await.expect("connection task ends cleanly");
+        }
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..10_000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    /// The ghost race: `joinRoom` sent, socket gone before the answer. The room admits the
+    /// participant after the connection ended; it must still be evicted after the grace
+    /// period, and the name becomes free again.
+    #[tokio::test(start_paused = true)]
+    async fn a_join_whose_socket_vanished_leaves_no_ghost() {
+        let state = Arc::new(AppState::new(config()));
+        for i in 0..20 {
+            let mut c = connect(&state, 100 + i);
+            c.send(1, "joinRoom", json!({"room":"r","user":format!("u{i}")}))
+                .await;
+            c.vanish().await;
+        }
+        until("the room is empty and forgotten", || {
+            state.rooms.participants() == 0 && state.rooms.names().is_empty()
+        })
+        .await;
+        until("every session is forgotten", || state.sessions.len() == 0).await;
+        let mut again = connect(&state, 999);
+        again
+            .send(1, "joinRoom", json!({"room":"r","user":"u0"}))
+            .await;
+        let reply = again.reply_to(1).await;
+        assert_eq!(reply["result"]["value"], json!([]), "{reply}");
+    }
+
+    /// `closeSession` while the join is in flight: the participant is evicted at once when
+    /// the room admits it (no grace period for a session that asked to end).
+    #[tokio::test(start_paused = true)]
+    async fn close_session_with_a_join_in_flight_evicts_at_admission() {
+        let state = Arc::new(AppState::new(config()));
+        let mut watcher = connect(&state, 1);
+        watcher
+            .send(1, "joinRoom", json!({"room":"r","user":"w"}))
+            .await;
+        watcher.reply_to(1).await;
+        let mut c = connect(&state, 2);
+        c.send(1, "joinRoom", json!({"room":"r","user":"x"})).await;
+        c.send(2, "closeSession", json!({})).await;
+        // The watcher hears of x at most once, and then of its departure.
+        let mut joined = 0;
+        loop {
+            let n = watcher.next().await.expect("watcher stays connected");
+            match n["method"].as_str() {
+                Some("participantJoined") => joined += 1,
+                Some("participantLeft") => break,
+                _ => {}
+            }
+        }
+        assert!(joined <= 1);
+        assert_eq!(state.rooms.participants(), 1);
+    }
+
+    /// An admin close while a request waits for the room: the connection answers it (102)
+    /// and the late answer of the room, if any, is not sent twice.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_when_the_room_closes_is_answered_once() {
+        let state = Arc::new(AppState::new(config()));
+        let mut c = connect(&state, 1);
+        c.send(1, "joinRoom", json!({"room":"r","user":"a"})).await;
+        c.reply_to(1).await;
+        let room = state.rooms.get("r").expect("room exists");
+        room.tx.send(Input::Close).await.expect("room task alive");
+        c.send(
+            2,
+            "sendMessage",
+            json!({"userMessage":"a","roomMessage":"r","message":"m"}),
+        )
+        .await;
+        c.send(3, "leaveRoom", json!({})).await;
+        let mut answers = Vec::new();
+        while answers.len() < 2 {
+            let v = c.next().await.expect("connection open");
+            if v.get("id").is_some() {
+                answers.push(v);
+            }
+        }
+        assert_eq!(answers[0]["id"], json!(2));
+        assert_eq!(answers[1]["id"], json!(3));
+        assert!(
+            answers[1]["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Room 'r' not found")),
+            "{}",
+            answers[1]
+        );
+    }
+
+    /// Past the burst, requests are refused with -32000 (the connection survives); refused
+    /// `burst` times in a row, the connection is closed with 1008.
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_refuses_then_closes_an_abuser() {
+        let state = Arc::new(AppState::new(config()));
+        let mut c = connect(&state, 1);
+        for id in 1..=5 {
+            c.send(id, "ping", json!({})).await;
+            assert!(c.reply_to(id).await.get("result").is_some());
+        }
+        c.send(6, "ping", json!({})).await;
+        assert_eq!(c.reply_to(6).await["error"]["code"], json!(-32000));
+        // Refilled at 10/s: one more is allowed after 100 ms.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        c.send(7, "ping", json!({})).await;
+        assert!(c.reply_to(7).await.get("result").is_some());
+        for id in 8..=13 {
+            c.send(id, "ping", json!({})).await;
+        }
+        let mut refused = 0;
+        let close = loop {
+            match c.from_server.recv().await {
+                Some(Message::Text(_)) => refused += 1,
+                Some(Message::Close(frame)) => break frame,
+                Some(_) => {}
+                None => panic!("no close frame"),
+            }
+        };
+        assert_eq!(refused, 5);
+        assert_eq!(close.map(|f| f.code), Some(CLOSE_POLICY_VIOLATION));
+        assert_eq!(state.counters.abusive_closed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn token_bucket_refills_at_its_rate_and_caps_at_its_burst() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(2, 3, t0);
+        assert!((0..3).all(|_| r.allow(t0)));
+        assert!(!r.allow(t0));
+        assert!(r.allow(t0 + Duration::from_millis(500)));
+        assert!(!r.allow(t0 + Duration::from_millis(500)));
+        let later = t0 + Duration::from_secs(100);
+        assert_eq!((0..10).filter(|_| r.allow(later)).count(), 3);
     }
 }

@@ -5,17 +5,21 @@
 //! on a listener so that `main`, the tests and the benches start it the same way.
 
 use std::future::Future;
+
+use axum::serve::ListenerExt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub mod config;
 
 mod bridge;
+mod connection;
 mod demo;
-mod hub;
+mod limits;
 mod metrics;
+mod room_handle;
 mod rooms;
 mod server;
-mod session;
+mod sessions;
 mod tls;
 
 pub use config::Config;
@@ -24,9 +28,35 @@ pub use config::Config;
 #[derive(Debug)]
 struct AppState {
     config: Config,
-    hub: Arc<hub::Hub>,
+    sessions: Arc<sessions::Sessions>,
     rooms: Arc<rooms::Directory>,
     room_ctx: rooms::RoomCtx,
+    connections: Arc<limits::ConnectionLimits>,
+    counters: limits::Counters,
+}
+
+impl AppState {
+    /// Everything but the listener: the media engine, the registries, the limits.
+    fn new(config: Config) -> Self {
+        let media = media::MediaRouter::new(config.media());
+        let sessions = Arc::new(sessions::Sessions::default());
+        let rooms = Arc::new(rooms::Directory::new(config.room(), config.max_rooms));
+        let room_ctx = rooms::RoomCtx {
+            sessions: Arc::clone(&sessions),
+            bridge: Arc::new(bridge::Bridge::new(media)),
+            directory: Arc::clone(&rooms),
+        };
+        let connections =
+            limits::ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
+        Self {
+            config,
+            sessions,
+            rooms,
+            room_ctx,
+            connections,
+            counters: limits::Counters::default(),
+        }
+    }
 }
 
 /// Serves `/room`, the REST calls and the media engine on `listener` until `shutdown`
@@ -44,31 +74,21 @@ pub async fn serve(
         ),
         _ => None,
     };
-    let media = media::MediaRouter::new(config.media());
-    let hub = Arc::new(hub::Hub::default());
-    let rooms = Arc::new(rooms::Directory::new(config.room()));
-    let room_ctx = rooms::RoomCtx {
-        hub: Arc::clone(&hub),
-        bridge: Arc::new(bridge::Bridge::new(media)),
-        directory: Arc::clone(&rooms),
-    };
-    let state = Arc::new(AppState {
-        config,
-        hub,
-        rooms,
-        room_ctx,
-    });
-    let router = server::router(Arc::clone(&state));
+    let state = Arc::new(AppState::new(config));
+    let router = server::router(Arc::clone(&state))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = match tls {
         None => {
             tracing::info!(addr = %listener.local_addr()?, "roomd listening (http, ws)");
-            axum::serve(listener, router)
+            axum::serve(nodelay(listener), router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         Some(tls) => {
             tracing::info!(addr = %listener.local_addr()?, "roomd listening (https, wss)");
-            axum::serve(tls::TlsListener::new(listener, tls)?, router)
+            // The TLS listener sets TCP_NODELAY itself; tap_io only lends it `ConnectInfo`.
+            let listener = tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
+            axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
@@ -78,8 +98,42 @@ pub async fn serve(
     served
 }
 
+/// The plain listener with TCP_NODELAY set on every accepted socket: a reply written right
+/// after another frame must not wait for the client's delayed ACK (Nagle), which cost ~40 ms
+/// per two-frame reply. (The TLS listener sets it in its own accept loop.)
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    fn set(tcp: &mut tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    }
+    listener.tap_io(set)
+}
+
 /// Locks a std mutex, recovering the data if a panicking holder poisoned it. Every critical
 /// section in this crate is a single map or field update, so the data stays consistent.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener;
+
+    /// Defect: replies that follow another frame waited ~40 ms for a delayed ACK because the
+    /// plain listener left Nagle on. Every socket it accepts must have TCP_NODELAY.
+    #[tokio::test]
+    async fn accepted_sockets_have_tcp_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("bound address");
+        let mut listener = super::nodelay(listener);
+        let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay().expect("read TCP_NODELAY"));
+        drop(client.await.expect("connect task").expect("connected"));
+    }
 }

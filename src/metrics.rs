@@ -3,17 +3,23 @@
 
 use std::fmt::Write as _;
 
+use std::sync::atomic::Ordering;
+
 use media::MediaStats;
+
+use crate::limits::Counters;
 
 /// Room-side gauges sampled at scrape time.
 pub(crate) struct RoomGauges {
     pub(crate) rooms: usize,
     pub(crate) participants: usize,
     pub(crate) sessions: usize,
+    pub(crate) connections: usize,
+    pub(crate) room_panics: u64,
 }
 
 /// Renders one scrape.
-pub(crate) fn render(rooms: &RoomGauges, media: &MediaStats) -> String {
+pub(crate) fn render(rooms: &RoomGauges, refused: &Counters, media: &MediaStats) -> String {
     let mut out = String::with_capacity(2048);
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         // Writing into a String cannot fail.
@@ -40,6 +46,53 @@ pub(crate) fn render(rooms: &RoomGauges, media: &MediaStats) -> String {
         "JSON-RPC sessions, including those in their grace period.",
         rooms.sessions as u64,
     );
+    metric(
+        "roomd_websocket_connections",
+        "gauge",
+        "WebSocket connections open.",
+        rooms.connections as u64,
+    );
+    metric(
+        "roomd_room_panics_total",
+        "counter",
+        "Room tasks that panicked (each room was closed and its members told roomClosed).",
+        rooms.room_panics,
+    );
+    let refusals = [
+        (
+            "roomd_requests_rate_limited_total",
+            "Requests refused by a connection's rate limit.",
+            &refused.rate_limited,
+        ),
+        (
+            "roomd_connections_closed_for_abuse_total",
+            "Connections closed for exceeding the rate limit repeatedly.",
+            &refused.abusive_closed,
+        ),
+        (
+            "roomd_connections_refused_total",
+            "WebSocket upgrades refused at the total connection limit.",
+            &refused.refused_total,
+        ),
+        (
+            "roomd_connections_refused_per_ip_total",
+            "WebSocket upgrades refused at the per-IP connection limit.",
+            &refused.refused_per_ip,
+        ),
+        (
+            "roomd_connections_refused_origin_total",
+            "WebSocket upgrades refused for their Origin.",
+            &refused.refused_origin,
+        ),
+        (
+            "roomd_admin_refused_total",
+            "Admin requests refused (disabled, wrong method or token).",
+            &refused.admin_refused,
+        ),
+    ];
+    for (name, help, counter) in refusals {
+        metric(name, "counter", help, counter.load(Ordering::Relaxed));
+    }
     metric(
         "roomd_peer_connections",
         "gauge",

@@ -1,50 +1,36 @@
 //! Room directory and the `run_room` driver task: the only async code around a
 //! [`signaling::room::Room`].
 //!
-//! Owns the map from room name to the room's task handle, room creation on first join, and
-//! removal when a room empties. One task per room; rooms run in parallel and share nothing.
-//! The directory lock is held only for lookup/insert/remove, never across an `.await`.
+//! Owns the map from room name to the room's task handle, room creation on first join, removal
+//! when a room empties, and the supervision of room tasks (a room that panics is removed, its
+//! participants get `roomClosed`, its media endpoints are released). Executes the room's
+//! outputs: replies and events to sessions, media commands to the bridge, and memberships
+//! (`Admitted`/`Removed`) into the session registry. One task per room; rooms run in parallel
+//! and share nothing. The directory lock is held only for lookup/insert/remove, never across
+//! an `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use signaling::protocol::{ClientRequest, Reply};
-use signaling::room::{Input, Output, Room, RoomConfig};
+use futures_util::FutureExt;
+use signaling::protocol::{ClientRequest, Notification};
+use signaling::room::{Input, Output, Removal, Room, RoomConfig};
+use signaling::RoomError;
 use tokio::sync::mpsc;
 
 use crate::bridge::Bridge;
-use crate::hub::{Hub, Outbound};
 use crate::lock;
-
-/// Inputs queued for one room task (requests, media reports, connection events). When full,
-/// senders wait (`send().await`): requests must not be lost and their order matters. The room
-/// task never awaits anyone else, so the wait is short.
-pub(crate) const ROOM_INBOX_CAPACITY: usize = 1024;
-
-/// A cheap-to-clone handle to a room task.
-#[derive(Clone, Debug)]
-pub(crate) struct RoomHandle {
-    pub(crate) name: Arc<str>,
-    /// Unique per created room (also the room's endpoint-id prefix).
-    pub(crate) serial: u32,
-    pub(crate) tx: mpsc::Sender<Input>,
-    /// Participants, as last published by the room task (for `/getAllRooms` and metrics).
-    members: Arc<AtomicUsize>,
-}
-
-impl RoomHandle {
-    /// True once the room task has stopped accepting inputs.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-}
+use crate::room_handle::RoomHandle;
+use crate::sessions::{Admission, Outbound, Sessions};
 
 /// What a room task needs from the rest of the process.
 #[derive(Clone, Debug)]
 pub(crate) struct RoomCtx {
-    pub(crate) hub: Arc<Hub>,
+    pub(crate) sessions: Arc<Sessions>,
     pub(crate) bridge: Arc<Bridge>,
     pub(crate) directory: Arc<Directory>,
 }
@@ -53,8 +39,12 @@ pub(crate) struct RoomCtx {
 #[derive(Debug)]
 pub(crate) struct Directory {
     config: RoomConfig,
+    /// Most rooms at once (`--max-rooms`).
+    max_rooms: usize,
     /// Held only for lookup/insert/remove, never across an `.await`.
     inner: Mutex<DirectoryInner>,
+    /// Room tasks that panicked (each was removed and its participants told `roomClosed`).
+    pub(crate) panics: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -64,43 +54,41 @@ struct DirectoryInner {
 }
 
 impl Directory {
-    pub(crate) fn new(config: RoomConfig) -> Self {
+    pub(crate) fn new(config: RoomConfig, max_rooms: usize) -> Self {
         Self {
             config,
+            max_rooms,
             inner: Mutex::new(DirectoryInner::default()),
+            panics: AtomicU64::new(0),
         }
     }
 
-    /// The room called `name`, created (with its task) if it does not exist.
-    pub(crate) fn get_or_create(&self, name: &str, ctx: &RoomCtx) -> RoomHandle {
+    /// The room called `name`, created (with its task) if it does not exist; `None` when
+    /// creating it would exceed `max_rooms`.
+    pub(crate) fn get_or_create(&self, name: &str, ctx: &RoomCtx) -> Option<RoomHandle> {
         let mut inner = lock(&self.inner);
         if let Some(handle) = inner.rooms.get(name).filter(|h| !h.is_closed()) {
-            return handle.clone();
+            return Some(handle.clone());
+        }
+        let live = inner.rooms.values().filter(|h| !h.is_closed()).count();
+        if live >= self.max_rooms {
+            return None;
         }
         inner.next_serial = inner.next_serial.wrapping_add(1);
         let serial = inner.next_serial;
-        let (tx, rx) = mpsc::channel(ROOM_INBOX_CAPACITY);
-        let handle = RoomHandle {
-            name: Arc::from(name),
-            serial,
-            tx,
-            members: Arc::new(AtomicUsize::new(0)),
-        };
+        let (handle, rx) = RoomHandle::new(name, serial);
         inner.rooms.insert(name.to_owned(), handle.clone());
         let room = Room::new(name, serial, self.config.clone());
-        tokio::spawn(run_room(room, rx, handle.clone(), ctx.clone()));
+        let task = run_room(room, rx, handle.clone(), ctx.clone());
+        tokio::spawn(supervise(task, handle, ctx.clone()));
         tracing::debug!(room = name, serial, "room created");
-        handle
+        inner.rooms.get(name).cloned()
     }
 
     /// Removes the entry for `handle` if it is still the current room of that name.
     fn remove(&self, handle: &RoomHandle) {
         let mut inner = lock(&self.inner);
-        if inner
-            .rooms
-            .get(&*handle.name)
-            .is_some_and(|h| h.serial == handle.serial)
-        {
+        if inner.rooms.get(&*handle.name).is_some_and(|h| h.is(handle)) {
             inner.rooms.remove(&*handle.name);
         }
     }
@@ -110,7 +98,7 @@ impl Directory {
         lock(&self.inner)
             .rooms
             .values()
-            .filter(|h| h.members.load(Ordering::Relaxed) > 0)
+            .filter(|h| h.members() > 0)
             .map(|h| h.name.to_string())
             .collect()
     }
@@ -122,12 +110,32 @@ impl Directory {
 
     /// Total participants over all rooms.
     pub(crate) fn participants(&self) -> usize {
-        lock(&self.inner)
-            .rooms
-            .values()
-            .map(|h| h.members.load(Ordering::Relaxed))
-            .sum()
+        lock(&self.inner).rooms.values().map(|h| h.members()).sum()
     }
+}
+
+/// Runs a room task; if it panics, cleans up after it so that nothing it owned lingers: the
+/// directory entry, the memberships (each member gets `roomClosed`, like an admin close) and
+/// the media endpoints of the room.
+async fn supervise(task: impl Future<Output = ()>, me: RoomHandle, ctx: RoomCtx) {
+    if AssertUnwindSafe(task).catch_unwind().await.is_ok() {
+        return;
+    }
+    ctx.directory.panics.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(room = %me.name, serial = me.serial, "room task panicked; room closed");
+    ctx.directory.remove(&me);
+    me.set_members(0);
+    let closed = Notification::RoomClosed {
+        room: me.name.to_string(),
+    };
+    for session in ctx.sessions.members_of(&me) {
+        ctx.sessions.remove_from(&session.id, &me, true);
+        session.deliver(Outbound::Notification(closed.encode()));
+        session.deliver(Outbound::MembershipEnded {
+            room_serial: me.serial,
+        });
+    }
+    ctx.bridge.release_room(me.serial);
 }
 
 /// The room task: feeds inputs and timeouts to the state machine and executes its outputs.
@@ -157,12 +165,46 @@ async fn run_room(mut room: Room, mut rx: mpsc::Receiver<Input>, me: RoomHandle,
     while let Some(input) = rx.recv().await {
         match input {
             Input::Request {
-                request: ClientRequest::JoinRoom { ref room, .. },
-                ..
+                session,
+                id,
+                request:
+                    ClientRequest::JoinRoom {
+                        room: name,
+                        user,
+                        data_channels,
+                    },
             } => {
-                let next = ctx.directory.get_or_create(room, &ctx);
-                if next.tx.send(input).await.is_err() {
-                    tracing::warn!(room = %me.name, "join lost while a room was being replaced");
+                let next = ctx.directory.get_or_create(&name, &ctx);
+                let err = match next {
+                    None => RoomError::TooManyRooms,
+                    Some(_) => RoomError::RoomClosing {
+                        user: user.clone(),
+                        room: name.clone(),
+                    },
+                };
+                let forwarded = Input::Request {
+                    session: session.clone(),
+                    id,
+                    request: ClientRequest::JoinRoom {
+                        room: name,
+                        user,
+                        data_channels,
+                    },
+                };
+                let sent = match next {
+                    Some(next) => next.tx.send(forwarded).await.is_ok(),
+                    None => false,
+                };
+                if !sent {
+                    // Answered here, never lost: the connection waits for this reply.
+                    let frame = signaling::jsonrpc::encode_error(
+                        id,
+                        err.code(),
+                        &err.to_string(),
+                        Some(&session.0),
+                    );
+                    ctx.sessions
+                        .deliver(&session, Outbound::Reply { id, frame });
                 }
             }
             other => {
@@ -189,37 +231,106 @@ fn execute_outputs(room: &mut Room, me: &RoomHandle, ctx: &RoomCtx) {
                 id,
                 result,
             } => {
-                let (frame, joined) = match result {
+                let frame = match result {
                     Ok(reply) => {
-                        let joined = match &reply {
-                            Reply::Joined(_) => Some(me.clone()),
-                            _ => None,
-                        };
-                        let frame =
-                            signaling::jsonrpc::encode_result(id, reply.to_value(), &session.0);
-                        (frame, joined)
+                        signaling::jsonrpc::encode_result(id, reply.to_value(), &session.0)
                     }
                     Err(err) => {
                         tracing::debug!(%session, id, code = err.code(), %err, "request refused");
                         let sid = err.carries_session_id().then_some(session.0.as_str());
-                        let frame =
-                            signaling::jsonrpc::encode_error(id, err.code(), &err.to_string(), sid);
-                        (frame, None)
+                        signaling::jsonrpc::encode_error(id, err.code(), &err.to_string(), sid)
                     }
                 };
-                ctx.hub
-                    .deliver(&session, Outbound::Reply { id, frame, joined });
+                ctx.sessions
+                    .deliver(&session, Outbound::Reply { id, frame });
             }
             Output::Notify {
                 session,
                 notification,
             } => ctx
-                .hub
+                .sessions
                 .deliver(&session, Outbound::Notification(notification.encode())),
             Output::Media(cmd) => ctx.bridge.execute(cmd, &me.tx),
-            Output::CloseSession { session } => ctx.hub.deliver(&session, Outbound::Close),
+            Output::CloseSession { session } => ctx.sessions.deliver(&session, Outbound::Close),
+            Output::Admitted { session, user } => {
+                // The one place a session becomes a participant. If its socket closed while
+                // the join was in flight, the room learns it here (the connection, when it
+                // ended, saw no membership to tell).
+                match ctx.sessions.admit(&session, me, user) {
+                    Admission::Live => {}
+                    Admission::Disconnected => {
+                        room.handle(Instant::now(), Input::Disconnected { session });
+                    }
+                    Admission::Unknown | Admission::Elsewhere => {
+                        room.handle(Instant::now(), Input::Evict { session });
+                    }
+                }
+            }
+            Output::Removed { session, reason } => {
+                ctx.sessions
+                    .remove_from(&session, me, reason == Removal::RoomClosed);
+                if reason != Removal::Left {
+                    // `leaveRoom`'s own reply follows; anything else ends a waiting request.
+                    let ended = Outbound::MembershipEnded {
+                        room_serial: me.serial,
+                    };
+                    ctx.sessions.deliver(&session, ended);
+                }
+            }
         }
     }
-    me.members
-        .store(room.participant_count(), Ordering::Relaxed);
+    me.set_members(room.participant_count());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::Conn;
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    /// A room task that panics is reported, removed from the directory, and each of its
+    /// members gets `roomClosed` and can join again.
+    #[tokio::test]
+    async fn a_panicking_room_closes_cleanly() {
+        let ctx = RoomCtx {
+            sessions: Arc::new(Sessions::default()),
+            bridge: Arc::new(Bridge::new(media::MediaRouter::new(
+                crate::Config::default().media(),
+            ))),
+            directory: Arc::new(Directory::new(RoomConfig::default(), 10)),
+        };
+        let handle = ctx
+            .directory
+            .get_or_create("r", &ctx)
+            .expect("room under the limit");
+        let session = ctx.sessions.create();
+        let (tx, mut rx) = mpsc::channel(8);
+        session.attach(Conn {
+            generation: 1,
+            tx,
+            kill: Arc::new(Notify::new()),
+        });
+        ctx.sessions.admit(&session.id, &handle, "u".into());
+        supervise(
+            async { panic!("injected room failure") },
+            handle.clone(),
+            ctx.clone(),
+        )
+        .await;
+        assert_eq!(ctx.directory.panics.load(Ordering::Relaxed), 1);
+        assert!(ctx.directory.get("r").is_none());
+        match rx.recv().await {
+            Some(Outbound::Notification(text)) => assert!(text.contains("roomClosed"), "{text}"),
+            other => panic!("expected roomClosed, got {other:?}"),
+        }
+        assert!(matches!(
+            rx.recv().await,
+            Some(Outbound::MembershipEnded { room_serial }) if room_serial == handle.serial
+        ));
+        assert!(matches!(
+            session.membership(),
+            crate::sessions::Membership::Closed { .. }
+        ));
+    }
 }

@@ -1,23 +1,29 @@
 //! HTTP surface: the Kurento WebSocket at `/room`, the room server's REST calls, the demo
-//! app's `/getClientConfig` and admin `/close`, and `/health`.
+//! app's `/getClientConfig`, the admin `/close`, `/health` and `/metrics`.
 //!
 //! Like the original's Spring `@RequestMapping`s, the REST calls answer any HTTP method and
-//! add no CORS headers. The WebSocket accepts any `Origin` and no subprotocol is required.
+//! add no CORS headers. The WebSocket needs no subprotocol; it accepts any `Origin` unless
+//! `--allowed-origins` is set, and is refused (503/429) past the connection limits. Admin
+//! actions are `POST` only, need `Authorization: Bearer <--admin-token>`, and are off (403)
+//! when no token is configured: a page a visitor opens must never be able to close rooms.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde_json::json;
 use signaling::room::Input;
 
-use crate::session::run_connection;
+use crate::connection::run_connection;
+use crate::limits::Refusal;
 use crate::AppState;
 
 /// Connection generations, to tell successive sockets of one session apart.
@@ -42,15 +48,65 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 /// per connection was 19 % of roomd's heap in a 1→25 massif profile (BENCHMARKS.md §4.1).
 const WS_READ_BUFFER: usize = 16 * 1024;
 
-async fn ws_upgrade(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
+async fn ws_upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !origin_allowed(&state.config.allowed_origins, &headers) {
+        state
+            .counters
+            .refused_origin
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%peer, "websocket refused: origin not allowed");
+        return (StatusCode::FORBIDDEN, "Origin not allowed").into_response();
+    }
+    let permit = match state.connections.admit(peer.ip()) {
+        Ok(permit) => permit,
+        Err(Refusal::Total) => {
+            state.counters.refused_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "websocket refused: connection limit reached");
+            return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections").into_response();
+        }
+        Err(Refusal::PerIp) => {
+            state
+                .counters
+                .refused_per_ip
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "websocket refused: per-IP connection limit reached");
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many connections from this address",
+            )
+                .into_response();
+        }
+    };
     let max = state.config.max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
+            let _permit = permit; // Held for the connection's life.
             let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
-            run_connection(socket, state, generation)
+            let (sink, stream) = socket.split();
+            run_connection(stream, sink, state, generation).await;
         })
+}
+
+/// Whether the request's `Origin` may open `/room`: any when no list is configured; with a
+/// list, only those (a request without `Origin`, i.e. not from a browser, is let through).
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).map(|o| o.to_str()) {
+        None => true,
+        Some(Ok(origin)) => allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin)),
+        Some(Err(_)) => false,
+    }
 }
 
 async fn all_rooms(State(state): State<Arc<AppState>>) -> Json<Vec<String>> {
@@ -73,12 +129,56 @@ async fn client_config(State(state): State<Arc<AppState>>) -> Json<serde_json::V
     }))
 }
 
-/// The demo's admin close: `roomClosed` to every participant; 404 for an unknown room,
-/// 400 without `room`.
+/// Admin actions are allowed only as `POST` with `Authorization: Bearer <admin token>`, and
+/// never when no token is configured. Returns the refusal to answer, if any. The token is
+/// compared in constant time.
+fn admin_refusal(state: &AppState, method: &Method, headers: &HeaderMap) -> Option<Response> {
+    let token = state
+        .config
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.is_empty());
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let refusal = match token {
+        None => (
+            StatusCode::FORBIDDEN,
+            "Admin API disabled (no --admin-token)",
+        )
+            .into_response(),
+        Some(_) if method != Method::POST => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "POST")],
+            "Use POST",
+        )
+            .into_response(),
+        Some(token) if !constant_time_eq(given.as_bytes(), token.as_bytes()) => {
+            (StatusCode::UNAUTHORIZED, "Bad or missing bearer token").into_response()
+        }
+        Some(_) => return None,
+    };
+    state.counters.admin_refused.fetch_add(1, Ordering::Relaxed);
+    Some(refusal)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Admin close: `roomClosed` to every participant; 404 for an unknown room, 400 without
+/// `room`. See [`admin_refusal`] for who may call it.
 async fn close_room(
     State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Some(refused) = admin_refusal(&state, &method, &headers) {
+        return refused;
+    }
     let Some(name) = query.get("room") else {
         return StatusCode::BAD_REQUEST.into_response();
     };
@@ -96,7 +196,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "status": "ok",
         "rooms": state.rooms.names().len(),
         "participants": state.rooms.participants(),
-        "sessions": state.hub.len(),
+        "sessions": state.sessions.len(),
+        "connections": state.connections.open(),
         "mediaEndpoints": state.room_ctx.bridge.live_endpoints(),
     }))
 }
@@ -105,9 +206,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let gauges = crate::metrics::RoomGauges {
         rooms: state.rooms.names().len(),
         participants: state.rooms.participants(),
-        sessions: state.hub.len(),
+        sessions: state.sessions.len(),
+        connections: state.connections.open(),
+        room_panics: state.rooms.panics.load(Ordering::Relaxed),
     };
-    let body = crate::metrics::render(&gauges, &state.room_ctx.bridge.media().stats());
+    let body = crate::metrics::render(
+        &gauges,
+        &state.counters,
+        &state.room_ctx.bridge.media().stats(),
+    );
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -1,19 +1,24 @@
 //! Session registry: kurento-jsonrpc sessions, which outlive their WebSocket.
 //!
-//! Owns the map from session id to [`Slot`]: the session's current connection (if any) and
-//! the room it is bound to. Room drivers deliver replies and events through [`Hub::deliver`];
-//! a session without a connection (inside its grace period) loses them, as the original did.
-//! Does not own the WebSocket itself (that is `session.rs`).
+//! Owns the map from session id to [`Session`]: the session's current connection (if any) and
+//! its membership (the room it is a participant of). The membership is written only by room
+//! drivers, from the room state machine's `Admitted`/`Removed` outputs; connections only read
+//! it. Admission and a connection's end are decided under the same per-session lock, so a
+//! join that completes after its socket closed is always seen by one side (see
+//! [`Session::admit`] and [`Session::detach`]). Room drivers deliver replies and events
+//! through [`Sessions::deliver`]; a session without a connection (inside its grace period)
+//! loses them, as the original did. Does not own the WebSocket (`connection.rs`) nor rooms.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rand::Rng;
-use signaling::room::SessionId;
+use signaling::jsonrpc::Id;
+use signaling::room::{Membership as RouteMembership, SessionId};
 use tokio::sync::{mpsc, Notify};
 
 use crate::lock;
-use crate::rooms::RoomHandle;
+use crate::room_handle::RoomHandle;
 
 /// Frames queued for one connection. When full, the connection is closed (its `kill` is
 /// notified): a signaling message cannot be dropped (a lost answer or candidate breaks the
@@ -26,12 +31,10 @@ pub(crate) enum Outbound {
     /// An event frame.
     Notification(String),
     /// The answer to a room request.
-    Reply {
-        id: signaling::jsonrpc::Id,
-        frame: String,
-        /// Set on a successful `joinRoom`: the room the session is now bound to.
-        joined: Option<RoomHandle>,
-    },
+    Reply { id: Id, frame: String },
+    /// The session stopped being a participant of the room with this serial without asking
+    /// (evicted, room closed): a request still waiting for that room will not be answered.
+    MembershipEnded { room_serial: u32 },
     /// Close the WebSocket with 1000 (after a successful `leaveRoom`).
     Close,
 }
@@ -46,30 +49,82 @@ pub(crate) struct Conn {
     pub(crate) kill: Arc<Notify>,
 }
 
-/// The room a session is in.
-#[derive(Clone, Debug)]
-pub(crate) struct Binding {
-    pub(crate) room: RoomHandle,
-    pub(crate) user: String,
+/// The room a session is in, as far as routing its requests is concerned.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Membership {
+    #[default]
+    None,
+    In {
+        room: RoomHandle,
+        user: String,
+    },
+    /// Its room was closed by an administrator (`leaveRoom` answers "room not found").
+    Closed {
+        room: Arc<str>,
+    },
+}
+
+impl Membership {
+    /// The view `signaling::room::route` decides on.
+    pub(crate) fn view(&self) -> RouteMembership<'_> {
+        match self {
+            Self::None => RouteMembership::None,
+            Self::In { room, user } => RouteMembership::In {
+                room: &room.name,
+                user,
+            },
+            Self::Closed { room } => RouteMembership::Closed { room },
+        }
+    }
+
+    pub(crate) fn room(&self) -> Option<&RoomHandle> {
+        match self {
+            Self::In { room, .. } => Some(room),
+            Self::None | Self::Closed { .. } => None,
+        }
+    }
+}
+
+/// What a room driver learns when it admits a session.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// The session has a connection.
+    Live,
+    /// The session exists but its connection is gone: the grace period must start now.
+    Disconnected,
+    /// The session is already a participant of another room (a join sent before a
+    /// reconnection, admitted after the new socket joined elsewhere): evict it from this one.
+    Elsewhere,
+    /// The session no longer exists (closed or expired): evict at once.
+    Unknown,
+}
+
+/// What ending a connection found.
+#[derive(Debug)]
+pub(crate) enum Detached {
+    /// Another connection had taken the session over: nothing to do.
+    Superseded,
+    /// The session lost its connection; it is in this room (if any).
+    Now(Option<RoomHandle>),
 }
 
 /// One kurento-jsonrpc session.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub(crate) struct Session {
     pub(crate) id: SessionId,
     /// Held only for tiny, non-async critical sections.
-    inner: Mutex<SlotInner>,
+    inner: Mutex<SessionState>,
 }
 
 #[derive(Debug, Default)]
-struct SlotInner {
+struct SessionState {
     conn: Option<Conn>,
-    binding: Option<Binding>,
+    membership: Membership,
     /// Generation of the last connection attached.
     last_generation: u64,
 }
 
-impl Slot {
+impl Session {
     /// Queues a message for the current connection; lost when there is none.
     pub(crate) fn deliver(&self, msg: Outbound) {
         let mut inner = lock(&self.inner);
@@ -88,15 +143,19 @@ impl Slot {
         }
     }
 
-    /// Makes `conn` the session's connection, returning the previous one's kill switch.
-    pub(crate) fn attach(&self, conn: Conn) -> Option<Arc<Notify>> {
+    /// Makes `conn` the session's connection. Returns the previous connection's kill switch
+    /// and the room the session is in, read in the same step as the attach (so that a room
+    /// admitting the session concurrently is either seen here or sees this connection).
+    pub(crate) fn attach(&self, conn: Conn) -> (Option<Arc<Notify>>, Option<RoomHandle>) {
         let mut inner = lock(&self.inner);
         inner.last_generation = conn.generation;
-        inner.conn.replace(conn).map(|old| old.kill)
+        let old = inner.conn.replace(conn).map(|old| old.kill);
+        (old, inner.membership.room().cloned())
     }
 
-    /// Forgets the connection if it is still `generation`; true if it was.
-    pub(crate) fn detach(&self, generation: u64) -> bool {
+    /// Forgets the connection if it is still `generation`, and returns the room to tell, read
+    /// in the same step: a room admitting the session afterwards sees no connection.
+    pub(crate) fn detach(&self, generation: u64) -> Detached {
         let mut inner = lock(&self.inner);
         if inner
             .conn
@@ -104,9 +163,9 @@ impl Slot {
             .is_some_and(|c| c.generation == generation)
         {
             inner.conn = None;
-            true
+            Detached::Now(inner.membership.room().cloned())
         } else {
-            false
+            Detached::Superseded
         }
     }
 
@@ -116,58 +175,106 @@ impl Slot {
         inner.conn.is_none() && inner.last_generation == generation
     }
 
-    pub(crate) fn binding(&self) -> Option<Binding> {
-        lock(&self.inner).binding.clone()
+    pub(crate) fn membership(&self) -> Membership {
+        lock(&self.inner).membership.clone()
     }
 
-    pub(crate) fn bind(&self, binding: Option<Binding>) {
-        lock(&self.inner).binding = binding;
+    /// Records that `room` admitted the session as `user` (room drivers only).
+    fn admit(&self, room: RoomHandle, user: String) -> Admission {
+        let mut inner = lock(&self.inner);
+        if inner.membership.room().is_some_and(|r| !r.is(&room)) {
+            return Admission::Elsewhere; // One room per session: the first admission stands.
+        }
+        inner.membership = Membership::In { room, user };
+        if inner.conn.is_some() {
+            Admission::Live
+        } else {
+            Admission::Disconnected
+        }
+    }
+
+    /// Records that `room` no longer has the session (room drivers only). A membership of
+    /// another room is left alone.
+    fn remove_from(&self, room: &RoomHandle, closed: bool) {
+        let mut inner = lock(&self.inner);
+        if inner.membership.room().is_some_and(|r| r.is(room)) {
+            inner.membership = if closed {
+                Membership::Closed {
+                    room: Arc::clone(&room.name),
+                }
+            } else {
+                Membership::None
+            };
+        }
     }
 }
 
 /// All sessions of the process.
 #[derive(Debug, Default)]
-pub(crate) struct Hub {
+pub(crate) struct Sessions {
     /// Held only for lookups and inserts, never across an `.await`.
-    sessions: Mutex<HashMap<SessionId, Arc<Slot>>>,
+    map: Mutex<HashMap<SessionId, Arc<Session>>>,
 }
 
-impl Hub {
+impl Sessions {
     /// Creates a session with a fresh id in kurento-jsonrpc's format (base 32, 26 digits).
-    pub(crate) fn create(&self) -> Arc<Slot> {
-        let mut sessions = lock(&self.sessions);
+    pub(crate) fn create(&self) -> Arc<Session> {
+        let mut map = lock(&self.map);
         loop {
             let id = SessionId(new_session_id());
-            if sessions.contains_key(&id) {
+            if map.contains_key(&id) {
                 continue; // 130 random bits: practically never.
             }
-            let slot = Arc::new(Slot {
+            let session = Arc::new(Session {
                 id: id.clone(),
-                inner: Mutex::new(SlotInner::default()),
+                inner: Mutex::new(SessionState::default()),
             });
-            sessions.insert(id, Arc::clone(&slot));
-            return slot;
+            map.insert(id, Arc::clone(&session));
+            return session;
         }
     }
 
-    pub(crate) fn get(&self, id: &str) -> Option<Arc<Slot>> {
-        lock(&self.sessions).get(&SessionId(id.to_owned())).cloned()
+    pub(crate) fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
+        lock(&self.map).get(id).cloned()
     }
 
     pub(crate) fn remove(&self, id: &SessionId) {
-        lock(&self.sessions).remove(id);
+        lock(&self.map).remove(id);
     }
 
     /// Delivers to a session by id; lost when the session is unknown.
     pub(crate) fn deliver(&self, id: &SessionId, msg: Outbound) {
-        let slot = lock(&self.sessions).get(id).cloned();
-        if let Some(slot) = slot {
-            slot.deliver(msg);
+        if let Some(session) = self.get(id) {
+            session.deliver(msg);
         }
     }
 
+    /// A room admitted `id` as `user`: record the membership, say whether it is connected.
+    pub(crate) fn admit(&self, id: &SessionId, room: &RoomHandle, user: String) -> Admission {
+        match self.get(id) {
+            Some(session) => session.admit(room.clone(), user),
+            None => Admission::Unknown,
+        }
+    }
+
+    /// `room` no longer has `id` as a participant.
+    pub(crate) fn remove_from(&self, id: &SessionId, room: &RoomHandle, closed: bool) {
+        if let Some(session) = self.get(id) {
+            session.remove_from(room, closed);
+        }
+    }
+
+    /// Sessions whose membership is `room` (after a room task died).
+    pub(crate) fn members_of(&self, room: &RoomHandle) -> Vec<Arc<Session>> {
+        lock(&self.map)
+            .values()
+            .filter(|s| lock(&s.inner).membership.room().is_some_and(|r| r.is(room)))
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn len(&self) -> usize {
-        lock(&self.sessions).len()
+        lock(&self.map).len()
     }
 }
 
@@ -194,5 +301,72 @@ mod tests {
         assert!(a
             .bytes()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'v').contains(&c)));
+    }
+
+    fn conn(generation: u64) -> Conn {
+        Conn {
+            generation,
+            tx: mpsc::channel(1).0,
+            kill: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The ghost race, both orders: whichever of "room admits" and "socket ends" comes
+    /// second learns of the first, so the room always hears that the participant is gone.
+    #[test]
+    fn admission_and_disconnection_always_meet() {
+        let sessions = Sessions::default();
+        let (room, _rx) = RoomHandle::new("r", 1);
+
+        // Socket ends first: the admission finds no connection.
+        let s = sessions.create();
+        s.attach(conn(1));
+        assert!(matches!(s.detach(1), Detached::Now(None)));
+        assert_eq!(
+            sessions.admit(&s.id, &room, "u".into()),
+            Admission::Disconnected
+        );
+
+        // Admission first: the end of the socket finds the room.
+        let s = sessions.create();
+        s.attach(conn(2));
+        assert_eq!(sessions.admit(&s.id, &room, "u".into()), Admission::Live);
+        assert!(matches!(s.detach(2), Detached::Now(Some(r)) if r.is(&room)));
+
+        // A session already forgotten is evicted at once.
+        let id = s.id.clone();
+        sessions.remove(&id);
+        assert_eq!(sessions.admit(&id, &room, "u".into()), Admission::Unknown);
+    }
+
+    /// One room per session even when a join sent before a reconnection is admitted after the
+    /// new socket's join: the first admission stands, the second room must evict.
+    #[test]
+    fn a_second_room_cannot_admit_a_member_of_another() {
+        let sessions = Sessions::default();
+        let (gamma, _rx1) = RoomHandle::new("gamma", 1);
+        let (beta, _rx2) = RoomHandle::new("beta", 2);
+        let s = sessions.create();
+        s.attach(conn(1));
+        assert_eq!(sessions.admit(&s.id, &gamma, "u".into()), Admission::Live);
+        assert_eq!(
+            sessions.admit(&s.id, &beta, "u".into()),
+            Admission::Elsewhere
+        );
+        assert!(s.membership().room().is_some_and(|r| r.is(&gamma)));
+    }
+
+    /// A late `Removed` of an old room does not clear the membership of a newer one.
+    #[test]
+    fn removal_only_clears_the_membership_of_that_room() {
+        let sessions = Sessions::default();
+        let (old, _rx1) = RoomHandle::new("r", 1);
+        let (new, _rx2) = RoomHandle::new("r", 2);
+        let s = sessions.create();
+        sessions.admit(&s.id, &new, "u".into());
+        sessions.remove_from(&s.id, &old, false);
+        assert!(s.membership().room().is_some_and(|r| r.is(&new)));
+        sessions.remove_from(&s.id, &new, true);
+        assert!(matches!(s.membership(), Membership::Closed { .. }));
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{error_of, start_server, Client};
+use common::{error_of, start_server, start_server_with, Client};
 use serde_json::{json, Value};
 
 /// Checklist 11–14: the first joiner gets `value:[]`; the second lists the first without
@@ -345,14 +345,19 @@ async fn rest_endpoints_answer_kurento_defaults() {
 }
 
 /// Checklist 71: an admin close sends roomClosed to everyone and no participantLeft; the
-/// sockets stay open; later room calls answer 102 and leaveRoom answers -1.
+/// sockets stay open; later room calls answer 102 and leaveRoom answers -1. (The close is an
+/// authenticated POST: see tests/security.rs.)
 #[tokio::test]
 async fn admin_close_sends_room_closed_only() {
-    let server = start_server().await;
+    let server = start_server_with(roomd::Config {
+        admin_token: Some("s3cret".into()),
+        ..roomd::Config::default()
+    })
+    .await;
     let (mut a, mut b) = server.pair("doomed", "alice", "bob").await;
-    assert_eq!(server.get("/close?room=nope").await.0, 404);
-    assert_eq!(server.get("/close").await.0, 400);
-    assert_eq!(server.get("/close?room=doomed").await.0, 200);
+    assert_eq!(server.admin_post("/close?room=nope", "s3cret").await, 404);
+    assert_eq!(server.admin_post("/close", "s3cret").await, 400);
+    assert_eq!(server.admin_post("/close?room=doomed", "s3cret").await, 200);
     for c in [&mut a, &mut b] {
         let n = c.notification("roomClosed").await;
         assert_eq!(n["params"], json!({"room":"doomed"}));

@@ -86,6 +86,14 @@ impl Server {
         (a, b)
     }
 
+    /// POSTs an admin path with `Authorization: Bearer <token>`; returns the status.
+    pub async fn admin_post(&self, path: &str, token: &str) -> u16 {
+        let auth = format!("Bearer {token}");
+        http_request(self.addr, "POST", path, &[("Authorization", &auth)])
+            .await
+            .0
+    }
+
     /// GETs a REST path and returns the status and the JSON body (Null if empty).
     pub async fn get(&self, path: &str) -> (u16, Value) {
         http_get(self.addr, path).await
@@ -110,10 +118,26 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
 }
 
 async fn http_get_raw(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[]).await
+}
+
+/// A minimal HTTP/1.1 request with extra headers over a real TCP socket: status and body text.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = TcpStream::connect(addr).await.expect("connect to server");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await.expect("write request");
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.expect("read response");
