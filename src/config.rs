@@ -17,6 +17,15 @@ pub const DEFAULT_RECONNECTION_GRACE_MS: u64 = 10_000;
 /// offers with many codecs and candidates stay well below this.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// roomd: a drop-in replacement for the Kurento Room Server with an in-process WebRTC SFU.
 #[derive(Clone, Debug, Parser)]
 #[command(version, about)]
@@ -102,6 +111,11 @@ pub struct Config {
     /// Largest SDP offer accepted, in bytes; larger ones get error -1.
     #[arg(long, env = "ROOMD_MAX_SDP_BYTES", default_value_t = 64 * 1024)]
     pub max_sdp_bytes: usize,
+    /// Log output: `text` (human-readable; colours only on a terminal) or `json` (one object per
+    /// line, for log collectors). The level comes from `RUST_LOG` (default: `info`, with
+    /// webrtc-rs's internals at `warn`).
+    #[arg(long, env = "ROOMD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Most client ICE candidates per media endpoint; more get 999.
     #[arg(long, env = "ROOMD_MAX_CANDIDATES_PER_ENDPOINT", default_value_t = 100)]
     pub max_candidates_per_endpoint: usize,

@@ -1,17 +1,29 @@
 //! The `roomd` binary: parse the configuration, start logging, serve until Ctrl-C/SIGTERM.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
+use roomd::config::LogFormat;
 use roomd::Config;
 use tracing_subscriber::EnvFilter;
 
+/// Without `RUST_LOG`: our own `info`, webrtc-rs's crates (`webrtc`, `rtc*`) only from `warn`;
+/// they log every ICE check and every peer connection at `info`.
+const DEFAULT_LOG_FILTER: &str = "info,webrtc=warn,rtc=warn";
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let config = Config::parse();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        // No ANSI colour codes in files and journals: only when stderr is a terminal.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let listener = tokio::net::TcpListener::bind((config.bind, config.port)).await?;
     roomd::serve(config, listener, shutdown_signal()).await
 }
