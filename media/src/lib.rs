@@ -18,6 +18,7 @@
 
 mod codecs;
 mod config;
+pub mod engine;
 pub mod fanout;
 mod keyframe;
 mod ports;
