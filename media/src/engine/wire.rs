@@ -18,7 +18,7 @@ pub struct SeqNo(pub u16);
 
 impl SeqNo {
     /// The number `n` after this one, wrapping.
-    pub fn add(self, n: u16) -> SeqNo {
+    pub fn wrapping_add(self, n: u16) -> SeqNo {
         SeqNo(self.0.wrapping_add(n))
     }
 
@@ -47,6 +47,6 @@ mod tests {
     fn sequence_numbers_compare_across_the_wrap() {
         assert_eq!(SeqNo(2).since(SeqNo(65_535)), 3);
         assert_eq!(SeqNo(65_535).since(SeqNo(2)), -3);
-        assert_eq!(SeqNo(65_535).add(2), SeqNo(1));
+        assert_eq!(SeqNo(65_535).wrapping_add(2), SeqNo(1));
     }
 }
