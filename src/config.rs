@@ -111,6 +111,14 @@ pub struct Config {
     /// Largest SDP offer accepted, in bytes; larger ones get error -1.
     #[arg(long, env = "ROOMD_MAX_SDP_BYTES", default_value_t = 64 * 1024)]
     pub max_sdp_bytes: usize,
+    /// Longest one WebSocket frame may take to be written (milliseconds). A client that stops
+    /// reading makes writes wait on TCP backpressure; past this it is disconnected (and evicted
+    /// after the grace period). Its queue of 1024 frames overflowing disconnects it sooner.
+    #[arg(long, env = "ROOMD_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+    /// On SIGTERM, how long existing calls may go on before their rooms are closed (seconds).
+    #[arg(long, env = "ROOMD_DRAIN_TIMEOUT_SECS", default_value_t = 300)]
+    pub drain_timeout_secs: u64,
     /// Log output: `text` (human-readable; colours only on a terminal) or `json` (one object per
     /// line, for log collectors). The level comes from `RUST_LOG` (default: `info`, with
     /// webrtc-rs's internals at `warn`).
@@ -132,6 +140,16 @@ impl Config {
     /// The reconnection grace period.
     pub fn reconnection_grace(&self) -> Duration {
         Duration::from_millis(self.reconnection_grace_ms)
+    }
+
+    /// The WebSocket write timeout.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// The drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
     }
 
     /// The media engine's configuration.

@@ -38,13 +38,14 @@ const MISSED_PINGS_TO_CLOSE: u32 = 3;
 /// Room requests of one connection waiting behind the one in flight. When full, further
 /// requests are answered at once with a transport error instead of being queued.
 const MAX_QUEUED_REQUESTS: usize = 256;
-/// Longest a single frame may take to be written. A client that stops reading makes the
-/// write wait on TCP backpressure; past this the connection is given up (grace period).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the closing handshake may take once the connection ends.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// WebSocket close code for a normal closure.
 const CLOSE_NORMAL: u16 = 1000;
 /// WebSocket close code when the server cannot keep up with the client (queue overflow).
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// WebSocket close code when the server shuts down.
+const CLOSE_GOING_AWAY: u16 = 1001;
 /// WebSocket close code for a client that keeps breaking the rules (rate limit).
 const CLOSE_POLICY_VIOLATION: u16 = 1008;
 /// JSON-RPC error code of transport-level refusals (queue full, rate limited), in the
@@ -105,10 +106,12 @@ pub(crate) async fn run_connection<R, W, E>(
     let end = loop {
         let deadline = conn.watchdog.map(|(_, d)| d);
         let kill = Arc::clone(&conn.kill);
+        let stop = conn.state.lifecycle.stop.clone();
         let event = tokio::select! {
             frame = stream.next() => Event::Frame(frame),
             out = rx.recv() => Event::Out(out),
             () = kill.notified() => Event::Overflow,
+            () = stop.cancelled() => Event::Shutdown,
             () = sleep_until(deadline) => Event::Watchdog,
         };
         let mut frames = Vec::new();
@@ -133,6 +136,10 @@ pub(crate) async fn run_connection<R, W, E>(
                 ));
                 Step::End(End::Dropped)
             }
+            Event::Shutdown => {
+                frames.push(Frame::Close(CLOSE_GOING_AWAY, "Server shutting down"));
+                Step::End(End::Dropped)
+            }
             Event::Watchdog => {
                 let reason = "Close for not receive ping from client";
                 frames.push(Frame::Close(CLOSE_NORMAL, reason));
@@ -140,29 +147,35 @@ pub(crate) async fn run_connection<R, W, E>(
             }
         };
         let mut write_failed = false;
+        let write_timeout = conn.state.config.write_timeout();
         for frame in frames {
             let msg = match frame {
                 Frame::Text(t) => Message::Text(t.into()),
                 Frame::Close(code, reason) => close(code, reason),
             };
-            match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
-                    write_failed = true;
-                    break;
-                }
+            // A write stuck on a client that does not read is cut short by its timeout, or at
+            // once when the outbound queue overflows meanwhile (the client is too far behind).
+            let written = tokio::select! {
+                r = tokio::time::timeout(write_timeout, sink.send(msg)) => matches!(r, Ok(Ok(()))),
+                () = conn.kill.notified() => false,
+            };
+            if !written {
+                write_failed = true;
+                break;
             }
+        }
+        if write_failed {
+            // The socket is stuck or broken: a close frame would wait behind the stuck write.
+            tracing::debug!("websocket write failed, timed out or overflowed");
+            break End::Dropped;
         }
         match step {
             Step::End(end) => break end,
-            Step::Continue if write_failed => {
-                tracing::debug!("websocket write failed or timed out");
-                break End::Dropped;
-            }
             Step::Continue => {}
         }
     };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+    // The close handshake gets a short bound: after a stuck write there is nothing to wait for.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
     conn.finish(end).await;
 }
 
@@ -170,6 +183,7 @@ enum Event<E> {
     Frame(Option<Result<Message, E>>),
     Out(Option<Outbound>),
     Overflow,
+    Shutdown,
     Watchdog,
 }
 
@@ -500,10 +514,11 @@ impl Connection {
             Route::Join(name) => {
                 // A room that just emptied refuses new inputs; the directory then has a new one.
                 for _ in 0..8 {
-                    let Some(handle) = self.state.rooms.get_or_create(&name, &self.state.room_ctx)
-                    else {
-                        return Err(RoomError::TooManyRooms);
-                    };
+                    let handle = self
+                        .state
+                        .rooms
+                        .get_or_create(&name, &self.state.room_ctx)
+                        .map_err(|no_room| no_room.error())?;
                     match handle.tx.send(input).await {
                         Ok(()) => return Ok(handle.serial),
                         Err(mpsc::error::SendError(back)) => input = back,

@@ -14,6 +14,7 @@ pub mod config;
 mod bridge;
 mod connection;
 mod demo;
+mod drain;
 mod limits;
 mod metrics;
 mod room_handle;
@@ -33,6 +34,7 @@ struct AppState {
     room_ctx: rooms::RoomCtx,
     connections: Arc<limits::ConnectionLimits>,
     counters: limits::Counters,
+    lifecycle: Arc<drain::Lifecycle>,
 }
 
 impl AppState {
@@ -41,10 +43,12 @@ impl AppState {
         let media = media::MediaRouter::new(config.media());
         let sessions = Arc::new(sessions::Sessions::default());
         let rooms = Arc::new(rooms::Directory::new(config.room(), config.max_rooms));
+        let lifecycle = Arc::new(drain::Lifecycle::default());
         let room_ctx = rooms::RoomCtx {
             sessions: Arc::clone(&sessions),
             bridge: Arc::new(bridge::Bridge::new(media)),
             directory: Arc::clone(&rooms),
+            lifecycle: Arc::clone(&lifecycle),
         };
         let connections =
             limits::ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
@@ -55,12 +59,14 @@ impl AppState {
             room_ctx,
             connections,
             counters: limits::Counters::default(),
+            lifecycle,
         }
     }
 }
 
-/// Serves `/room`, the REST calls and the media engine on `listener` until `shutdown`
-/// completes.
+/// Serves `/room`, the REST calls and the media engine on `listener`. When `shutdown`
+/// completes the server drains (see `drain.rs`: not ready, no new rooms, calls go on until
+/// their rooms empty or the drain timeout, then `roomClosed`) and returns once done.
 pub async fn serve(
     config: Config,
     listener: tokio::net::TcpListener,
@@ -77,11 +83,20 @@ pub async fn serve(
     let state = Arc::new(AppState::new(config));
     let router = server::router(Arc::clone(&state))
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // The HTTP server stops accepting only after the drain: WebSockets of existing calls and
+    // `/readyz` (503 meanwhile) stay served until then.
+    let drained = {
+        let state = Arc::clone(&state);
+        async move {
+            shutdown.await;
+            drain::drain(&state).await;
+        }
+    };
     let served = match tls {
         None => {
             tracing::info!(addr = %listener.local_addr()?, "roomd listening (http, ws)");
             axum::serve(nodelay(listener), router)
-                .with_graceful_shutdown(shutdown)
+                .with_graceful_shutdown(drained)
                 .await
         }
         Some(tls) => {
@@ -89,7 +104,7 @@ pub async fn serve(
             // The TLS listener sets TCP_NODELAY itself; tap_io only lends it `ConnectInfo`.
             let listener = tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
             axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
+                .with_graceful_shutdown(drained)
                 .await
         }
     };

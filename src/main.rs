@@ -1,4 +1,5 @@
-//! The `roomd` binary: parse the configuration, start logging, serve until Ctrl-C/SIGTERM.
+//! The `roomd` binary: parse the configuration, start logging, serve until Ctrl-C/SIGTERM;
+//! the first signal drains (see the library's `serve`), a second one exits at once.
 
 use std::io::IsTerminal;
 
@@ -25,7 +26,16 @@ async fn main() -> std::io::Result<()> {
         LogFormat::Json => logs.json().init(),
     }
     let listener = tokio::net::TcpListener::bind((config.bind, config.port)).await?;
-    roomd::serve(config, listener, shutdown_signal()).await
+    let first_signal = async {
+        shutdown_signal().await;
+        tracing::info!("draining; a second signal exits at once");
+        tokio::spawn(async {
+            shutdown_signal().await;
+            tracing::warn!("second signal: exiting without waiting for the drain");
+            std::process::exit(1);
+        });
+    };
+    roomd::serve(config, listener, first_signal).await
 }
 
 /// Completes on Ctrl-C or SIGTERM (containers stop with SIGTERM).
@@ -54,5 +64,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
-    tracing::info!("shutting down");
 }

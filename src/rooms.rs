@@ -22,7 +22,10 @@ use signaling::room::{Input, Output, Removal, Room, RoomConfig};
 use signaling::RoomError;
 use tokio::sync::mpsc;
 
+use tokio::sync::Notify;
+
 use crate::bridge::Bridge;
+use crate::drain::Lifecycle;
 use crate::lock;
 use crate::room_handle::RoomHandle;
 use crate::sessions::{Admission, Outbound, Sessions};
@@ -33,6 +36,26 @@ pub(crate) struct RoomCtx {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) bridge: Arc<Bridge>,
     pub(crate) directory: Arc<Directory>,
+    /// Room tasks are tracked for the drain; no new rooms while draining.
+    pub(crate) lifecycle: Arc<Lifecycle>,
+}
+
+/// Why no room could be had for a join.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NoRoom {
+    /// `max_rooms` reached.
+    Limit,
+    /// The server is draining: existing rooms only.
+    Draining,
+}
+
+impl NoRoom {
+    pub(crate) fn error(&self) -> RoomError {
+        match self {
+            NoRoom::Limit => RoomError::TooManyRooms,
+            NoRoom::Draining => RoomError::Draining,
+        }
+    }
 }
 
 /// All rooms of the process.
@@ -45,6 +68,8 @@ pub(crate) struct Directory {
     inner: Mutex<DirectoryInner>,
     /// Room tasks that panicked (each was removed and its participants told `roomClosed`).
     pub(crate) panics: AtomicU64,
+    /// Notified whenever a room is removed (the drain waits for the last one).
+    removed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -60,19 +85,23 @@ impl Directory {
             max_rooms,
             inner: Mutex::new(DirectoryInner::default()),
             panics: AtomicU64::new(0),
+            removed: Notify::new(),
         }
     }
 
-    /// The room called `name`, created (with its task) if it does not exist; `None` when
-    /// creating it would exceed `max_rooms`.
-    pub(crate) fn get_or_create(&self, name: &str, ctx: &RoomCtx) -> Option<RoomHandle> {
+    /// The room called `name`, created (with its task) if it does not exist and the server
+    /// may create one (under `max_rooms`, not draining).
+    pub(crate) fn get_or_create(&self, name: &str, ctx: &RoomCtx) -> Result<RoomHandle, NoRoom> {
         let mut inner = lock(&self.inner);
         if let Some(handle) = inner.rooms.get(name).filter(|h| !h.is_closed()) {
-            return Some(handle.clone());
+            return Ok(handle.clone());
+        }
+        if ctx.lifecycle.is_draining() {
+            return Err(NoRoom::Draining);
         }
         let live = inner.rooms.values().filter(|h| !h.is_closed()).count();
         if live >= self.max_rooms {
-            return None;
+            return Err(NoRoom::Limit);
         }
         inner.next_serial = inner.next_serial.wrapping_add(1);
         let serial = inner.next_serial;
@@ -80,9 +109,11 @@ impl Directory {
         inner.rooms.insert(name.to_owned(), handle.clone());
         let room = Room::new(name, serial, self.config.clone());
         let task = run_room(room, rx, handle.clone(), ctx.clone());
-        tokio::spawn(supervise(task, handle, ctx.clone()));
+        ctx.lifecycle
+            .tasks
+            .spawn(supervise(task, handle.clone(), ctx.clone()));
         tracing::debug!(room = name, serial, "room created");
-        inner.rooms.get(name).cloned()
+        Ok(handle)
     }
 
     /// Removes the entry for `handle` if it is still the current room of that name.
@@ -91,6 +122,26 @@ impl Directory {
         if inner.rooms.get(&*handle.name).is_some_and(|h| h.is(handle)) {
             inner.rooms.remove(&*handle.name);
         }
+        drop(inner);
+        self.removed.notify_waiters();
+    }
+
+    /// Completes once no room is left.
+    pub(crate) async fn emptied(&self) {
+        loop {
+            let removed = self.removed.notified();
+            tokio::pin!(removed);
+            removed.as_mut().enable();
+            if lock(&self.inner).rooms.is_empty() {
+                return;
+            }
+            removed.await;
+        }
+    }
+
+    /// Every room's handle.
+    pub(crate) fn all(&self) -> Vec<RoomHandle> {
+        lock(&self.inner).rooms.values().cloned().collect()
     }
 
     /// Names of the rooms that have at least one participant.
@@ -175,9 +226,9 @@ async fn run_room(mut room: Room, mut rx: mpsc::Receiver<Input>, me: RoomHandle,
                     },
             } => {
                 let next = ctx.directory.get_or_create(&name, &ctx);
-                let err = match next {
-                    None => RoomError::TooManyRooms,
-                    Some(_) => RoomError::RoomClosing {
+                let err = match &next {
+                    Err(no_room) => no_room.error(),
+                    Ok(_) => RoomError::RoomClosing {
                         user: user.clone(),
                         room: name.clone(),
                     },
@@ -192,8 +243,8 @@ async fn run_room(mut room: Room, mut rx: mpsc::Receiver<Input>, me: RoomHandle,
                     },
                 };
                 let sent = match next {
-                    Some(next) => next.tx.send(forwarded).await.is_ok(),
-                    None => false,
+                    Ok(next) => next.tx.send(forwarded).await.is_ok(),
+                    Err(_) => false,
                 };
                 if !sent {
                     // Answered here, never lost: the connection waits for this reply.
@@ -299,6 +350,7 @@ mod tests {
                 crate::Config::default().media(),
             ))),
             directory: Arc::new(Directory::new(RoomConfig::default(), 10)),
+            lifecycle: Arc::default(),
         };
         let handle = ctx
             .directory

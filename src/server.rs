@@ -38,6 +38,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/getClientConfig", any(client_config))
         .route("/close", any(close_room))
         .route("/health", get(health))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::demo::routes())
         .with_state(state)
@@ -90,7 +92,11 @@ async fn ws_upgrade(
             let _permit = permit; // Held for the connection's life.
             let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
             let (sink, stream) = socket.split();
-            run_connection(stream, sink, state, generation).await;
+            let tasks = state.lifecycle.tasks.clone();
+            // Tracked: the drain waits for every WebSocket to close.
+            tasks
+                .track_future(run_connection(stream, sink, state, generation))
+                .await;
         })
 }
 
@@ -188,6 +194,21 @@ async fn close_room(
     match room.tx.send(Input::Close).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: 200 while serving, 503 once draining (load balancers stop sending new clients;
+/// existing calls go on).
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.lifecycle.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ready".into_response()
     }
 }
 

@@ -125,9 +125,12 @@ struct SessionState {
 }
 
 impl Session {
-    /// Queues a message for the current connection; lost when there is none.
+    /// Queues a message for the current connection; lost when there is none. On a full queue
+    /// the connection is told to close; it stays attached until it detaches itself, so that
+    /// its end is handled like any other (grace period, then eviction) — clearing it here made
+    /// the ending connection believe another socket had taken the session over.
     pub(crate) fn deliver(&self, msg: Outbound) {
-        let mut inner = lock(&self.inner);
+        let inner = lock(&self.inner);
         let Some(conn) = &inner.conn else {
             tracing::trace!(session = %self.id, "no connection; message dropped");
             return;
@@ -137,9 +140,9 @@ impl Session {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(session = %self.id, "outbound queue full; closing the connection");
                 conn.kill.notify_one();
-                inner.conn = None;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => inner.conn = None,
+            // The connection task is ending; it detaches itself.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 

@@ -147,6 +147,10 @@ pub enum RoomError {
     /// original's text for a demo server without resources).
     #[error("No resources left to create new room")]
     TooManyRooms,
+    /// `joinRoom` of a new room while the server drains before shutting down (existing rooms
+    /// still take joins).
+    #[error("Server is shutting down: no new rooms")]
+    Draining,
     /// LIMIT: `joinRoom` of a room that holds its maximum number of participants.
     #[error("Room '{room}' is full ({max} participants)")]
     RoomFull {
@@ -207,7 +211,7 @@ impl RoomError {
             Self::RoomFull { .. } => 201,
             Self::RoomMessageMismatch { .. } => 202,
             Self::RoomClosing { .. } => 203,
-            Self::TooManyRooms => 204,
+            Self::TooManyRooms | Self::Draining => 204,
             Self::MediaUnavailable => 301,
             Self::PublishSdp { .. } | Self::SubscribeSdp { .. } => 302,
             Self::PublisherEndpoint | Self::SubscriberEndpoint | Self::TooManyPublishers { .. } => {
