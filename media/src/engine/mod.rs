@@ -6,5 +6,12 @@
 //!
 //! Modules, each owning one thing:
 //! - `wire`: newtypes for wire values (`Ssrc`, `Pt`, `SeqNo`, `Mid`).
+//! - `demux`: a shard's address table (5-tuple → peer; learns addresses only from STUN requests
+//!   with valid MESSAGE-INTEGRITY).
+//! - `peer`: one sans-IO peer connection of a shard: build, negotiate (ICE-lite answerer), drain.
+//! - `shard`: the sans-IO shard: many peer connections on one port, timer heap, queues.
 
+pub mod demux;
+pub mod peer;
+pub mod shard;
 pub mod wire;

@@ -1,0 +1,897 @@
+//! One peer connection of a shard: how it is built and negotiated, and how its outputs are
+//! drained into the shard's queues.
+//!
+//! Owns [`PeerId`], [`Role`], the negotiation vocabulary of the shard's API ([`MediaKind`],
+//! [`CodecSpec`], [`OutTrack`], [`PublishedTrack`], [`SentTrack`], [`PublisherAnswer`],
+//! [`SubscriberAnswer`]), the per-PC configuration ([`PeerFactory`]: ICE-lite, DTLS server,
+//! the shard's certificate, raised ICE timeouts, no mDNS, the codec set of
+//! `crate::codecs`, an interceptor chain per role) and [`Peer`] (the sans-IO
+//! `RTCPeerConnection` plus what the shard tracks about it: state, local ICE credentials, the
+//! selected path, its timers).
+//!
+//! Every peer connection answers; roomd never offers. The answer always carries one host
+//! candidate per announced address of the shard (the same candidates are also reported for
+//! trickle) and `a=end-of-candidates`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::crypto::RTCCryptoProvider;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{
+    Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry, Slot,
+    StreamInfo, TaggedPacket, TwccReceiverBuilder,
+};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::RTCCertificate;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+};
+use rtc::sansio::Protocol;
+
+use crate::codecs::{media_sections, same_codec, CodecInfo, Direction, Kind, MediaSection};
+
+use super::shard::{FailReason, ShardEvent, Transmit};
+use super::wire::{Mid, Pt, Ssrc};
+
+/// A peer connection's id, chosen by the shard's owner (unique within a shard).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// What a peer connection is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The client sends media (its offer: sendonly/sendrecv); we answer recvonly.
+    Publisher,
+    /// The client receives media (its offer: recvonly/sendrecv); we answer sendonly.
+    Subscriber,
+}
+
+/// Audio or video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+impl MediaKind {
+    fn from_kind(k: Kind) -> Option<Self> {
+        match k {
+            Kind::Audio => Some(MediaKind::Audio),
+            Kind::Video => Some(MediaKind::Video),
+            _ => None,
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            MediaKind::Audio => Kind::Audio,
+            MediaKind::Video => Kind::Video,
+        }
+    }
+
+    fn rtp_kind(self) -> RtpCodecKind {
+        self.kind().rtp_kind()
+    }
+}
+
+/// One codec as negotiated on one leg: payload type, MIME type (`video/VP8`), clock rate,
+/// channels, fmtp line, RTCP feedback (`nack pli`, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodecSpec {
+    pub pt: Pt,
+    pub mime: String,
+    pub clock_rate: u32,
+    pub channels: u16,
+    pub fmtp: String,
+    pub rtcp_feedback: Vec<String>,
+}
+
+impl CodecSpec {
+    fn from_info(kind: Kind, c: &CodecInfo) -> Self {
+        Self {
+            pt: Pt(c.payload_type),
+            mime: format!("{}/{}", kind.as_str(), c.name),
+            clock_rate: c.clock_rate,
+            channels: c.channels,
+            fmtp: c.fmtp.clone(),
+            rtcp_feedback: c.rtcp_feedback.clone(),
+        }
+    }
+
+    fn from_rtc(p: &RTCRtpCodecParameters) -> Self {
+        let info = CodecInfo::from_rtc(p);
+        Self {
+            pt: Pt(p.payload_type),
+            mime: p.rtp_codec.mime_type.clone(),
+            clock_rate: info.clock_rate,
+            channels: info.channels,
+            fmtp: info.fmtp,
+            rtcp_feedback: info.rtcp_feedback,
+        }
+    }
+
+    fn info(&self) -> CodecInfo {
+        let name = self
+            .mime
+            .split_once('/')
+            .map_or(self.mime.as_str(), |(_, n)| n);
+        CodecInfo {
+            payload_type: self.pt.0,
+            name: name.to_owned(),
+            clock_rate: self.clock_rate,
+            channels: self.channels,
+            fmtp: self.fmtp.clone(),
+            rtcp_feedback: self.rtcp_feedback.clone(),
+        }
+    }
+
+    fn rtc_codec(&self) -> RTCRtpCodec {
+        RTCRtpCodec {
+            mime_type: self.mime.clone(),
+            clock_rate: self.clock_rate,
+            channels: self.channels,
+            sdp_fmtp_line: self.fmtp.clone(),
+            rtcp_feedback: vec![],
+        }
+    }
+
+    /// Same bitstream format (MIME, clock rate, the fmtp parameters that matter), whatever the
+    /// payload type: what decides whether packets of one can be forwarded as the other.
+    pub fn same_format(&self, other: &CodecSpec) -> bool {
+        same_codec(&self.info(), &other.info())
+    }
+}
+
+/// A track a subscriber peer connection is to send.
+#[derive(Clone, Debug)]
+pub struct OutTrack {
+    pub kind: MediaKind,
+    /// The publisher's codec the packets will carry (its payload type is irrelevant here: the
+    /// leg's own is negotiated and reported in [`SentTrack::pt`]).
+    pub codec: CodecSpec,
+    /// The SSRC to send with; `None`: the shard picks a random one.
+    pub ssrc: Option<Ssrc>,
+    /// `a=msid` stream id (the client groups tracks by it).
+    pub stream_id: String,
+    pub track_id: String,
+}
+
+/// A section of a publisher's answer that receives media.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedTrack {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    /// Codecs the answer accepts, in the offer's preference order, with the offer's numbers.
+    pub codecs: Vec<CodecSpec>,
+}
+
+/// A track a subscriber's answer sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentTrack {
+    /// Index of the [`OutTrack`] in the request.
+    pub index: usize,
+    pub mid: Mid,
+    pub kind: MediaKind,
+    pub ssrc: Ssrc,
+    /// Payload type of the track's codec on this leg.
+    pub pt: Pt,
+    /// Every codec negotiated on the section, this leg's numbers.
+    pub codecs: Vec<CodecSpec>,
+}
+
+/// Result of [`super::shard::Shard::add_publisher`].
+#[derive(Clone, Debug)]
+pub struct PublisherAnswer {
+    pub sdp: String,
+    pub tracks: Vec<PublishedTrack>,
+}
+
+/// Result of [`super::shard::Shard::add_subscriber`]. Tracks that found no section or no
+/// common codec in the offer are absent.
+#[derive(Clone, Debug)]
+pub struct SubscriberAnswer {
+    pub sdp: String,
+    pub tracks: Vec<SentTrack>,
+}
+
+/// ICE timers of the shard's peer connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IceTimeouts {
+    /// Without STUN from the client for this long, the connection is `Disconnected`. Media
+    /// does not count (rtc-ice only refreshes liveness on STUN); browsers send consent checks
+    /// every few seconds, so keep this well above that.
+    pub disconnected: Duration,
+    /// Further time after `disconnected` until `Failed`.
+    pub failed: Duration,
+    /// Keepalive interval (full-ICE agents; an ICE-lite agent answers checks only).
+    pub keepalive: Duration,
+}
+
+impl Default for IceTimeouts {
+    fn default() -> Self {
+        Self {
+            disconnected: Duration::from_secs(15),
+            failed: Duration::from_secs(30),
+            keepalive: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Builds the interceptor chain of a peer connection by role.
+pub type RegistryFn = fn(Role) -> Registry;
+
+/// Default chains. A publisher: NACK generator, TWCC feedback, receiver reports (rtc talks
+/// RTCP to the client about what it receives). A subscriber: nothing that sends RTP — the
+/// forwarding layer owns those SSRCs (no NACK responder, no sender-report interceptor).
+/// Both deliver every inbound RTCP packet to the application ([`ShardEvent::RtcpIn`]).
+pub fn default_registry(role: Role) -> Registry {
+    let mut r = Registry::new();
+    if role == Role::Publisher {
+        r = r
+            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+    }
+    r.with(RTCP_TO_APP_SLOT.into(), RtcpToApp::default())
+}
+
+/// Application-most slot: the default interceptors have seen inbound RTCP before it.
+const RTCP_TO_APP_SLOT: usize = 14_000;
+
+/// Marks every inbound RTCP packet `DeliverToApplication` (without it rtc's chain terminus
+/// drops inbound RTCP). Outbound traffic passes untouched.
+#[derive(Default)]
+struct RtcpToApp {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if matches!(msg.message.packet, Packet::Rtcp(_)) {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for RtcpToApp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// Why building or negotiating a peer connection failed (client-safe text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NegotiationError {
+    #[error("invalid offer: {0}")]
+    InvalidOffer(String),
+    #[error("{0}")]
+    Rtc(String),
+}
+
+fn rtc_err(what: &str, e: impl std::fmt::Display) -> NegotiationError {
+    let full = e.to_string();
+    let line: String = full
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(100)
+        .collect();
+    NegotiationError::Rtc(format!("{what}: {line}"))
+}
+
+/// What every peer connection of a shard shares: the DTLS certificate, the announced
+/// addresses, the ICE timers, the interceptor chains.
+pub(crate) struct PeerFactory {
+    pub(crate) certificate: RTCCertificate,
+    /// Announced addresses, one host candidate each, in priority order.
+    pub(crate) announced: Vec<SocketAddr>,
+    pub(crate) ice: IceTimeouts,
+    pub(crate) registry: RegistryFn,
+}
+
+impl PeerFactory {
+    fn build(
+        &self,
+        role: Role,
+        crypto: Option<Arc<dyn RTCCryptoProvider>>,
+        now: Instant,
+    ) -> Result<RTCPeerConnection, NegotiationError> {
+        let mut media_engine = MediaEngine::default();
+        crate::codecs::register(&mut media_engine).map_err(|e| rtc_err("codecs", e))?;
+        // The default set registers its RTCP feedback and header extensions in the engine (the
+        // SDP stays what roomd always answered); its chain is replaced by the role's own.
+        let _sdp_only = register_default_interceptors(Registry::new(), &mut media_engine)
+            .map_err(|e| rtc_err("interceptors", e))?;
+        let mut se = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_answering_dtls_role(RTCDtlsRole::Server)
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_ice_timeouts(
+                Some(self.ice.disconnected),
+                Some(self.ice.failed),
+                Some(self.ice.keepalive),
+            );
+        if let Some(c) = crypto {
+            se = se.with_crypto_provider(c);
+        }
+        let config = RTCConfigurationBuilder::new()
+            .with_certificates(vec![self.certificate.clone()])
+            .build();
+        RTCPeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_setting_engine(se.build())
+            .with_media_engine(media_engine)
+            .with_interceptor_registry((self.registry)(role))
+            .build(now)
+            .map_err(|e| rtc_err("peer connection", e))
+    }
+
+    /// The host candidates of the shard, `candidate:`-prefixed.
+    pub(crate) fn candidates(&self) -> Result<Vec<String>, NegotiationError> {
+        self.announced
+            .iter()
+            .map(|a| host_candidate(*a).map(|c| c.candidate))
+            .collect()
+    }
+
+    /// Builds a publisher peer connection and answers `offer`.
+    pub(crate) fn publisher(
+        &self,
+        offer: &str,
+        crypto: Option<Arc<dyn RTCCryptoProvider>>,
+        now: Instant,
+    ) -> Result<(Peer, PublisherAnswer), NegotiationError> {
+        let (desc, _sections) = parse_offer(offer)?;
+        let mut pc = self.build(Role::Publisher, crypto, now)?;
+        pc.set_remote_description(now, desc)
+            .map_err(|e| rtc_err("offer rejected", e))?;
+        let sdp = self.answer(&mut pc, now)?;
+        let tracks = published_tracks(&sdp);
+        let peer = Peer::new(Role::Publisher, pc, &sdp, now)?;
+        Ok((peer, PublisherAnswer { sdp, tracks }))
+    }
+
+    /// Builds a subscriber peer connection sending `tracks` and answers `offer`. Each track
+    /// takes the first unused section of its kind that can receive, in offer order.
+    pub(crate) fn subscriber(
+        &self,
+        offer: &str,
+        tracks: &[OutTrack],
+        crypto: Option<Arc<dyn RTCCryptoProvider>>,
+        now: Instant,
+    ) -> Result<(Peer, SubscriberAnswer), NegotiationError> {
+        let (desc, sections) = parse_offer(offer)?;
+        let mut pc = self.build(Role::Subscriber, crypto, now)?;
+        let mut used = vec![false; sections.len()];
+        // (track index, ssrc, sender)
+        let mut planned: Vec<(usize, Ssrc, RTCRtpSenderId)> = Vec::new();
+        for (ti, t) in tracks.iter().enumerate() {
+            let Some(si) = (0..sections.len()).find(|&i| {
+                let s = &sections[i];
+                !used[i] && s.kind == t.kind.kind() && !s.rejected && s.direction.receives()
+            }) else {
+                continue;
+            };
+            used[si] = true;
+            let ssrc = t.ssrc.unwrap_or_else(|| Ssrc(rand::random()));
+            let track = MediaStreamTrack::new(
+                t.stream_id.clone(),
+                t.track_id.clone(),
+                t.track_id.clone(),
+                t.kind.rtp_kind(),
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc.0),
+                        ..Default::default()
+                    },
+                    codec: t.codec.rtc_codec(),
+                    ..Default::default()
+                }],
+            );
+            // rtc pairs a send-receive offer section only with a send-receive transceiver;
+            // it is narrowed to send-only once the offer is applied.
+            let direction = if sections[si].direction == Direction::SendRecv {
+                RTCRtpTransceiverDirection::Sendrecv
+            } else {
+                RTCRtpTransceiverDirection::Sendonly
+            };
+            let tid = pc
+                .add_transceiver_from_track(
+                    track,
+                    Some(RTCRtpTransceiverInit {
+                        direction,
+                        streams: vec![t.stream_id.clone()],
+                        send_encodings: vec![],
+                    }),
+                )
+                .map_err(|e| rtc_err("cannot add track", e))?;
+            let sender = pc
+                .rtp_transceiver(tid)
+                .and_then(|tr| tr.sender())
+                .ok_or_else(|| NegotiationError::Rtc("transceiver without sender".into()))?;
+            planned.push((ti, ssrc, sender));
+        }
+        pc.set_remote_description(now, desc)
+            .map_err(|e| rtc_err("offer rejected", e))?;
+        let transceivers: Vec<_> = pc.get_transceivers().collect();
+        for tid in transceivers {
+            if let Some(mut tr) = pc.rtp_transceiver(tid) {
+                if tr.sender().is_some() && tr.direction() == RTCRtpTransceiverDirection::Sendrecv {
+                    tr.set_direction(RTCRtpTransceiverDirection::Sendonly);
+                }
+            }
+        }
+        let sdp = self.answer(&mut pc, now)?;
+
+        let mut sent = Vec::new();
+        let mut senders = HashMap::new();
+        for (ti, ssrc, sender) in planned {
+            let Some(mid) = mid_of_sender(&mut pc, sender) else {
+                continue;
+            };
+            let Some(mut s) = pc.rtp_sender(sender) else {
+                continue;
+            };
+            let codecs: Vec<CodecSpec> = s
+                .get_parameters()
+                .rtp_parameters
+                .codecs
+                .iter()
+                .map(CodecSpec::from_rtc)
+                .collect();
+            let Some(pt) = codecs
+                .iter()
+                .find(|c| c.same_format(&tracks[ti].codec))
+                .map(|c| c.pt)
+            else {
+                continue;
+            };
+            senders.insert(ssrc, sender);
+            sent.push(SentTrack {
+                index: ti,
+                mid: Mid(mid),
+                kind: tracks[ti].kind,
+                ssrc,
+                pt,
+                codecs,
+            });
+        }
+        let mut peer = Peer::new(Role::Subscriber, pc, &sdp, now)?;
+        peer.senders = senders;
+        Ok((peer, SubscriberAnswer { sdp, tracks: sent }))
+    }
+
+    /// Creates and applies the answer, adds the shard's host candidates and ends gathering;
+    /// returns the answer SDP with the candidates.
+    fn answer(&self, pc: &mut RTCPeerConnection, now: Instant) -> Result<String, NegotiationError> {
+        let answer = pc
+            .create_answer(None)
+            .map_err(|e| rtc_err("cannot create answer", e))?;
+        pc.set_local_description(now, answer)
+            .map_err(|e| rtc_err("cannot apply answer", e))?;
+        for a in &self.announced {
+            pc.add_local_candidate(host_candidate(*a)?)
+                .map_err(|e| rtc_err("local candidate", e))?;
+        }
+        pc.add_local_candidate(RTCIceCandidateInit::default())
+            .map_err(|e| rtc_err("end of candidates", e))?;
+        pc.local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| NegotiationError::Rtc("no local description".into()))
+    }
+
+    /// Applies a new offer from the client on an existing peer connection (ICE restart:
+    /// new remote credentials make rtc restart ICE with new local ones) and returns the answer.
+    /// Track changes are not supported here.
+    pub(crate) fn renegotiate(
+        &self,
+        peer: &mut Peer,
+        offer: &str,
+        now: Instant,
+    ) -> Result<String, NegotiationError> {
+        let (desc, _) = parse_offer(offer)?;
+        peer.pc
+            .set_remote_description(now, desc)
+            .map_err(|e| rtc_err("offer rejected", e))?;
+        let answer = peer
+            .pc
+            .create_answer(None)
+            .map_err(|e| rtc_err("cannot create answer", e))?;
+        peer.pc
+            .set_local_description(now, answer)
+            .map_err(|e| rtc_err("cannot apply answer", e))?;
+        let sdp = peer
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| NegotiationError::Rtc("no local description".into()))?;
+        let (ufrag, pwd) = ice_credentials(&sdp)
+            .ok_or_else(|| NegotiationError::Rtc("answer without ICE credentials".into()))?;
+        peer.ufrag = ufrag;
+        peer.pwd = pwd;
+        Ok(sdp)
+    }
+}
+
+fn mid_of_sender(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId) -> Option<String> {
+    let tids: Vec<_> = pc.get_transceivers().collect();
+    for tid in tids {
+        let tr = pc.rtp_transceiver(tid)?;
+        if tr.sender() == Some(sender) {
+            return tr.mid().clone();
+        }
+    }
+    None
+}
+
+fn mid_of_receiver(pc: &mut RTCPeerConnection, receiver: RTCRtpReceiverId) -> Option<String> {
+    let tids: Vec<_> = pc.get_transceivers().collect();
+    for tid in tids {
+        let tr = pc.rtp_transceiver(tid)?;
+        if tr.receiver() == Some(receiver) {
+            return tr.mid().clone();
+        }
+    }
+    None
+}
+
+/// A host candidate for `addr` (UDP, component 1).
+pub(crate) fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, NegotiationError> {
+    let cand = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(|e| rtc_err("host candidate", e))?;
+    RTCIceCandidate::from(&cand)
+        .to_json()
+        .map_err(|e| rtc_err("host candidate", e))
+}
+
+/// Parses and sanity-checks a client offer.
+fn parse_offer(sdp: &str) -> Result<(RTCSessionDescription, Vec<MediaSection>), NegotiationError> {
+    let bad = |m: &str| NegotiationError::InvalidOffer(m.to_owned());
+    let desc = RTCSessionDescription::offer(sdp.to_owned()).map_err(|_| bad("unparseable SDP"))?;
+    let parsed = desc.unmarshal().map_err(|_| bad("unparseable SDP"))?;
+    let sections = media_sections(&parsed);
+    if sections.is_empty() {
+        return Err(bad("no media section"));
+    }
+    if sections
+        .iter()
+        .any(|s| s.mid.as_deref().unwrap_or("").is_empty())
+    {
+        return Err(bad("media section without mid"));
+    }
+    if ice_credentials(sdp).is_none() {
+        return Err(bad("no ICE credentials"));
+    }
+    Ok((desc, sections))
+}
+
+/// The first `a=ice-ufrag` / `a=ice-pwd` of an SDP (bundled: every section carries the same).
+pub(crate) fn ice_credentials(sdp: &str) -> Option<(String, String)> {
+    let mut ufrag = None;
+    let mut pwd = None;
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if ufrag.is_none() {
+            ufrag = line.strip_prefix("a=ice-ufrag:").map(str::to_owned);
+        }
+        if pwd.is_none() {
+            pwd = line.strip_prefix("a=ice-pwd:").map(str::to_owned);
+        }
+        if ufrag.is_some() && pwd.is_some() {
+            break;
+        }
+    }
+    Some((ufrag?, pwd?))
+}
+
+fn published_tracks(answer: &str) -> Vec<PublishedTrack> {
+    let Ok(desc) = RTCSessionDescription::answer(answer.to_owned()) else {
+        return Vec::new();
+    };
+    let Ok(parsed) = desc.unmarshal() else {
+        return Vec::new();
+    };
+    media_sections(&parsed)
+        .into_iter()
+        .filter(|s| !s.rejected && s.direction.receives())
+        .filter_map(|s| {
+            let kind = MediaKind::from_kind(s.kind)?;
+            Some(PublishedTrack {
+                mid: Mid(s.mid.clone()?),
+                kind,
+                codecs: s
+                    .codecs
+                    .iter()
+                    .map(|c| CodecSpec::from_info(s.kind, c))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Connection state as the shard reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Negotiated, ICE/DTLS not up yet.
+    Connecting,
+    Connected,
+    /// No STUN from the client for the disconnected timeout; may come back.
+    Disconnected,
+    /// Gave up (ICE/DTLS failure or connect timeout); the owner should remove the peer.
+    Failed,
+}
+
+/// Where datagrams to a peer go: the shard socket to send from and the client's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Path {
+    /// The shard's *announced* local address of the selected pair.
+    pub announced: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// One peer connection and the shard's bookkeeping about it.
+pub(crate) struct Peer {
+    pub(crate) role: Role,
+    pub(crate) pc: RTCPeerConnection,
+    pub(crate) state: PeerState,
+    pub(crate) ufrag: String,
+    pub(crate) pwd: String,
+    /// First section's mid (trickled candidates name it).
+    pub(crate) first_mid: Option<String>,
+    /// Subscriber: the rtc sender of each SSRC we send (for the `write_rtp` slow path).
+    pub(crate) senders: HashMap<Ssrc, RTCRtpSenderId>,
+    /// The selected path, once ICE selected one.
+    pub(crate) path: Option<Path>,
+    pub(crate) created: Instant,
+    /// The peer's own deadline (rtc's next timeout, or the connect deadline).
+    pub(crate) deadline: Option<Instant>,
+    /// The earliest heap entry for this peer (entries at other instants are stale).
+    pub(crate) heap_at: Option<Instant>,
+    /// Fails the peer with [`FailReason::ConnectTimeout`] if not connected by then.
+    pub(crate) connect_deadline: Option<Instant>,
+}
+
+impl Peer {
+    fn new(
+        role: Role,
+        pc: RTCPeerConnection,
+        answer: &str,
+        now: Instant,
+    ) -> Result<Self, NegotiationError> {
+        let (ufrag, pwd) = ice_credentials(answer)
+            .ok_or_else(|| NegotiationError::Rtc("answer without ICE credentials".into()))?;
+        let first_mid = answer
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("a=mid:").map(str::to_owned));
+        Ok(Self {
+            role,
+            pc,
+            state: PeerState::Connecting,
+            ufrag,
+            pwd,
+            first_mid,
+            senders: HashMap::new(),
+            path: None,
+            created: now,
+            deadline: None,
+            heap_at: None,
+            connect_deadline: None,
+        })
+    }
+
+    /// The selected candidate pair, from rtc (walks to the ICE transport through any
+    /// negotiated sender/receiver).
+    pub(crate) fn selected_path(&mut self) -> Option<Path> {
+        let tids: Vec<_> = self.pc.get_transceivers().collect();
+        let (mut senders, mut receivers) = (Vec::new(), Vec::new());
+        for tid in tids {
+            if let Some(tr) = self.pc.rtp_transceiver(tid) {
+                if tr.mid().is_none() {
+                    continue;
+                }
+                if let Some(r) = tr.receiver() {
+                    receivers.push(r);
+                } else if let Some(s) = tr.sender() {
+                    senders.push(s);
+                }
+            }
+        }
+        let pair = if let Some(r) = receivers.first() {
+            self.pc
+                .rtp_receiver(*r)?
+                .transport()?
+                .ice_transport()
+                .get_selected_candidate_pair()
+        } else if let Some(s) = senders.first() {
+            self.pc
+                .rtp_sender(*s)?
+                .transport()?
+                .ice_transport()
+                .get_selected_candidate_pair()
+        } else {
+            self.pc
+                .sctp()?
+                .transport()
+                .ice_transport()
+                .get_selected_candidate_pair()
+        }?;
+        let sock = |c: &RTCIceCandidate| -> Option<SocketAddr> {
+            Some(SocketAddr::new(c.address.parse().ok()?, c.port))
+        };
+        Some(Path {
+            announced: sock(pair.local())?,
+            remote: sock(pair.remote())?,
+        })
+    }
+
+    /// Moves everything rtc has queued (datagrams, state changes, received media) into the
+    /// shard's queues. `local_of` maps an announced address to the socket address to send from.
+    pub(crate) fn drain(
+        &mut self,
+        id: PeerId,
+        transmits: &mut VecDeque<Transmit>,
+        events: &mut VecDeque<ShardEvent>,
+        local_of: &dyn Fn(SocketAddr) -> SocketAddr,
+    ) {
+        while let Some(msg) = self.pc.poll_write() {
+            transmits.push_back(Transmit {
+                local: local_of(msg.transport.local_addr),
+                dest: msg.transport.peer_addr,
+                bytes: msg.message,
+            });
+        }
+        while let Some(ev) = self.pc.poll_event() {
+            match ev {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => match s {
+                    RTCPeerConnectionState::Connected => {
+                        self.state = PeerState::Connected;
+                        self.connect_deadline = None;
+                        self.path = self.selected_path().or(self.path);
+                        events.push_back(ShardEvent::Connected { peer: id });
+                    }
+                    RTCPeerConnectionState::Disconnected if self.state != PeerState::Failed => {
+                        self.state = PeerState::Disconnected;
+                        events.push_back(ShardEvent::Disconnected { peer: id });
+                    }
+                    RTCPeerConnectionState::Failed if self.state != PeerState::Failed => {
+                        self.state = PeerState::Failed;
+                        self.connect_deadline = None;
+                        events.push_back(ShardEvent::Failed {
+                            peer: id,
+                            reason: FailReason::Transport,
+                        });
+                    }
+                    _ => {}
+                },
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                    let mid = mid_of_receiver(&mut self.pc, init.receiver_id);
+                    let kind = self.kind_of_mid(mid.as_deref());
+                    events.push_back(ShardEvent::TrackOpen {
+                        peer: id,
+                        mid: mid.map(Mid),
+                        kind,
+                        ssrc: Ssrc(init.ssrc),
+                        rid: init.rid,
+                    });
+                }
+                _ => {}
+            }
+        }
+        while let Some(msg) = self.pc.poll_read() {
+            match msg.message {
+                RTCMessage::RtpPacket(_, packet) => {
+                    events.push_back(ShardEvent::RtpIn { peer: id, packet });
+                }
+                RTCMessage::RtcpPacket(_, packets) => {
+                    events.push_back(ShardEvent::RtcpIn { peer: id, packets });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn kind_of_mid(&self, mid: Option<&str>) -> Option<MediaKind> {
+        let mid = mid?;
+        let sdp = self.pc.local_description()?.sdp;
+        let mut kind = None;
+        for line in sdp.lines() {
+            if let Some(m) = line.strip_prefix("m=") {
+                kind = if m.starts_with("audio") {
+                    Some(MediaKind::Audio)
+                } else if m.starts_with("video") {
+                    Some(MediaKind::Video)
+                } else {
+                    None
+                };
+            } else if line.trim_end().strip_prefix("a=mid:") == Some(mid) {
+                return kind;
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ice_credentials_are_read_from_the_sdp() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123\r\n";
+        assert_eq!(
+            ice_credentials(sdp),
+            Some(("abcd".into(), "0123456789abcdef0123".into()))
+        );
+        assert_eq!(ice_credentials("v=0\r\na=ice-ufrag:x\r\n"), None);
+    }
+
+    #[test]
+    fn host_candidates_name_the_announced_address() {
+        let c = host_candidate("192.0.2.1:3478".parse().expect("addr")).expect("candidate");
+        assert!(c.candidate.starts_with("candidate:"), "{}", c.candidate);
+        assert!(
+            c.candidate.contains(" 192.0.2.1 3478 typ host"),
+            "{}",
+            c.candidate
+        );
+        let c6 = host_candidate("[2001:db8::1]:3478".parse().expect("addr")).expect("candidate");
+        assert!(
+            c6.candidate.contains(" 2001:db8::1 3478 typ host"),
+            "{}",
+            c6.candidate
+        );
+    }
+}

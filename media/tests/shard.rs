@@ -1,0 +1,1047 @@
+//! The sans-IO shard (`media::engine::shard`) against sans-IO rtc client peer connections.
+//!
+//! Most tests run without sockets and without sleeping: the clients (full-ICE offerers with a
+//! short check interval, as a browser) and the shard exchange datagrams through an in-memory
+//! network with a fixed one-way latency, and time is simulated (it jumps to the next datagram
+//! delivery or timer). They prove that publishers and subscribers connect (ICE + DTLS) on the
+//! shard's single address, that a publisher's RTP arrives as `RtpIn`, that 100 peer connections
+//! share one port, that a silent client fails after the ICE timeouts (and a never-seen one after
+//! the connect timeout), that an ICE restart works, and that spoofed STUN is dropped.
+//!
+//! One test runs the same core on a real UDP socket on 127.0.0.1 (a thin std loop), with the
+//! announced address equal to the bind address.
+//!
+//! Figures (join → connected, wall time, memory) are printed; run with `--nocapture` to see
+//! them.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use media::engine::peer::{CodecSpec, MediaKind, OutTrack, PeerId, PeerState};
+use media::engine::shard::{FailReason, Shard, ShardConfig, ShardEvent};
+use media::engine::wire::{Pt, Ssrc};
+use rtc::crypto::SignatureScheme;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+const SHARD: &str = "192.0.2.1:3478";
+const LATENCY: Duration = Duration::from_millis(10);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+fn client_addr(i: usize) -> SocketAddr {
+    SocketAddr::new(
+        [198, 51, 100, (1 + i / 200) as u8].into(),
+        40_000 + (i % 200) as u16,
+    )
+}
+
+fn certificate() -> RTCCertificate {
+    let provider = rtc::crypto::default_provider().expect("crypto");
+    RTCCertificate::generate(
+        provider.crypto(),
+        SignatureScheme::EcdsaP256Sha256,
+        CertificateParams::new(vec!["client".to_owned()]).expect("params"),
+    )
+    .expect("certificate")
+}
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// What a client peer does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Sends audio + video (sendonly).
+    Publisher,
+    /// Receives audio + video (recvonly).
+    Subscriber,
+}
+
+/// A browser-like client: a full-ICE offerer on its own address.
+struct Client {
+    pc: RTCPeerConnection,
+    addr: SocketAddr,
+    kind: Kind,
+    video: Option<(RTCRtpSenderId, u32)>,
+    connected: Option<Instant>,
+    ice_connected: bool,
+    failed: bool,
+    /// RTP received (subscriber).
+    rtp: Vec<rtc::rtp::packet::Packet>,
+    /// Stop sending (a client that went away silently).
+    silent: bool,
+    seq: u16,
+}
+
+impl Client {
+    fn new(
+        kind: Kind,
+        addr: SocketAddr,
+        cert: &RTCCertificate,
+        ssrc: u32,
+        now: Instant,
+    ) -> (Self, String) {
+        let mut me = MediaEngine::default();
+        me.register_default_codecs().expect("codecs");
+        let se = SettingEngineBuilder::new()
+            .with_ice_connection_attempts(Some(Duration::from_millis(20)), None)
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![cert.clone()])
+                    .build(),
+            )
+            .with_setting_engine(se)
+            .with_media_engine(me)
+            .build(now)
+            .expect("client pc");
+        let mut video = None;
+        match kind {
+            Kind::Publisher => {
+                for (k, codec, s) in [
+                    (RtpCodecKind::Audio, opus(), ssrc + 1),
+                    (RtpCodecKind::Video, vp8(), ssrc),
+                ] {
+                    let track = MediaStreamTrack::new(
+                        format!("stream-{ssrc}"),
+                        format!("{k}-{s}"),
+                        format!("{k}"),
+                        k,
+                        vec![RTCRtpEncodingParameters {
+                            rtp_coding_parameters: RTCRtpCodingParameters {
+                                ssrc: Some(s),
+                                ..Default::default()
+                            },
+                            codec,
+                            ..Default::default()
+                        }],
+                    );
+                    let tid = pc
+                        .add_transceiver_from_track(
+                            track,
+                            Some(RTCRtpTransceiverInit {
+                                direction: RTCRtpTransceiverDirection::Sendonly,
+                                streams: vec![],
+                                send_encodings: vec![],
+                            }),
+                        )
+                        .expect("transceiver");
+                    if k == RtpCodecKind::Video {
+                        let sender = pc
+                            .rtp_transceiver(tid)
+                            .and_then(|t| t.sender())
+                            .expect("sender");
+                        video = Some((sender, s));
+                    }
+                }
+            }
+            Kind::Subscriber => {
+                for k in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                    pc.add_transceiver_from_kind(
+                        k,
+                        Some(RTCRtpTransceiverInit {
+                            direction: RTCRtpTransceiverDirection::Recvonly,
+                            streams: vec![],
+                            send_encodings: vec![],
+                        }),
+                    )
+                    .expect("transceiver");
+                }
+            }
+        }
+        let cand = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .expect("candidate");
+        pc.add_local_candidate(RTCIceCandidate::from(&cand).to_json().expect("json"))
+            .expect("local candidate");
+        let offer = pc.create_offer(None).expect("offer");
+        pc.set_local_description(now, offer.clone())
+            .expect("set local");
+        let client = Self {
+            pc,
+            addr,
+            kind,
+            video,
+            connected: None,
+            ice_connected: false,
+            failed: false,
+            rtp: Vec::new(),
+            silent: false,
+            seq: 0,
+        };
+        (client, offer.sdp)
+    }
+
+    fn set_answer(&mut self, sdp: String, now: Instant) {
+        self.pc
+            .set_remote_description(now, RTCSessionDescription::answer(sdp).expect("answer"))
+            .expect("apply answer");
+    }
+
+    fn poll(&mut self, now: Instant) {
+        while let Some(ev) = self.pc.poll_event() {
+            if std::env::var_os("SHARD_SIM_TRACE").is_some() {
+                println!("client {} at {:?}: {ev:?}", self.addr, now);
+            }
+            match ev {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => match s {
+                    RTCPeerConnectionState::Connected => {
+                        self.connected.get_or_insert(now);
+                    }
+                    RTCPeerConnectionState::Failed => self.failed = true,
+                    _ => {}
+                },
+                RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(s) => {
+                    self.ice_connected = matches!(
+                        s,
+                        RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
+                    );
+                }
+                _ => {}
+            }
+        }
+        while let Some(m) = self.pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, p) = m.message {
+                self.rtp.push(p);
+            }
+        }
+    }
+
+    fn video_pt(&mut self) -> u8 {
+        let (sender, _) = self.video.expect("publisher");
+        self.pc
+            .rtp_sender(sender)
+            .expect("sender")
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_VP8))
+            .map(|c| c.payload_type)
+            .expect("vp8 negotiated")
+    }
+
+    /// Writes one video RTP packet (publisher).
+    fn send_video(&mut self, now: Instant) -> u16 {
+        let pt = self.video_pt();
+        let (sender, ssrc) = self.video.expect("publisher");
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let pkt = rtc::rtp::packet::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: pt,
+                sequence_number: seq,
+                timestamp: u32::from(seq) * 3000,
+                ssrc,
+                marker: true,
+                ..Default::default()
+            },
+            payload: Bytes::from(vec![0x10, 0, 0, 0x9d, 1, 0x2a, seq as u8]),
+        };
+        self.pc
+            .rtp_sender(sender)
+            .expect("sender")
+            .write_rtp(now, pkt)
+            .expect("write_rtp");
+        seq
+    }
+}
+
+/// A datagram in flight.
+struct Datagram {
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// The shard, its clients and an in-memory network with simulated time.
+struct Sim {
+    now: Instant,
+    start: Instant,
+    shard: Shard,
+    shard_addr: SocketAddr,
+    clients: Vec<Client>,
+    by_addr: HashMap<SocketAddr, usize>,
+    /// (deliver at, sequence) → datagram
+    wire: BinaryHeap<Reverse<(Instant, u64)>>,
+    in_flight: HashMap<u64, Datagram>,
+    seq: u64,
+    events: Vec<(Instant, ShardEvent)>,
+    cert: RTCCertificate,
+    delivered: u64,
+}
+
+impl Sim {
+    fn new() -> Self {
+        let now = Instant::now();
+        let shard_addr = addr(SHARD);
+        let shard = Shard::new(ShardConfig::new(shard_addr), now).expect("shard");
+        Self {
+            now,
+            start: now,
+            shard,
+            shard_addr,
+            clients: Vec::new(),
+            by_addr: HashMap::new(),
+            wire: BinaryHeap::new(),
+            in_flight: HashMap::new(),
+            seq: 0,
+            events: Vec::new(),
+            cert: certificate(),
+            delivered: 0,
+        }
+    }
+
+    /// A new client: offer, answer by the shard, answer applied. Returns the client index.
+    fn join(&mut self, kind: Kind) -> usize {
+        let i = self.clients.len();
+        let a = client_addr(i);
+        let (mut c, offer) = Client::new(kind, a, &self.cert, 1000 + 2 * i as u32, self.now);
+        let id = PeerId(i as u64);
+        let answer = match kind {
+            Kind::Publisher => {
+                let ans = self
+                    .shard
+                    .add_publisher(id, &offer, self.now)
+                    .expect("publisher answer");
+                assert_eq!(ans.tracks.len(), 2, "{:?}", ans.tracks);
+                ans.sdp
+            }
+            Kind::Subscriber => {
+                let ans = self
+                    .shard
+                    .add_subscriber(id, &offer, &out_tracks(), self.now)
+                    .expect("subscriber answer");
+                assert_eq!(ans.tracks.len(), 2, "{:?}", ans.tracks);
+                ans.sdp
+            }
+        };
+        assert!(answer.contains("a=ice-lite"), "{answer}");
+        assert!(answer.contains("a=setup:passive"), "{answer}");
+        assert!(answer.contains(" 192.0.2.1 3478 typ host"), "{answer}");
+        c.set_answer(answer, self.now);
+        self.by_addr.insert(a, i);
+        self.clients.push(c);
+        i
+    }
+
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        self.seq += 1;
+        self.in_flight
+            .insert(self.seq, Datagram { from, to, bytes });
+        self.wire.push(Reverse((self.now + LATENCY, self.seq)));
+    }
+
+    /// Moves every queued output onto the wire and collects events.
+    fn flush(&mut self) {
+        while let Some(t) = self.shard.poll_transmit() {
+            assert_eq!(t.local, self.shard_addr);
+            self.send(t.local, t.dest, t.bytes.to_vec());
+        }
+        while let Some(e) = self.shard.poll_event() {
+            self.events.push((self.now, e));
+        }
+        for i in 0..self.clients.len() {
+            let now = self.now;
+            self.clients[i].poll(now);
+            // rtc's DTLS client queues its first flight while the event that ICE selected a pair
+            // is polled, but reports no deadline for it: the flight would leave at the client's
+            // next `handle_timeout` of any kind (~200 ms later here). A browser sends it at once;
+            // so does this client, by running its timers after its events.
+            let _ = self.clients[i].pc.handle_timeout(now);
+            self.clients[i].poll(now);
+            let mut out = Vec::new();
+            while let Some(m) = self.clients[i].pc.poll_write() {
+                out.push((m.transport.peer_addr, m.message.to_vec()));
+            }
+            if self.clients[i].silent {
+                continue;
+            }
+            let from = self.clients[i].addr;
+            for (to, b) in out {
+                self.send(from, to, b);
+            }
+        }
+    }
+
+    /// One step: flush, jump to the next delivery or timer, deliver / fire everything due.
+    fn step(&mut self) {
+        self.flush();
+        let mut next = self.wire.peek().map(|Reverse((t, _))| *t);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
+        consider(self.shard.poll_timeout());
+        for c in &mut self.clients {
+            consider(c.pc.poll_timeout());
+        }
+        let next = next.unwrap_or(self.now + Duration::from_millis(100));
+        // Never stand still: a stale deadline must not spin the simulation.
+        self.now = next.max(self.now + Duration::from_micros(100));
+        while let Some(&Reverse((t, seq))) = self.wire.peek() {
+            if t > self.now {
+                break;
+            }
+            self.wire.pop();
+            let Some(d) = self.in_flight.remove(&seq) else {
+                continue;
+            };
+            self.delivered += 1;
+            if std::env::var_os("SHARD_SIM_TRACE").is_some() {
+                println!(
+                    "{:>8.1?} {} -> {} {} bytes, first {}",
+                    self.now - self.start,
+                    d.from,
+                    d.to,
+                    d.bytes.len(),
+                    d.bytes.first().copied().unwrap_or(0)
+                );
+            }
+            if d.to == self.shard_addr {
+                self.shard
+                    .handle_datagram(self.now, self.shard_addr, d.from, &d.bytes);
+            } else if let Some(&i) = self.by_addr.get(&d.to) {
+                let c = &mut self.clients[i];
+                let _ = c.pc.handle_read(TaggedBytesMut {
+                    now: self.now,
+                    transport: TransportContext {
+                        local_addr: c.addr,
+                        peer_addr: d.from,
+                        transport_protocol: TransportProtocol::UDP,
+                        ecn: None,
+                    },
+                    message: BytesMut::from(&d.bytes[..]),
+                });
+            }
+        }
+        if self.shard.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.shard.handle_timeout(self.now);
+        }
+        for c in &mut self.clients {
+            if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
+                let _ = c.pc.handle_timeout(self.now);
+            }
+        }
+        self.flush();
+    }
+
+    /// Steps until `done` or `limit` of simulated time passed; returns whether `done` held.
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    fn connected_at(&self, peer: PeerId) -> Option<Instant> {
+        self.events.iter().find_map(|(t, e)| match e {
+            ShardEvent::Connected { peer: p } if *p == peer => Some(*t),
+            _ => None,
+        })
+    }
+
+    fn failed(&self, peer: PeerId) -> Option<(Instant, FailReason)> {
+        self.events.iter().find_map(|(t, e)| match e {
+            ShardEvent::Failed { peer: p, reason } if *p == peer => Some((*t, *reason)),
+            _ => None,
+        })
+    }
+
+    fn all_connected(&self) -> bool {
+        (0..self.clients.len()).all(|i| {
+            self.connected_at(PeerId(i as u64)).is_some() && self.clients[i].connected.is_some()
+        })
+    }
+}
+
+fn out_tracks() -> Vec<OutTrack> {
+    vec![
+        OutTrack {
+            kind: MediaKind::Audio,
+            codec: CodecSpec {
+                pt: Pt(111),
+                mime: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                fmtp: "minptime=10;useinbandfec=1".to_owned(),
+                rtcp_feedback: vec![],
+            },
+            ssrc: None,
+            stream_id: "pub".to_owned(),
+            track_id: "pub-audio".to_owned(),
+        },
+        OutTrack {
+            kind: MediaKind::Video,
+            codec: CodecSpec {
+                pt: Pt(96),
+                mime: MIME_TYPE_VP8.to_owned(),
+                clock_rate: 90_000,
+                channels: 0,
+                fmtp: String::new(),
+                rtcp_feedback: vec![],
+            },
+            ssrc: Some(Ssrc(0x5eed_0001)),
+            stream_id: "pub".to_owned(),
+            track_id: "pub-video".to_owned(),
+        },
+    ]
+}
+
+/// Resident set size of this process in kB (Linux).
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_publisher_and_a_subscriber_connect_on_one_port_and_rtp_arrives() {
+    let wall = Instant::now();
+    let mut sim = Sim::new();
+    let p = sim.join(Kind::Publisher);
+    let s = sim.join(Kind::Subscriber);
+    let joined = sim.now;
+    assert!(
+        sim.run_until(Duration::from_secs(5), Sim::all_connected),
+        "not connected: {:?}",
+        sim.events
+    );
+    // The local candidates were reported for trickle, one per peer.
+    let cands = sim
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, ShardEvent::LocalCandidate { candidate, .. } if candidate.contains(" 192.0.2.1 3478 typ host")))
+        .count();
+    assert_eq!(cands, 2);
+    for i in [p, s] {
+        let t = sim.connected_at(PeerId(i as u64)).expect("connected");
+        println!(
+            "peer {i} ({:?}): join → connected {:?} simulated (one-way latency {LATENCY:?})",
+            sim.clients[i].kind,
+            t - joined
+        );
+        assert_eq!(
+            sim.shard.state(PeerId(i as u64)),
+            Some(PeerState::Connected)
+        );
+        let path = sim.shard.path(PeerId(i as u64)).expect("path");
+        assert_eq!(path.remote, sim.clients[i].addr);
+        assert_eq!(path.announced, addr(SHARD));
+    }
+
+    // Publisher → shard: RTP written by the client arrives as RtpIn, after a TrackOpen.
+    let mut sent = Vec::new();
+    for _ in 0..10 {
+        let now = sim.now;
+        sent.push(sim.clients[p].send_video(now));
+        sim.step();
+    }
+    sim.run_until(Duration::from_millis(200), |_| false);
+    let opened: Vec<_> = sim
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            ShardEvent::TrackOpen {
+                peer,
+                mid,
+                kind,
+                ssrc,
+                ..
+            } => Some((*peer, mid.clone(), *kind, *ssrc)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let (peer, mid, kind, ssrc) = &opened[0];
+    assert_eq!(*peer, PeerId(p as u64));
+    assert!(mid.is_some());
+    assert_eq!(*kind, Some(MediaKind::Video));
+    assert_eq!(*ssrc, Ssrc(1000));
+    let got: Vec<u16> = sim
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            ShardEvent::RtpIn { peer, packet } if *peer == PeerId(p as u64) => {
+                assert_eq!(packet.header.ssrc, 1000);
+                Some(packet.header.sequence_number)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, sent);
+
+    // Shard → subscriber through rtc's own write path: the subscriber's answer is usable.
+    let sub = PeerId(s as u64);
+    for seq in 1..=5u16 {
+        let pkt = rtc::rtp::packet::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: u32::from(seq) * 3000,
+                ssrc: 0x5eed_0001,
+                marker: true,
+                ..Default::default()
+            },
+            payload: Bytes::from_static(&[0x10, 0, 0, 0x9d, 1, 0x2a]),
+        };
+        let now = sim.now;
+        sim.shard.write_rtp(sub, pkt, now).expect("write_rtp");
+        sim.step();
+    }
+    sim.run_until(Duration::from_millis(200), |_| false);
+    let rx: Vec<u16> = sim.clients[s]
+        .rtp
+        .iter()
+        .map(|p| p.header.sequence_number)
+        .collect();
+    assert_eq!(rx, vec![1, 2, 3, 4, 5]);
+    assert!(sim.clients[s]
+        .rtp
+        .iter()
+        .all(|p| p.header.ssrc == 0x5eed_0001));
+
+    // Sealed bytes for a peer go to its selected path.
+    sim.shard
+        .send_raw(sub, BytesMut::from(&[0x80u8, 96, 0, 9][..]))
+        .expect("send_raw");
+    let t = sim.shard.poll_transmit().expect("transmit");
+    assert_eq!(t.dest, sim.clients[s].addr);
+    assert_eq!(&t.bytes[..], &[0x80, 96, 0, 9]);
+
+    let st = sim.shard.stats();
+    assert_eq!(st.drops.total(), 0, "{st:?}");
+    println!(
+        "2 peers: {} datagrams delivered, shard stats {st:?}, wall time {:?}",
+        sim.delivered,
+        wall.elapsed()
+    );
+}
+
+#[test]
+fn a_hundred_peer_connections_share_one_port() {
+    const N: usize = 100;
+    let mut sim = Sim::new();
+    let rss0 = rss_kb();
+    let wall = Instant::now();
+    // Offers first (client side), so that the shard's own cost can be told apart.
+    let mut offers = Vec::new();
+    for i in 0..N {
+        let kind = if i % 2 == 0 {
+            Kind::Publisher
+        } else {
+            Kind::Subscriber
+        };
+        let a = client_addr(i);
+        let (c, offer) = Client::new(kind, a, &sim.cert, 1000 + 2 * i as u32, sim.now);
+        sim.by_addr.insert(a, i);
+        sim.clients.push(c);
+        offers.push(offer);
+    }
+    let rss_clients = rss_kb();
+    let t_answer = Instant::now();
+    let joined = sim.now;
+    for (i, offer) in offers.into_iter().enumerate() {
+        let id = PeerId(i as u64);
+        let sdp = match sim.clients[i].kind {
+            Kind::Publisher => {
+                sim.shard
+                    .add_publisher(id, &offer, sim.now)
+                    .expect("pub")
+                    .sdp
+            }
+            Kind::Subscriber => {
+                sim.shard
+                    .add_subscriber(id, &offer, &out_tracks(), sim.now)
+                    .expect("sub")
+                    .sdp
+            }
+        };
+        let now = sim.now;
+        sim.clients[i].set_answer(sdp, now);
+    }
+    let answer_wall = t_answer.elapsed();
+    let rss_answered = rss_kb();
+    let t_connect = Instant::now();
+    assert!(
+        sim.run_until(Duration::from_secs(10), Sim::all_connected),
+        "connected: {} of {N}",
+        (0..N)
+            .filter(|i| sim.connected_at(PeerId(*i as u64)).is_some())
+            .count()
+    );
+    let connect_wall = t_connect.elapsed();
+    let rss_connected = rss_kb();
+    let mut times: Vec<Duration> = (0..N)
+        .map(|i| sim.connected_at(PeerId(i as u64)).expect("connected") - joined)
+        .collect();
+    times.sort();
+    let st = sim.shard.stats();
+    assert_eq!(st.peers, N);
+    assert_eq!(st.drops.total(), 0, "{st:?}");
+    // Every peer on the one port.
+    for i in 0..N {
+        let path = sim.shard.path(PeerId(i as u64)).expect("path");
+        assert_eq!(path.announced, addr(SHARD));
+        assert_eq!(path.remote, sim.clients[i].addr);
+    }
+    println!(
+        "{N} PCs on one port: join → connected (simulated, {LATENCY:?} one way, all answered at once) min {:?} median {:?} max {:?}",
+        times[0],
+        times[N / 2],
+        times[N - 1]
+    );
+    println!(
+        "{N} PCs: wall time {:?} total = answers {:?} ({:?}/PC) + ICE/DTLS of both sides {:?}; {} datagrams",
+        wall.elapsed(),
+        answer_wall,
+        answer_wall / N as u32,
+        connect_wall,
+        sim.delivered
+    );
+    println!(
+        "RSS (approximate heap): {N} client PCs +{} kB; shard answers +{} kB ({} kB/PC); after connecting both sides +{} kB ({} kB per client+server PC pair)",
+        rss_clients.saturating_sub(rss0),
+        rss_answered.saturating_sub(rss_clients),
+        rss_answered.saturating_sub(rss_clients) / N as u64,
+        rss_connected.saturating_sub(rss_answered),
+        rss_connected.saturating_sub(rss_answered) / N as u64,
+    );
+    // Removal frees the port's table: nothing for removed peers is routed any more.
+    for i in 0..N {
+        sim.shard.remove(PeerId(i as u64));
+    }
+    assert!(sim.shard.is_empty());
+    assert_eq!(sim.shard.poll_timeout(), None);
+}
+
+#[test]
+fn a_silent_client_fails_after_the_ice_timeouts() {
+    let mut sim = Sim::new();
+    let p = sim.join(Kind::Publisher);
+    assert!(sim.run_until(Duration::from_secs(5), Sim::all_connected));
+    // Consent keeps it up for a while.
+    sim.run_until(Duration::from_secs(20), |_| false);
+    assert_eq!(sim.shard.state(PeerId(0)), Some(PeerState::Connected));
+    // The client goes away without a word.
+    sim.clients[p].silent = true;
+    let silent_at = sim.now;
+    assert!(sim.run_until(Duration::from_secs(60), |s| s.failed(PeerId(0)).is_some()));
+    let disc = sim
+        .events
+        .iter()
+        .find_map(|(t, e)| matches!(e, ShardEvent::Disconnected { .. }).then_some(*t))
+        .expect("disconnected first");
+    let (failed, reason) = sim.failed(PeerId(0)).expect("failed");
+    assert_eq!(reason, FailReason::Transport);
+    println!(
+        "silent client: disconnected after {:?}, failed after {:?} (ICE timeouts 15 s + 30 s)",
+        disc - silent_at,
+        failed - silent_at
+    );
+    // Counted from the client's last consent check (it sends one every 2 s).
+    assert!(
+        disc - silent_at >= Duration::from_secs(13),
+        "{:?}",
+        disc - silent_at
+    );
+    assert!(
+        disc - silent_at <= Duration::from_secs(16),
+        "{:?}",
+        disc - silent_at
+    );
+    assert!(
+        failed - silent_at >= Duration::from_secs(43),
+        "{:?}",
+        failed - silent_at
+    );
+    assert!(
+        failed - silent_at <= Duration::from_secs(46),
+        "{:?}",
+        failed - silent_at
+    );
+    // Reported once; its timers stop.
+    sim.run_until(Duration::from_secs(10), |_| false);
+    let n = sim
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, ShardEvent::Failed { .. }))
+        .count();
+    assert_eq!(n, 1);
+    assert_eq!(sim.shard.poll_timeout(), None);
+}
+
+#[test]
+fn a_client_that_never_shows_up_times_out() {
+    let mut sim = Sim::new();
+    let p = sim.join(Kind::Subscriber);
+    sim.clients[p].silent = true;
+    let joined = sim.now;
+    assert!(sim.run_until(Duration::from_secs(30), |s| s.failed(PeerId(0)).is_some()));
+    let (t, reason) = sim.failed(PeerId(0)).expect("failed");
+    assert_eq!(reason, FailReason::ConnectTimeout);
+    assert!(t - joined >= Duration::from_secs(20) && t - joined < Duration::from_secs(21));
+    assert_eq!(sim.shard.stats().connect_timeouts, 1);
+}
+
+#[test]
+fn ice_restart_reconnects_and_media_keeps_flowing() {
+    let mut sim = Sim::new();
+    let p = sim.join(Kind::Publisher);
+    assert!(sim.run_until(Duration::from_secs(5), Sim::all_connected));
+    let first_answer = sim.shard.path(PeerId(0)).expect("path before restart");
+
+    // The client restarts ICE (new credentials); the shard answers the new offer.
+    let now = sim.now;
+    sim.clients[p].pc.restart_ice();
+    let offer = sim.clients[p].pc.create_offer(None).expect("restart offer");
+    sim.clients[p]
+        .pc
+        .set_local_description(now, offer.clone())
+        .expect("set local");
+    let answer = sim
+        .shard
+        .renegotiate(PeerId(0), &offer.sdp, now)
+        .expect("restart answer");
+    sim.clients[p].set_answer(answer, now);
+    sim.clients[p].ice_connected = false;
+    let restarted = sim.now;
+    assert!(
+        sim.run_until(Duration::from_secs(5), |s| s.clients[0].ice_connected),
+        "ICE did not reconnect: {:?}",
+        sim.events
+    );
+    println!(
+        "ICE restart: reconnected in {:?} simulated",
+        sim.now - restarted
+    );
+    sim.run_until(Duration::from_millis(100), |_| false);
+    assert_eq!(sim.shard.path(PeerId(0)).expect("path"), first_answer);
+
+    let before = sim
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, ShardEvent::RtpIn { .. }))
+        .count();
+    for _ in 0..3 {
+        let now = sim.now;
+        sim.clients[p].send_video(now);
+        sim.step();
+    }
+    sim.run_until(Duration::from_millis(100), |_| false);
+    let after = sim
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, ShardEvent::RtpIn { .. }))
+        .count();
+    assert_eq!(after - before, 3);
+    assert_eq!(sim.shard.state(PeerId(0)), Some(PeerState::Connected));
+}
+
+#[test]
+fn spoofed_stun_is_dropped_and_cannot_steal_a_connected_peer() {
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::message::{Message, Setter, TransactionId, BINDING_REQUEST};
+    use rtc::stun::textattrs::TextAttribute;
+
+    let mut sim = Sim::new();
+    sim.join(Kind::Publisher);
+    assert!(sim.run_until(Duration::from_secs(5), Sim::all_connected));
+    // Our ufrag as the client sees it: the answer's a=ice-ufrag.
+    let ufrag = sim.clients[0]
+        .pc
+        .remote_description()
+        .expect("answer")
+        .sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:").map(str::to_owned))
+        .expect("ufrag");
+    // A request with the right ufrag, no integrity, from another address.
+    let mut m = Message::new();
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(TextAttribute::new(ATTR_USERNAME, format!("{ufrag}:evil"))),
+    ];
+    m.build(&setters).expect("build");
+    let attacker = addr("203.0.113.66:6666");
+    let now = sim.now;
+    sim.shard
+        .handle_datagram(now, addr(SHARD), attacker, &m.raw);
+    sim.shard.handle_datagram(
+        now,
+        addr(SHARD),
+        attacker,
+        &[0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+    );
+    assert!(sim.shard.poll_transmit().is_none(), "nothing answered");
+    let st = sim.shard.stats();
+    assert_eq!(st.drops.total(), 2, "{st:?}");
+    assert_eq!(
+        sim.shard.path(PeerId(0)).expect("path").remote,
+        sim.clients[0].addr
+    );
+    // A datagram on an address the shard does not have.
+    sim.shard
+        .handle_datagram(now, addr("192.0.2.99:1"), attacker, &m.raw);
+    assert_eq!(sim.shard.stats().unknown_local, 1);
+}
+
+/// The same core behind a real UDP socket on 127.0.0.1 (announced address = bind address): a
+/// thin single-threaded std loop for the shard and one for the client, in real time.
+#[test]
+fn the_shard_works_on_a_real_udp_socket() {
+    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    server.set_nonblocking(true).expect("nonblocking");
+    let local = server.local_addr().expect("addr");
+    let client_sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    client_sock.set_nonblocking(true).expect("nonblocking");
+    let caddr = client_sock.local_addr().expect("addr");
+
+    let start = Instant::now();
+    let mut shard = Shard::new(ShardConfig::new(local), start).expect("shard");
+    let cert = certificate();
+    let (mut client, offer) = Client::new(Kind::Publisher, caddr, &cert, 1000, Instant::now());
+    let joined = Instant::now();
+    let answer = shard
+        .add_publisher(PeerId(7), &offer, joined)
+        .expect("answer");
+    assert!(answer
+        .sdp
+        .contains(&format!(" 127.0.0.1 {} typ host", local.port())));
+    client.set_answer(answer.sdp, Instant::now());
+
+    let mut buf = vec![0u8; 2048];
+    let mut shard_connected = None;
+    let mut rtp_in = 0;
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && (shard_connected.is_none() || rtp_in < 5) {
+        let now = Instant::now();
+        // Shard side.
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            shard.handle_datagram(Instant::now(), local, from, &buf[..n]);
+        }
+        if shard.poll_timeout().is_some_and(|t| t <= now) {
+            shard.handle_timeout(now);
+        }
+        while let Some(t) = shard.poll_transmit() {
+            assert_eq!(t.local, local);
+            let _ = server.send_to(&t.bytes, t.dest);
+        }
+        while let Some(e) = shard.poll_event() {
+            match e {
+                ShardEvent::Connected { peer } => {
+                    assert_eq!(peer, PeerId(7));
+                    shard_connected.get_or_insert(Instant::now());
+                }
+                ShardEvent::RtpIn { packet, .. } => {
+                    assert_eq!(packet.header.ssrc, 1000);
+                    rtp_in += 1;
+                }
+                ShardEvent::Failed { reason, .. } => panic!("failed: {reason:?}"),
+                _ => {}
+            }
+        }
+        // Client side.
+        while let Ok((n, from)) = client_sock.recv_from(&mut buf) {
+            let _ = client.pc.handle_read(TaggedBytesMut {
+                now: Instant::now(),
+                transport: TransportContext {
+                    local_addr: caddr,
+                    peer_addr: from,
+                    transport_protocol: TransportProtocol::UDP,
+                    ecn: None,
+                },
+                message: BytesMut::from(&buf[..n]),
+            });
+        }
+        if client.pc.poll_timeout().is_some_and(|t| t <= now) {
+            let _ = client.pc.handle_timeout(now);
+        }
+        client.poll(now);
+        if client.connected.is_some() && sent < 5 {
+            client.send_video(now);
+            sent += 1;
+        }
+        while let Some(m) = client.pc.poll_write() {
+            let _ = client_sock.send_to(&m.message, m.transport.peer_addr);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let connected = shard_connected.expect("shard side connected");
+    assert!(client.connected.is_some(), "client side connected");
+    assert_eq!(rtp_in, 5);
+    println!(
+        "real UDP on 127.0.0.1: join → connected {:?} (shard side), {:?} (client side)",
+        connected - joined,
+        client.connected.expect("client") - joined
+    );
+    let st = shard.stats();
+    assert_eq!(st.drops.total(), 0, "{st:?}");
+    shard.remove(PeerId(7));
+}
