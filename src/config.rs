@@ -30,6 +30,13 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Parser)]
 #[command(version, about)]
 pub struct Config {
+    /// TOML configuration file (see README "Configuration"); its settings sit below the
+    /// environment and the flags. `ROOMD_CONFIG_TOML` may hold the whole file instead.
+    #[arg(long, env = "ROOMD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (secrets redacted) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Address the HTTP/WebSocket server listens on.
     #[arg(long, env = "ROOMD_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,

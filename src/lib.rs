@@ -10,6 +10,7 @@ use axum::serve::ListenerExt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub mod config;
+mod config_file;
 
 mod bridge;
 mod connection;
@@ -24,6 +25,7 @@ mod sessions;
 mod tls;
 
 pub use config::Config;
+pub use config_file::{ConfigError, CONFIG_TOML_ENV};
 
 /// Shared state of the server.
 #[derive(Debug)]
@@ -80,6 +82,7 @@ pub async fn serve(
         ),
         _ => None,
     };
+    announce(&config, listener.local_addr()?);
     let state = Arc::new(AppState::new(config));
     let router = server::router(Arc::clone(&state))
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -111,6 +114,28 @@ pub async fn serve(
     // Close every peer connection and return its port before the process goes away.
     state.room_ctx.bridge.media().release_all().await;
     served
+}
+
+/// The start-up lines an operator needs: version, where HTTP listens, what media announces —
+/// and a warning when HTTP is reachable from other machines while media announces only a
+/// loopback address (their calls would connect signaling but get no media).
+fn announce(config: &Config, http: std::net::SocketAddr) {
+    let media = config.public_ip.unwrap_or(config.media_ip);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        %http,
+        media_ip = %media,
+        udp_ports = %format!("{}-{}", config.rtc_port_min, config.rtc_port_max),
+        "roomd starting"
+    );
+    if !http.ip().is_loopback() && media.is_loopback() {
+        tracing::warn!(
+            %http,
+            media_ip = %media,
+            "HTTP is reachable from other machines but media announces a loopback address: \
+             remote clients will get no media; set --media-ip (and --public-ip behind NAT)"
+        );
+    }
 }
 
 /// The plain listener with TCP_NODELAY set on every accepted socket: a reply written right

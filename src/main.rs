@@ -3,7 +3,6 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
 use roomd::config::LogFormat;
 use roomd::Config;
 use tracing_subscriber::EnvFilter;
@@ -14,7 +13,17 @@ const DEFAULT_LOG_FILTER: &str = "info,webrtc=warn,rtc=warn";
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let config = Config::parse();
+    let config = match Config::load(std::env::args_os()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("roomd: {e}");
+            std::process::exit(2);
+        }
+    };
+    if config.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = tracing_subscriber::fmt()
