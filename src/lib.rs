@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 pub mod config;
 mod config_file;
 
+mod admin;
 mod bridge;
 mod connection;
 mod demo;

@@ -20,14 +20,13 @@ use futures_util::FutureExt;
 use signaling::protocol::{ClientRequest, Notification};
 use signaling::room::{Input, Output, Removal, Room, RoomConfig};
 use signaling::RoomError;
-use tokio::sync::mpsc;
 
 use tokio::sync::Notify;
 
 use crate::bridge::Bridge;
 use crate::drain::Lifecycle;
 use crate::lock;
-use crate::room_handle::RoomHandle;
+use crate::room_handle::{RoomHandle, RoomInbox};
 use crate::sessions::{Admission, Outbound, Sessions};
 
 /// What a room task needs from the rest of the process.
@@ -192,11 +191,19 @@ async fn supervise(task: impl Future<Output = ()>, me: RoomHandle, ctx: RoomCtx)
 /// The room task: feeds inputs and timeouts to the state machine and executes its outputs.
 /// Ends when the room is empty; inputs still queued then are answered as by an empty room,
 /// except joins, which go to a fresh room of the same name.
-async fn run_room(mut room: Room, mut rx: mpsc::Receiver<Input>, me: RoomHandle, ctx: RoomCtx) {
+async fn run_room(mut room: Room, inbox: RoomInbox, me: RoomHandle, ctx: RoomCtx) {
+    let RoomInbox {
+        inputs: mut rx,
+        mut queries,
+    } = inbox;
     loop {
         let deadline = room.poll_timeout();
         let input = tokio::select! {
             input = rx.recv() => input,
+            Some(query) = queries.recv() => {
+                let _ = query.send(room.participants());
+                continue;
+            }
             () = sleep_until(deadline) => {
                 room.handle_timeout(Instant::now());
                 execute_outputs(&mut room, &me, &ctx);
@@ -357,7 +364,7 @@ mod tests {
             .get_or_create("r", &ctx)
             .expect("room under the limit");
         let session = ctx.sessions.create();
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
         session.attach(Conn {
             generation: 1,
             tx,

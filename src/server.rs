@@ -7,20 +7,18 @@
 //! actions are `POST` only, need `Authorization: Bearer <--admin-token>`, and are off (403)
 //! when no token is configured: a page a visitor opens must never be able to close rooms.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
-use signaling::room::Input;
 
 use crate::connection::run_connection;
 use crate::limits::Refusal;
@@ -36,11 +34,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/getUpdateSpeakerInterval", any(update_speaker_interval))
         .route("/getThresholdSpeaker", any(threshold_speaker))
         .route("/getClientConfig", any(client_config))
-        .route("/close", any(close_room))
         .route("/health", get(health))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::admin::routes())
         .merge(crate::demo::routes())
         .with_state(state)
 }
@@ -133,68 +131,6 @@ async fn client_config(State(state): State<Arc<AppState>>) -> Json<serde_json::V
         "loopbackAndLocal": state.config.loopback_and_local,
         "filterRequestParam": state.config.filter_request_param,
     }))
-}
-
-/// Admin actions are allowed only as `POST` with `Authorization: Bearer <admin token>`, and
-/// never when no token is configured. Returns the refusal to answer, if any. The token is
-/// compared in constant time.
-fn admin_refusal(state: &AppState, method: &Method, headers: &HeaderMap) -> Option<Response> {
-    let token = state
-        .config
-        .admin_token
-        .as_deref()
-        .filter(|t| !t.is_empty());
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let refusal = match token {
-        None => (
-            StatusCode::FORBIDDEN,
-            "Admin API disabled (no --admin-token)",
-        )
-            .into_response(),
-        Some(_) if method != Method::POST => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "POST")],
-            "Use POST",
-        )
-            .into_response(),
-        Some(token) if !constant_time_eq(given.as_bytes(), token.as_bytes()) => {
-            (StatusCode::UNAUTHORIZED, "Bad or missing bearer token").into_response()
-        }
-        Some(_) => return None,
-    };
-    state.counters.admin_refused.fetch_add(1, Ordering::Relaxed);
-    Some(refusal)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Admin close: `roomClosed` to every participant; 404 for an unknown room, 400 without
-/// `room`. See [`admin_refusal`] for who may call it.
-async fn close_room(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    if let Some(refused) = admin_refusal(&state, &method, &headers) {
-        return refused;
-    }
-    let Some(name) = query.get("room") else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let Some(room) = state.rooms.get(name).filter(|r| !r.is_closed()) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    match room.tx.send(Input::Close).await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(_) => StatusCode::NOT_FOUND.into_response(),
-    }
 }
 
 /// Liveness: the process serves HTTP.

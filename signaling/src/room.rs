@@ -96,6 +96,36 @@ pub enum Input {
     },
     /// Admin close of the whole room (`roomClosed` to everyone).
     Close,
+    /// Admin force-unpublish: the session's publication (and every subscription to it) is
+    /// released; everyone, the publisher included, gets `participantUnpublished`.
+    ForceUnpublish {
+        /// The publisher's session.
+        session: SessionId,
+    },
+}
+
+/// What an administrator sees of one participant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantView {
+    /// Its session.
+    pub session: SessionId,
+    /// Its name.
+    pub name: String,
+    /// Publishing (answer sent), or negotiating a publication.
+    pub publication: Option<PublicationState>,
+    /// The publishers it subscribes to, by name.
+    pub subscriptions: Vec<String>,
+    /// False while its WebSocket is gone (inside the reconnection grace period).
+    pub connected: bool,
+}
+
+/// The state of a publication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublicationState {
+    /// Waiting for the media engine's answer.
+    Negotiating,
+    /// Answered: streaming.
+    Streaming,
 }
 
 /// Why the media layer could not negotiate an endpoint.
@@ -431,6 +461,7 @@ impl Room {
             }
             Input::Evict { session } => self.evict(&session),
             Input::Close => self.close(),
+            Input::ForceUnpublish { session } => self.force_unpublish(&session),
         }
         self.drain_backlogs();
     }
@@ -452,6 +483,23 @@ impl Room {
             self.evict(&session);
         }
         self.drain_backlogs();
+    }
+
+    /// Who is in the room, in join order (for administrators).
+    pub fn participants(&self) -> Vec<ParticipantView> {
+        self.participants
+            .iter()
+            .map(|p| ParticipantView {
+                session: p.session.clone(),
+                name: p.name.clone(),
+                publication: p.publication.as_ref().map(|e| match e.negotiating {
+                    Some(_) => PublicationState::Negotiating,
+                    None => PublicationState::Streaming,
+                }),
+                subscriptions: p.subscriptions.keys().cloned().collect(),
+                connected: p.evict_at.is_none(),
+            })
+            .collect()
     }
 
     /// The next thing the outside world must do; drain until `None` after every input.
@@ -808,6 +856,23 @@ impl Room {
         let name = self.remove_participant(index, Removal::Evicted);
         self.notify_all_except(None, &Notification::ParticipantLeft { name });
         self.notify(session, Notification::ParticipantEvicted);
+    }
+
+    fn force_unpublish(&mut self, session: &SessionId) {
+        let Some(p) = self.participant_mut(session) else {
+            return;
+        };
+        // Only a streaming publication: one still negotiating has a request waiting for its
+        // answer, which must come (the administrator can retry once it has).
+        if !p.is_publishing() {
+            return;
+        }
+        let name = p.name.clone();
+        if let Some(publication) = p.publication.take() {
+            self.release(publication.id);
+        }
+        self.cancel_subscriptions_to(&name);
+        self.notify_all_except(None, &Notification::ParticipantUnpublished { name });
     }
 
     fn close(&mut self) {

@@ -1562,3 +1562,65 @@ fn candidates_per_endpoint_are_capped() {
         .iter()
         .any(|o| matches!(o, Output::Media(MediaCommand::AddCandidate { .. }))));
 }
+
+/// Admin force-unpublish: the publication and the subscriptions to it are released and
+/// everyone, the publisher included, hears participantUnpublished; the participant stays and
+/// may publish again. A publication still negotiating is left alone.
+#[test]
+fn force_unpublish_releases_the_publication_and_tells_everyone() {
+    let mut h = Harness::new();
+    h.join("alice");
+    h.join("bob");
+    let (publisher, _) = h.publish("alice");
+    let (subscription, _) = h.subscribe("bob", "alice");
+    let out = h.input(Input::ForceUnpublish {
+        session: s("alice"),
+    });
+    for endpoint in [publisher, subscription] {
+        assert!(out.contains(&Output::Media(MediaCommand::Release { endpoint })));
+    }
+    for who in ["alice", "bob"] {
+        assert_eq!(
+            notes_to(&out, who),
+            vec![&Notification::ParticipantUnpublished {
+                name: "alice".into()
+            }]
+        );
+    }
+    let view = h.room.participants();
+    assert_eq!(view[0].publication, None);
+    assert!(view[1].subscriptions.is_empty());
+    let (_, out) = h.publish("alice");
+    assert!(matches!(the_reply(&out), Ok(Reply::SdpAnswer(_))));
+    // Negotiating: nothing happens.
+    h.join("carol");
+    h.req(
+        "carol",
+        ClientRequest::PublishVideo {
+            sdp_offer: "o".into(),
+            do_loopback: false,
+        },
+    );
+    let out = h.input(Input::ForceUnpublish {
+        session: s("carol"),
+    });
+    assert!(out.is_empty(), "{out:?}");
+}
+
+/// The administrator's view lists participants in join order with their state.
+#[test]
+fn participants_view_reflects_publications_subscriptions_and_connections() {
+    let mut h = Harness::new();
+    h.join("alice");
+    h.join("bob");
+    h.publish("alice");
+    h.subscribe("bob", "alice");
+    h.input(Input::Disconnected { session: s("bob") });
+    let view = h.room.participants();
+    assert_eq!(view.len(), 2);
+    assert_eq!(view[0].name, "alice");
+    assert_eq!(view[0].publication, Some(PublicationState::Streaming));
+    assert!(view[0].connected);
+    assert_eq!(view[1].subscriptions, vec!["alice".to_owned()]);
+    assert!(!view[1].connected);
+}
