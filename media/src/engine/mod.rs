@@ -10,8 +10,10 @@
 //!   with valid MESSAGE-INTEGRITY).
 //! - `peer`: one sans-IO peer connection of a shard: build, negotiate (ICE-lite answerer), drain.
 //! - `shard`: the sans-IO shard: many peer connections on one port, timer heap, queues.
+//! - `srtp`: SRTP keys captured from rtc's crypto provider, in-place seal of forwarded RTP.
 
 pub mod demux;
 pub mod peer;
 pub mod shard;
+pub mod srtp;
 pub mod wire;

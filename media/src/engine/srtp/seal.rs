@@ -1,0 +1,375 @@
+//! [`SrtpSealer`]: in-place SRTP encryption of outgoing RTP for one leg (one peer connection's
+//! local SRTP context), RFC 7714 (AES-GCM) and RFC 3711 (AES-CM + HMAC-SHA1).
+
+use rtc::crypto::{
+    AeadAlgorithm, AeadCipher, CryptoError, HmacAlgorithm, Mac, RTCCrypto, StreamCipher,
+    StreamCipherAlgorithm,
+};
+
+use super::{
+    derive, MasterKey, SrtpProfile, LABEL_SRTP_AUTHENTICATION, LABEL_SRTP_ENCRYPTION,
+    LABEL_SRTP_SALT,
+};
+use crate::engine::wire::Ssrc;
+
+/// How far behind the newest packet index of an SSRC a packet may still be sealed. Sealing the
+/// same index twice would reuse a GCM nonce (and a CM keystream), so the sealer remembers which of
+/// the last `WINDOW` indices it sealed and refuses anything older.
+const WINDOW: u64 = 1024;
+const WINDOW_WORDS: usize = (WINDOW / 64) as usize;
+
+/// Why a packet was not sealed. The sealer's state is unchanged after an error.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// Not an RTP packet: shorter than its header, version not 2, or an RTCP payload type.
+    #[error("not an RTP packet")]
+    NotRtp,
+    /// The buffer has no room for the tag after `len`.
+    #[error("no tail room for the SRTP tag: {needed} bytes needed after the packet, {available} available")]
+    NoTailRoom {
+        /// Tag bytes the profile appends.
+        needed: usize,
+        /// Bytes after the packet in the buffer.
+        available: usize,
+    },
+    /// This packet index (SSRC, rollover counter, sequence number) was sealed already: sealing
+    /// it again would reuse a nonce. Re-send the stored SRTP bytes instead.
+    #[error("packet index {index} of SSRC {ssrc:#010x} was sealed already")]
+    Reused {
+        /// SSRC of the packet.
+        ssrc: u32,
+        /// 48-bit SRTP packet index (ROC << 16 | SEQ).
+        index: u64,
+    },
+    /// The packet is more than the sealer's window (1024 packets) older than the newest one of
+    /// its SSRC: whether it was sealed already cannot be told.
+    #[error("packet index {index} of SSRC {ssrc:#010x} is too old to seal")]
+    TooOld {
+        /// SSRC of the packet.
+        ssrc: u32,
+        /// 48-bit SRTP packet index.
+        index: u64,
+    },
+    /// 2^48 packets on one SSRC: RFC 3711 §9.2 requires new keys.
+    #[error("rollover counter exhausted on SSRC {0:#010x}")]
+    RocExhausted(u32),
+    /// The crypto provider failed.
+    #[error("crypto provider: {0}")]
+    Crypto(#[from] CryptoError),
+}
+
+/// Why a sealer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SealerError {
+    /// Master key or salt length does not match the profile.
+    #[error("master key/salt lengths do not fit {0}")]
+    KeyLength(SrtpProfile),
+    /// The crypto provider failed.
+    #[error("crypto provider: {0}")]
+    Crypto(#[from] CryptoError),
+}
+
+enum Cipher {
+    /// RFC 7714: AES-GCM over the payload, the header as AAD, a 16-byte tag.
+    Gcm {
+        aead: Box<dyn AeadCipher>,
+        salt: [u8; 12],
+    },
+    /// RFC 3711: AES-CM over the payload, HMAC-SHA1 over header, payload and ROC.
+    Cm {
+        ctr: Box<dyn StreamCipher>,
+        mac: Box<dyn Mac>,
+        salt: [u8; 14],
+    },
+}
+
+/// Rollover state of one SSRC (RFC 3711 §3.3.1), seen from the sender.
+struct SsrcState {
+    ssrc: u32,
+    /// Highest packet index sealed (ROC << 16 | SEQ).
+    highest: u64,
+    /// Bit `i % WINDOW` set: index `i` (within `WINDOW` of `highest`) was sealed.
+    sealed: [u64; WINDOW_WORDS],
+}
+
+impl SsrcState {
+    fn new(ssrc: u32, first: u64) -> SsrcState {
+        let mut s = SsrcState {
+            ssrc,
+            highest: first,
+            sealed: [0; WINDOW_WORDS],
+        };
+        s.mark(first);
+        s
+    }
+
+    /// The packet index of sequence number `seq` (RFC 3711 Appendix A, the estimate rtc-srtp
+    /// also makes: a sequence number more than 2^15 behind the newest belongs to the next
+    /// rollover, one more than 2^15 ahead to the previous, never below ROC 0).
+    fn index_of(&self, seq: u16) -> Result<u64, SealError> {
+        let roc = (self.highest >> 16) as u32;
+        let last = self.highest as u16;
+        let v = if last < 0x8000 {
+            if seq > last && seq - last > 0x8000 {
+                roc.saturating_sub(1)
+            } else {
+                roc
+            }
+        } else if seq < last - 0x8000 {
+            roc.checked_add(1)
+                .ok_or(SealError::RocExhausted(self.ssrc))?
+        } else {
+            roc
+        };
+        Ok(u64::from(v) << 16 | u64::from(seq))
+    }
+
+    fn check(&self, index: u64) -> Result<(), SealError> {
+        if index > self.highest {
+            return Ok(());
+        }
+        if self.highest - index >= WINDOW {
+            return Err(SealError::TooOld {
+                ssrc: self.ssrc,
+                index,
+            });
+        }
+        if self.is_marked(index) {
+            return Err(SealError::Reused {
+                ssrc: self.ssrc,
+                index,
+            });
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, index: u64) {
+        if index > self.highest {
+            let ahead = index - self.highest;
+            if ahead >= WINDOW {
+                self.sealed = [0; WINDOW_WORDS];
+            } else {
+                for i in self.highest + 1..index {
+                    self.unmark(i);
+                }
+            }
+            self.highest = index;
+        }
+        self.mark(index);
+    }
+
+    fn bit(index: u64) -> (usize, u64) {
+        let slot = index % WINDOW;
+        ((slot / 64) as usize, 1u64 << (slot % 64))
+    }
+    fn mark(&mut self, index: u64) {
+        let (w, b) = Self::bit(index);
+        self.sealed[w] |= b;
+    }
+    fn unmark(&mut self, index: u64) {
+        let (w, b) = Self::bit(index);
+        self.sealed[w] &= !b;
+    }
+    fn is_marked(&self, index: u64) -> bool {
+        let (w, b) = Self::bit(index);
+        self.sealed[w] & b != 0
+    }
+}
+
+/// The outbound SRTP context of one leg: seals clear RTP packets in place.
+///
+/// Built once per peer connection from its local [`MasterKey`]; holds a rollover counter per
+/// SSRC (starting at 0 on an SSRC's first packet, as rtc-srtp does). No allocation per packet
+/// once an SSRC has been seen (its state is added on its first packet).
+///
+/// Exclusive use: rtc must never send RTP on an SSRC sealed here, or the two contexts would
+/// reuse nonces (see the engine notes).
+pub struct SrtpSealer {
+    profile: SrtpProfile,
+    cipher: Cipher,
+    ssrcs: Vec<SsrcState>,
+}
+
+impl SrtpSealer {
+    /// A sealer for `profile` with `master` (the [`super::SrtpKeys::local`] of the leg's peer
+    /// connection). `crypto` computes the session keys and then the packets: pass rtc's provider
+    /// (e.g. `SrtpKeyCapture::inner().crypto()`), not the capture itself.
+    pub fn new(
+        profile: SrtpProfile,
+        master: &MasterKey,
+        crypto: &dyn RTCCrypto,
+    ) -> Result<SrtpSealer, SealerError> {
+        if !master.fits(profile) {
+            return Err(SealerError::KeyLength(profile));
+        }
+        let (key_len, salt_len, auth_len) = profile.session_lengths();
+        let mut key = [0u8; 32];
+        let mut salt = [0u8; 14];
+        let mut auth = [0u8; 20];
+        let built = (|| -> Result<Cipher, CryptoError> {
+            derive(
+                crypto,
+                profile,
+                master,
+                LABEL_SRTP_ENCRYPTION,
+                &mut key[..key_len],
+            )?;
+            derive(
+                crypto,
+                profile,
+                master,
+                LABEL_SRTP_SALT,
+                &mut salt[..salt_len],
+            )?;
+            Ok(match profile {
+                SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm => {
+                    let algorithm = if profile == SrtpProfile::AeadAes128Gcm {
+                        AeadAlgorithm::Aes128Gcm
+                    } else {
+                        AeadAlgorithm::Aes256Gcm
+                    };
+                    let aead = crypto.new_aead(algorithm, &key[..key_len])?;
+                    if aead.tag_len() != profile.overhead() {
+                        return Err(CryptoError::InvalidTagLength {
+                            expected: profile.overhead(),
+                            actual: aead.tag_len(),
+                        });
+                    }
+                    let mut s = [0u8; 12];
+                    s.copy_from_slice(&salt[..12]);
+                    Cipher::Gcm { aead, salt: s }
+                }
+                SrtpProfile::Aes128CmHmacSha1_80 | SrtpProfile::Aes128CmHmacSha1_32 => {
+                    derive(
+                        crypto,
+                        profile,
+                        master,
+                        LABEL_SRTP_AUTHENTICATION,
+                        &mut auth,
+                    )?;
+                    let ctr = crypto
+                        .new_stream_cipher(StreamCipherAlgorithm::Aes128Ctr, &key[..key_len])?;
+                    let mac = crypto.new_hmac(HmacAlgorithm::Sha1, &auth[..auth_len])?;
+                    Cipher::Cm { ctr, mac, salt }
+                }
+            })
+        })();
+        key.fill(0);
+        salt.fill(0);
+        auth.fill(0);
+        Ok(SrtpSealer {
+            profile,
+            cipher: built?,
+            ssrcs: Vec::new(),
+        })
+    }
+
+    /// The profile this sealer encrypts with.
+    pub fn profile(&self) -> SrtpProfile {
+        self.profile
+    }
+
+    /// Tail room [`seal`](Self::seal) needs after the packet (the tag length).
+    pub fn overhead(&self) -> usize {
+        self.profile.overhead()
+    }
+
+    /// The rollover counter of `ssrc` (of its newest sealed packet); `None` before its first.
+    pub fn roc(&self, ssrc: Ssrc) -> Option<u32> {
+        self.ssrcs
+            .iter()
+            .find(|s| s.ssrc == ssrc.0)
+            .map(|s| (s.highest >> 16) as u32)
+    }
+
+    /// Encrypts the clear RTP packet `buf[..len]` in place and appends its tag; returns the SRTP
+    /// packet's length (`len + overhead()`). `buf` must extend at least `overhead()` bytes past
+    /// `len`. On error `buf[..len]` may be unchanged or not, but the sealer's state is.
+    pub fn seal(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SealError> {
+        let tag_len = self.profile.overhead();
+        let available = buf.len().saturating_sub(len);
+        if len > buf.len() {
+            return Err(SealError::NotRtp);
+        }
+        if available < tag_len {
+            return Err(SealError::NoTailRoom {
+                needed: tag_len,
+                available,
+            });
+        }
+        let header_len = rtp_header_len(&buf[..len])?;
+        let seq = u16::from_be_bytes([buf[2], buf[3]]);
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+
+        let slot = self.ssrcs.iter().position(|s| s.ssrc == ssrc);
+        let index = match slot {
+            Some(i) => {
+                let state = &self.ssrcs[i];
+                let index = state.index_of(seq)?;
+                state.check(index)?;
+                index
+            }
+            // An SSRC's first packet has ROC 0 (RFC 3711 §3.3.1; rtc-srtp and libsrtp alike).
+            None => u64::from(seq),
+        };
+        let roc = (index >> 16) as u32;
+
+        match &mut self.cipher {
+            Cipher::Gcm { aead, salt } => {
+                // RFC 7714 §8.1: IV = (0x0000 || SSRC || ROC || SEQ) XOR salt.
+                let mut iv = [0u8; 12];
+                iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+                iv[6..10].copy_from_slice(&roc.to_be_bytes());
+                iv[10..12].copy_from_slice(&seq.to_be_bytes());
+                for (v, s) in iv.iter_mut().zip(salt.iter()) {
+                    *v ^= s;
+                }
+                let (header, rest) = buf.split_at_mut(header_len);
+                let (payload, tail) = rest.split_at_mut(len - header_len);
+                aead.seal_in_place(&iv, header, payload, &mut tail[..tag_len])?;
+            }
+            Cipher::Cm { ctr, mac, salt } => {
+                // RFC 3711 §4.1.1: IV = (salt << 16) XOR (SSRC << 64) XOR (index << 16).
+                let mut iv = [0u8; 16];
+                iv[4..8].copy_from_slice(&ssrc.to_be_bytes());
+                iv[8..12].copy_from_slice(&roc.to_be_bytes());
+                iv[12..14].copy_from_slice(&seq.to_be_bytes());
+                for (v, s) in iv.iter_mut().zip(salt.iter()) {
+                    *v ^= s;
+                }
+                ctr.apply_keystream(&iv, &mut buf[header_len..len])?;
+                // RFC 3711 §4.2: tag = HMAC-SHA1(auth key, packet || ROC), truncated.
+                let mut full = [0u8; 20];
+                let (packet, tail) = buf.split_at_mut(len);
+                mac.sign(&[packet, &roc.to_be_bytes()], &mut full)?;
+                tail[..tag_len].copy_from_slice(&full[..tag_len]);
+            }
+        }
+
+        match slot {
+            Some(i) => self.ssrcs[i].commit(index),
+            None => self.ssrcs.push(SsrcState::new(ssrc, index)),
+        }
+        Ok(len + tag_len)
+    }
+}
+
+/// Length of the RTP header of `packet` (fixed part, CSRCs, extension), checked against its
+/// length. Payload types 64-95 are refused: on a muxed port they are RTCP (RFC 5761 §4).
+fn rtp_header_len(packet: &[u8]) -> Result<usize, SealError> {
+    if packet.len() < 12 || packet[0] >> 6 != 2 || (64..96).contains(&(packet[1] & 0x7f)) {
+        return Err(SealError::NotRtp);
+    }
+    let mut len = 12 + 4 * usize::from(packet[0] & 0x0f);
+    if packet[0] & 0x10 != 0 {
+        if packet.len() < len + 4 {
+            return Err(SealError::NotRtp);
+        }
+        let words = u16::from_be_bytes([packet[len + 2], packet[len + 3]]);
+        len += 4 + 4 * usize::from(words);
+    }
+    if len > packet.len() {
+        return Err(SealError::NotRtp);
+    }
+    Ok(len)
+}

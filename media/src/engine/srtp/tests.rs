@@ -1,0 +1,678 @@
+//! Tests of the SRTP fast path against rtc-srtp itself and against a real sans-IO rtc client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::crypto::{default_provider, BlockCipherAlgorithm, RTCCryptoProvider};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::srtp::context::Context;
+
+use super::*;
+use crate::engine::wire::Ssrc;
+
+fn ring() -> Arc<dyn RTCCryptoProvider> {
+    default_provider().expect("ring provider")
+}
+
+/// A master key and salt for `profile`, different for each `seed`.
+fn master(profile: SrtpProfile, seed: u8) -> MasterKey {
+    let key: Vec<u8> = (0..profile.key_len() as u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(seed))
+        .collect();
+    let salt: Vec<u8> = (0..profile.salt_len() as u8)
+        .map(|i| i.wrapping_mul(11) ^ seed.wrapping_mul(3))
+        .collect();
+    MasterKey::new(&key, &salt).expect("lengths")
+}
+
+fn rtc_context(profile: SrtpProfile, key: &MasterKey) -> Context {
+    Context::new(
+        key.key(),
+        key.salt(),
+        profile.to_rtc(),
+        None,
+        None,
+        ring().crypto(),
+    )
+    .expect("rtc-srtp context")
+}
+
+/// A clear RTP packet; `shape` varies the header: 0 plain, 1 two CSRCs + marker, 2 a one-byte
+/// header extension block (two elements and a padding byte), 3 RTP padding, 4 a two-byte header
+/// extension block.
+fn rtp(seq: u16, ssrc: u32, pt: u8, payload_len: usize, shape: u8) -> Vec<u8> {
+    let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&u32::from(seq).wrapping_mul(3000).to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    match shape {
+        1 => {
+            p[0] |= 2;
+            p[1] |= 0x80;
+            p.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        }
+        2 => {
+            p[0] |= 0x10;
+            p.extend_from_slice(&[0xBE, 0xDE, 0, 2, 0x12, 9, 8, 7, 0x21, 6, 5, 0]);
+        }
+        4 => {
+            p[0] |= 0x10;
+            p.extend_from_slice(&[0x10, 0x00, 0, 2, 3, 2, 0xAA, 0xBB, 5, 1, 0xCC, 0]);
+        }
+        _ => {}
+    }
+    p.extend((0..payload_len).map(|i| (i as u8) ^ (seq as u8)));
+    if shape == 3 {
+        p[0] |= 0x20;
+        p.extend_from_slice(&[0, 0, 0, 4]);
+    }
+    p
+}
+
+/// Seals `clear` with `sealer` in a buffer with exactly the tail room it needs.
+fn seal(sealer: &mut SrtpSealer, clear: &[u8]) -> Result<Vec<u8>, SealError> {
+    let mut buf = clear.to_vec();
+    buf.resize(clear.len() + sealer.overhead(), 0);
+    let n = sealer.seal(&mut buf, clear.len())?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+#[test]
+fn key_derivation_matches_rfc3711_appendix_b3() {
+    let hex = |s: &str| -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    };
+    let master = MasterKey::new(
+        &hex("E1F97A0D3E018BE0D64FA32C06DE4139"),
+        &hex("0EC675AD498AFEEBB6960B3AABE6"),
+    )
+    .expect("lengths");
+    let profile = SrtpProfile::Aes128CmHmacSha1_80;
+    let provider = ring();
+    let mut key = [0u8; 16];
+    let mut salt = [0u8; 14];
+    let mut auth = [0u8; 20];
+    derive(provider.crypto(), profile, &master, 0, &mut key).expect("derive");
+    derive(provider.crypto(), profile, &master, 2, &mut salt).expect("derive");
+    derive(provider.crypto(), profile, &master, 1, &mut auth).expect("derive");
+    assert_eq!(key.to_vec(), hex("C61E7A93744F39EE10734AFE3FF7A087"));
+    assert_eq!(salt.to_vec(), hex("30CBBC08863D8C85D49DB34A9AE1"));
+    assert_eq!(
+        auth.to_vec(),
+        hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
+    );
+}
+
+#[test]
+fn seal_is_byte_identical_to_rtc_srtp_across_rollover_and_ssrcs() {
+    // Three SSRCs interleaved, one starting just before the sequence number wraps; varied
+    // header shapes and sizes; a few packets swapped (forwarded out of order), one across the
+    // wrap.
+    for profile in SrtpProfile::ALL {
+        let key = master(profile, 7);
+        let mut sealer = SrtpSealer::new(profile, &key, ring().crypto()).expect("sealer");
+        let mut reference = rtc_context(profile, &key);
+        let starts = [
+            (0x1111_1111u32, 65_500u16),
+            (0x2222_2222, 0),
+            (0x3333_3333, 32_700),
+        ];
+        let mut order: Vec<(u32, u16, usize)> = Vec::new();
+        for n in 0..120usize {
+            for (s, &(ssrc, start)) in starts.iter().enumerate() {
+                order.push((ssrc, start.wrapping_add(n as u16), (n * 7 + s * 13) % 1300));
+            }
+        }
+        // Swaps: (65535, 0) of the first SSRC, and a couple elsewhere.
+        for i in [105usize, 30 * 3 + 1, 200 * 3 / 2] {
+            order.swap(i, i + 3);
+        }
+        let mut compared = 0;
+        for (i, &(ssrc, seq, len)) in order.iter().enumerate() {
+            let clear = rtp(seq, ssrc, 96 + (i % 3) as u8, len, (i % 5) as u8);
+            let ours = seal(&mut sealer, &clear).expect("seal");
+            let theirs = reference.encrypt_rtp(&clear).expect("rtc-srtp encrypt");
+            assert_eq!(
+                ours,
+                &theirs[..],
+                "{profile}: packet {i} (ssrc {ssrc:#x} seq {seq}) differs"
+            );
+            compared += 1;
+        }
+        assert_eq!(compared, 360);
+        assert_eq!(sealer.roc(Ssrc(0x1111_1111)), Some(1), "{profile}");
+        assert_eq!(sealer.roc(Ssrc(0x2222_2222)), Some(0), "{profile}");
+        assert_eq!(sealer.roc(Ssrc(0x4444_4444)), None);
+    }
+}
+
+#[test]
+fn rtc_srtp_decrypts_sealed_packets_and_rejects_wrong_keys_and_tampering() {
+    for profile in SrtpProfile::ALL {
+        let key = master(profile, 1);
+        let mut sealer = SrtpSealer::new(profile, &key, ring().crypto()).expect("sealer");
+        let mut right = rtc_context(profile, &key);
+        let mut wrong_key = rtc_context(profile, &master(profile, 2));
+        let mut tampered_rx = rtc_context(profile, &key);
+        for seq in 0..20u16 {
+            let clear = rtp(seq, 0xABCD_0001, 111, 200, (seq % 5) as u8);
+            let sealed = seal(&mut sealer, &clear).expect("seal");
+            assert_ne!(sealed[..clear.len()], clear[..], "{profile}: not encrypted");
+            assert_eq!(
+                &right.decrypt_rtp(&sealed).expect("decrypts")[..],
+                &clear[..],
+                "{profile}"
+            );
+            assert!(
+                wrong_key.decrypt_rtp(&sealed).is_err(),
+                "{profile}: wrong key"
+            );
+            let mut bad = sealed.clone();
+            let at = bad.len() / 2;
+            bad[at] ^= 0x01;
+            assert!(
+                tampered_rx.decrypt_rtp(&bad).is_err(),
+                "{profile}: tampered"
+            );
+        }
+    }
+}
+
+#[test]
+fn sealer_refuses_to_reuse_an_index_and_keeps_its_state_on_errors() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let key = master(profile, 3);
+    let mut sealer = SrtpSealer::new(profile, &key, ring().crypto()).expect("sealer");
+    let mut reference = rtc_context(profile, &key);
+    let ssrc = 0x0BAD_CAFE;
+    let send = |sealer: &mut SrtpSealer, seq: u16| seal(sealer, &rtp(seq, ssrc, 96, 100, 0));
+
+    for seq in 10..20 {
+        send(&mut sealer, seq).expect("in order");
+    }
+    // Out of order within the window: fine once, never twice.
+    assert!(matches!(
+        send(&mut sealer, 15),
+        Err(SealError::Reused { index: 15, .. })
+    ));
+    // A packet far ahead, then one more than the window behind it.
+    send(&mut sealer, 3000).expect("jump ahead");
+    assert!(matches!(
+        send(&mut sealer, 1000),
+        Err(SealError::TooOld { .. })
+    ));
+    // A skipped index within the window is still sealable (once).
+    send(&mut sealer, 2990).expect("late but unseen");
+    assert!(matches!(
+        send(&mut sealer, 2990),
+        Err(SealError::Reused { .. })
+    ));
+
+    // Bad input.
+    let clear = rtp(3001, ssrc, 96, 100, 0);
+    let mut short = clear.clone();
+    short.resize(clear.len() + 15, 0);
+    assert_eq!(
+        sealer.seal(&mut short, clear.len()),
+        Err(SealError::NoTailRoom {
+            needed: 16,
+            available: 15
+        })
+    );
+    let mut rtcp = clear.clone();
+    rtcp[1] = 200; // SR
+    rtcp.resize(clear.len() + 16, 0);
+    assert_eq!(sealer.seal(&mut rtcp, clear.len()), Err(SealError::NotRtp));
+    let mut cut = rtp(3001, ssrc, 96, 0, 2);
+    cut.truncate(14);
+    cut.resize(14 + 16, 0);
+    assert_eq!(sealer.seal(&mut cut, 14), Err(SealError::NotRtp));
+
+    // None of the refusals moved the state: 3001 seals exactly as rtc-srtp does after the same
+    // accepted packets.
+    for seq in (10..20).chain([3000, 2990]) {
+        reference
+            .encrypt_rtp(&rtp(seq, ssrc, 96, 100, 0))
+            .expect("reference");
+    }
+    assert_eq!(
+        send(&mut sealer, 3001).expect("next"),
+        &reference.encrypt_rtp(&clear).expect("reference")[..]
+    );
+}
+
+/// Drives rtc-srtp's own context construction through a capture: the order and content of its
+/// key derivation is what `keys` relies on.
+#[test]
+fn capture_reads_rtc_srtp_key_derivation_and_refuses_anything_else() {
+    for profile in SrtpProfile::ALL {
+        let capture = SrtpKeyCapture::new(ring());
+        assert_eq!(capture.keys(profile), Err(KeyCaptureError::NotYet));
+        let (local, remote) = (master(profile, 10), master(profile, 20));
+        // As rtc's `update_srtp_contexts`: local context first, then remote.
+        for key in [&local, &remote] {
+            Context::new(
+                key.key(),
+                key.salt(),
+                profile.to_rtc(),
+                None,
+                None,
+                capture.provider().crypto(),
+            )
+            .expect("context through the capture");
+        }
+        let keys = capture.keys(profile).expect("keys");
+        assert_eq!(keys.profile, profile);
+        assert_eq!(keys.local, local, "{profile}");
+        assert_eq!(keys.remote, remote, "{profile}");
+
+        // Read with another profile's schedule: refused, not misread.
+        for other in SrtpProfile::ALL {
+            let same_schedule = other.rtc_derivation_order() == profile.rtc_derivation_order()
+                && other.key_len() == profile.key_len()
+                && other.salt_len() == profile.salt_len();
+            if !same_schedule {
+                assert!(
+                    matches!(capture.keys(other), Err(KeyCaptureError::Unrecognised(_))),
+                    "{profile} read as {other}"
+                );
+            }
+        }
+
+        // A third derivation (a second handshake, or a sealer built over the capture).
+        SrtpSealer::new(profile, &local, capture.provider().crypto()).expect("sealer");
+        assert!(matches!(
+            capture.keys(profile),
+            Err(KeyCaptureError::Unrecognised(_))
+        ));
+    }
+
+    // A block encryption that is not a key derivation.
+    let capture = SrtpKeyCapture::new(ring());
+    let mut block = [0x5Au8; 16];
+    capture
+        .provider()
+        .crypto()
+        .block_encrypt(BlockCipherAlgorithm::Aes128, &[1u8; 16], &mut block)
+        .expect("aes");
+    for key in [
+        master(SrtpProfile::AeadAes128Gcm, 1),
+        master(SrtpProfile::AeadAes128Gcm, 2),
+    ] {
+        let _ = Context::new(
+            key.key(),
+            key.salt(),
+            SrtpProfile::AeadAes128Gcm.to_rtc(),
+            None,
+            None,
+            capture.provider().crypto(),
+        );
+    }
+    assert!(matches!(
+        capture.keys(SrtpProfile::AeadAes128Gcm),
+        Err(KeyCaptureError::Unrecognised(_))
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two sans-IO peer connections wired in memory, simulated time.
+
+const SERVER_SSRC: u32 = 0x5EED_0001;
+
+struct Peer {
+    pc: RTCPeerConnection,
+    addr: SocketAddr,
+    connected: bool,
+}
+
+impl Peer {
+    fn new(settings: SettingEngineBuilder, addr: SocketAddr, now: Instant) -> Peer {
+        let mut media = MediaEngine::default();
+        media
+            .register_codec(vp8(), RtpCodecKind::Video)
+            .expect("codec");
+        let pc = RTCPeerConnectionBuilder::new()
+            .with_setting_engine(settings.build())
+            .with_media_engine(media)
+            .build(now)
+            .expect("peer connection");
+        Peer {
+            pc,
+            addr,
+            connected: false,
+        }
+    }
+
+    fn add_host_candidate(&mut self) {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: self.addr.ip().to_string(),
+                port: self.addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .expect("candidate");
+        let init = RTCIceCandidate::from(&candidate).to_json().expect("init");
+        self.pc.add_local_candidate(init).expect("local candidate");
+    }
+
+    fn receive(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        // Errors (a datagram that fails authentication) are the receiver's business: what the
+        // tests look at is what `poll_read` delivers.
+        let _ = self.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: datagram.into(),
+        });
+    }
+
+    fn poll_events(&mut self) {
+        while let Some(event) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                self.connected = state == RTCPeerConnectionState::Connected;
+            }
+        }
+    }
+
+    /// RTP packets delivered to the application, as (sequence number, SSRC, payload).
+    fn rtp_read(&mut self) -> Vec<(u16, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, packet) = message {
+                out.push((
+                    packet.header.sequence_number,
+                    packet.header.ssrc,
+                    packet.payload.to_vec(),
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn vp8() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_VP8.to_owned(),
+            clock_rate: 90_000,
+            ..Default::default()
+        },
+        payload_type: 96,
+    }
+}
+
+/// Moves every queued datagram from `a` to `b`; how many.
+fn flush(a: &mut Peer, b: &mut Peer, now: Instant) -> usize {
+    let mut n = 0;
+    while let Some(out) = a.pc.poll_write() {
+        assert_eq!(
+            out.transport.peer_addr, b.addr,
+            "datagram to an unknown address"
+        );
+        b.receive(a.addr, &out.message, now);
+        n += 1;
+    }
+    n
+}
+
+/// Runs both peers until both are connected (or 30 simulated seconds pass).
+fn run_until_connected(client: &mut Peer, server: &mut Peer, now: &mut Instant) {
+    let deadline = *now + Duration::from_secs(30);
+    while *now < deadline {
+        let moved = flush(client, server, *now) + flush(server, client, *now);
+        client.poll_events();
+        server.poll_events();
+        let _ = client.rtp_read();
+        let _ = server.rtp_read();
+        if client.connected && server.connected {
+            return;
+        }
+        if moved == 0 {
+            let next = [client.pc.poll_timeout(), server.pc.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(*now + Duration::from_millis(50));
+            *now = next.clamp(*now, *now + Duration::from_millis(50));
+            client.pc.handle_timeout(*now).expect("client timeout");
+            server.pc.handle_timeout(*now).expect("server timeout");
+        }
+    }
+    panic!(
+        "not connected after 30 simulated seconds (client {}, server {})",
+        client.connected, server.connected
+    );
+}
+
+/// A browser-like client (offerer, receive-only video) and a server (answerer, one video track
+/// with SSRC `SERVER_SSRC` that rtc never writes), connected in memory. The server's provider
+/// is `capture`; `profile` is forced on the client's side, `dtls_role` is the server's.
+fn connected_pair(
+    capture: &Arc<SrtpKeyCapture>,
+    profile: SrtpProfile,
+    dtls_role: RTCDtlsRole,
+    now: &mut Instant,
+) -> (Peer, Peer, u8) {
+    let client_addr: SocketAddr = "10.0.0.1:50000".parse().expect("addr");
+    let server_addr: SocketAddr = "10.0.0.2:40000".parse().expect("addr");
+    let mut client = Peer::new(
+        SettingEngineBuilder::new().with_srtp_protection_profiles(vec![profile.to_dtls()]),
+        client_addr,
+        *now,
+    );
+    let mut server = Peer::new(
+        SettingEngineBuilder::new()
+            .with_crypto_provider(capture.provider())
+            .with_answering_dtls_role(dtls_role),
+        server_addr,
+        *now,
+    );
+
+    client
+        .pc
+        .add_transceiver_from_kind(
+            RtpCodecKind::Video,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                streams: vec![],
+                send_encodings: vec![],
+            }),
+        )
+        .expect("recvonly transceiver");
+    client.add_host_candidate();
+    let offer = client.pc.create_offer(None).expect("offer");
+    client
+        .pc
+        .set_local_description(*now, offer.clone())
+        .expect("client local");
+
+    server
+        .pc
+        .set_remote_description(*now, offer)
+        .expect("server remote");
+    let sender = server
+        .pc
+        .add_track(MediaStreamTrack::new(
+            "fast-path".to_owned(),
+            "forwarded-video".to_owned(),
+            "forwarded video".to_owned(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(SERVER_SSRC),
+                    ..Default::default()
+                },
+                codec: vp8().rtp_codec,
+                ..Default::default()
+            }],
+        ))
+        .expect("server track");
+    server.add_host_candidate();
+    let answer = server.pc.create_answer(None).expect("answer");
+    assert!(
+        answer.sdp.contains(&format!("a=ssrc:{SERVER_SSRC}")),
+        "the answer announces the forwarded SSRC:\n{}",
+        answer.sdp
+    );
+    server
+        .pc
+        .set_local_description(*now, answer.clone())
+        .expect("server local");
+    client
+        .pc
+        .set_remote_description(*now, answer)
+        .expect("client remote");
+
+    let pt = server
+        .pc
+        .rtp_sender(sender)
+        .expect("sender")
+        .get_parameters()
+        .rtp_parameters
+        .codecs
+        .first()
+        .map(|c| c.payload_type)
+        .expect("negotiated payload type");
+
+    assert_eq!(
+        capture.keys_of(&mut server.pc, *now),
+        Err(KeyCaptureError::NotYet),
+        "keys before the handshake"
+    );
+    run_until_connected(&mut client, &mut server, now);
+    (client, server, pt)
+}
+
+fn payload(seq: u16) -> Vec<u8> {
+    // A VP8 payload descriptor (S=1, partition 0) and a recognisable body.
+    let mut p = vec![0x10, 0x00];
+    p.extend((0..300u32).map(|i| (i as u8) ^ (seq as u8) ^ 0x5A));
+    p
+}
+
+/// Seals `count` packets from `first_seq` with `sealer` and feeds them to `client`; returns
+/// what the client application received.
+fn send_sealed(
+    sealer: &mut SrtpSealer,
+    client: &mut Peer,
+    server_addr: SocketAddr,
+    pt: u8,
+    first_seq: u16,
+    count: u16,
+    now: Instant,
+) -> Vec<(u16, u32, Vec<u8>)> {
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 1500];
+    for k in 0..count {
+        let seq = first_seq.wrapping_add(k);
+        let body = payload(seq);
+        let clear = rtp(seq, SERVER_SSRC, pt, 0, (k % 3) as u8);
+        let len = clear.len() + body.len();
+        buf[..clear.len()].copy_from_slice(&clear);
+        buf[clear.len()..len].copy_from_slice(&body);
+        let n = sealer.seal(&mut buf, len).expect("seal");
+        client.receive(server_addr, &buf[..n], now);
+        received.extend(client.rtp_read());
+    }
+    received
+}
+
+fn client_decrypts_the_fast_path(profile: SrtpProfile, dtls_role: RTCDtlsRole) {
+    let mut now = Instant::now();
+    let capture = SrtpKeyCapture::new(ring());
+    let (mut client, mut server, pt) = connected_pair(&capture, profile, dtls_role, &mut now);
+    let keys = capture.keys_of(&mut server.pc, now).expect("server keys");
+    assert_eq!(keys.profile, profile);
+    let stats = server
+        .pc
+        .get_stats(now, rtc::statistics::StatsSelector::None);
+    assert_eq!(stats.transport().map(|t| t.dtls_role), Some(dtls_role));
+    let crypto = capture.inner().crypto();
+
+    // Wrong keys first: the remote key (the direction swapped) and an unrelated key. The client
+    // must deliver none of them (and they must not disturb what follows).
+    let first = 65_500u16;
+    for wrong in [keys.remote.clone(), master(profile, 99)] {
+        let mut sealer = SrtpSealer::new(profile, &wrong, crypto).expect("sealer");
+        let got = send_sealed(&mut sealer, &mut client, server.addr, pt, first, 10, now);
+        assert!(
+            got.is_empty(),
+            "{profile}/{dtls_role:?}: wrongly keyed packets delivered"
+        );
+    }
+
+    // The right key: every packet, in order, across the sequence number wrap (ROC 0 -> 1).
+    let mut sealer = SrtpSealer::new(profile, &keys.local, crypto).expect("sealer");
+    let count = 100u16;
+    let got = send_sealed(&mut sealer, &mut client, server.addr, pt, first, count, now);
+    assert_eq!(sealer.roc(Ssrc(SERVER_SSRC)), Some(1));
+    let expected: Vec<(u16, u32, Vec<u8>)> = (0..count)
+        .map(|k| {
+            let seq = first.wrapping_add(k);
+            (seq, SERVER_SSRC, payload(seq))
+        })
+        .collect();
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{profile}/{dtls_role:?}: delivered {} of {}",
+        got.len(),
+        expected.len()
+    );
+    assert!(got == expected, "{profile}/{dtls_role:?}: payloads differ");
+
+    // And the connection is still fine.
+    client.poll_events();
+    assert!(client.connected);
+}
+
+#[test]
+fn client_decrypts_sealed_gcm_with_server_as_dtls_server() {
+    client_decrypts_the_fast_path(SrtpProfile::AeadAes128Gcm, RTCDtlsRole::Server);
+}
+
+#[test]
+fn client_decrypts_sealed_gcm_with_server_as_dtls_client() {
+    client_decrypts_the_fast_path(SrtpProfile::AeadAes128Gcm, RTCDtlsRole::Client);
+}
+
+#[test]
+fn client_decrypts_sealed_aes_cm_sha1_80() {
+    client_decrypts_the_fast_path(SrtpProfile::Aes128CmHmacSha1_80, RTCDtlsRole::Server);
+}
+
+#[test]
+fn client_decrypts_sealed_aes_256_gcm_and_aes_cm_sha1_32() {
+    client_decrypts_the_fast_path(SrtpProfile::AeadAes256Gcm, RTCDtlsRole::Client);
+    client_decrypts_the_fast_path(SrtpProfile::Aes128CmHmacSha1_32, RTCDtlsRole::Server);
+}
