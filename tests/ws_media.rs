@@ -1,5 +1,5 @@
 //! Media end to end: webrtc-rs client peers speaking the Kurento protocol to roomd over a real
-//! WebSocket, real DTLS-SRTP over UDP on 127.0.0.1 (protocol.md checklist 21–26, 28–31, 35,
+//! WebSocket, real DTLS-SRTP over UDP on 127.0.0.1 (docs/protocol.md checklist 21–26, 28–31, 35,
 //! 39, 51, 65, and data channels).
 
 mod common;

@@ -1,4 +1,4 @@
-//! Room semantics over a real WebSocket (protocol.md §3, §5, §7; checklist 11–20, 27, 32–34,
+//! Room semantics over a real WebSocket (docs/protocol.md §3, §5, §7; checklist 11–20, 27, 32–34,
 //! 38, 43–52, 64, 66–68, 71): who is told what, in which order, and the REST calls.
 
 mod common;

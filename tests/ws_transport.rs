@@ -1,4 +1,4 @@
-//! kurento-jsonrpc transport habits over a real WebSocket (protocol.md §1, checklist 1–10,
+//! kurento-jsonrpc transport habits over a real WebSocket (docs/protocol.md §1, checklist 1–10,
 //! 55–63, 69, 70) and robustness against bad input.
 
 mod common;

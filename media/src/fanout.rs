@@ -6,7 +6,7 @@
 //! (`publisher.rs`) owns one `FanOut` per incoming track and applies membership changes to it
 //! between packets, so no lock is taken per packet.
 //!
-//! Rules kept here (ARCHITECTURE.md §3.6): no lock held across packets, no `.await` and no log
+//! Rules kept here (docs/architecture.md §6): no lock held across packets, no `.await` and no log
 //! above `trace` in [`FanOut::forward`]; a packet is shared ([`Packet`] is an `Arc`) until a
 //! subscriber's [`PacketSink`] makes its one per-leg copy; a subscriber without room drops the
 //! packet for itself only.

@@ -1,7 +1,7 @@
 //! Every error a client can reach through `/room`, with its Kurento code and exact text.
 //!
 //! Owns the mapping from an error to the numeric code of Kurento's `RoomException.Code`
-//! (protocol.md §2.1) and to the message the original server produced (§2.3, unbalanced
+//! (docs/protocol.md §2.1) and to the message the original server produced (§2.3, unbalanced
 //! quotes included). Errors with code `-1` imitate the original's uncaught-exception path:
 //! their message is `<java class>:<text>` and they carry no `sessionId`.
 

@@ -1,4 +1,4 @@
-//! JSON-RPC 2.0 envelope with the kurento-jsonrpc transport habits (protocol.md §1).
+//! JSON-RPC 2.0 envelope with the kurento-jsonrpc transport habits (docs/protocol.md §1).
 //!
 //! Owns turning one inbound text frame into a [`Decoded`] value and turning replies,
 //! errors and notifications into outbound text. Does not know what the methods mean

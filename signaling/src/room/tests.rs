@@ -1,5 +1,5 @@
 //! Scripted tests of the room state machine: inputs in, outputs asserted, no runtime.
-//! Each test names the protocol.md §11 checklist item(s) it pins.
+//! Each test names the docs/protocol.md §11 checklist item(s) it pins.
 
 use super::*;
 
