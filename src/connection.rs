@@ -217,7 +217,7 @@ impl Connection {
         let request = match jsonrpc::decode(text) {
             Decoded::Request(r) => r,
             Decoded::Notification { method } => {
-                // DEVIATION (protocol.md §1.8): requests without id are never executed.
+                // DEVIATION (docs/protocol.md §1.8): requests without id are never executed.
                 tracing::debug!(%method, "request without id ignored");
                 return self.count_against_rate(frames);
             }

@@ -1,4 +1,4 @@
-//! Kurento room methods and events as typed values (protocol.md §3, §4).
+//! Kurento room methods and events as typed values (docs/protocol.md §3, §4).
 //!
 //! Owns parameter names, the order in which the original read them (which decides which
 //! "missing" error a client sees first), Gson's lenient coercions (numbers read as strings,
@@ -159,7 +159,7 @@ pub fn parse(method: &str, params: &Params) -> Result<Method, ParseError> {
         }
         "publishVideo" => ClientRequest::PublishVideo {
             sdp_offer: string(params, "sdpOffer")?,
-            // DEVIATION (protocol.md §3.2, checklist 25): a missing doLoopback means false.
+            // DEVIATION (docs/protocol.md §3.2, checklist 25): a missing doLoopback means false.
             do_loopback: opt_bool(params, "doLoopback")?.unwrap_or(false),
         },
         "unpublishVideo" => ClientRequest::UnpublishVideo,
@@ -230,7 +230,7 @@ fn is_room_method(method: &str) -> bool {
 
 /// The user part of a `sender` (`"<user>_<stream>"`).
 ///
-/// DEVIATION (protocol.md §3.4, checklist 37): the original cut at the *first* `_`, so a user
+/// DEVIATION (docs/protocol.md §3.4, checklist 37): the original cut at the *first* `_`, so a user
 /// named `john_doe` could never be subscribed to. We cut at the *last* `_`, which is identical
 /// for names without one, and accept a bare `<user>` (the original answered -1).
 pub fn sender_user(sender: &str) -> &str {
@@ -319,7 +319,7 @@ impl Reply {
     }
 }
 
-/// A server-to-client event (protocol.md §4).
+/// A server-to-client event (docs/protocol.md §4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notification {
     /// `participantJoined {id}`.

@@ -7,7 +7,7 @@
 //! outside world must do comes back, in order, from [`Room::poll_output`]. Time is passed in;
 //! this module never reads the clock.
 //!
-//! Ordering rules it guarantees (protocol.md §4): every operation is atomic within the room,
+//! Ordering rules it guarantees (docs/protocol.md §4): every operation is atomic within the room,
 //! so any two participants learn of each other exactly once (through the join result or
 //! `participantJoined`) and of each publication exactly once; notifications and replies come
 //! out in the original's send order; server ICE candidates for an endpoint are held until the
@@ -267,7 +267,7 @@ pub enum Removal {
     /// Evicted: grace period over, `closeSession`, or its session vanished.
     Evicted,
     /// The whole room was closed by an administrator: the session's `leaveRoom` now answers
-    /// "room not found" (protocol.md checklist 71).
+    /// "room not found" (docs/protocol.md checklist 71).
     RoomClosed,
 }
 
@@ -318,7 +318,7 @@ pub fn route(session: &SessionId, membership: Membership<'_>, request: &ClientRe
             if room == current {
                 Route::Member // The room answers (104 or 101).
             } else {
-                // DEVIATION (protocol.md §3.1): one room per session.
+                // DEVIATION (docs/protocol.md §3.1): one room per session.
                 Route::Answer(RoomError::AlreadyJoined {
                     session: session.0.clone(),
                     room: current.to_owned(),
@@ -569,7 +569,7 @@ impl Room {
 
     fn join(&mut self, session: SessionId, id: Id, user: String) {
         if let Some(index) = self.index_of(&session) {
-            // DEVIATION (protocol.md §3.1): a second join on the same session changes nothing.
+            // DEVIATION (docs/protocol.md §3.1): a second join on the same session changes nothing.
             let me = &self.participants[index];
             let err = if me.name == user || self.index_of_name(&user).is_some() {
                 RoomError::UserExists {
@@ -770,7 +770,7 @@ impl Room {
             };
             return self.reply(&session, id, Err(err));
         }
-        // Succeeds whether or not a subscription exists (protocol.md §3.5).
+        // Succeeds whether or not a subscription exists (docs/protocol.md §3.5).
         if let Some(sub) = self.participants[index].subscriptions.remove(&sender) {
             self.release(sub.id);
         }

@@ -21,7 +21,7 @@
   const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' };
 
   // ---------------------------------------------------------------------------------------
-  // Errors: every Kurento room error code (protocol.md §2), in words a user understands.
+  // Errors: every Kurento room error code (docs/protocol.md §2), in words a user understands.
   // ---------------------------------------------------------------------------------------
   const ERRORS = {
     '-1': ['The server could not process the request', ''],
