@@ -168,6 +168,9 @@ async fn forward_events(mut events: mpsc::Receiver<MediaEvent>, room: mpsc::Send
                     sdp_m_line_index: candidate.sdp_m_line_index,
                 },
             },
+            MediaEvent::Connected { endpoint } => MediaReport::Connected {
+                endpoint: EndpointId(endpoint.0),
+            },
             MediaEvent::Failed {
                 endpoint,
                 description,

@@ -67,12 +67,24 @@ struct Connection {
     tx: mpsc::Sender<Outbound>,
     kill: Arc<Notify>,
     session: Option<Arc<Session>>,
-    /// The room request waiting for its answer, and the room (serial) it was sent to.
-    in_flight: Option<(Id, u32)>,
+    /// The room request waiting for its answer.
+    in_flight: Option<InFlight>,
     queue: VecDeque<(Id, ClientRequest)>,
     /// (interval, deadline) once the first ping arrived.
     watchdog: Option<(Duration, Instant)>,
     rate: RateLimit,
+    /// The client's address, for logs.
+    peer: Option<std::net::SocketAddr>,
+}
+
+/// A room request sent to a room and not answered yet.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    id: Id,
+    /// The room (serial) it was sent to.
+    room_serial: u32,
+    method: &'static str,
+    sent: Instant,
 }
 
 /// Serves one WebSocket (its frame stream and sink) until it closes.
@@ -81,6 +93,7 @@ pub(crate) async fn run_connection<R, W, E>(
     mut sink: W,
     state: Arc<AppState>,
     generation: u64,
+    peer: Option<std::net::SocketAddr>,
 ) where
     R: Stream<Item = Result<Message, E>> + Unpin,
     W: Sink<Message> + Unpin,
@@ -102,6 +115,7 @@ pub(crate) async fn run_connection<R, W, E>(
         queue: VecDeque::new(),
         watchdog: None,
         rate,
+        peer,
     };
     let end = loop {
         let deadline = conn.watchdog.map(|(_, d)| d);
@@ -431,24 +445,30 @@ impl Connection {
     async fn on_outbound(&mut self, out: Outbound, frames: &mut Vec<Frame>) -> Step {
         match out {
             Outbound::Notification(text) => frames.push(Frame::Text(text)),
-            Outbound::Reply { id, frame } => {
-                if self.in_flight.map(|(waiting, _)| waiting) != Some(id) {
+            Outbound::Reply { id, frame, ok } => {
+                let Some(done) = self.in_flight.filter(|f| f.id == id) else {
                     // Already answered here when the membership ended (see below).
                     tracing::debug!(id, "late reply dropped");
                     return Step::Continue;
-                }
+                };
                 frames.push(Frame::Text(frame));
                 self.in_flight = None;
+                self.state
+                    .latencies
+                    .request(done.method, done.sent.elapsed());
+                if ok {
+                    self.log_success(done.method);
+                }
                 self.pump(frames).await;
             }
             Outbound::MembershipEnded { room_serial } => {
                 // Evicted or the room closed: that room will not answer what is in flight
                 // there (a request sent to another room, e.g. a join, still waits).
-                if let Some((id, _)) = self.in_flight.filter(|(_, r)| *r == room_serial) {
+                if let Some(done) = self.in_flight.filter(|f| f.room_serial == room_serial) {
                     self.in_flight = None;
                     let session = self.session().id.clone();
                     let err = RoomError::NoParticipant { session: session.0 };
-                    frames.push(Frame::Text(self.error_frame(id, &err)));
+                    frames.push(Frame::Text(self.error_frame(done.id, &err)));
                     self.pump(frames).await;
                 }
             }
@@ -472,14 +492,43 @@ impl Connection {
         Step::Continue
     }
 
+    /// One `info` line per successful join, leave, publish and subscribe, with room, user,
+    /// session and client address (what an operator greps for).
+    fn log_success(&self, method: &'static str) {
+        let what = match method {
+            "joinRoom" => "join",
+            "leaveRoom" => "leave",
+            "publishVideo" => "publish",
+            "unpublishVideo" => "unpublish",
+            "receiveVideoFrom" => "subscribe",
+            "unsubscribeFromVideo" => "unsubscribe",
+            _ => return,
+        };
+        let Some(session) = &self.session else { return };
+        let membership = session.membership();
+        let (room, user) = match membership.view() {
+            signaling::room::Membership::In { room, user } => (room.to_owned(), user.to_owned()),
+            _ => (String::new(), String::new()),
+        };
+        tracing::info!(%room, %user, session = %session.id, client = ?self.peer, "{what}");
+    }
+
     /// Dispatches queued room requests until one goes to a room (and must be waited for).
     async fn pump(&mut self, frames: &mut Vec<Frame>) {
         while self.in_flight.is_none() {
             let Some((id, request)) = self.queue.pop_front() else {
                 return;
             };
+            let method = request.method();
             match self.dispatch(id, request).await {
-                Ok(room_serial) => self.in_flight = Some((id, room_serial)),
+                Ok(room_serial) => {
+                    self.in_flight = Some(InFlight {
+                        id,
+                        room_serial,
+                        method,
+                        sent: Instant::now(),
+                    })
+                }
                 Err(err) => {
                     let frame = self.error_frame(id, &err);
                     frames.push(Frame::Text(frame));
@@ -654,6 +703,7 @@ mod tests {
             Box::pin(out),
             Arc::clone(state),
             generation,
+            None,
         ));
         Harness {
             to_server: Some(to_server),

@@ -38,6 +38,7 @@ struct AppState {
     connections: Arc<limits::ConnectionLimits>,
     counters: limits::Counters,
     lifecycle: Arc<drain::Lifecycle>,
+    latencies: Arc<metrics::Latencies>,
 }
 
 impl AppState {
@@ -47,11 +48,13 @@ impl AppState {
         let sessions = Arc::new(sessions::Sessions::default());
         let rooms = Arc::new(rooms::Directory::new(config.room(), config.max_rooms));
         let lifecycle = Arc::new(drain::Lifecycle::default());
+        let latencies = Arc::new(metrics::Latencies::default());
         let room_ctx = rooms::RoomCtx {
             sessions: Arc::clone(&sessions),
             bridge: Arc::new(bridge::Bridge::new(media)),
             directory: Arc::clone(&rooms),
             lifecycle: Arc::clone(&lifecycle),
+            latencies: Arc::clone(&latencies),
         };
         let connections =
             limits::ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
@@ -63,6 +66,7 @@ impl AppState {
             connections,
             counters: limits::Counters::default(),
             lifecycle,
+            latencies,
         }
     }
 }

@@ -1,9 +1,11 @@
-//! `/metrics` in the Prometheus text exposition format, from the media engine's counters and
-//! the room directory. Written by hand: a dozen lines of text do not need a metrics crate.
+//! `/metrics` in the Prometheus text exposition format, from the media engine's counters, the
+//! room directory, the refusal counters, the process (CPU, RSS, fds, from /proc) and two
+//! latency histograms (request latency per method, join → first media connected). Written by
+//! hand: fixed-bucket histograms and a few dozen lines of text do not need a metrics crate.
 
 use std::fmt::Write as _;
-
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use media::MediaStats;
 
@@ -18,9 +20,148 @@ pub(crate) struct RoomGauges {
     pub(crate) room_panics: u64,
 }
 
+/// Upper bounds of the latency histograms' buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A Prometheus histogram with fixed buckets; lock-free.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    /// Count per bucket (not cumulative; summed at render).
+    buckets: [AtomicU64; BUCKETS.len()],
+    /// Observations above the last bucket.
+    over: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        match BUCKETS.iter().position(|b| secs <= *b) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` lines (no HELP/TYPE) with extra `labels`
+    /// (e.g. `method="joinRoom",`).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.over.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let trimmed = labels.trim_end_matches(',');
+        let _ = writeln!(out, "{name}_sum{{{trimmed}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{trimmed}}} {cumulative}");
+    }
+}
+
+/// The room methods whose latency is measured (request dispatched → reply written).
+const METHODS: [&str; 9] = [
+    "joinRoom",
+    "leaveRoom",
+    "publishVideo",
+    "unpublishVideo",
+    "receiveVideoFrom",
+    "unsubscribeFromVideo",
+    "onIceCandidate",
+    "sendMessage",
+    "customRequest",
+];
+
+/// Latency histograms shared by the connection tasks and the room drivers.
+#[derive(Debug, Default)]
+pub(crate) struct Latencies {
+    /// Per room method, in [`METHODS`] order.
+    requests: [Histogram; METHODS.len()],
+    /// A participant's join → its first media endpoint connected.
+    pub(crate) join_to_media: Histogram,
+}
+
+impl Latencies {
+    /// Records one answered room request.
+    pub(crate) fn request(&self, method: &str, d: Duration) {
+        if let Some(i) = METHODS.iter().position(|m| *m == method) {
+            self.requests[i].observe(d);
+        }
+    }
+}
+
+/// This process's CPU seconds, resident memory and open fds, from /proc (Linux); zero where
+/// unavailable.
+fn process() -> (f64, u64, u64) {
+    // /proc/self/stat: fields 14 and 15 (after the parenthesised command) are utime and stime
+    // in clock ticks; USER_HZ is 100 on every Linux ABI.
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    (cpu, rss, fds)
+}
+
 /// Renders one scrape.
-pub(crate) fn render(rooms: &RoomGauges, refused: &Counters, media: &MediaStats) -> String {
-    let mut out = String::with_capacity(2048);
+pub(crate) fn render(
+    rooms: &RoomGauges,
+    refused: &Counters,
+    latencies: &Latencies,
+    media: &MediaStats,
+) -> String {
+    let mut out = String::with_capacity(8192);
+    let (cpu, rss, fds) = process();
+    let _ = writeln!(
+        out,
+        "# HELP roomd_build_info The running build.\n# TYPE roomd_build_info gauge\n\
+         roomd_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(
+        out,
+        "# HELP process_cpu_seconds_total User and system CPU time.\n\
+         # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP roomd_request_duration_seconds Room request latency, dispatched to answered.\n\
+         # TYPE roomd_request_duration_seconds histogram"
+    );
+    for (method, h) in METHODS.iter().zip(&latencies.requests) {
+        h.render(
+            &mut out,
+            "roomd_request_duration_seconds",
+            &format!("method=\"{method}\","),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP roomd_join_to_media_seconds A participant's join to its first connected media endpoint.\n\
+         # TYPE roomd_join_to_media_seconds histogram"
+    );
+    latencies
+        .join_to_media
+        .render(&mut out, "roomd_join_to_media_seconds", "");
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         // Writing into a String cannot fail.
         let _ = writeln!(
@@ -28,6 +169,13 @@ pub(crate) fn render(rooms: &RoomGauges, refused: &Counters, media: &MediaStats)
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     };
+    metric(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident set size.",
+        rss,
+    );
+    metric("process_open_fds", "gauge", "Open file descriptors.", fds);
     metric(
         "roomd_rooms",
         "gauge",
@@ -173,4 +321,27 @@ pub(crate) fn render(rooms: &RoomGauges, refused: &Counters, media: &MediaStats)
         let _ = writeln!(out, "roomd_rtp_dropped_total{{reason=\"{reason:?}\"}} {n}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Buckets are cumulative, `+Inf` equals the count, the sum is in seconds.
+    #[test]
+    fn histogram_renders_cumulative_buckets() {
+        let h = Histogram::default();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x", "");
+        assert!(out.contains("x_bucket{le=\"0.001\"} 0\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.05\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count{} 3\n"), "{out}");
+        assert!(out.contains("x_sum{} 60.033\n"), "{out}");
+    }
 }

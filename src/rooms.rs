@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 use signaling::protocol::{ClientRequest, Notification};
-use signaling::room::{Input, Output, Removal, Room, RoomConfig};
+use signaling::room::{Input, MediaReport, Output, Removal, Room, RoomConfig, SessionId};
 use signaling::RoomError;
 
 use tokio::sync::Notify;
@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use crate::bridge::Bridge;
 use crate::drain::Lifecycle;
 use crate::lock;
+use crate::metrics::Latencies;
 use crate::room_handle::{RoomHandle, RoomInbox};
 use crate::sessions::{Admission, Outbound, Sessions};
 
@@ -37,6 +38,8 @@ pub(crate) struct RoomCtx {
     pub(crate) directory: Arc<Directory>,
     /// Room tasks are tracked for the drain; no new rooms while draining.
     pub(crate) lifecycle: Arc<Lifecycle>,
+    /// Where the join → first media connected time is recorded.
+    pub(crate) latencies: Arc<Latencies>,
 }
 
 /// Why no room could be had for a join.
@@ -196,6 +199,8 @@ async fn run_room(mut room: Room, inbox: RoomInbox, me: RoomHandle, ctx: RoomCtx
         inputs: mut rx,
         mut queries,
     } = inbox;
+    // When each participant joined, until its first media endpoint connects.
+    let mut joined: HashMap<SessionId, Instant> = HashMap::new();
     loop {
         let deadline = room.poll_timeout();
         let input = tokio::select! {
@@ -206,14 +211,23 @@ async fn run_room(mut room: Room, inbox: RoomInbox, me: RoomHandle, ctx: RoomCtx
             }
             () = sleep_until(deadline) => {
                 room.handle_timeout(Instant::now());
-                execute_outputs(&mut room, &me, &ctx);
+                execute_outputs(&mut room, &me, &ctx, &mut joined);
                 if room.is_empty() { break; }
                 continue;
             }
         };
         let Some(input) = input else { break };
-        room.handle(Instant::now(), input);
-        execute_outputs(&mut room, &me, &ctx);
+        let now = Instant::now();
+        if let Input::Media(MediaReport::Connected { endpoint }) = &input {
+            let first = room
+                .endpoint_owner(*endpoint)
+                .and_then(|s| joined.remove(s));
+            if let Some(at) = first {
+                ctx.latencies.join_to_media.observe(now - at);
+            }
+        }
+        room.handle(now, input);
+        execute_outputs(&mut room, &me, &ctx, &mut joined);
         if room.is_empty() {
             break;
         }
@@ -261,13 +275,14 @@ async fn run_room(mut room: Room, inbox: RoomInbox, me: RoomHandle, ctx: RoomCtx
                         &err.to_string(),
                         Some(&session.0),
                     );
+                    let ok = false;
                     ctx.sessions
-                        .deliver(&session, Outbound::Reply { id, frame });
+                        .deliver(&session, Outbound::Reply { id, frame, ok });
                 }
             }
             other => {
                 room.handle(Instant::now(), other);
-                execute_outputs(&mut room, &me, &ctx);
+                execute_outputs(&mut room, &me, &ctx, &mut joined);
             }
         }
     }
@@ -281,7 +296,12 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn execute_outputs(room: &mut Room, me: &RoomHandle, ctx: &RoomCtx) {
+fn execute_outputs(
+    room: &mut Room,
+    me: &RoomHandle,
+    ctx: &RoomCtx,
+    joined: &mut HashMap<SessionId, Instant>,
+) {
     while let Some(out) = room.poll_output() {
         match out {
             Output::Reply {
@@ -289,6 +309,7 @@ fn execute_outputs(room: &mut Room, me: &RoomHandle, ctx: &RoomCtx) {
                 id,
                 result,
             } => {
+                let ok = result.is_ok();
                 let frame = match result {
                     Ok(reply) => {
                         signaling::jsonrpc::encode_result(id, reply.to_value(), &session.0)
@@ -300,7 +321,7 @@ fn execute_outputs(room: &mut Room, me: &RoomHandle, ctx: &RoomCtx) {
                     }
                 };
                 ctx.sessions
-                    .deliver(&session, Outbound::Reply { id, frame });
+                    .deliver(&session, Outbound::Reply { id, frame, ok });
             }
             Output::Notify {
                 session,
@@ -311,6 +332,8 @@ fn execute_outputs(room: &mut Room, me: &RoomHandle, ctx: &RoomCtx) {
             Output::Media(cmd) => ctx.bridge.execute(cmd, &me.tx),
             Output::CloseSession { session } => ctx.sessions.deliver(&session, Outbound::Close),
             Output::Admitted { session, user } => {
+                tracing::info!(room = %me.name, %user, %session, "joined");
+                joined.insert(session.clone(), Instant::now());
                 // The one place a session becomes a participant. If its socket closed while
                 // the join was in flight, the room learns it here (the connection, when it
                 // ended, saw no membership to tell).
@@ -325,6 +348,8 @@ fn execute_outputs(room: &mut Room, me: &RoomHandle, ctx: &RoomCtx) {
                 }
             }
             Output::Removed { session, reason } => {
+                tracing::info!(room = %me.name, %session, ?reason, "left");
+                joined.remove(&session);
                 ctx.sessions
                     .remove_from(&session, me, reason == Removal::RoomClosed);
                 if reason != Removal::Left {
@@ -358,6 +383,7 @@ mod tests {
             ))),
             directory: Arc::new(Directory::new(RoomConfig::default(), 10)),
             lifecycle: Arc::default(),
+            latencies: Arc::default(),
         };
         let handle = ctx
             .directory

@@ -93,7 +93,7 @@ async fn ws_upgrade(
             let tasks = state.lifecycle.tasks.clone();
             // Tracked: the drain waits for every WebSocket to close.
             tasks
-                .track_future(run_connection(stream, sink, state, generation))
+                .track_future(run_connection(stream, sink, state, generation, Some(peer)))
                 .await;
         })
 }
@@ -170,6 +170,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let body = crate::metrics::render(
         &gauges,
         &state.counters,
+        &state.latencies,
         &state.room_ctx.bridge.media().stats(),
     );
     (

@@ -30,8 +30,8 @@ pub(crate) const OUTBOUND_CAPACITY: usize = 1024;
 pub(crate) enum Outbound {
     /// An event frame.
     Notification(String),
-    /// The answer to a room request.
-    Reply { id: Id, frame: String },
+    /// The answer to a room request (`ok`: a result, not an error).
+    Reply { id: Id, frame: String, ok: bool },
     /// The session stopped being a participant of the room with this serial without asking
     /// (evicted, room closed): a request still waiting for that room will not be answered.
     MembershipEnded { room_serial: u32 },

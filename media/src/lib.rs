@@ -84,6 +84,11 @@ pub enum MediaEvent {
         /// The candidate.
         candidate: IceCandidate,
     },
+    /// The endpoint's peer connection is up (ICE and DTLS done); reported once.
+    Connected {
+        /// The endpoint that connected.
+        endpoint: EndpointKey,
+    },
     /// The endpoint failed after negotiation (ICE/DTLS failure, peer connection closed by the
     /// network). The description is short and safe to show to a client.
     Failed {

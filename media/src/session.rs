@@ -138,8 +138,11 @@ impl PeerConnectionEventHandler for EndpointHandler {
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         debug!(endpoint = self.endpoint.0, %state, "peer connection state");
         match state {
-            RTCPeerConnectionState::Connected => {
-                self.connected.send_replace(true);
+            // Reported once: the first time the connection comes up.
+            RTCPeerConnectionState::Connected if !self.connected.send_replace(true) => {
+                self.reporter.emit(MediaEvent::Connected {
+                    endpoint: self.endpoint,
+                });
             }
             RTCPeerConnectionState::Failed => {
                 self.reporter.fail("media connection failed (ICE/DTLS)");

@@ -79,6 +79,23 @@ pub enum ClientRequest {
     CustomRequest,
 }
 
+impl ClientRequest {
+    /// The JSON-RPC method name of this request.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::JoinRoom { .. } => "joinRoom",
+            Self::PublishVideo { .. } => "publishVideo",
+            Self::UnpublishVideo => "unpublishVideo",
+            Self::ReceiveVideoFrom { .. } => "receiveVideoFrom",
+            Self::UnsubscribeFromVideo { .. } => "unsubscribeFromVideo",
+            Self::OnIceCandidate { .. } => "onIceCandidate",
+            Self::LeaveRoom => "leaveRoom",
+            Self::SendMessage { .. } => "sendMessage",
+            Self::CustomRequest => "customRequest",
+        }
+    }
+}
+
 /// A method handled by the JSON-RPC transport itself, outside any room.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransportRequest {

@@ -167,6 +167,11 @@ pub enum MediaReport {
         /// The candidate.
         candidate: Candidate,
     },
+    /// The endpoint's media connection is up (reported once per endpoint).
+    Connected {
+        /// The endpoint.
+        endpoint: EndpointId,
+    },
     /// The endpoint failed after negotiation.
     Failed {
         /// The endpoint.
@@ -483,6 +488,12 @@ impl Room {
             self.evict(&session);
         }
         self.drain_backlogs();
+    }
+
+    /// The session owning `endpoint` (its publisher or one of its subscriptions), if any.
+    pub fn endpoint_owner(&self, endpoint: EndpointId) -> Option<&SessionId> {
+        let (index, _) = self.owner_of(endpoint)?;
+        Some(&self.participants[index].session)
     }
 
     /// Who is in the room, in join order (for administrators).
@@ -919,6 +930,8 @@ impl Room {
                     ),
                 }
             }
+            // Nothing changes in the room; the driver measures join → media with it.
+            MediaReport::Connected { .. } => {}
             MediaReport::Failed {
                 endpoint,
                 description,
