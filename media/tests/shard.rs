@@ -322,6 +322,8 @@ struct Sim {
     events: Vec<(Instant, ShardEvent)>,
     cert: RTCCertificate,
     delivered: u64,
+    /// Wall time spent inside the shard's datagram and timer handling.
+    shard_busy: Duration,
 }
 
 impl Sim {
@@ -342,6 +344,7 @@ impl Sim {
             events: Vec::new(),
             cert: certificate(),
             delivered: 0,
+            shard_busy: Duration::ZERO,
         }
     }
 
@@ -453,8 +456,10 @@ impl Sim {
                 );
             }
             if d.to == self.shard_addr {
+                let t = Instant::now();
                 self.shard
                     .handle_datagram(self.now, self.shard_addr, d.from, &d.bytes);
+                self.shard_busy += t.elapsed();
             } else if let Some(&i) = self.by_addr.get(&d.to) {
                 let c = &mut self.clients[i];
                 let _ = c.pc.handle_read(TaggedBytesMut {
@@ -469,9 +474,11 @@ impl Sim {
                 });
             }
         }
+        let t = Instant::now();
         if self.shard.poll_timeout().is_some_and(|t| t <= self.now) {
             self.shard.handle_timeout(self.now);
         }
+        self.shard_busy += t.elapsed();
         for c in &mut self.clients {
             if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
                 let _ = c.pc.handle_timeout(self.now);
@@ -544,6 +551,21 @@ fn out_tracks() -> Vec<OutTrack> {
             track_id: "pub-video".to_owned(),
         },
     ]
+}
+
+/// CPU time of the calling thread so far (Linux, 10 ms resolution: aggregate many calls).
+fn thread_cpu() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may contain spaces): utime is the 14th field
+            // of the line, stime the 15th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 /// Resident set size of this process in kB (Linux).
@@ -705,9 +727,12 @@ fn a_hundred_peer_connections_share_one_port() {
     let rss_clients = rss_kb();
     let t_answer = Instant::now();
     let joined = sim.now;
+    let mut answers = Vec::new();
+    let mut by_kind = [Duration::ZERO; 2];
     for (i, offer) in offers.into_iter().enumerate() {
         let id = PeerId(i as u64);
-        let sdp = match sim.clients[i].kind {
+        let t = Instant::now();
+        answers.push(match sim.clients[i].kind {
             Kind::Publisher => {
                 sim.shard
                     .add_publisher(id, &offer, sim.now)
@@ -720,12 +745,15 @@ fn a_hundred_peer_connections_share_one_port() {
                     .expect("sub")
                     .sdp
             }
-        };
-        let now = sim.now;
-        sim.clients[i].set_answer(sdp, now);
+        });
+        by_kind[usize::from(sim.clients[i].kind == Kind::Subscriber)] += t.elapsed();
     }
     let answer_wall = t_answer.elapsed();
     let rss_answered = rss_kb();
+    for (i, sdp) in answers.into_iter().enumerate() {
+        let now = sim.now;
+        sim.clients[i].set_answer(sdp, now);
+    }
     let t_connect = Instant::now();
     assert!(
         sim.run_until(Duration::from_secs(10), Sim::all_connected),
@@ -756,11 +784,14 @@ fn a_hundred_peer_connections_share_one_port() {
         times[N - 1]
     );
     println!(
-        "{N} PCs: wall time {:?} total = answers {:?} ({:?}/PC) + ICE/DTLS of both sides {:?}; {} datagrams",
+        "{N} PCs: wall time {:?} total; shard answers {:?} ({:?}/publisher, {:?}/subscriber); ICE+DTLS of both sides {:?}, of which in the shard {:?} ({:?}/PC); {} datagrams",
         wall.elapsed(),
         answer_wall,
-        answer_wall / N as u32,
+        by_kind[0] / (N / 2) as u32,
+        by_kind[1] / (N / 2) as u32,
         connect_wall,
+        sim.shard_busy,
+        sim.shard_busy / N as u32,
         sim.delivered
     );
     println!(
@@ -1044,4 +1075,210 @@ fn the_shard_works_on_a_real_udp_socket() {
     let st = shard.stats();
     assert_eq!(st.drops.total(), 0, "{st:?}");
     shard.remove(PeerId(7));
+}
+
+/// An offer shaped like Chrome's (RED, RTX, FEC, CN, DTMF, H.264/VP9/AV1, header extensions,
+/// a data channel), built line by line.
+fn chrome_like_offer(direction: &str) -> String {
+    let mut s = String::from(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS s0\r\n",
+    );
+    let common = |s: &mut String, mid: u8| {
+        s.push_str("c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n");
+        s.push_str(
+            "a=ice-ufrag:c7Qn\r\na=ice-pwd:2BfWg8eq0v4hP6mA1rTzYk9x\r\na=ice-options:trickle\r\n",
+        );
+        s.push_str("a=fingerprint:sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9\r\n");
+        s.push_str(&format!("a=setup:actpass\r\na=mid:{mid}\r\n"));
+    };
+    s.push_str("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n");
+    common(&mut s, 0);
+    s.push_str("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n");
+    s.push_str(&format!("a={direction}\r\na=rtcp-mux\r\na=rtcp-rsize\r\n"));
+    s.push_str("a=rtpmap:111 opus/48000/2\r\na=rtcp-fb:111 transport-cc\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n");
+    s.push_str("a=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:13 CN/8000\r\na=rtpmap:110 telephone-event/48000\r\na=rtpmap:126 telephone-event/8000\r\n");
+    let video: &[(u8, &str, &str)] = &[
+        (96, "VP8", ""),
+        (98, "VP9", "profile-id=0"),
+        (100, "VP9", "profile-id=2"),
+        (
+            102,
+            "H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+        ),
+        (
+            104,
+            "H264",
+            "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f",
+        ),
+        (
+            106,
+            "H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        ),
+        (
+            108,
+            "H264",
+            "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f",
+        ),
+        (
+            112,
+            "H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f",
+        ),
+        (
+            116,
+            "H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f",
+        ),
+        (45, "AV1", ""),
+    ];
+    let mut pts: Vec<String> = Vec::new();
+    for (pt, _, _) in video {
+        pts.push(pt.to_string());
+        pts.push((pt + 1).to_string());
+    }
+    pts.extend(["118", "119", "120"].map(String::from));
+    s.push_str(&format!(
+        "m=video 9 UDP/TLS/RTP/SAVPF {}\r\n",
+        pts.join(" ")
+    ));
+    common(&mut s, 1);
+    s.push_str("a=extmap:14 urn:ietf:params:rtp-hdrext:toffset\r\na=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\na=extmap:13 urn:3gpp:video-orientation\r\na=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\na=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n");
+    s.push_str(&format!("a={direction}\r\na=rtcp-mux\r\na=rtcp-rsize\r\n"));
+    for (pt, name, fmtp) in video {
+        s.push_str(&format!("a=rtpmap:{pt} {name}/90000\r\n"));
+        for fb in ["goog-remb", "transport-cc", "ccm fir", "nack", "nack pli"] {
+            s.push_str(&format!("a=rtcp-fb:{pt} {fb}\r\n"));
+        }
+        if !fmtp.is_empty() {
+            s.push_str(&format!("a=fmtp:{pt} {fmtp}\r\n"));
+        }
+        s.push_str(&format!(
+            "a=rtpmap:{} rtx/90000\r\na=fmtp:{} apt={pt}\r\n",
+            pt + 1,
+            pt + 1
+        ));
+    }
+    s.push_str("a=rtpmap:118 red/90000\r\na=rtpmap:119 rtx/90000\r\na=fmtp:119 apt=118\r\na=rtpmap:120 ulpfec/90000\r\n");
+    s.push_str("m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n");
+    common(&mut s, 2);
+    s.push_str("a=sctp-port:5000\r\na=max-message-size:262144\r\n");
+    s
+}
+
+fn section<'a>(sdp: &'a str, kind: &str) -> &'a str {
+    let start = sdp.find(&format!("m={kind} ")).expect("section");
+    let rest = &sdp[start..];
+    let end = rest[2..].find("\r\nm=").map_or(rest.len(), |e| e + 4);
+    &rest[..end]
+}
+
+/// Browser-shaped offers: the answers have the right directions, keep the offer's payload
+/// types, leave out RTX/FEC, announce our SSRCs, and are ICE-lite / DTLS passive. Also times
+/// the negotiation (rtc's offer parsing grows with the number of payload types).
+#[test]
+fn chrome_shaped_offers_are_answered_as_roomd_always_did() {
+    let now = Instant::now();
+    let mut shard = Shard::new(ShardConfig::new(addr(SHARD)), now).expect("shard");
+    let t = Instant::now();
+    let answer = shard
+        .add_publisher(PeerId(1), &chrome_like_offer("sendonly"), now)
+        .expect("publisher");
+    let publish_time = t.elapsed();
+    let (audio, video) = (section(&answer.sdp, "audio"), section(&answer.sdp, "video"));
+    assert!(
+        audio.contains("a=recvonly") && video.contains("a=recvonly"),
+        "{}",
+        answer.sdp
+    );
+    assert!(
+        video.starts_with("m=video 9 UDP/TLS/RTP/SAVPF 96"),
+        "{video}"
+    );
+    assert!(
+        !video.contains("rtx/90000") && !video.contains("ulpfec"),
+        "{video}"
+    );
+    assert!(audio.contains("a=rtpmap:111 opus/48000/2"), "{audio}");
+    assert!(answer.sdp.contains("m=application 9"), "{}", answer.sdp);
+    assert!(answer.sdp.contains("a=ice-lite") && answer.sdp.contains("a=setup:passive"));
+    assert!(answer.sdp.contains("a=end-of-candidates"), "{}", answer.sdp);
+    assert_eq!(answer.tracks.len(), 2);
+    assert_eq!(answer.tracks[1].kind, MediaKind::Video);
+    assert_eq!(answer.tracks[1].codecs[0].pt, Pt(96));
+    assert_eq!(answer.tracks[1].codecs[0].mime, "video/VP8");
+
+    for (id, dir) in [(2, "recvonly"), (3, "sendrecv")] {
+        let t = Instant::now();
+        let sub = shard
+            .add_subscriber(PeerId(id), &chrome_like_offer(dir), &out_tracks(), now)
+            .expect("subscriber");
+        let subscribe_time = t.elapsed();
+        let (audio, video) = (section(&sub.sdp, "audio"), section(&sub.sdp, "video"));
+        assert!(
+            audio.contains("a=sendonly") && video.contains("a=sendonly"),
+            "{}",
+            sub.sdp
+        );
+        assert!(
+            video.contains(&format!("a=ssrc:{} ", 0x5eed_0001u32)),
+            "{video}"
+        );
+        assert_eq!(sub.tracks.len(), 2);
+        let v = sub
+            .tracks
+            .iter()
+            .find(|t| t.kind == MediaKind::Video)
+            .expect("video");
+        assert_eq!((v.pt, v.ssrc, v.index), (Pt(96), Ssrc(0x5eed_0001), 1));
+        let a = sub
+            .tracks
+            .iter()
+            .find(|t| t.kind == MediaKind::Audio)
+            .expect("audio");
+        assert_eq!(a.pt, Pt(111));
+        assert!(audio.contains(&format!("a=ssrc:{} ", a.ssrc.0)), "{audio}");
+        println!("Chrome-shaped {dir} subscribe answered in {subscribe_time:?}");
+    }
+    println!("Chrome-shaped publish answered in {publish_time:?} (first call)");
+    // Steady state, 50 of each: the median wall time, and this thread's CPU time per call (the
+    // machine may be busy; CPU time is what a shard thread would spend).
+    let mut times = [Vec::new(), Vec::new()];
+    let mut cpu = [Duration::ZERO; 2];
+    for i in 0..50u64 {
+        let (t, c) = (Instant::now(), thread_cpu());
+        shard
+            .add_publisher(PeerId(100 + i), &chrome_like_offer("sendonly"), now)
+            .expect("publisher");
+        times[0].push(t.elapsed());
+        cpu[0] += thread_cpu().saturating_sub(c);
+        let (t, c) = (Instant::now(), thread_cpu());
+        shard
+            .add_subscriber(
+                PeerId(200 + i),
+                &chrome_like_offer("recvonly"),
+                &out_tracks(),
+                now,
+            )
+            .expect("subscriber");
+        times[1].push(t.elapsed());
+        cpu[1] += thread_cpu().saturating_sub(c);
+    }
+    for t in &mut times {
+        t.sort();
+    }
+    println!(
+        "Chrome-shaped offers, 50 each: publisher answer median {:?} wall, {:?} CPU; subscriber answer median {:?} wall, {:?} CPU",
+        times[0][25],
+        cpu[0] / 50,
+        times[1][25],
+        cpu[1] / 50
+    );
+    // An offer without ICE credentials or mids is refused with a reason.
+    let bad = chrome_like_offer("sendonly").replace("a=ice-ufrag:c7Qn\r\n", "");
+    assert!(shard.add_publisher(PeerId(9), &bad, now).is_err());
+    assert!(shard
+        .add_publisher(PeerId(1), &chrome_like_offer("sendonly"), now)
+        .is_err());
 }

@@ -47,7 +47,9 @@ use rtc::rtp_transceiver::{
 };
 use rtc::sansio::Protocol;
 
-use crate::codecs::{media_sections, same_codec, CodecInfo, Direction, Kind, MediaSection};
+use crate::codecs::{
+    media_sections, registered_codecs, same_codec, CodecInfo, Direction, Kind, MediaSection,
+};
 
 use super::shard::{FailReason, ShardEvent, Transmit};
 use super::wire::{Mid, Pt, Ssrc};
@@ -330,6 +332,16 @@ pub(crate) struct PeerFactory {
     pub(crate) announced: Vec<SocketAddr>,
     pub(crate) ice: IceTimeouts,
     pub(crate) registry: RegistryFn,
+    /// The registered codecs, as [`CodecInfo`] (computed once: offers are checked against it).
+    pub(crate) supported: Vec<CodecInfo>,
+}
+
+/// The codecs every peer connection registers, for [`PeerFactory::supported`].
+pub(crate) fn supported_codecs() -> Vec<CodecInfo> {
+    registered_codecs()
+        .iter()
+        .map(|(c, _)| CodecInfo::from_rtc(c))
+        .collect()
 }
 
 impl PeerFactory {
@@ -384,7 +396,7 @@ impl PeerFactory {
         crypto: Option<Arc<dyn RTCCryptoProvider>>,
         now: Instant,
     ) -> Result<(Peer, PublisherAnswer), NegotiationError> {
-        let (desc, _sections) = parse_offer(offer)?;
+        let (desc, _sections) = parse_offer(offer, &self.supported)?;
         let mut pc = self.build(Role::Publisher, crypto, now)?;
         pc.set_remote_description(now, desc)
             .map_err(|e| rtc_err("offer rejected", e))?;
@@ -403,7 +415,7 @@ impl PeerFactory {
         crypto: Option<Arc<dyn RTCCryptoProvider>>,
         now: Instant,
     ) -> Result<(Peer, SubscriberAnswer), NegotiationError> {
-        let (desc, sections) = parse_offer(offer)?;
+        let (desc, sections) = parse_offer(offer, &self.supported)?;
         let mut pc = self.build(Role::Subscriber, crypto, now)?;
         let mut used = vec![false; sections.len()];
         // (track index, ssrc, sender)
@@ -532,7 +544,7 @@ impl PeerFactory {
         offer: &str,
         now: Instant,
     ) -> Result<String, NegotiationError> {
-        let (desc, _) = parse_offer(offer)?;
+        let (desc, _) = parse_offer(offer, &self.supported)?;
         peer.pc
             .set_remote_description(now, desc)
             .map_err(|e| rtc_err("offer rejected", e))?;
@@ -597,12 +609,19 @@ pub(crate) fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, Ne
         .map_err(|e| rtc_err("host candidate", e))
 }
 
-/// Parses and sanity-checks a client offer.
-fn parse_offer(sdp: &str) -> Result<(RTCSessionDescription, Vec<MediaSection>), NegotiationError> {
+/// Parses and sanity-checks a client offer; returns it with the payload types no registered
+/// codec takes removed (see [`prune_offer`]).
+fn parse_offer(
+    sdp: &str,
+    supported: &[CodecInfo],
+) -> Result<(RTCSessionDescription, Vec<MediaSection>), NegotiationError> {
     let bad = |m: &str| NegotiationError::InvalidOffer(m.to_owned());
-    let desc = RTCSessionDescription::offer(sdp.to_owned()).map_err(|_| bad("unparseable SDP"))?;
-    let parsed = desc.unmarshal().map_err(|_| bad("unparseable SDP"))?;
+    let parsed = RTCSessionDescription::offer(sdp.to_owned())
+        .and_then(|d| d.unmarshal())
+        .map_err(|_| bad("unparseable SDP"))?;
     let sections = media_sections(&parsed);
+    let desc = RTCSessionDescription::offer(prune_offer(sdp, &sections, supported))
+        .map_err(|_| bad("unparseable SDP"))?;
     if sections.is_empty() {
         return Err(bad("no media section"));
     }
@@ -616,6 +635,76 @@ fn parse_offer(sdp: &str) -> Result<(RTCSessionDescription, Vec<MediaSection>), 
         return Err(bad("no ICE credentials"));
     }
     Ok((desc, sections))
+}
+
+/// Removes from each audio/video section of an offer the payload types we would not answer
+/// anyway (RTX, RED, FEC, CN, DTMF, codecs or profiles not in `crate::codecs`): their `m=`
+/// format, `a=rtpmap`, `a=fmtp` and `a=rtcp-fb` lines. The answer is unchanged, but rtc's offer
+/// processing, which rebuilds a section's codec map for every payload type (quadratic), has a
+/// third of a browser offer's payload types left to look at. Payload types without an
+/// `a=rtpmap` are kept; so is a section in which nothing would remain.
+fn prune_offer(sdp: &str, sections: &[MediaSection], supported: &[CodecInfo]) -> String {
+    let drop: Vec<Vec<u8>> = sections
+        .iter()
+        .map(|s| {
+            let gone: Vec<u8> = s
+                .codecs
+                .iter()
+                .filter(|c| !c.is_media() || !supported.iter().any(|r| same_codec(r, c)))
+                .map(|c| c.payload_type)
+                .collect();
+            if gone.len() == s.codecs.len() {
+                Vec::new()
+            } else {
+                gone
+            }
+        })
+        .collect();
+    if drop.iter().all(Vec::is_empty) {
+        return sdp.to_owned();
+    }
+    let mut out = String::with_capacity(sdp.len());
+    let mut section: Option<usize> = None;
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        if body.starts_with("m=") {
+            section = Some(section.map_or(0, |i| i + 1));
+        }
+        let gone = section
+            .and_then(|i| drop.get(i))
+            .map_or(&[][..], Vec::as_slice);
+        if gone.is_empty() {
+            out.push_str(line);
+            continue;
+        }
+        if let Some(m) = body.strip_prefix("m=") {
+            // m=<media> <port> <proto> <fmt> ...
+            let mut parts = m.split(' ');
+            let head: Vec<&str> = parts.by_ref().take(3).collect();
+            let fmts: Vec<&str> = parts
+                .filter(|f| f.parse::<u8>().map_or(true, |pt| !gone.contains(&pt)))
+                .collect();
+            out.push_str("m=");
+            out.push_str(&head.join(" "));
+            for f in fmts {
+                out.push(' ');
+                out.push_str(f);
+            }
+            out.push_str(&line[body.len()..]);
+            continue;
+        }
+        let pt_of = |rest: &str| -> Option<u8> {
+            rest.split([' ', '/']).next().and_then(|p| p.parse().ok())
+        };
+        let pt = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
+            .iter()
+            .find_map(|p| body.strip_prefix(p).and_then(pt_of));
+        if pt.is_some_and(|pt| gone.contains(&pt)) {
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
 }
 
 /// The first `a=ice-ufrag` / `a=ice-pwd` of an SDP (bundled: every section carries the same).
@@ -876,6 +965,29 @@ mod tests {
             Some(("abcd".into(), "0123456789abcdef0123".into()))
         );
         assert_eq!(ice_credentials("v=0\r\na=ice-ufrag:x\r\n"), None);
+    }
+
+    #[test]
+    fn offers_lose_only_what_we_would_not_answer() {
+        let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63 0 13\r\na=mid:0\r\n\
+a=rtpmap:111 opus/48000/2\r\na=rtcp-fb:111 transport-cc\r\na=fmtp:111 minptime=10\r\n\
+a=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\na=rtpmap:13 CN/8000\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 35\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+a=rtpmap:35 H265/90000\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+a=mid:2\r\n";
+        let parsed = RTCSessionDescription::offer(offer.to_owned())
+            .and_then(|d| d.unmarshal())
+            .expect("parse");
+        let pruned = prune_offer(offer, &media_sections(&parsed), &supported_codecs());
+        assert_eq!(
+            pruned,
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=mid:0\r\n\
+a=rtpmap:111 opus/48000/2\r\na=rtcp-fb:111 transport-cc\r\na=fmtp:111 minptime=10\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 nack pli\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+a=mid:2\r\n"
+        );
     }
 
     #[test]

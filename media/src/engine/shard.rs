@@ -46,8 +46,8 @@ use rtc::stun::message::is_stun_message;
 
 use super::demux::{Demux, DropCounts, FiveTuple, DEFAULT_MAX_ADDRS_PER_PEER};
 use super::peer::{
-    default_registry, IceTimeouts, MediaKind, NegotiationError, OutTrack, Path, Peer, PeerFactory,
-    PeerId, PeerState, PublisherAnswer, RegistryFn, Role, SubscriberAnswer,
+    default_registry, supported_codecs, IceTimeouts, MediaKind, NegotiationError, OutTrack, Path,
+    Peer, PeerFactory, PeerId, PeerState, PublisherAnswer, RegistryFn, Role, SubscriberAnswer,
 };
 use super::wire::{Mid, Ssrc};
 
@@ -218,6 +218,7 @@ impl Shard {
             announced: config.addrs.iter().map(|a| a.announced).collect(),
             ice: config.ice,
             registry: config.registry,
+            supported: supported_codecs(),
         };
         Ok(Self {
             demux: Demux::new(provider, config.max_paths_per_peer),
