@@ -55,6 +55,33 @@ pub struct Config {
     /// Public IP to announce instead of `--media-ip` (1:1 NAT).
     #[arg(long, env = "ROOMD_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
+    /// STUN/TURN server URLs handed to browsers by `GET /iceServers` (comma-separated or
+    /// repeated), e.g. `turn:turn.example.org:3478?transport=udp`, for clients that cannot reach
+    /// the media ports directly. roomd itself needs none.
+    #[arg(long, env = "ROOMD_ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<String>,
+    /// Username for the `turn:` URLs; with `--turn-secret`, the `<user>` of the time-limited
+    /// `<expiry>:<user>` username (default `roomd`).
+    #[arg(long, env = "ROOMD_TURN_USERNAME")]
+    pub turn_username: Option<String>,
+    /// Static password for the `turn:` URLs (needs `--turn-username`).
+    #[arg(
+        long,
+        env = "ROOMD_TURN_CREDENTIAL",
+        hide_env_values = true,
+        requires = "turn_username",
+        conflicts_with = "turn_secret"
+    )]
+    pub turn_credential: Option<String>,
+    /// Shared secret of the TURN REST scheme (coturn's `use-auth-secret` +
+    /// `static-auth-secret`): every `GET /iceServers` gets a fresh username
+    /// `<expiry-unix-time>:<user>` with password base64(HMAC-SHA1(secret, username)).
+    #[arg(long, env = "ROOMD_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Lifetime of the TURN REST credentials, in seconds.
+    #[arg(long, env = "ROOMD_TURN_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub turn_ttl_secs: u64,
     /// Lowest UDP port for media peer connections.
     #[arg(long, env = "ROOMD_RTC_PORT_MIN", default_value_t = 40000)]
     pub rtc_port_min: u16,

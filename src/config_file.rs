@@ -56,6 +56,11 @@ const KEYS: &[(&str, &str, &str, Kind)] = &[
         "keyframe_interval_ms",
         Kind::Number,
     ),
+    ("rtc", "ice_servers", "ice_servers", Kind::List),
+    ("rtc", "turn_username", "turn_username", Kind::Text),
+    ("rtc", "turn_credential", "turn_credential", Kind::Secret),
+    ("rtc", "turn_secret", "turn_secret", Kind::Secret),
+    ("rtc", "turn_ttl_secs", "turn_ttl_secs", Kind::Number),
     (
         "room",
         "reconnection_grace_ms",
@@ -232,6 +237,19 @@ impl Config {
             "keyframe-interval-ms",
             self.keyframe_interval_ms.to_string(),
         );
+        if !self.ice_servers.is_empty() {
+            push("ice-servers", self.ice_servers.join(","));
+        }
+        for (flag, value) in [
+            ("turn-username", &self.turn_username),
+            ("turn-credential", &self.turn_credential),
+            ("turn-secret", &self.turn_secret),
+        ] {
+            if let Some(v) = value {
+                push(flag, v.clone());
+            }
+        }
+        push("turn-ttl-secs", self.turn_ttl_secs.to_string());
         push(
             "reconnection-grace-ms",
             self.reconnection_grace_ms.to_string(),
@@ -406,16 +424,23 @@ mod tests {
             "s3cret",
             "--allowed-origins",
             "https://a.example,https://b.example",
+            "--ice-servers",
+            "stun:stun.example.org,turn:turn.example.org:3478?transport=udp",
+            "--turn-secret",
+            "turn-s3cret",
         ])
         .expect("valid flags");
         let text = c.to_toml();
         assert!(!text.contains("s3cret"), "{text}");
-        assert!(text.contains("<redacted>"));
+        assert!(text.contains("turn_secret = \"<redacted>\""), "{text}");
         let (path, _rm) = write(&text.replace("\"<redacted>\"", "\"other\""));
         let back = Config::load(["roomd", "--config", path.to_str().expect("utf-8")])
             .expect("printed config parses");
         assert_eq!(back.port, 9300);
         assert_eq!(back.allowed_origins.len(), 2);
+        assert_eq!(back.ice_servers, c.ice_servers);
+        assert_eq!(back.turn_secret.as_deref(), Some("other"));
+        assert_eq!(back.turn_ttl_secs, 86_400);
         assert_eq!(back.max_sdp_bytes, c.max_sdp_bytes);
     }
 }

@@ -17,6 +17,7 @@ mod bridge;
 mod connection;
 mod demo;
 mod drain;
+mod ice_servers;
 mod limits;
 mod metrics;
 mod room_handle;
@@ -87,7 +88,10 @@ pub async fn serve(
         ),
         _ => None,
     };
+    let ice = ice_servers::IceServers::from_config(&config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     announce(&config, listener.local_addr()?);
+    ice.announce();
     let state = Arc::new(AppState::new(config));
     let router = server::router(Arc::clone(&state))
         .into_make_service_with_connect_info::<std::net::SocketAddr>();

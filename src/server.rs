@@ -1,5 +1,5 @@
 //! HTTP surface: the Kurento WebSocket at `/room`, the room server's REST calls, the demo
-//! app's `/getClientConfig`, the admin `/close`, `/health` and `/metrics`.
+//! app's `/getClientConfig` and `/iceServers`, the admin `/close`, `/health` and `/metrics`.
 //!
 //! Like the original's Spring `@RequestMapping`s, the REST calls answer any HTTP method and
 //! add no CORS headers. The WebSocket needs no subprotocol; it accepts any `Origin` unless
@@ -39,6 +39,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::admin::routes())
+        .merge(crate::ice_servers::routes())
         .merge(crate::demo::routes())
         .with_state(state)
 }
