@@ -17,8 +17,10 @@
   const STATS_INTERVAL_MS = 1000;
   const ROOMS_REFRESH_MS = 5000;
   const query = new URLSearchParams(location.search);
-  // The server announces its own candidates; no STUN/TURN needed to reach it.
-  const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' };
+  // The server announces its own candidates; STUN/TURN servers come from `GET /iceServers`
+  // (fresh TURN credentials at every join) for networks that cannot reach them directly.
+  // `?relay=1` forces every connection through TURN (iceTransportPolicy "relay").
+  const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle', iceTransportPolicy: query.get('relay') === '1' ? 'relay' : 'all' };
 
   // ---------------------------------------------------------------------------------------
   // Errors: every Kurento room error code (docs/protocol.md §2), in words a user understands.
@@ -211,6 +213,7 @@
     statsTimer: null,
     roomsTimer: null,
     prevStats: new WeakMap(),
+    rtcConfig: RTC_CONFIG, // + the iceServers of GET /iceServers, fetched at every join
   };
 
   const hook = {
@@ -496,7 +499,7 @@
   function newEntry(endpointName) {
     return {
       endpointName,
-      pc: new RTCPeerConnection(RTC_CONFIG),
+      pc: new RTCPeerConnection(app.rtcConfig),
       offerSent: false,
       answered: false,
       closed: false,
@@ -782,6 +785,19 @@
   // ---------------------------------------------------------------------------------------
   // Join, leave.
   // ---------------------------------------------------------------------------------------
+  /** RTC_CONFIG with the server's STUN/TURN servers; without them if it cannot say. */
+  async function loadRtcConfig() {
+    try {
+      const r = await fetch('/iceServers', { cache: 'no-store' });
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      const { iceServers } = await r.json();
+      return { ...RTC_CONFIG, iceServers: Array.isArray(iceServers) ? iceServers : [] };
+    } catch (e) {
+      log('no ICE servers from /iceServers:', e.message);
+      return RTC_CONFIG;
+    }
+  }
+
   async function join(room, user) {
     if (app.phase !== 'lobby') return;
     showLobbyError('');
@@ -794,6 +810,7 @@
       } catch (e) {
         toast(`No camera or microphone (${e.message || e.name}). You can still watch and chat.`, 'warn', 8000);
       }
+      app.rtcConfig = await loadRtcConfig();
       const socket = new RoomSocket(wsUrl(), (m, p) => { if (app.socket === socket) onEvent(m, p); }, (e, exp) => { if (app.socket === socket) onSocketClose(e, exp); });
       app.socket = socket;
       await socket.open();
