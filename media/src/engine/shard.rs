@@ -180,6 +180,8 @@ pub struct ShardStats {
     pub read_errors: u64,
     /// Peers that timed out before connecting.
     pub connect_timeouts: u64,
+    /// Timer wake-ups of individual peers (rtc `handle_timeout` calls): what idle peers cost.
+    pub peer_timeouts: u64,
 }
 
 /// Chooses the crypto provider of each new peer connection (`None`: rtc's default).
@@ -482,6 +484,7 @@ impl Shard {
                 continue;
             }
             let _ = peer.pc.handle_timeout(now);
+            self.stats.peer_timeouts += 1;
             self.after_input(id, now, true);
         }
         self.due = due;
