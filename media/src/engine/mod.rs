@@ -11,9 +11,19 @@
 //! - `peer`: one sans-IO peer connection of a shard: build, negotiate (ICE-lite answerer), drain.
 //! - `shard`: the sans-IO shard: many peer connections on one port, timer heap, queues.
 //! - `srtp`: SRTP keys captured from rtc's crypto provider, in-place seal of forwarded RTP.
+//! - `track`: a publisher track, where publisher and subscribers meet: ring, legs, keyframes, SRs.
+//! - `leg`: one subscriber's view of a track: in-place rewrite, own sequence space, gating, NACKs.
+//! - `nack_ring`: the clear packets of a track kept for retransmission, shared by its legs.
+//! - `keyframe`: keyframe starts in VP8/VP9/H.264 payloads, coalesced keyframe requests.
+//! - `sender_report`: the publisher's NTP↔RTP mapping in each leg's timestamp space; RTT.
 
 pub mod demux;
+pub mod keyframe;
+pub mod leg;
+pub mod nack_ring;
 pub mod peer;
+pub mod sender_report;
 pub mod shard;
 pub mod srtp;
+pub mod track;
 pub mod wire;

@@ -1,0 +1,284 @@
+//! The retransmission store of one publisher track: the last packets it sent us, in the clear,
+//! exactly as they arrived, shared by all the track's legs.
+//!
+//! Owns one contiguous buffer of `capacity` slots of `slot_size` bytes (allocated once, zeroed,
+//! so the kernel maps pages only as slots are used) and, per slot, which packet it holds. Does
+//! not own the mapping from a subscriber's sequence numbers to ours: each leg remembers, for
+//! every packet it sent, the [`RingId`] of the stored packet it was made from (`leg.rs`).
+//!
+//! Identity rule: a [`RingId`] names one stored arrival and is never reused, so a leg that asks
+//! for `(id, seq)` gets back exactly the bytes it forwarded the first time or nothing. This is
+//! what makes a plain retransmission byte-identical to the first transmission (same SRTP index,
+//! same plaintext: AES-GCM never sees one nonce with two plaintexts). For the same reason a
+//! duplicate arrival never replaces the stored copy ([`NotStored::Duplicate`]).
+//!
+//! Bounds: by count (slot `seq % capacity`, so at most `capacity` consecutive sequence numbers)
+//! and by age (`max_age` since arrival; older packets are useless to a receiver's jitter buffer).
+
+use std::time::{Duration, Instant};
+
+use super::wire::{SeqNo, Ssrc};
+
+/// Names one stored arrival. Ids start at 1 and only grow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RingId(pub u64);
+
+/// Why [`NackRing::insert`] did not store a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotStored {
+    /// The same SSRC and sequence number is stored already; the first arrival stays.
+    Duplicate,
+    /// Its slot holds a newer packet of the same SSRC: at least `capacity` packets behind.
+    TooOld,
+    /// Longer than a slot.
+    TooLarge,
+}
+
+/// Why [`NackRing::get`] has no packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// The slot now holds another arrival (evicted), or never held this one.
+    Evicted,
+    /// Still stored but older than `max_age`.
+    Expired,
+}
+
+/// Counters of one ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Packets stored.
+    pub stored: u64,
+    /// Arrivals refused as duplicates.
+    pub duplicates: u64,
+    /// Arrivals refused as too old.
+    pub too_old: u64,
+    /// Arrivals refused as too large.
+    pub too_large: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// 0: empty.
+    id: u64,
+    ssrc: Ssrc,
+    seq: SeqNo,
+    len: u16,
+    arrived: Option<Instant>,
+}
+
+const EMPTY: Slot = Slot {
+    id: 0,
+    ssrc: Ssrc(0),
+    seq: SeqNo(0),
+    len: 0,
+    arrived: None,
+};
+
+/// Default capacity of a video track's ring, in packets (≈ 1.5 s of 2.5 Mbit/s video).
+pub const VIDEO_CAPACITY: u16 = 512;
+/// Default slot size: a clear RTP packet of a 1500-byte MTU path.
+pub const SLOT_SIZE: usize = 1500;
+/// Default age limit.
+pub const MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Bounded store of clear RTP packets, indexed by sequence number.
+#[derive(Debug)]
+pub struct NackRing {
+    data: Box<[u8]>,
+    slots: Box<[Slot]>,
+    slot_size: usize,
+    mask: u16,
+    last_id: u64,
+    max_age: Duration,
+    stats: RingStats,
+}
+
+impl NackRing {
+    /// A ring of `capacity` packets (rounded up to a power of two, 16 ..= 32768) of at most
+    /// `slot_size` bytes each, none older than `max_age`. The only allocation of the ring.
+    pub fn new(capacity: u16, slot_size: usize, max_age: Duration) -> Self {
+        let capacity = capacity.clamp(16, 32_768).next_power_of_two();
+        let slot_size = slot_size.min(usize::from(u16::MAX));
+        Self {
+            data: vec![0; usize::from(capacity) * slot_size].into_boxed_slice(),
+            slots: vec![EMPTY; usize::from(capacity)].into_boxed_slice(),
+            slot_size,
+            mask: capacity - 1,
+            last_id: 0,
+            max_age,
+            stats: RingStats::default(),
+        }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Age limit of [`get`](Self::get).
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &RingStats {
+        &self.stats
+    }
+
+    fn index(&self, seq: SeqNo) -> usize {
+        usize::from(seq.0 & self.mask)
+    }
+
+    /// Stores a copy of `packet` (sequence number `seq` of `ssrc`, arrived `now`). No
+    /// allocation.
+    pub fn insert(
+        &mut self,
+        ssrc: Ssrc,
+        seq: SeqNo,
+        packet: &[u8],
+        now: Instant,
+    ) -> Result<RingId, NotStored> {
+        if packet.len() > self.slot_size {
+            self.stats.too_large += 1;
+            return Err(NotStored::TooLarge);
+        }
+        let i = self.index(seq);
+        let old = self.slots[i];
+        if old.id != 0 && old.ssrc == ssrc {
+            if old.seq == seq {
+                self.stats.duplicates += 1;
+                return Err(NotStored::Duplicate);
+            }
+            if old.seq.since(seq) > 0 {
+                self.stats.too_old += 1;
+                return Err(NotStored::TooOld);
+            }
+        }
+        self.last_id += 1;
+        let start = i * self.slot_size;
+        self.data[start..start + packet.len()].copy_from_slice(packet);
+        self.slots[i] = Slot {
+            id: self.last_id,
+            ssrc,
+            seq,
+            // slot_size <= u16::MAX, checked above.
+            len: packet.len() as u16,
+            arrived: Some(now),
+        };
+        self.stats.stored += 1;
+        Ok(RingId(self.last_id))
+    }
+
+    /// The stored bytes of arrival `id` (sequence number `seq`), if still there and not older
+    /// than `max_age` at `now`.
+    pub fn get(&self, id: RingId, seq: SeqNo, now: Instant) -> Result<&[u8], Miss> {
+        let i = self.index(seq);
+        let slot = &self.slots[i];
+        if slot.id != id.0 || slot.seq != seq {
+            return Err(Miss::Evicted);
+        }
+        match slot.arrived {
+            Some(at) if now.saturating_duration_since(at) <= self.max_age => {}
+            _ => return Err(Miss::Expired),
+        }
+        let start = i * self.slot_size;
+        Ok(&self.data[start..start + usize::from(slot.len)])
+    }
+
+    /// The id of the packet stored for `ssrc`/`seq`, if any (e.g. to answer a NACK by source
+    /// sequence number).
+    pub fn find(&self, ssrc: Ssrc, seq: SeqNo) -> Option<RingId> {
+        let slot = &self.slots[self.index(seq)];
+        (slot.id != 0 && slot.ssrc == ssrc && slot.seq == seq).then_some(RingId(slot.id))
+    }
+
+    /// Forgets every packet (ids are not reused).
+    pub fn clear(&mut self) {
+        self.slots.fill(EMPTY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(seq: u16, len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[..2].copy_from_slice(&seq.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn stores_and_returns_the_first_arrival_only() {
+        let t0 = Instant::now();
+        let mut ring = NackRing::new(16, 100, MAX_AGE);
+        let id = ring.insert(Ssrc(1), SeqNo(7), &pkt(7, 20), t0).unwrap();
+        assert_eq!(ring.get(id, SeqNo(7), t0).unwrap(), &pkt(7, 20)[..]);
+        // A duplicate with other bytes is refused; the stored copy is unchanged.
+        let mut dup = pkt(7, 20);
+        dup[10] = 0xFF;
+        assert_eq!(
+            ring.insert(Ssrc(1), SeqNo(7), &dup, t0),
+            Err(NotStored::Duplicate)
+        );
+        assert_eq!(ring.get(id, SeqNo(7), t0).unwrap(), &pkt(7, 20)[..]);
+        assert_eq!(ring.find(Ssrc(1), SeqNo(7)), Some(id));
+        assert_eq!(ring.find(Ssrc(2), SeqNo(7)), None);
+    }
+
+    #[test]
+    fn bounded_by_count_by_age_and_by_size() {
+        let t0 = Instant::now();
+        let mut ring = NackRing::new(16, 100, Duration::from_millis(500));
+        assert_eq!(ring.capacity(), 16);
+        let first = ring
+            .insert(Ssrc(1), SeqNo(65_530), &pkt(1, 10), t0)
+            .unwrap();
+        // 16 later (across the sequence wrap) takes the same slot: the first is evicted.
+        let later = ring
+            .insert(Ssrc(1), SeqNo(65_530).wrapping_add(16), &pkt(2, 10), t0)
+            .unwrap();
+        assert!(later > first);
+        assert_eq!(ring.get(first, SeqNo(65_530), t0), Err(Miss::Evicted));
+        // The evicted one arriving again now is too old for its slot.
+        assert_eq!(
+            ring.insert(Ssrc(1), SeqNo(65_530), &pkt(1, 10), t0),
+            Err(NotStored::TooOld)
+        );
+        // Age.
+        let at_limit = t0 + Duration::from_millis(500);
+        assert!(ring
+            .get(later, SeqNo(65_530).wrapping_add(16), at_limit)
+            .is_ok());
+        assert_eq!(
+            ring.get(
+                later,
+                SeqNo(65_530).wrapping_add(16),
+                at_limit + Duration::from_millis(1)
+            ),
+            Err(Miss::Expired)
+        );
+        // Size.
+        assert_eq!(
+            ring.insert(Ssrc(1), SeqNo(3), &pkt(3, 101), t0),
+            Err(NotStored::TooLarge)
+        );
+        let s = ring.stats();
+        assert_eq!((s.stored, s.too_old, s.too_large), (2, 1, 1));
+    }
+
+    #[test]
+    fn another_source_overwrites_and_ids_are_never_reused() {
+        let t0 = Instant::now();
+        let mut ring = NackRing::new(16, 100, MAX_AGE);
+        let a = ring.insert(Ssrc(1), SeqNo(5), &pkt(5, 10), t0).unwrap();
+        let b = ring.insert(Ssrc(2), SeqNo(5), &pkt(6, 10), t0).unwrap();
+        assert_eq!(ring.get(a, SeqNo(5), t0), Err(Miss::Evicted));
+        assert_eq!(ring.get(b, SeqNo(5), t0).unwrap(), &pkt(6, 10)[..]);
+        ring.clear();
+        assert_eq!(ring.get(b, SeqNo(5), t0), Err(Miss::Evicted));
+        let c = ring.insert(Ssrc(2), SeqNo(5), &pkt(6, 10), t0).unwrap();
+        assert!(c > b, "a re-stored packet gets a new id");
+        assert_eq!(ring.get(b, SeqNo(5), t0), Err(Miss::Evicted));
+    }
+}

@@ -1,0 +1,191 @@
+//! The v2 engine's forwarding objects (`media::engine::{track, leg, nack_ring, keyframe,
+//! sender_report}`) allocate nothing per packet: a counting global allocator (`stats_alloc`)
+//! watches a steady-state run of forwarding to several legs (extensions stamped, one leg with
+//! RTX, one congested now and then so that it waits for keyframes), NACKs answered by plain
+//! and RTX retransmissions, keyframe requests, and sender and receiver reports.
+//!
+//! One test in this binary on purpose: the allocator's counters are global.
+
+use std::alloc::System;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use media::engine::keyframe::Codec;
+use media::engine::leg::{
+    abs_send_time, extension_rules, uri, Leg, LegConfig, LegId, Outbound, PtMap, Sent,
+};
+use media::engine::sender_report::{ntp_middle, SenderReport};
+use media::engine::track::{Egress, Track, TrackConfig};
+use media::engine::wire::{Mid, Pt, SeqNo, Ssrc};
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const LEGS: u64 = 4;
+const CONGESTED: LegId = LegId(2);
+
+/// Preallocated buffer, one transport counter, no queue: what a shard's egress looks like to
+/// the track. Leg 2 is congested while `full` is set.
+struct Sink {
+    buf: Vec<u8>,
+    transport_seq: u16,
+    abs: u32,
+    full: bool,
+    sent: u64,
+    bytes: u64,
+}
+
+impl Egress for Sink {
+    fn outbound(&mut self, leg: LegId) -> Option<Outbound<'_>> {
+        if self.full && leg == CONGESTED {
+            return None;
+        }
+        Some(Outbound {
+            buf: &mut self.buf,
+            transport_seq: &mut self.transport_seq,
+            abs_send_time: self.abs,
+        })
+    }
+
+    fn commit(&mut self, _leg: LegId, sent: Sent) {
+        self.sent += 1;
+        self.bytes += sent.len as u64 + u64::from(black_box(self.buf[sent.len - 1]));
+    }
+}
+
+/// A browser-like VP8 packet: abs-send-time, transport-cc and mid in the one-byte form, a
+/// 1100-byte payload; every 30th packet starts a keyframe.
+fn packet(seq: u16) -> Vec<u8> {
+    let mut b = vec![0x90, 96];
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(&(u32::from(seq / 3) * 3000).to_be_bytes());
+    b.extend_from_slice(&0x1111_1111u32.to_be_bytes());
+    b.extend_from_slice(&[0xBE, 0xDE, 0, 3]);
+    b.extend_from_slice(&[0x32, 1, 2, 3, 0x51, 0, 7, 0x90, b'0', 0, 0, 0]);
+    let descriptor: &[u8] = if seq % 30 == 0 {
+        &[0x10, 0x00]
+    } else if seq % 3 == 0 {
+        &[0x10, 0x01]
+    } else {
+        &[0x00, 0x01]
+    };
+    b.extend_from_slice(descriptor);
+    b.resize(b.len() + 1100, 0xA5);
+    b
+}
+
+fn leg(id: u64, rtx: bool, now: Instant) -> Leg {
+    let mut c = LegConfig::new(Ssrc(0x2000 + id as u32), 90_000);
+    c.payload_types = vec![PtMap {
+        publisher: Pt(96),
+        subscriber: Pt(100),
+        rtx: rtx.then_some(Pt(101)),
+    }];
+    c.rtx_ssrc = rtx.then_some(Ssrc(0x3000 + id as u32));
+    c.extensions = extension_rules(
+        &[
+            (3, uri::ABS_SEND_TIME),
+            (5, uri::TRANSPORT_CC),
+            (9, uri::MID),
+        ],
+        &[
+            (2, uri::ABS_SEND_TIME),
+            (4, uri::TRANSPORT_CC),
+            (1, uri::MID),
+        ],
+    );
+    c.mid = Some(Mid(id.to_string()));
+    c.gate_on_keyframes = true;
+    c.first_seq = SeqNo(65_000);
+    Leg::new(LegId(id), &c, now)
+}
+
+#[test]
+fn forwarding_retransmitting_and_reporting_allocate_nothing() {
+    let t0 = Instant::now();
+    let mut track = Track::new(&TrackConfig::new(90_000, vec![(Pt(96), Codec::Vp8)]));
+    for id in 1..=LEGS {
+        track.add_leg(leg(id, id == 3, t0), t0);
+    }
+    let packets: Vec<Vec<u8>> = (0..4_000u16).map(packet).collect();
+    let mut sink = Sink {
+        buf: vec![0; 1500],
+        transport_seq: 0,
+        abs: 0,
+        full: false,
+        sent: 0,
+        bytes: 0,
+    };
+    let nacks: Vec<[NackPair; 2]> = (0..4_000u16)
+        .map(|i| {
+            let out = 65_000u16.wrapping_add(i);
+            [
+                NackPair {
+                    packet_id: out.wrapping_sub(20),
+                    lost_packets: 0b101,
+                },
+                NackPair::new(out.wrapping_sub(3)),
+            ]
+        })
+        .collect();
+    let mut sr_buf = [0u8; SenderReport::LEN];
+    let mut pli = 0u32;
+
+    let mut run = |range: std::ops::Range<usize>, sink: &mut Sink, track: &mut Track| {
+        for i in range {
+            let now = t0 + Duration::from_micros(i as u64 * 3_000);
+            sink.abs = abs_send_time(now - t0);
+            sink.full = i % 97 < 3;
+            let _ = track.on_rtp(&packets[i], now, sink);
+            if i % 10 == 0 {
+                track.on_nack(LegId(1 + (i as u64 / 10) % LEGS), &nacks[i], now, sink);
+            }
+            if i % 200 == 0 {
+                track.on_keyframe_request(LegId(4), now);
+                track.on_sender_report(Ssrc(0x1111_1111), (i as u64) << 32, i as u32, now);
+            }
+            if track.poll_keyframe_request(now) {
+                pli += 1;
+            }
+            let mut srs = [(LegId(0), 0u32); LEGS as usize];
+            let mut n = 0;
+            track.poll_sender_reports(now, |id, sr| {
+                sr.write_to(&mut sr_buf);
+                srs[n] = (id, ntp_middle(sr.ntp));
+                n += 1;
+            });
+            for (id, lsr) in &srs[..n] {
+                track.on_receiver_report(*id, *lsr, 655, now + Duration::from_millis(15));
+            }
+        }
+    };
+
+    // Warm up: every slot of the ring and of the legs' histories written once.
+    run(0..1_500, &mut sink, &mut track);
+    let before = sink.sent;
+    let region = Region::new(GLOBAL);
+    run(1_500..4_000, &mut sink, &mut track);
+    let change = region.change();
+
+    let sent = sink.sent - before;
+    assert!(sent > 2_500 * (LEGS - 1), "forwarded {sent}");
+    let waits = track.leg(CONGESTED).unwrap().stats().keyframe_waits;
+    assert!(
+        waits > 10,
+        "the congested leg waited for keyframes {waits} times"
+    );
+    let l3 = track.leg(LegId(3)).unwrap().stats();
+    let l1 = track.leg(LegId(1)).unwrap().stats();
+    assert!(
+        l3.rtx_packets > 0 && l1.retransmissions > 0,
+        "{l3:?} {l1:?}"
+    );
+    assert!(pli > 0 && track.stats().sender_reports_out > 0);
+    assert_eq!(
+        (change.allocations, change.reallocations),
+        (0, 0),
+        "{sent} packets sent, {change:?}"
+    );
+}
