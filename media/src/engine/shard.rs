@@ -27,6 +27,10 @@
 //!   provider (SRTP key capture). [`Shard::write_rtp`] / [`Shard::write_rtcp`] are rtc's own
 //!   (slow, sealing) paths: never `write_rtp` on an SSRC the forwarding layer seals itself.
 //!
+//! Not (yet) here: data channels (SCTP runs, messages are dropped), loopback (a publisher
+//! that also receives), track changes on renegotiation (only ICE restart), simulcast by rid
+//! (`TrackOpen.rid` is reported, nothing else), ICE-TCP, and the I/O loop itself.
+//!
 //! Owns [`Shard`], [`ShardConfig`], [`ShardAddr`], [`ShardEvent`], [`Transmit`],
 //! [`FailReason`], [`ShardError`], [`ShardStats`].
 
@@ -398,6 +402,10 @@ impl Shard {
         let Some(peer) = self.peers.get_mut(&routed.peer) else {
             return;
         };
+        if peer.state == PeerState::Failed {
+            // Terminal: the owner is removing it; a late client must not revive it.
+            return;
+        }
         self.stats.datagrams_routed += 1;
         let msg = TaggedBytesMut {
             now,
