@@ -14,7 +14,8 @@
 //! (12-byte header on top): 160 ≈ Opus audio, 1200 ≈ a full video packet.
 //!
 //! The binary installs a counting global allocator (`stats_alloc`, as `benches/fanout.rs`) and,
-//! after the `srtp/seal` group, prints allocations per packet of both paths in steady state.
+//! after the `srtp/seal` group, prints allocations per packet of both paths in steady state, then
+//! both paths timed in alternating batches (thread CPU time; robust to a loaded machine).
 //! Every allocation therefore costs a few atomic increments more than with the plain system
 //! allocator (rtc-srtp's encrypt and decrypt allocate once per packet).
 //!
@@ -124,6 +125,7 @@ fn bench_seal(c: &mut Criterion) {
     let mut g = c.benchmark_group("srtp/seal");
     g.throughput(Throughput::Elements(1));
     let mut allocations = Vec::new();
+    let mut interleaved = Vec::new();
     for (name, profile) in PROFILES {
         for len in [160usize, 1200] {
             let clear = plain(0, len);
@@ -167,6 +169,24 @@ fn bench_seal(c: &mut Criterion) {
             }
             let fast_allocs = reg.change().allocations;
             allocations.push((name, len, rtc_allocs, fast_allocs));
+
+            // The same two paths in alternating batches, timed in thread CPU time: a loaded
+            // machine shifts criterion's sequential figures by tens of percent between runs,
+            // while both halves of an alternating pair see the same conditions.
+            let mut per_packet = [Vec::new(), Vec::new()];
+            for _ in 0..AB_ROUNDS {
+                let t = thread_cpu();
+                for _ in 0..AB_BATCH {
+                    rtc_step();
+                }
+                per_packet[0].push((thread_cpu() - t).as_nanos() as f64 / AB_BATCH as f64);
+                let t = thread_cpu();
+                for _ in 0..AB_BATCH {
+                    fast_step();
+                }
+                per_packet[1].push((thread_cpu() - t).as_nanos() as f64 / AB_BATCH as f64);
+            }
+            interleaved.push((name, len, per_packet.map(quartiles)));
         }
     }
     g.finish();
@@ -179,6 +199,38 @@ fn bench_seal(c: &mut Criterion) {
         );
         assert_eq!(fast_allocs, 0, "the in-place seal allocated");
     }
+    println!(
+        "interleaved A/B, thread CPU ns per packet, quartiles [q1 median q3] of {AB_ROUNDS} \
+         alternating batches of {AB_BATCH}:"
+    );
+    for (name, len, [rtc, fast]) in interleaved {
+        println!(
+            "  srtp/seal {name}/{len:<5} rtc_srtp [{:.0} {:.0} {:.0}]   in_place [{:.0} {:.0} {:.0}]   \
+             in_place/rtc_srtp {:.2}",
+            rtc[0],
+            rtc[1],
+            rtc[2],
+            fast[0],
+            fast[1],
+            fast[2],
+            fast[1] / rtc[1]
+        );
+    }
+}
+
+const AB_ROUNDS: usize = 300;
+const AB_BATCH: usize = 500;
+
+fn thread_cpu() -> Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .expect("thread CPU clock");
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
+fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    [at(0.25), at(0.5), at(0.75)]
 }
 
 criterion_group!(benches, bench_protect, bench_unprotect, bench_seal);
