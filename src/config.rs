@@ -37,6 +37,13 @@ pub struct Config {
     /// Print the effective configuration (secrets redacted) as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Do not serve the demo page (`/`, `/demo/*`): the Kurento API and REST calls only.
+    #[arg(long, env = "ROOMD_NO_DEMO")]
+    pub no_demo: bool,
+    /// Serve `/metrics` on this address only (e.g. `127.0.0.1:9100`) instead of on the main
+    /// HTTP port, so that it need not be exposed with the WebSocket.
+    #[arg(long, env = "ROOMD_METRICS_BIND")]
+    pub metrics_bind: Option<std::net::SocketAddr>,
     /// Address the HTTP/WebSocket server listens on.
     #[arg(long, env = "ROOMD_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,

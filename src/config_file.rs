@@ -44,6 +44,8 @@ const KEYS: &[(&str, &str, &str, Kind)] = &[
         Kind::Number,
     ),
     ("server", "allowed_origins", "allowed_origins", Kind::List),
+    ("server", "no_demo", "no_demo", Kind::Flag),
+    ("server", "metrics_bind", "metrics_bind", Kind::Text),
     ("server", "tls_cert", "tls_cert", Kind::Text),
     ("server", "tls_key", "tls_key", Kind::Text),
     ("rtc", "media_ip", "media_ip", Kind::Text),
@@ -223,6 +225,9 @@ impl Config {
         if !self.allowed_origins.is_empty() {
             push("allowed-origins", self.allowed_origins.join(","));
         }
+        if let Some(m) = self.metrics_bind {
+            push("metrics-bind", m.to_string());
+        }
         if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {
             push("tls-cert", c.display().to_string());
             push("tls-key", k.display().to_string());
@@ -290,6 +295,9 @@ impl Config {
         );
         push("threshold-speaker", self.threshold_speaker.to_string());
         push("filter-request-param", self.filter_request_param.clone());
+        if self.no_demo {
+            a.push("--no-demo".into());
+        }
         if self.loopback_remote {
             a.push("--loopback-remote".into());
         }

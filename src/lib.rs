@@ -92,7 +92,29 @@ pub async fn serve(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     announce(&config, listener.local_addr()?);
     ice.announce();
+    let metrics_listener = match config.metrics_bind {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen for metrics on {addr}: {e}"),
+            )
+        })?),
+        None => None,
+    };
     let state = Arc::new(AppState::new(config));
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        let router = server::metrics_router(Arc::clone(&state));
+        let stop = state.lifecycle.stop.clone();
+        state.lifecycle.tasks.spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let router = server::router(Arc::clone(&state))
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     // The HTTP server stops accepting only after the drain: WebSockets of existing calls and

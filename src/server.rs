@@ -28,7 +28,7 @@ use crate::AppState;
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/room", get(ws_upgrade))
         .route("/getAllRooms", any(all_rooms))
         .route("/getUpdateSpeakerInterval", any(update_speaker_interval))
@@ -37,10 +37,21 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .merge(crate::admin::routes())
-        .merge(crate::ice_servers::routes())
-        .merge(crate::demo::routes())
+        .merge(crate::ice_servers::routes());
+    if state.config.metrics_bind.is_none() {
+        router = router.route("/metrics", get(metrics));
+    }
+    if !state.config.no_demo {
+        router = router.merge(crate::demo::routes());
+    }
+    router.with_state(state)
+}
+
+/// `/metrics` alone, for its own listener (`--metrics-bind`).
+pub(crate) fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 

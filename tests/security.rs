@@ -254,3 +254,34 @@ async fn a_request_flood_is_refused_then_closed() {
         1
     );
 }
+
+/// `--no-demo` serves the API without the page; `--metrics-bind` moves `/metrics` off the
+/// public port onto its own listener.
+#[tokio::test]
+async fn no_demo_and_a_separate_metrics_listener() {
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr")
+    };
+    let server = start_server_with(roomd::Config {
+        no_demo: true,
+        metrics_bind: Some(metrics_addr),
+        ..config()
+    })
+    .await;
+    assert_eq!(http_request(server.addr, "GET", "/", &[]).await.0, 404);
+    assert_eq!(
+        http_request(server.addr, "GET", "/metrics", &[]).await.0,
+        404
+    );
+    assert_eq!(server.get("/getAllRooms").await.0, 200);
+    let (status, body) = http_request(metrics_addr, "GET", "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("roomd_rooms"), "{body}");
+    let plain = start_server_with(config()).await;
+    assert_eq!(http_request(plain.addr, "GET", "/", &[]).await.0, 200);
+    assert_eq!(
+        http_request(plain.addr, "GET", "/metrics", &[]).await.0,
+        200
+    );
+}
