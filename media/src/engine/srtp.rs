@@ -15,7 +15,9 @@
 //!   and [`SrtpSealer::seal`] encrypting a clear RTP packet in place in the caller's buffer (tag in
 //!   the tail room), with no allocation per packet. Output is byte-identical to rtc-srtp's
 //!   `Context::encrypt_rtp` for the same packets (tested). It refuses to seal the same packet
-//!   index twice on an SSRC (a GCM nonce must never be reused).
+//!   index twice on an SSRC (a GCM nonce must never carry two plaintexts); a plain
+//!   retransmission goes through [`SrtpSealer::reseal`], which checks that it reproduces the
+//!   first sealing's tag before anything can be sent.
 //!
 //! Profiles: AEAD_AES_128_GCM and AEAD_AES_256_GCM (RFC 7714), AES_CM_128_HMAC_SHA1_80 and _32
 //! (RFC 3711): every profile rtc 0.21.1 negotiates. SRTCP stays with rtc.

@@ -33,7 +33,8 @@ pub enum SealError {
         available: usize,
     },
     /// This packet index (SSRC, rollover counter, sequence number) was sealed already: sealing
-    /// it again would reuse a nonce. Re-send the stored SRTP bytes instead.
+    /// it again would reuse a nonce. A byte-identical retransmission goes through
+    /// [`SrtpSealer::reseal`].
     #[error("packet index {index} of SSRC {ssrc:#010x} was sealed already")]
     Reused {
         /// SSRC of the packet.
@@ -45,6 +46,23 @@ pub enum SealError {
     /// its SSRC: whether it was sealed already cannot be told.
     #[error("packet index {index} of SSRC {ssrc:#010x} is too old to seal")]
     TooOld {
+        /// SSRC of the packet.
+        ssrc: u32,
+        /// 48-bit SRTP packet index.
+        index: u64,
+    },
+    /// [`SrtpSealer::reseal`] of a packet index that was never sealed (use `seal`).
+    #[error("packet index {index} of SSRC {ssrc:#010x} was never sealed")]
+    NotSealed {
+        /// SSRC of the packet.
+        ssrc: u32,
+        /// 48-bit SRTP packet index.
+        index: u64,
+    },
+    /// [`SrtpSealer::reseal`] of bytes that differ from the first sealing of that index. The
+    /// output (one nonce, two plaintexts) was wiped from the buffer: it must never be sent.
+    #[error("packet index {index} of SSRC {ssrc:#010x} resealed with different bytes")]
+    ResealMismatch {
         /// SSRC of the packet.
         ssrc: u32,
         /// 48-bit SRTP packet index.
@@ -90,16 +108,20 @@ struct SsrcState {
     highest: u64,
     /// Bit `i % WINDOW` set: index `i` (within `WINDOW` of `highest`) was sealed.
     sealed: [u64; WINDOW_WORDS],
+    /// The first 4 bytes of the tag index `i` was sealed with, at `i % WINDOW`: what
+    /// [`SrtpSealer::reseal`] compares to tell a byte-identical retransmission.
+    tags: [u32; WINDOW as usize],
 }
 
 impl SsrcState {
-    fn new(ssrc: u32, first: u64) -> SsrcState {
+    fn new(ssrc: u32, first: u64, tag: u32) -> SsrcState {
         let mut s = SsrcState {
             ssrc,
             highest: first,
             sealed: [0; WINDOW_WORDS],
+            tags: [0; WINDOW as usize],
         };
-        s.mark(first);
+        s.mark(first, tag);
         s
     }
 
@@ -143,7 +165,24 @@ impl SsrcState {
         Ok(())
     }
 
-    fn commit(&mut self, index: u64) {
+    /// The tag of `index` if it was sealed and is still within the window.
+    fn sealed_tag(&self, index: u64) -> Result<u32, SealError> {
+        if index > self.highest || !self.is_marked(index) {
+            return Err(SealError::NotSealed {
+                ssrc: self.ssrc,
+                index,
+            });
+        }
+        if self.highest - index >= WINDOW {
+            return Err(SealError::TooOld {
+                ssrc: self.ssrc,
+                index,
+            });
+        }
+        Ok(self.tags[(index % WINDOW) as usize])
+    }
+
+    fn commit(&mut self, index: u64, tag: u32) {
         if index > self.highest {
             let ahead = index - self.highest;
             if ahead >= WINDOW {
@@ -155,16 +194,17 @@ impl SsrcState {
             }
             self.highest = index;
         }
-        self.mark(index);
+        self.mark(index, tag);
     }
 
     fn bit(index: u64) -> (usize, u64) {
         let slot = index % WINDOW;
         ((slot / 64) as usize, 1u64 << (slot % 64))
     }
-    fn mark(&mut self, index: u64) {
+    fn mark(&mut self, index: u64, tag: u32) {
         let (w, b) = Self::bit(index);
         self.sealed[w] |= b;
+        self.tags[(index % WINDOW) as usize] = tag;
     }
     fn unmark(&mut self, index: u64) {
         let (w, b) = Self::bit(index);
@@ -178,9 +218,11 @@ impl SsrcState {
 
 /// The outbound SRTP context of one leg: seals clear RTP packets in place.
 ///
-/// Built once per peer connection from its local [`MasterKey`]; holds a rollover counter per
-/// SSRC (starting at 0 on an SSRC's first packet, as rtc-srtp does). No allocation per packet
-/// once an SSRC has been seen (its state is added on its first packet).
+/// Built once per peer connection from its local [`MasterKey`] and kept as long as that
+/// connection: a second sealer with the same key would start its rollover counters and its
+/// record of sealed indices afresh. Per SSRC (added on its first packet, the only allocation):
+/// the rollover counter, starting at 0 as in rtc-srtp, and which of the last 1024 indices were
+/// sealed with which tag (about 4.2 kB). No allocation per packet.
 ///
 /// Exclusive use: rtc must never send RTP on an SSRC sealed here, or the two contexts would
 /// reuse nonces (see the engine notes).
@@ -284,23 +326,10 @@ impl SrtpSealer {
 
     /// Encrypts the clear RTP packet `buf[..len]` in place and appends its tag; returns the SRTP
     /// packet's length (`len + overhead()`). `buf` must extend at least `overhead()` bytes past
-    /// `len`. On error `buf[..len]` may be unchanged or not, but the sealer's state is.
+    /// `len`. Refuses a packet index it sealed already ([`SealError::Reused`]). On error the
+    /// sealer's state is unchanged and nothing in `buf` is fit to send.
     pub fn seal(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SealError> {
-        let tag_len = self.profile.overhead();
-        let available = buf.len().saturating_sub(len);
-        if len > buf.len() {
-            return Err(SealError::NotRtp);
-        }
-        if available < tag_len {
-            return Err(SealError::NoTailRoom {
-                needed: tag_len,
-                available,
-            });
-        }
-        let header_len = rtp_header_len(&buf[..len])?;
-        let seq = u16::from_be_bytes([buf[2], buf[3]]);
-        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
-
+        let (header_len, ssrc, seq) = self.parse(buf, len)?;
         let slot = self.ssrcs.iter().position(|s| s.ssrc == ssrc);
         let index = match slot {
             Some(i) => {
@@ -312,8 +341,69 @@ impl SrtpSealer {
             // An SSRC's first packet has ROC 0 (RFC 3711 §3.3.1; rtc-srtp and libsrtp alike).
             None => u64::from(seq),
         };
-        let roc = (index >> 16) as u32;
+        let tag = self.encrypt(buf, len, header_len, ssrc, index)?;
+        match slot {
+            Some(i) => self.ssrcs[i].commit(index, tag),
+            None => self.ssrcs.push(SsrcState::new(ssrc, index, tag)),
+        }
+        Ok(len + self.profile.overhead())
+    }
 
+    /// Seals again a packet index sealed before, for a plain retransmission: `buf[..len]` must
+    /// be byte for byte the clear packet of the first sealing, and the output then is byte for
+    /// byte the first SRTP packet (same nonce, same plaintext: nothing new for an observer).
+    /// Checked: if the new tag differs from the first one (other header or payload bytes), the
+    /// output is wiped and [`SealError::ResealMismatch`] returned. Only within the sealer's
+    /// window (the last 1024 indices of the SSRC); the state is never changed.
+    pub fn reseal(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SealError> {
+        let (header_len, ssrc, seq) = self.parse(buf, len)?;
+        let Some(state) = self.ssrcs.iter().find(|s| s.ssrc == ssrc) else {
+            return Err(SealError::NotSealed {
+                ssrc,
+                index: u64::from(seq),
+            });
+        };
+        let index = state.index_of(seq)?;
+        let first = state.sealed_tag(index)?;
+        let tag = self.encrypt(buf, len, header_len, ssrc, index)?;
+        let out = len + self.profile.overhead();
+        if tag != first {
+            buf[..out].fill(0);
+            return Err(SealError::ResealMismatch { ssrc, index });
+        }
+        Ok(out)
+    }
+
+    /// Checks `buf[..len]` is an RTP packet with tail room for the tag; its header length,
+    /// SSRC and sequence number.
+    fn parse(&self, buf: &[u8], len: usize) -> Result<(usize, u32, u16), SealError> {
+        if len > buf.len() {
+            return Err(SealError::NotRtp);
+        }
+        let needed = self.profile.overhead();
+        let available = buf.len() - len;
+        if available < needed {
+            return Err(SealError::NoTailRoom { needed, available });
+        }
+        let header_len = rtp_header_len(&buf[..len])?;
+        let seq = u16::from_be_bytes([buf[2], buf[3]]);
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        Ok((header_len, ssrc, seq))
+    }
+
+    /// Encrypts `buf[header_len..len]` for packet `index` and writes the tag after it; returns
+    /// the tag's first 4 bytes.
+    fn encrypt(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        header_len: usize,
+        ssrc: u32,
+        index: u64,
+    ) -> Result<u32, CryptoError> {
+        let tag_len = self.profile.overhead();
+        let roc = (index >> 16) as u32;
+        let seq = index as u16;
         match &mut self.cipher {
             Cipher::Gcm { aead, salt } => {
                 // RFC 7714 §8.1: IV = (0x0000 || SSRC || ROC || SEQ) XOR salt.
@@ -345,12 +435,12 @@ impl SrtpSealer {
                 tail[..tag_len].copy_from_slice(&full[..tag_len]);
             }
         }
-
-        match slot {
-            Some(i) => self.ssrcs[i].commit(index),
-            None => self.ssrcs.push(SsrcState::new(ssrc, index)),
-        }
-        Ok(len + tag_len)
+        Ok(u32::from_be_bytes([
+            buf[len],
+            buf[len + 1],
+            buf[len + 2],
+            buf[len + 3],
+        ]))
     }
 }
 

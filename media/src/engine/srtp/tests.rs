@@ -95,6 +95,25 @@ fn seal(sealer: &mut SrtpSealer, clear: &[u8]) -> Result<Vec<u8>, SealError> {
     Ok(buf)
 }
 
+/// Reseals `clear` (a retransmission) with `sealer`.
+fn reseal(sealer: &mut SrtpSealer, clear: &[u8]) -> Result<Vec<u8>, SealError> {
+    let mut buf = clear.to_vec();
+    buf.resize(clear.len() + sealer.overhead(), 0xEE);
+    match sealer.reseal(&mut buf, clear.len()) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(buf)
+        }
+        Err(e) => {
+            assert!(
+                buf.iter().all(|&b| b == 0) || !matches!(e, SealError::ResealMismatch { .. }),
+                "a mismatching reseal left its output in the buffer"
+            );
+            Err(e)
+        }
+    }
+}
+
 #[test]
 fn key_derivation_matches_rfc3711_appendix_b3() {
     let hex = |s: &str| -> Vec<u8> {
@@ -260,6 +279,78 @@ fn sealer_refuses_to_reuse_an_index_and_keeps_its_state_on_errors() {
         send(&mut sealer, 3001).expect("next"),
         &reference.encrypt_rtp(&clear).expect("reference")[..]
     );
+}
+
+#[test]
+fn reseal_repeats_the_first_sealing_byte_for_byte_and_refuses_anything_else() {
+    for profile in SrtpProfile::ALL {
+        let key = master(profile, 5);
+        let mut sealer = SrtpSealer::new(profile, &key, ring().crypto()).expect("sealer");
+        let mut reference = rtc_context(profile, &key);
+        let ssrc = 0x0DD_BA11;
+        // 65530 ..= 65535 with ROC 0, then 0 ..= 9 with ROC 1.
+        let clear: Vec<Vec<u8>> = (0..16u16)
+            .map(|k| rtp(65_530u16.wrapping_add(k), ssrc, 96, 120, (k % 5) as u8))
+            .collect();
+        let sealed: Vec<Vec<u8>> = clear
+            .iter()
+            .map(|c| {
+                reference.encrypt_rtp(c).expect("reference");
+                seal(&mut sealer, c).expect("seal")
+            })
+            .collect();
+
+        // Retransmissions from before and after the wrap: the first sealing again.
+        for k in [2usize, 5, 6, 15, 2] {
+            assert_eq!(
+                reseal(&mut sealer, &clear[k]).expect("reseal"),
+                sealed[k],
+                "{profile}: retransmission {k}"
+            );
+        }
+        // Other bytes under a sealed index: a header field (what a rewrite with a fresh
+        // transport-wide sequence number would change) or the payload.
+        let mut other_header = clear[4].clone();
+        other_header[5] ^= 0x40; // timestamp
+        let mut other_payload = clear[7].clone();
+        *other_payload.last_mut().expect("payload") ^= 1;
+        for bad in [other_header, other_payload] {
+            assert!(
+                matches!(
+                    reseal(&mut sealer, &bad),
+                    Err(SealError::ResealMismatch {
+                        ssrc: 0x0DD_BA11,
+                        ..
+                    })
+                ),
+                "{profile}"
+            );
+        }
+        // Indices never sealed: ahead of the newest, another SSRC.
+        assert!(matches!(
+            reseal(&mut sealer, &rtp(10, ssrc, 96, 120, 0)),
+            Err(SealError::NotSealed { index: 65_546, .. })
+        ));
+        assert!(matches!(
+            reseal(&mut sealer, &rtp(3, ssrc ^ 1, 96, 120, 0)),
+            Err(SealError::NotSealed { .. })
+        ));
+        // None of it moved the state: the next packet seals exactly as rtc-srtp's.
+        let next = rtp(10, ssrc, 96, 120, 0);
+        assert_eq!(
+            seal(&mut sealer, &next).expect("seal"),
+            &reference.encrypt_rtp(&next).expect("reference")[..],
+            "{profile}"
+        );
+        // Out of the window: too old to tell.
+        for seq in 11..1100u16 {
+            seal(&mut sealer, &rtp(seq, ssrc, 96, 20, 0)).expect("seal");
+        }
+        assert!(matches!(
+            reseal(&mut sealer, &clear[9]),
+            Err(SealError::TooOld { .. })
+        ));
+    }
 }
 
 /// Drives rtc-srtp's own context construction through a capture: the order and content of its
@@ -650,6 +741,36 @@ fn client_decrypts_the_fast_path(profile: SrtpProfile, dtls_role: RTCDtlsRole) {
         expected.len()
     );
     assert!(got == expected, "{profile}/{dtls_role:?}: payloads differ");
+
+    // A plain retransmission: a packet lost on the way is resealed from the same clear bytes
+    // and delivered late; the client takes it.
+    let lost_seq = first.wrapping_add(count + 2);
+    let mut lost = None;
+    let mut buf = vec![0u8; 1500];
+    for k in 0..5u16 {
+        let seq = first.wrapping_add(count + k);
+        let mut clear = rtp(seq, SERVER_SSRC, pt, 0, 0);
+        clear.extend(payload(seq));
+        buf[..clear.len()].copy_from_slice(&clear);
+        let n = sealer.seal(&mut buf, clear.len()).expect("seal");
+        if seq == lost_seq {
+            lost = Some(clear);
+        } else {
+            client.receive(server.addr, &buf[..n], now);
+        }
+    }
+    let before: Vec<u16> = client.rtp_read().iter().map(|p| p.0).collect();
+    assert_eq!(before.len(), 4, "{profile}/{dtls_role:?}");
+    assert!(!before.contains(&lost_seq));
+    let lost = lost.expect("lost packet");
+    buf[..lost.len()].copy_from_slice(&lost);
+    let n = sealer.reseal(&mut buf, lost.len()).expect("reseal");
+    client.receive(server.addr, &buf[..n], now);
+    assert_eq!(
+        client.rtp_read(),
+        vec![(lost_seq, SERVER_SSRC, payload(lost_seq))],
+        "{profile}/{dtls_role:?}: retransmission"
+    );
 
     // And the connection is still fine.
     client.poll_events();
