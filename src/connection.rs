@@ -66,6 +66,7 @@ struct Connection {
     generation: u64,
     tx: mpsc::Sender<Outbound>,
     kill: Arc<Notify>,
+    replaced: Arc<Notify>,
     session: Option<Arc<Session>>,
     /// The room request waiting for its answer.
     in_flight: Option<InFlight>,
@@ -110,6 +111,7 @@ pub(crate) async fn run_connection<R, W, E>(
         generation,
         tx,
         kill: Arc::new(Notify::new()),
+        replaced: Arc::new(Notify::new()),
         session: None,
         in_flight: None,
         queue: VecDeque::new(),
@@ -120,11 +122,13 @@ pub(crate) async fn run_connection<R, W, E>(
     let end = loop {
         let deadline = conn.watchdog.map(|(_, d)| d);
         let kill = Arc::clone(&conn.kill);
+        let replaced = Arc::clone(&conn.replaced);
         let stop = conn.state.lifecycle.stop.clone();
         let event = tokio::select! {
             frame = stream.next() => Event::Frame(frame),
             out = rx.recv() => Event::Out(out),
             () = kill.notified() => Event::Overflow,
+            () = replaced.notified() => Event::Replaced,
             () = stop.cancelled() => Event::Shutdown,
             () = sleep_until(deadline) => Event::Watchdog,
         };
@@ -147,6 +151,13 @@ pub(crate) async fn run_connection<R, W, E>(
                 frames.push(Frame::Close(
                     CLOSE_TRY_AGAIN_LATER,
                     "Outbound queue overflow",
+                ));
+                Step::End(End::Dropped)
+            }
+            Event::Replaced => {
+                frames.push(Frame::Close(
+                    CLOSE_NORMAL,
+                    "Session taken over by a new connection",
                 ));
                 Step::End(End::Dropped)
             }
@@ -197,6 +208,7 @@ enum Event<E> {
     Frame(Option<Result<Message, E>>),
     Out(Option<Outbound>),
     Overflow,
+    Replaced,
     Shutdown,
     Watchdog,
 }
@@ -402,8 +414,8 @@ impl Connection {
             }
         }
         let (old, room) = session.attach(self.conn());
-        if let Some(kill) = old {
-            kill.notify_one(); // The session's previous socket, if still open, is closed.
+        if let Some(replaced) = old {
+            replaced.notify_one(); // The session's previous socket, if still open, is closed.
         }
         if let Some(room) = room {
             let input = Input::Reconnected {
@@ -419,6 +431,7 @@ impl Connection {
             generation: self.generation,
             tx: self.tx.clone(),
             kill: Arc::clone(&self.kill),
+            replaced: Arc::clone(&self.replaced),
         }
     }
 

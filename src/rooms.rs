@@ -395,6 +395,7 @@ mod tests {
             generation: 1,
             tx,
             kill: Arc::new(Notify::new()),
+            replaced: Arc::new(Notify::new()),
         });
         ctx.sessions.admit(&session.id, &handle, "u".into());
         supervise(

@@ -47,6 +47,8 @@ pub(crate) struct Conn {
     pub(crate) tx: mpsc::Sender<Outbound>,
     /// Notified when the outbound queue overflowed: the connection must close.
     pub(crate) kill: Arc<Notify>,
+    /// Notified when another connection took the session over (`connect`): it must close.
+    pub(crate) replaced: Arc<Notify>,
 }
 
 /// The room a session is in, as far as routing its requests is concerned.
@@ -146,13 +148,13 @@ impl Session {
         }
     }
 
-    /// Makes `conn` the session's connection. Returns the previous connection's kill switch
+    /// Makes `conn` the session's connection. Returns the previous connection's `replaced` switch
     /// and the room the session is in, read in the same step as the attach (so that a room
     /// admitting the session concurrently is either seen here or sees this connection).
     pub(crate) fn attach(&self, conn: Conn) -> (Option<Arc<Notify>>, Option<RoomHandle>) {
         let mut inner = lock(&self.inner);
         inner.last_generation = conn.generation;
-        let old = inner.conn.replace(conn).map(|old| old.kill);
+        let old = inner.conn.replace(conn).map(|old| old.replaced);
         (old, inner.membership.room().cloned())
     }
 
@@ -311,6 +313,7 @@ mod tests {
             generation,
             tx: mpsc::channel(1).0,
             kill: Arc::new(Notify::new()),
+            replaced: Arc::new(Notify::new()),
         }
     }
 

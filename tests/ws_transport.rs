@@ -428,6 +428,35 @@ async fn connect_within_grace_resumes_the_session() {
     );
 }
 
+/// `connect` from a second socket while the first is still open takes the session over: the
+/// first socket is closed with 1000 and says why (not as if its queue had overflowed), and the
+/// session goes on through the second.
+#[tokio::test]
+async fn a_takeover_closes_the_old_socket_with_its_reason() {
+    let server = start_server().await;
+    let mut a = server.client().await;
+    let sid = a.join("r", "a").await["result"]["sessionId"]
+        .as_str()
+        .expect("sessionId")
+        .to_owned();
+    let mut a2 = server.client().await;
+    let r = a2.call("connect", json!({"sessionId": sid})).await;
+    assert_eq!(r["result"]["value"], "reconnection successful");
+    let close = a.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1000);
+    assert_eq!(
+        close.reason.as_str(),
+        "Session taken over by a new connection"
+    );
+    let r = a2
+        .call(
+            "sendMessage",
+            json!({"userMessage":"a","roomMessage":"r","message":"moved"}),
+        )
+        .await;
+    assert_eq!(r["result"]["sessionId"], sid.as_str());
+}
+
 /// Checklist 56: connect with an unknown id is 40007; without one it answers OK + sessionId.
 #[tokio::test]
 async fn connect_with_unknown_or_without_session_id() {
