@@ -11,6 +11,8 @@
 //! - `peer`: one sans-IO peer connection of a shard: build, negotiate (ICE-lite answerer), drain.
 //! - `shard`: the sans-IO shard: many peer connections on one port, timer heap, queues.
 //! - `srtp`: SRTP keys captured from rtc's crypto provider, in-place seal of forwarded RTP.
+//! - `forward`: a shard's forwarding state: tracks and legs from shard events, SRTP sealing,
+//!   the queue of sealed datagrams, RTCP (NACK, PLI/FIR, RR, SR) both ways.
 //! - `track`: a publisher track, where publisher and subscribers meet: ring, legs, keyframes, SRs.
 //! - `leg`: one subscriber's view of a track: in-place rewrite, own sequence space, gating, NACKs.
 //! - `nack_ring`: the clear packets of a track kept for retransmission, shared by its legs.
@@ -18,6 +20,7 @@
 //! - `sender_report`: the publisher's NTP↔RTP mapping in each leg's timestamp space; RTT.
 
 pub mod demux;
+pub mod forward;
 pub mod keyframe;
 pub mod leg;
 pub mod nack_ring;

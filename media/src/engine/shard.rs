@@ -53,6 +53,7 @@ use super::peer::{
     default_registry, supported_codecs, IceTimeouts, MediaKind, NegotiationError, OutTrack, Path,
     Peer, PeerFactory, PeerId, PeerState, PublisherAnswer, RegistryFn, Role, SubscriberAnswer,
 };
+use super::srtp::{negotiated_profile, KeyCaptureError, SrtpProfile};
 use super::wire::{Mid, Ssrc};
 
 /// One local address of the shard: the socket address the driver receives on and sends from,
@@ -591,6 +592,18 @@ impl Shard {
         }
         self.after_input(id, now, false);
         Ok(())
+    }
+
+    /// The SRTP protection profile the peer's DTLS handshake negotiated (`None`: no such peer;
+    /// [`KeyCaptureError::NotYet`] before the handshake completed). The forwarding layer needs it
+    /// to read the keys its crypto hook captured.
+    pub fn srtp_profile(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+    ) -> Option<Result<SrtpProfile, KeyCaptureError>> {
+        let peer = self.peers.get_mut(&id)?;
+        Some(negotiated_profile(&mut peer.pc, now))
     }
 
     /// The peer's connection state.

@@ -1,0 +1,903 @@
+//! The forwarding state of one shard: publisher tracks, subscriber legs, SRTP sealing and the
+//! queue of sealed datagrams. Sans-IO, like the shard it sits on: it consumes the shard's
+//! [`ShardEvent`]s and the time, talks RTCP back through [`Shard::write_rtcp`], and queues
+//! forwarded SRTP for its driver ([`Forwarder::peek_transmit`] / [`Forwarder::pop_transmit`]).
+//!
+//! ```text
+//!  shard.poll_event() ──▶ Forwarder::handle_event ──▶ (other events back to the owner)
+//!        TrackOpen (publisher)  → a Track
+//!        Connected (subscriber) → SRTP keys captured → sealer → its legs attached (keyframe asked)
+//!        RtpIn                  → Track::on_rtp → per leg: copy + rewrite → seal → transmit queue
+//!        RtcpIn (subscriber)    → NACK → on_nack (retransmission, same queue); PLI/FIR →
+//!                                 on_keyframe_request; RR → on_receiver_report
+//!        RtcpIn (publisher)     → SR → on_sender_report
+//!  poll_timeout / handle_timeout → PLIs to publishers, SRs to subscribers (Shard::write_rtcp),
+//!                                  selected paths refreshed
+//! ```
+//!
+//! Owns [`Forwarder`], [`ForwardConfig`], [`ForwardStats`], [`Datagram`], [`Source`].
+//!
+//! The hard rule (see `srtp.rs`): once the forwarder seals an SSRC, rtc never sends RTP on it.
+//! The forwarder never calls [`Shard::write_rtp`], and the shard's default subscriber chain has
+//! no RTP-sending interceptor (no NACK responder, no SR interceptor, no pacer). Sealers are
+//! built once per subscriber connection and never rebuilt (a rebuilt sealer would start its
+//! rollover counters again and reuse nonces): a second `Connected` (after an ICE restart or a
+//! disconnection) keeps the first.
+//!
+//! The transmit queue is bounded ([`ForwardConfig::transmit_queue`]); when it is full, legs see
+//! congestion (the track's [`Egress::outbound`] returns `None`: the leg skips the packet
+//! without taking a sequence number, and video waits for the next keyframe). Its buffers are
+//! pooled: in steady state forwarding allocates nothing per packet (beyond what rtc already
+//! allocated to parse the packet it hands the shard).
+//!
+//! Subscriptions name their sources by publisher peer and mid ([`Source`]); a leg is attached
+//! when both ends are ready (the subscriber connected with its keys captured, the publisher's
+//! track open), in whichever order that happens, and detached when either side is removed.
+//! Not here yet: RTX towards subscribers (the shard's answers leave RTX out), simulcast,
+//! loopback, data channels.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rtc::crypto::RTCCryptoProvider;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport as RtcSenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::shared::marshal::Marshal;
+
+use super::keyframe::Codec;
+use super::leg::{
+    abs_send_time, extension_rules, Leg, LegConfig, LegId, Outbound, PtMap, SendKind, Sent,
+};
+use super::nack_ring;
+use super::peer::{
+    CodecSpec, MediaKind, PeerId, PublisherAnswer, Role, SentTrack, SubscriberAnswer,
+};
+use super::sender_report::SenderReport;
+use super::shard::{CryptoHook, Shard, ShardEvent};
+use super::srtp::{KeyCaptureError, SrtpKeyCapture, SrtpKeys, SrtpSealer};
+use super::track::{Egress, Track, TrackConfig};
+use super::wire::{Mid, SeqNo, Ssrc};
+
+/// How to build a [`Forwarder`].
+#[derive(Clone, Debug)]
+pub struct ForwardConfig {
+    /// Sealed datagrams queued at most (all subscribers of the shard); beyond, legs see
+    /// congestion.
+    pub transmit_queue: usize,
+    /// Size of each pooled transmit buffer (a clear packet of the ring's slot size, RTX's two
+    /// bytes and the SRTP tag must fit).
+    pub buffer_size: usize,
+    /// How often the subscribers' selected paths are re-read from the shard (a client moving
+    /// to another address is followed within this).
+    pub path_refresh: Duration,
+    /// Sender SSRC of the PLIs sent to publishers.
+    pub rtcp_ssrc: Ssrc,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            transmit_queue: 4096,
+            buffer_size: 1600,
+            path_refresh: Duration::from_millis(250),
+            rtcp_ssrc: Ssrc(1),
+        }
+    }
+}
+
+/// Where a subscriber's track comes from: the publisher peer and its section's mid.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Source {
+    pub publisher: PeerId,
+    pub mid: Mid,
+}
+
+/// Counters of a forwarder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardStats {
+    /// RTP packets from publishers.
+    pub rtp_in: u64,
+    /// Of those, on an SSRC with no open track.
+    pub rtp_unknown_ssrc: u64,
+    /// Of those, that did not fit the scratch buffer when marshalled back.
+    pub rtp_too_large: u64,
+    /// Sealed datagrams queued (first transmissions and retransmissions).
+    pub queued: u64,
+    /// Of `queued`, retransmissions.
+    pub retransmitted: u64,
+    /// Packets a leg wrote that the sealer refused (never sent).
+    pub seal_errors: u64,
+    /// Times a leg found the transmit queue full.
+    pub queue_full: u64,
+    /// PLIs sent to publishers.
+    pub plis_sent: u64,
+    /// Sender reports sent to subscribers.
+    pub srs_sent: u64,
+    /// NACK / PLI / FIR / RR blocks from subscribers about one of their legs.
+    pub nacks_in: u64,
+    pub keyframe_requests_in: u64,
+    pub receiver_reports_in: u64,
+    /// Publisher sender reports.
+    pub sender_reports_in: u64,
+    /// `write_rtcp` failures.
+    pub rtcp_errors: u64,
+    /// Subscribers whose SRTP keys could not be read (their legs never attach).
+    pub key_errors: u64,
+}
+
+/// A sealed datagram to send.
+#[derive(Debug)]
+pub struct Datagram<'a> {
+    /// The socket address to send from.
+    pub local: SocketAddr,
+    pub dest: SocketAddr,
+    pub bytes: &'a [u8],
+}
+
+type TrackKey = u64;
+
+struct PubTrack {
+    publisher: PeerId,
+    mid: Mid,
+    kind: MediaKind,
+    codecs: Vec<CodecSpec>,
+    /// Negotiated header extensions of the section (id, URI).
+    extmap: Vec<(u8, String)>,
+    /// Publisher media SSRC, once open.
+    ssrc: Option<Ssrc>,
+    track: Option<Track>,
+}
+
+struct SubLeg {
+    sent: SentTrack,
+    source: Source,
+    extmap: Vec<(u8, String)>,
+    attached: Option<TrackKey>,
+}
+
+struct Sub {
+    capture: Option<Arc<SrtpKeyCapture>>,
+    sealer: Option<SrtpSealer>,
+    /// (local socket address, client address).
+    path: Option<(SocketAddr, SocketAddr)>,
+    transport_seq: u16,
+    epoch: Instant,
+    legs: Vec<SubLeg>,
+}
+
+/// The transmit queue and its buffer pool.
+struct TxQueue {
+    free: Vec<Vec<u8>>,
+    /// The buffer last handed to a leg (reused if the leg did not commit).
+    current: Option<Vec<u8>>,
+    queue: VecDeque<(SocketAddr, SocketAddr, Vec<u8>, usize)>,
+    cap: usize,
+    size: usize,
+}
+
+impl TxQueue {
+    fn new(cap: usize, size: usize) -> Self {
+        Self {
+            free: Vec::new(),
+            current: None,
+            queue: VecDeque::with_capacity(cap),
+            cap,
+            size,
+        }
+    }
+
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        let size = self.size;
+        let free = &mut self.free;
+        self.current
+            .get_or_insert_with(|| free.pop().unwrap_or_else(|| vec![0; size]))
+    }
+}
+
+/// Captures created by the crypto hook, until [`Forwarder::add_subscriber`] takes them.
+type Captures = Arc<Mutex<HashMap<PeerId, Arc<SrtpKeyCapture>>>>;
+
+/// The forwarding state of one shard. See the module documentation.
+pub struct Forwarder {
+    config: ForwardConfig,
+    tracks: HashMap<TrackKey, PubTrack>,
+    next_key: TrackKey,
+    /// (publisher, mid) → track.
+    by_mid: HashMap<(PeerId, Mid), TrackKey>,
+    /// (publisher, media SSRC) → track: the RTP hot path.
+    by_ssrc: HashMap<(PeerId, u32), TrackKey>,
+    /// Publishers and the extmaps of their sections (mid → extmap).
+    publishers: HashMap<PeerId, Vec<TrackKey>>,
+    subs: HashMap<PeerId, Sub>,
+    /// (subscriber, leg SSRC) → track: where the subscriber's RTCP goes.
+    leg_by_ssrc: HashMap<(PeerId, u32), TrackKey>,
+    captures: Captures,
+    tx: TxQueue,
+    scratch: Vec<u8>,
+    reports: Vec<(LegId, SenderReport)>,
+    next_path_refresh: Option<Instant>,
+    stats: ForwardStats,
+}
+
+impl Forwarder {
+    /// An empty forwarder.
+    pub fn new(config: ForwardConfig) -> Self {
+        let tx = TxQueue::new(config.transmit_queue.max(1), config.buffer_size.max(64));
+        Self {
+            scratch: vec![0; config.buffer_size.max(64)],
+            config,
+            tracks: HashMap::new(),
+            next_key: 1,
+            by_mid: HashMap::new(),
+            by_ssrc: HashMap::new(),
+            publishers: HashMap::new(),
+            subs: HashMap::new(),
+            leg_by_ssrc: HashMap::new(),
+            captures: Arc::new(Mutex::new(HashMap::new())),
+            tx,
+            reports: Vec::new(),
+            next_path_refresh: None,
+            stats: ForwardStats::default(),
+        }
+    }
+
+    /// The hook to install with [`Shard::set_crypto_hook`]: every subscriber peer connection
+    /// gets its own [`SrtpKeyCapture`] over rtc's default provider; publishers keep rtc's.
+    pub fn crypto_hook(&self) -> CryptoHook {
+        let captures = self.captures.clone();
+        Box::new(move |id, role| {
+            if role != Role::Subscriber {
+                return None;
+            }
+            let inner = rtc::crypto::default_provider().ok()?;
+            let capture = SrtpKeyCapture::new(inner);
+            let provider: Arc<dyn RTCCryptoProvider> = capture.provider();
+            captures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, capture);
+            Some(provider)
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ForwardStats {
+        self.stats
+    }
+
+    /// A publisher the shard answered: its receiving sections become tracks (opened by the
+    /// first RTP packet of each).
+    pub fn add_publisher(&mut self, peer: PeerId, answer: &PublisherAnswer) {
+        let extmaps = extmaps(&answer.sdp);
+        let mut keys = Vec::new();
+        for t in &answer.tracks {
+            let key = self.next_key;
+            self.next_key += 1;
+            self.tracks.insert(
+                key,
+                PubTrack {
+                    publisher: peer,
+                    mid: t.mid.clone(),
+                    kind: t.kind,
+                    codecs: t.codecs.clone(),
+                    extmap: extmaps.get(&t.mid.0).cloned().unwrap_or_default(),
+                    ssrc: None,
+                    track: None,
+                },
+            );
+            self.by_mid.insert((peer, t.mid.clone()), key);
+            keys.push(key);
+        }
+        self.publishers.insert(peer, keys);
+    }
+
+    /// A subscriber the shard answered; `sources[i]` is where the shard's `OutTrack` number
+    /// `i` comes from. Its legs attach once it is connected and their tracks are open.
+    pub fn add_subscriber(&mut self, peer: PeerId, answer: &SubscriberAnswer, sources: &[Source]) {
+        let capture = self
+            .captures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
+        let extmaps = extmaps(&answer.sdp);
+        let legs = answer
+            .tracks
+            .iter()
+            .filter_map(|t| {
+                Some(SubLeg {
+                    sent: t.clone(),
+                    source: sources.get(t.index)?.clone(),
+                    extmap: extmaps.get(&t.mid.0).cloned().unwrap_or_default(),
+                    attached: None,
+                })
+            })
+            .collect();
+        self.subs.insert(
+            peer,
+            Sub {
+                capture,
+                sealer: None,
+                path: None,
+                transport_seq: rand::random(),
+                epoch: Instant::now(),
+                legs,
+            },
+        );
+    }
+
+    /// Installs a subscriber's outbound SRTP keys (done by [`Forwarder::handle_event`] on
+    /// `Connected` from the captured keys; public for drivers that obtain keys otherwise, and
+    /// for benches). Ignored once the subscriber has a sealer: a sealer is never rebuilt.
+    pub fn install_keys(&mut self, peer: PeerId, keys: &SrtpKeys) -> Result<(), String> {
+        let sub = self.subs.get_mut(&peer).ok_or("no such subscriber")?;
+        if sub.sealer.is_some() {
+            return Ok(());
+        }
+        let crypto = match &sub.capture {
+            Some(c) => c.inner().clone(),
+            None => rtc::crypto::default_provider().map_err(|e| e.to_string())?,
+        };
+        let sealer = SrtpSealer::new(keys.profile, &keys.local, crypto.crypto())
+            .map_err(|e| e.to_string())?;
+        sub.sealer = Some(sealer);
+        Ok(())
+    }
+
+    /// Sets a subscriber's path (done from the shard on `Connected` and periodically).
+    pub fn set_path(&mut self, peer: PeerId, local: SocketAddr, dest: SocketAddr) {
+        if let Some(sub) = self.subs.get_mut(&peer) {
+            sub.path = Some((local, dest));
+        }
+    }
+
+    /// Forgets a peer (publisher or subscriber): its tracks and the legs on them, or its legs.
+    pub fn remove(&mut self, peer: PeerId, now: Instant) {
+        self.captures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&peer);
+        if let Some(keys) = self.publishers.remove(&peer) {
+            for key in keys {
+                if let Some(t) = self.tracks.remove(&key) {
+                    self.by_mid.remove(&(peer, t.mid));
+                    if let Some(s) = t.ssrc {
+                        self.by_ssrc.remove(&(peer, s.0));
+                    }
+                }
+                for (sid, sub) in &mut self.subs {
+                    for l in &mut sub.legs {
+                        if l.attached == Some(key) {
+                            l.attached = None;
+                            self.leg_by_ssrc.remove(&(*sid, l.sent.ssrc.0));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(sub) = self.subs.remove(&peer) {
+            for l in sub.legs {
+                self.leg_by_ssrc.remove(&(peer, l.sent.ssrc.0));
+                if let Some(key) = l.attached {
+                    if let Some(track) = self.tracks.get_mut(&key).and_then(|t| t.track.as_mut()) {
+                        track.remove_leg(LegId(peer.0), now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Consumes one shard event: RTP and RTCP are handled here (`None`), every other event is
+    /// acted upon and given back for the owner.
+    pub fn handle_event(
+        &mut self,
+        shard: &mut Shard,
+        ev: ShardEvent,
+        now: Instant,
+    ) -> Option<ShardEvent> {
+        match ev {
+            ShardEvent::RtpIn { peer, packet } => {
+                self.on_rtp(shard, peer, &packet, now);
+                None
+            }
+            ShardEvent::RtcpIn { peer, packets } => {
+                self.on_rtcp(shard, peer, &packets, now);
+                None
+            }
+            ShardEvent::TrackOpen {
+                peer,
+                ref mid,
+                ssrc,
+                ..
+            } => {
+                if let Some(mid) = mid {
+                    self.open_track(shard, peer, mid, ssrc, now);
+                }
+                Some(ev)
+            }
+            ShardEvent::Connected { peer } => {
+                self.on_connected(shard, peer, now);
+                Some(ev)
+            }
+            other => Some(other),
+        }
+    }
+
+    fn open_track(&mut self, shard: &mut Shard, peer: PeerId, mid: &Mid, ssrc: Ssrc, now: Instant) {
+        let Some(&key) = self.by_mid.get(&(peer, mid.clone())) else {
+            return;
+        };
+        let Some(t) = self.tracks.get_mut(&key) else {
+            return;
+        };
+        if let Some(old) = t.ssrc.replace(ssrc) {
+            self.by_ssrc.remove(&(peer, old.0));
+        }
+        self.by_ssrc.insert((peer, ssrc.0), key);
+        if t.track.is_none() {
+            let clock_rate = t.codecs.first().map_or(90_000, |c| c.clock_rate);
+            let codecs = t
+                .codecs
+                .iter()
+                .map(|c| (c.pt, Codec::from_encoding_name(encoding_name(&c.mime))))
+                .collect();
+            let mut cfg = TrackConfig::new(clock_rate, codecs);
+            if t.kind == MediaKind::Audio {
+                cfg.ring_capacity = 128;
+            }
+            t.track = Some(Track::new(&cfg));
+        }
+        self.attach_pending(now);
+        self.poll_keyframes(shard, now);
+    }
+
+    fn on_connected(&mut self, shard: &mut Shard, peer: PeerId, now: Instant) {
+        if let Ok(path) = shard.path(peer) {
+            let local = shard.local_of(path.announced);
+            self.set_path(peer, local, path.remote);
+        }
+        let Some(sub) = self.subs.get(&peer) else {
+            return;
+        };
+        if sub.sealer.is_none() {
+            let keys = match (&sub.capture, shard.srtp_profile(peer, now)) {
+                (Some(c), Some(Ok(profile))) => c.keys(profile),
+                (None, _) => Err(KeyCaptureError::Unrecognised(
+                    "no key capture installed for this subscriber".into(),
+                )),
+                (_, Some(Err(e))) => Err(e),
+                (_, None) => Err(KeyCaptureError::NotYet),
+            };
+            match keys
+                .map_err(|e| e.to_string())
+                .and_then(|k| self.install_keys(peer, &k))
+            {
+                Ok(()) => {}
+                Err(e) => {
+                    self.stats.key_errors += 1;
+                    tracing::warn!(peer = peer.0, "no SRTP keys for forwarding: {e}");
+                    return;
+                }
+            }
+        }
+        self.attach_pending(now);
+        self.poll_keyframes(shard, now);
+    }
+
+    /// Attaches every leg whose subscriber is ready and whose track is open.
+    fn attach_pending(&mut self, now: Instant) {
+        for (sid, sub) in &mut self.subs {
+            if sub.sealer.is_none() || sub.path.is_none() {
+                continue;
+            }
+            for l in &mut sub.legs {
+                if l.attached.is_some() {
+                    continue;
+                }
+                let Some(&key) = self.by_mid.get(&(l.source.publisher, l.source.mid.clone()))
+                else {
+                    continue;
+                };
+                let Some(t) = self.tracks.get_mut(&key) else {
+                    continue;
+                };
+                let Some(track) = t.track.as_mut() else {
+                    continue;
+                };
+                if track.leg(LegId(sid.0)).is_some() {
+                    // One leg per subscriber and track.
+                    continue;
+                }
+                let config = leg_config(t.kind, &t.codecs, &t.extmap, l, track.ring().capacity());
+                track.add_leg(Leg::new(LegId(sid.0), &config, now), now);
+                l.attached = Some(key);
+                self.leg_by_ssrc.insert((*sid, l.sent.ssrc.0), key);
+            }
+        }
+    }
+
+    /// HOT PATH: one publisher packet to every leg of its track.
+    fn on_rtp(
+        &mut self,
+        shard: &mut Shard,
+        peer: PeerId,
+        packet: &rtc::rtp::packet::Packet,
+        now: Instant,
+    ) {
+        self.stats.rtp_in += 1;
+        let Some(&key) = self.by_ssrc.get(&(peer, packet.header.ssrc)) else {
+            self.stats.rtp_unknown_ssrc += 1;
+            return;
+        };
+        // rtc hands the packet parsed; the track works on bytes: marshal it back (no
+        // allocation, one copy of what rtc copied already).
+        let Ok(n) = packet.marshal_to(&mut self.scratch) else {
+            self.stats.rtp_too_large += 1;
+            return;
+        };
+        let Some(track) = self.tracks.get_mut(&key).and_then(|t| t.track.as_mut()) else {
+            self.stats.rtp_unknown_ssrc += 1;
+            return;
+        };
+        let mut egress = Out {
+            subs: &mut self.subs,
+            tx: &mut self.tx,
+            now,
+            stats: &mut self.stats,
+        };
+        let _ = track.on_rtp(&self.scratch[..n], now, &mut egress);
+        if track.poll_keyframe_request(now) {
+            self.send_pli(shard, key, now);
+        }
+    }
+
+    fn on_rtcp(
+        &mut self,
+        shard: &mut Shard,
+        peer: PeerId,
+        packets: &[Box<dyn rtc::rtcp::Packet>],
+        now: Instant,
+    ) {
+        let publisher = self.publishers.contains_key(&peer);
+        for p in packets {
+            let any = p.as_any();
+            if let Some(sr) = any.downcast_ref::<RtcSenderReport>() {
+                if publisher {
+                    if let Some(&key) = self.by_ssrc.get(&(peer, sr.ssrc)) {
+                        self.stats.sender_reports_in += 1;
+                        if let Some(track) =
+                            self.tracks.get_mut(&key).and_then(|t| t.track.as_mut())
+                        {
+                            track.on_sender_report(Ssrc(sr.ssrc), sr.ntp_time, sr.rtp_time, now);
+                        }
+                    }
+                }
+                for r in &sr.reports {
+                    self.on_report_block(peer, r.ssrc, r.last_sender_report, r.delay, now);
+                }
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                for r in &rr.reports {
+                    self.on_report_block(peer, r.ssrc, r.last_sender_report, r.delay, now);
+                }
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                let Some(&key) = self.leg_by_ssrc.get(&(peer, nack.media_ssrc)) else {
+                    continue;
+                };
+                self.stats.nacks_in += 1;
+                let Some(track) = self.tracks.get_mut(&key).and_then(|t| t.track.as_mut()) else {
+                    continue;
+                };
+                let mut egress = Out {
+                    subs: &mut self.subs,
+                    tx: &mut self.tx,
+                    now,
+                    stats: &mut self.stats,
+                };
+                track.on_nack(LegId(peer.0), &nack.nacks, now, &mut egress);
+            } else if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                self.on_keyframe_request(peer, pli.media_ssrc, now);
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                for e in &fir.fir {
+                    self.on_keyframe_request(peer, e.ssrc, now);
+                }
+            }
+        }
+        self.poll_keyframes(shard, now);
+        self.poll_sender_reports(shard, now);
+    }
+
+    fn on_report_block(&mut self, sub: PeerId, ssrc: u32, lsr: u32, dlsr: u32, now: Instant) {
+        let Some(&key) = self.leg_by_ssrc.get(&(sub, ssrc)) else {
+            return;
+        };
+        self.stats.receiver_reports_in += 1;
+        if let Some(track) = self.tracks.get_mut(&key).and_then(|t| t.track.as_mut()) {
+            track.on_receiver_report(LegId(sub.0), lsr, dlsr, now);
+        }
+    }
+
+    fn on_keyframe_request(&mut self, sub: PeerId, ssrc: u32, now: Instant) {
+        let Some(&key) = self.leg_by_ssrc.get(&(sub, ssrc)) else {
+            return;
+        };
+        self.stats.keyframe_requests_in += 1;
+        if let Some(track) = self.tracks.get_mut(&key).and_then(|t| t.track.as_mut()) {
+            track.on_keyframe_request(LegId(sub.0), now);
+        }
+    }
+
+    fn send_pli(&mut self, shard: &mut Shard, key: TrackKey, now: Instant) {
+        let Some(t) = self.tracks.get(&key) else {
+            return;
+        };
+        let Some(ssrc) = t.track.as_ref().and_then(Track::source).or(t.ssrc) else {
+            return;
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: self.config.rtcp_ssrc.0,
+            media_ssrc: ssrc.0,
+        };
+        match shard.write_rtcp(t.publisher, vec![Box::new(pli)], now) {
+            Ok(()) => self.stats.plis_sent += 1,
+            Err(_) => self.stats.rtcp_errors += 1,
+        }
+    }
+
+    fn poll_keyframes(&mut self, shard: &mut Shard, now: Instant) {
+        let due: Vec<TrackKey> = self
+            .tracks
+            .iter_mut()
+            .filter_map(|(k, t)| {
+                t.track
+                    .as_mut()
+                    .is_some_and(|tr| tr.poll_keyframe_request(now))
+                    .then_some(*k)
+            })
+            .collect();
+        for key in due {
+            self.send_pli(shard, key, now);
+        }
+    }
+
+    fn poll_sender_reports(&mut self, shard: &mut Shard, now: Instant) {
+        let mut reports = std::mem::take(&mut self.reports);
+        for t in self.tracks.values_mut() {
+            if let Some(track) = t.track.as_mut() {
+                track.poll_sender_reports(now, |leg, sr| reports.push((leg, *sr)));
+            }
+        }
+        for (leg, sr) in reports.drain(..) {
+            match shard.write_rtcp(PeerId(leg.0), vec![Box::new(sr.to_rtc())], now) {
+                Ok(()) => self.stats.srs_sent += 1,
+                Err(_) => self.stats.rtcp_errors += 1,
+            }
+        }
+        self.reports = reports;
+    }
+
+    /// When [`Forwarder::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let tracks = self
+            .tracks
+            .values()
+            .filter_map(|t| t.track.as_ref()?.poll_timeout())
+            .min();
+        [
+            tracks,
+            self.next_path_refresh.filter(|_| !self.subs.is_empty()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Keyframe requests and sender reports that are due; subscribers' paths re-read.
+    pub fn handle_timeout(&mut self, shard: &mut Shard, now: Instant) {
+        if self.next_path_refresh.is_none_or(|t| t <= now) {
+            for (id, sub) in &mut self.subs {
+                if let Ok(path) = shard.path(*id) {
+                    sub.path = Some((shard.local_of(path.announced), path.remote));
+                }
+            }
+            self.next_path_refresh = Some(now + self.config.path_refresh);
+        }
+        self.poll_keyframes(shard, now);
+        self.poll_sender_reports(shard, now);
+    }
+
+    /// The next sealed datagram to send (then [`Forwarder::pop_transmit`]).
+    pub fn peek_transmit(&self) -> Option<Datagram<'_>> {
+        self.tx
+            .queue
+            .front()
+            .map(|(local, dest, buf, len)| Datagram {
+                local: *local,
+                dest: *dest,
+                bytes: &buf[..*len],
+            })
+    }
+
+    /// Drops the datagram [`Forwarder::peek_transmit`] gave (its buffer goes back to the pool).
+    pub fn pop_transmit(&mut self) {
+        if let Some((_, _, buf, _)) = self.tx.queue.pop_front() {
+            self.tx.free.push(buf);
+        }
+    }
+
+    /// Datagrams queued.
+    pub fn queued(&self) -> usize {
+        self.tx.queue.len()
+    }
+
+    /// The track a publisher's section feeds, if open (for tests and stats).
+    pub fn track(&self, publisher: PeerId, mid: &Mid) -> Option<&Track> {
+        let key = self.by_mid.get(&(publisher, mid.clone()))?;
+        self.tracks.get(key)?.track.as_ref()
+    }
+
+    /// How many of a subscriber's legs are attached.
+    pub fn attached_legs(&self, sub: PeerId) -> usize {
+        self.subs.get(&sub).map_or(0, |s| {
+            s.legs.iter().filter(|l| l.attached.is_some()).count()
+        })
+    }
+}
+
+/// The track's egress: pooled buffers, the subscriber's sealer and path.
+struct Out<'a> {
+    subs: &'a mut HashMap<PeerId, Sub>,
+    tx: &'a mut TxQueue,
+    now: Instant,
+    stats: &'a mut ForwardStats,
+}
+
+impl Egress for Out<'_> {
+    fn outbound(&mut self, leg: LegId) -> Option<Outbound<'_>> {
+        let sub = self.subs.get_mut(&PeerId(leg.0))?;
+        let sealer = sub.sealer.as_ref()?;
+        sub.path?;
+        if self.tx.queue.len() >= self.tx.cap {
+            self.stats.queue_full += 1;
+            return None;
+        }
+        let room = self.tx.size.saturating_sub(sealer.overhead());
+        let buf = self.tx.buffer();
+        Some(Outbound {
+            buf: &mut buf[..room],
+            transport_seq: &mut sub.transport_seq,
+            abs_send_time: abs_send_time(self.now.saturating_duration_since(sub.epoch)),
+        })
+    }
+
+    fn commit(&mut self, leg: LegId, sent: Sent) {
+        let Some(sub) = self.subs.get_mut(&PeerId(leg.0)) else {
+            return;
+        };
+        let (Some(sealer), Some((local, dest))) = (sub.sealer.as_mut(), sub.path) else {
+            return;
+        };
+        let Some(mut buf) = self.tx.current.take() else {
+            return;
+        };
+        let sealed = match sent.kind {
+            // Same bytes, same index, same ROC as the first time: the same SRTP packet.
+            SendKind::Retransmission => sealer.reseal(&mut buf, sent.len),
+            SendKind::Media | SendKind::Rtx => sealer.seal(&mut buf, sent.len),
+        };
+        match sealed {
+            Ok(n) => {
+                self.stats.queued += 1;
+                if sent.kind != SendKind::Media {
+                    self.stats.retransmitted += 1;
+                }
+                self.tx.queue.push_back((local, dest, buf, n));
+            }
+            Err(_) => {
+                self.stats.seal_errors += 1;
+                self.tx.current = Some(buf);
+            }
+        }
+    }
+}
+
+/// The leg of subscription `l` on a track of `kind` with the publisher's `codecs` and `extmap`.
+fn leg_config(
+    kind: MediaKind,
+    codecs: &[CodecSpec],
+    extmap: &[(u8, String)],
+    l: &SubLeg,
+    history: usize,
+) -> LegConfig {
+    let clock_rate = codecs.first().map_or(90_000, |c| c.clock_rate);
+    let mut cfg = LegConfig::new(l.sent.ssrc, clock_rate);
+    cfg.payload_types = codecs
+        .iter()
+        .filter_map(|c| {
+            let theirs = l.sent.codecs.iter().find(|s| s.same_format(c))?;
+            Some(PtMap {
+                publisher: c.pt,
+                subscriber: theirs.pt,
+                rtx: None,
+            })
+        })
+        .collect();
+    if cfg.payload_types.is_empty() {
+        // The shard matched the track's codec by format already; keep it forwarding.
+        if let Some(c) = codecs.first() {
+            cfg.payload_types.push(PtMap {
+                publisher: c.pt,
+                subscriber: l.sent.pt,
+                rtx: None,
+            });
+        }
+    }
+    let publisher: Vec<(u8, &str)> = extmap.iter().map(|(i, u)| (*i, u.as_str())).collect();
+    let subscriber: Vec<(u8, &str)> = l.extmap.iter().map(|(i, u)| (*i, u.as_str())).collect();
+    cfg.extensions = extension_rules(&publisher, &subscriber);
+    cfg.mid = Some(l.sent.mid.clone());
+    cfg.gate_on_keyframes = kind == MediaKind::Video
+        && codecs
+            .iter()
+            .any(|c| Codec::from_encoding_name(encoding_name(&c.mime)).is_gateable());
+    cfg.first_seq = SeqNo(rand::random());
+    cfg.first_timestamp = rand::random();
+    cfg.first_rtx_seq = SeqNo(rand::random());
+    cfg.history = u16::try_from(history).unwrap_or(nack_ring::VIDEO_CAPACITY);
+    cfg
+}
+
+fn encoding_name(mime: &str) -> &str {
+    mime.split_once('/').map_or(mime, |(_, n)| n)
+}
+
+/// The `a=extmap` lines of an SDP by section mid: (id, URI).
+pub fn extmaps(sdp: &str) -> HashMap<String, Vec<(u8, String)>> {
+    let mut out: HashMap<String, Vec<(u8, String)>> = HashMap::new();
+    let mut section: Vec<(u8, String)> = Vec::new();
+    let mut mid: Option<String> = None;
+    let mut flush = |mid: &mut Option<String>, section: &mut Vec<(u8, String)>| {
+        if let Some(m) = mid.take() {
+            out.insert(m, std::mem::take(section));
+        }
+        section.clear();
+    };
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if line.starts_with("m=") {
+            flush(&mut mid, &mut section);
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m.to_owned());
+        } else if let Some(rest) = line.strip_prefix("a=extmap:") {
+            let mut parts = rest.split_whitespace();
+            let id = parts
+                .next()
+                .and_then(|i| i.split('/').next())
+                .and_then(|i| i.parse::<u8>().ok());
+            if let (Some(id), Some(uri)) = (id, parts.next()) {
+                section.push((id, uri.to_owned()));
+            }
+        }
+    }
+    flush(&mut mid, &mut section);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extmaps_are_read_per_mid() {
+        let sdp = "v=0\r\nm=audio 9 X 111\r\na=mid:0\r\na=extmap:1 urn:a\r\na=extmap:3/sendonly urn:b\r\nm=video 9 X 96\r\na=extmap:4 urn:c\r\na=mid:1\r\n";
+        let m = extmaps(sdp);
+        assert_eq!(
+            m.get("0"),
+            Some(&vec![(1, "urn:a".to_owned()), (3, "urn:b".to_owned())])
+        );
+        assert_eq!(m.get("1"), Some(&vec![(4, "urn:c".to_owned())]));
+    }
+}
