@@ -150,7 +150,7 @@ class Participant {
     this.wsUrls = []; // URLs of the WebSockets the page opened
   }
 
-  static async open(name, kind = 'demo', viewport = { width: 1280, height: 720 }, base = baseUrl) {
+  static async open(name, kind = 'demo', viewport = { width: 1280, height: 720 }, base = baseUrl, query = DEMO_QUERY) {
     // The TLS server's certificate is self-signed: accept it, as a user who trusts it would.
     const ctx = await browser.newContext({ viewport, permissions: ['camera', 'microphone'], ignoreHTTPSErrors: base.startsWith('https:') });
     openContexts.add(ctx);
@@ -163,7 +163,7 @@ class Participant {
       ws.on('framesent', (f) => p.sent.push(String(f.payload)));
     });
     if (kind === 'demo') {
-      await page.goto(`${base}/${DEMO_QUERY}`);
+      await page.goto(`${base}/${query}`);
       await page.waitForFunction(() => window.roomd && window.roomd.state === 'lobby', null, { timeout: 10_000 });
     } else {
       await page.goto(`${compatUrl}/index.html`);
@@ -265,7 +265,8 @@ async function open(names, kind = 'demo') {
 // Scenarios.
 // ------------------------------------------------------------------------------------------
 const scenarios = [];
-const scenario = (name, fn) => scenarios.push({ name, fn });
+// `optIn` scenarios run only when named in --only.
+const scenario = (name, fn, { optIn = false } = {}) => scenarios.push({ name, fn, optIn });
 let roomSeq = 0;
 const uniqueRoom = (base) => `${base}-${Date.now().toString(36)}-${roomSeq++}`;
 
@@ -508,6 +509,65 @@ scenario('kurento-utils-compat', async (ctx) => {
   ctx.note('WebRtcPeerSendonly, WebRtcPeerSendrecv (doLoopback) and WebRtcPeerRecvonly all decode');
 });
 
+/**
+ * In the page: for every peer connection, its configuration and the candidate pair its
+ * transport selected (types, addresses, and the TURN URL a relay candidate came from).
+ */
+async function selectedPairsInPage() {
+  const pcs = [['publisher', window.roomd.publisher], ...window.roomd.peers];
+  const out = [];
+  for (const [name, pc] of pcs) {
+    if (!pc) continue;
+    const byId = new Map();
+    (await pc.getStats()).forEach((r) => byId.set(r.id, r));
+    const transport = [...byId.values()].find((r) => r.type === 'transport' && r.selectedCandidatePairId);
+    const pair = transport && byId.get(transport.selectedCandidatePairId);
+    const cand = (id) => {
+      const c = byId.get(id) || {};
+      return { type: c.candidateType, address: `${c.address}:${c.port}`, protocol: c.protocol, url: c.url };
+    };
+    const { iceTransportPolicy, iceServers } = pc.getConfiguration();
+    out.push({
+      name,
+      iceTransportPolicy,
+      iceServers: iceServers.length,
+      state: pair ? pair.state : 'none',
+      local: pair ? cand(pair.localCandidateId) : null,
+      remote: pair ? cand(pair.remoteCandidateId) : null,
+    });
+  }
+  return out;
+}
+
+// A 2-person call forced through a TURN server: the pages are opened with `?relay=1`
+// (iceTransportPolicy "relay") and take the TURN server and its REST credentials from
+// `GET /iceServers`, so the only path is browser → TURN relay → roomd. Every peer connection
+// must decode media and have selected a pair whose local candidate is a relay candidate of that
+// TURN server. Opt-in: the roomd under test must be configured with a TURN server and its
+// secret (tests/browser_turn.rs starts coturn and such a roomd).
+scenario('turn-relay', async (ctx) => {
+  const { iceServers } = await getJson('/iceServers');
+  const turn = (iceServers || []).find((s) => s.urls.some((u) => /^turns?:/.test(u)));
+  if (!turn || !/^\d+:/.test(turn.username) || !turn.credential) throw new Error(`GET /iceServers offers no TURN REST credentials: ${JSON.stringify(iceServers)}`);
+  const room = uniqueRoom('turn');
+  const [a, b] = ctx.track(await Promise.all(['turn-a', 'turn-b'].map((n) => Participant.open(n, 'demo', undefined, baseUrl, `${DEMO_QUERY}&relay=1`))));
+  await a.join(room);
+  await b.join(room);
+  await Promise.all([expectMedia(a, ['turn-b']), expectMedia(b, ['turn-a'])]);
+  for (const p of [a, b]) {
+    const pairs = await p.page.evaluate(selectedPairsInPage);
+    const what = JSON.stringify(pairs);
+    if (pairs.length !== 2) throw new Error(`${p.name}: expected a publisher and a subscription, got ${what}`);
+    for (const x of pairs) {
+      if (x.iceTransportPolicy !== 'relay' || x.iceServers < 1) throw new Error(`${p.name} ${x.name}: not configured for relay: ${what}`);
+      if (x.state !== 'succeeded' || !x.local || x.local.type !== 'relay' || !turn.urls.includes(x.local.url)) {
+        throw new Error(`${p.name} ${x.name}: selected pair is not through ${turn.urls.join(' ')}: ${what}`);
+      }
+    }
+    ctx.note(`${p.name}: ${pairs.map((x) => `${x.name} ${x.local.type} ${x.local.address} → ${x.remote.type} ${x.remote.address}`).join('; ')}`);
+  }
+}, { optIn: true });
+
 // ------------------------------------------------------------------------------------------
 // Main.
 // ------------------------------------------------------------------------------------------
@@ -593,7 +653,7 @@ async function main() {
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
   say(`chromium ${browser.version()} against ${baseUrl}`);
 
-  const selected = scenarios.filter((s) => !only.length || only.includes(s.name));
+  const selected = scenarios.filter((s) => (only.length ? only.includes(s.name) : !s.optIn));
   for (const s of selected) {
     const tracked = [];
     const notes = [];

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the browser end-to-end tests need on a fresh Debian machine, and nothing that is
-# already there: Debian's chromium (no downloaded browser build), and the npm packages of
-# package-lock.json (playwright-core, esbuild, kurento-jsonrpc, kurento-utils) into node_modules.
+# already there: Debian's chromium (no downloaded browser build), Debian's coturn (the TURN server
+# of tests/browser_turn.rs, which runs its own turnserver on free ports), and the npm packages
+# of package-lock.json (playwright-core, esbuild, kurento-jsonrpc, kurento-utils) into node_modules.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,6 +16,12 @@ if [ ! -x /usr/bin/chromium ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
+if [ ! -x /usr/bin/turnserver ]; then
+  echo "setup: installing Debian's coturn"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn >/dev/null
+fi
+
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "setup: node and npm are required" >&2
   exit 1
@@ -26,4 +33,4 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-echo "setup: $(/usr/bin/chromium --version 2>/dev/null | head -1), node $(node --version)"
+echo "setup: $(/usr/bin/chromium --version 2>/dev/null | head -1), coturn $(dpkg-query -W -f='${Version}' coturn 2>/dev/null), node $(node --version)"
