@@ -925,15 +925,21 @@ async fn settle(server: &Server, target: Option<Footprint>, what: &str) -> Footp
     }
 }
 
-/// 150 cycles of join / publish / subscribe / media / leave-or-vanish in four parallel rooms.
-/// After a warm-up the process's footprint is the baseline; after 50 and after 150 cycles
+/// 150 cycles (`ROOMD_CHAOS_CYCLES`) of join / publish / subscribe / media / leave-or-vanish in
+/// four parallel rooms. After a warm-up the process's footprint is the baseline; after a third
+/// and after all cycles
 /// the server is idle, fds and tokio tasks are back to the baseline, and resident memory
 /// grew by less between cycle 50 and 150 than a leak of one peer connection per cycle would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_returns_to_baseline() {
     const WARM_UP: usize = 12;
-    const MIDDLE: usize = 50;
-    const TOTAL: usize = 150;
+    // The long run: `ROOMD_CHAOS_CYCLES=3000 cargo test --release --test chaos churn`.
+    let total: usize = std::env::var("ROOMD_CHAOS_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150)
+        .max(WARM_UP + 3);
+    let middle = total / 3;
     let _serial = serial().await;
     let started = Instant::now();
     let server = start().await;
@@ -942,7 +948,7 @@ async fn churn_returns_to_baseline() {
     let churn = Arc::new(Churn {
         next: AtomicUsize::new(0),
     });
-    let bound = Duration::from_secs(420);
+    let bound = Duration::from_secs(420.max(3 * total as u64));
     timeout(bound, async {
         churn_until(&server, &churn, WARM_UP).await;
         // A warmed-up idle process holds the fds and tasks it held before any client (peer
@@ -957,26 +963,26 @@ async fn churn_returns_to_baseline() {
             "baseline after {WARM_UP} cycles: {base:?} ({:?})",
             started.elapsed()
         );
-        churn_until(&server, &churn, MIDDLE).await;
-        let middle = settle(&server, Some(base), "back to baseline after 50 cycles").await;
+        churn_until(&server, &churn, middle).await;
+        let at_middle = settle(&server, Some(base), "back to baseline after a third").await;
         println!(
-            "after {MIDDLE} cycles: {middle:?} ({:?})",
+            "after {middle} cycles: {at_middle:?} ({:?})",
             started.elapsed()
         );
-        churn_until(&server, &churn, TOTAL).await;
-        let end = settle(&server, Some(base), "back to baseline after 150 cycles").await;
-        println!("after {TOTAL} cycles: {end:?} ({:?})", started.elapsed());
+        churn_until(&server, &churn, total).await;
+        let end = settle(&server, Some(base), "back to baseline at the end").await;
+        println!("after {total} cycles: {end:?} ({:?})", started.elapsed());
         // Allocator caching of the busiest moment is already in the footprint at cycle 50 and
         // does not scale with the number of cycles (measured: -0.3 to +1.8 MB). 100 more
         // cycles open 350 peer connections on each side; a leak of 80 kB per cycle (a third of
         // a subscriber stream's memory, BENCHMARKS.md) would exceed the bound.
-        let growth = end.rss_kib.saturating_sub(middle.rss_kib);
+        let growth = end.rss_kib.saturating_sub(at_middle.rss_kib);
         assert!(
             growth < 8 * 1024,
-            "RSS grew {growth} KiB between cycle {MIDDLE} and {TOTAL} (baseline {} KiB, \
-             {} KiB at {MIDDLE}, {} KiB at {TOTAL})",
+            "RSS grew {growth} KiB between cycle {middle} and {total} (baseline {} KiB, \
+             {} KiB at {middle}, {} KiB at {total})",
             base.rss_kib,
-            middle.rss_kib,
+            at_middle.rss_kib,
             end.rss_kib
         );
     })
