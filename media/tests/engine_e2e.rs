@@ -14,13 +14,13 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use media::engine::forward::{ForwardConfig, Forwarder, Source};
 use media::engine::peer::{CodecSpec, MediaKind, OutTrack, PeerId, PublisherAnswer};
-// RUNTIME_IMPORT
+use media::engine::runtime::{RuntimeConfig, RuntimeEvent, ShardRuntime};
 use media::engine::shard::{Shard, ShardConfig, ShardEvent};
 use media::engine::wire::{Pt, Ssrc};
 use rtc::crypto::SignatureScheme;
@@ -1011,6 +1011,132 @@ fn forwarding_cost_one_to_nine() {
         cpu.as_nanos() as f64 / out as f64,
         wall.as_nanos() as f64 / f64::from(n) / 1000.0,
     );
+}
+
+/// Feeds a client what arrived on its socket, runs its timers, sends what it queued.
+fn drive(sock: &UdpSocket, c: &mut Client, buf: &mut [u8]) {
+    while let Ok((n, from)) = sock.recv_from(buf) {
+        let _ = c.pc.handle_read(TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr: c.addr,
+                peer_addr: from,
+                transport_protocol: TransportProtocol::UDP,
+                ecn: None,
+            },
+            message: BytesMut::from(&buf[..n]),
+        });
+    }
+    let now = Instant::now();
+    if c.pc.poll_timeout().is_some_and(|t| t <= now) {
+        let _ = c.pc.handle_timeout(now);
+    }
+    c.poll();
+    let _ = c.pc.handle_timeout(now);
+    c.poll();
+    while let Some(m) = c.pc.poll_write() {
+        let _ = sock.send_to(&m.message, m.transport.peer_addr);
+    }
+}
+
+/// The same path over real UDP on 127.0.0.1: a shard thread (`ShardRuntime`) with one socket,
+/// a publisher and a subscriber client in this thread on their own sockets, in real time.
+#[test]
+fn media_flows_over_real_udp_through_the_runtime() {
+    let (rt, events) =
+        ShardRuntime::spawn(RuntimeConfig::new(addr("127.0.0.1:0"))).expect("runtime");
+    let cert = certificate();
+    let client = |kind| {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let a = sock.local_addr().expect("addr");
+        let (c, offer) = Client::new(kind, a, &cert, Instant::now());
+        (sock, c, offer)
+    };
+    let joined = Instant::now();
+    let (psock, mut pc, offer) = client(Kind::Publisher);
+    let pans = rt
+        .publish(PeerId(1), offer)
+        .expect("queued")
+        .blocking_recv()
+        .expect("reply")
+        .expect("publisher answer");
+    assert!(pans
+        .sdp
+        .contains(&format!(" 127.0.0.1 {} typ host", rt.local_addr().port())));
+    pc.set_answer(pans.sdp.clone(), Instant::now());
+    let sources = [MediaKind::Audio, MediaKind::Video]
+        .map(|k| Source {
+            publisher: PeerId(1),
+            mid: pans
+                .tracks
+                .iter()
+                .find(|t| t.kind == k)
+                .expect("track")
+                .mid
+                .clone(),
+        })
+        .to_vec();
+    let (ssock, mut sc, offer) = client(Kind::Subscriber);
+    let sans = rt
+        .subscribe(PeerId(2), offer, out_tracks(), sources)
+        .expect("queued")
+        .blocking_recv()
+        .expect("reply")
+        .expect("subscriber answer");
+    sc.set_answer(sans.sdp, Instant::now());
+
+    let mut buf = vec![0u8; 4096];
+    let mut connected: Vec<(PeerId, Instant)> = Vec::new();
+    let (mut v, mut a) = (Vec::new(), Vec::new());
+    let mut last_send = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        drive(&psock, &mut pc, &mut buf);
+        drive(&ssock, &mut sc, &mut buf);
+        while let Ok(ev) = events.try_recv() {
+            match ev {
+                RuntimeEvent::Connected { peer } => connected.push((peer, Instant::now())),
+                RuntimeEvent::Failed { peer, reason } => panic!("{peer:?} failed: {reason:?}"),
+                _ => {}
+            }
+        }
+        let ready = pc.connected && sc.connected && connected.len() >= 2;
+        if ready && v.len() < 50 && last_send.elapsed() >= Duration::from_millis(5) {
+            let now = Instant::now();
+            let key = pc.video_seq % 30 == 0;
+            v.push(pc.send_video(now, key, 1000));
+            a.push(pc.send_audio(now));
+            last_send = now;
+        }
+        if sc.video_rx().len() >= 50 && sc.audio_rx().len() >= 50 {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    for (peer, t) in &connected {
+        println!(
+            "real UDP through the runtime: {peer:?} join → connected {:?}",
+            *t - joined
+        );
+    }
+    assert_stream(&sc.video_rx(), &v, true, "UDP subscriber");
+    assert_stream(&sc.audio_rx(), &a, false, "UDP subscriber");
+    assert_eq!(v.len(), 50);
+    let st = rt.stats().expect("queued").blocking_recv().expect("stats");
+    assert_eq!(st.forward.queued, 100, "{st:?}");
+    assert_eq!(st.forward.seal_errors + st.send_errors, 0, "{st:?}");
+    assert_eq!(st.shard.drops.total(), 0, "{st:?}");
+    println!("runtime stats: {st:?}");
+    rt.remove(PeerId(2))
+        .expect("queued")
+        .blocking_recv()
+        .expect("removed");
+    rt.remove(PeerId(1))
+        .expect("queued")
+        .blocking_recv()
+        .expect("removed");
+    drop(rt);
 }
 
 /// CPU time of the calling thread so far (Linux, 10 ms resolution).

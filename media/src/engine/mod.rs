@@ -13,6 +13,8 @@
 //! - `srtp`: SRTP keys captured from rtc's crypto provider, in-place seal of forwarded RTP.
 //! - `forward`: a shard's forwarding state: tracks and legs from shard events, SRTP sealing,
 //!   the queue of sealed datagrams, RTCP (NACK, PLI/FIR, RR, SR) both ways.
+//! - `runtime`: a shard thread: one UDP socket, the shard and its forwarder, bounded command
+//!   and event queues.
 //! - `track`: a publisher track, where publisher and subscribers meet: ring, legs, keyframes, SRs.
 //! - `leg`: one subscriber's view of a track: in-place rewrite, own sequence space, gating, NACKs.
 //! - `nack_ring`: the clear packets of a track kept for retransmission, shared by its legs.
@@ -25,6 +27,7 @@ pub mod keyframe;
 pub mod leg;
 pub mod nack_ring;
 pub mod peer;
+pub mod runtime;
 pub mod sender_report;
 pub mod shard;
 pub mod srtp;
