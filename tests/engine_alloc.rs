@@ -188,4 +188,165 @@ fn forwarding_retransmitting_and_reporting_allocate_nothing() {
         (0, 0),
         "{sent} packets sent, {change:?}"
     );
+
+    forwarder_allocates_nothing_per_packet();
+}
+
+/// The shard-level forwarding path (`media::engine::forward::Forwarder`): `RtpIn` events of a
+/// publisher's video track fanned out to 9 subscriber legs, re-marshalled, rewritten, sealed
+/// (AES-GCM) into pooled buffers and drained, plus subscribers' NACKs answered through the
+/// same queue. The packets and RTCP are built before the measured region (rtc allocates them
+/// when it parses what arrives, once per received packet whatever the fan-out). Part of the
+/// one test: the counters are global.
+fn forwarder_allocates_nothing_per_packet() {
+    use media::engine::forward::{ForwardConfig, Forwarder, Source};
+    use media::engine::peer::{
+        CodecSpec, MediaKind, PeerId, PublishedTrack, PublisherAnswer, SentTrack, SubscriberAnswer,
+    };
+    use media::engine::shard::{Shard, ShardConfig, ShardEvent};
+    use media::engine::srtp::{MasterKey, SrtpKeys, SrtpProfile};
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+    use rtc::shared::marshal::Unmarshal;
+
+    const SUBS: u64 = 9;
+    let t0 = Instant::now();
+    let vp8 = |pt: u8| CodecSpec {
+        pt: Pt(pt),
+        mime: "video/VP8".to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        fmtp: String::new(),
+        rtcp_feedback: vec![],
+    };
+    let mut shard = Shard::new(
+        ShardConfig::new("192.0.2.1:3478".parse().expect("addr")),
+        t0,
+    )
+    .expect("shard");
+    let mut fw = Forwarder::new(ForwardConfig::default());
+    let publisher = PeerId(1);
+    fw.add_publisher(
+        publisher,
+        &PublisherAnswer {
+            sdp: format!(
+                "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=extmap:3 {}\r\na=extmap:5 {}\r\na=extmap:9 {}\r\n",
+                uri::ABS_SEND_TIME,
+                uri::TRANSPORT_CC,
+                uri::MID
+            ),
+            tracks: vec![PublishedTrack {
+                mid: Mid("1".into()),
+                kind: MediaKind::Video,
+                codecs: vec![vp8(96)],
+            }],
+        },
+    );
+    let keys = SrtpKeys {
+        profile: SrtpProfile::AeadAes128Gcm,
+        local: MasterKey::new(&[7; 16], &[9; 12]).expect("key"),
+        remote: MasterKey::new(&[8; 16], &[10; 12]).expect("key"),
+    };
+    for i in 0..SUBS {
+        let sub = PeerId(10 + i);
+        fw.add_subscriber(
+            sub,
+            &SubscriberAnswer {
+                sdp: format!(
+                    "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 100\r\na=mid:0\r\na=extmap:2 {}\r\na=extmap:4 {}\r\na=extmap:1 {}\r\n",
+                    uri::ABS_SEND_TIME,
+                    uri::TRANSPORT_CC,
+                    uri::MID
+                ),
+                tracks: vec![SentTrack {
+                    index: 0,
+                    mid: Mid("0".into()),
+                    kind: MediaKind::Video,
+                    ssrc: Ssrc(0x5000 + i as u32),
+                    pt: Pt(100),
+                    codecs: vec![vp8(100)],
+                }],
+            },
+            &[Source {
+                publisher,
+                mid: Mid("1".into()),
+            }],
+        );
+        fw.install_keys(sub, &keys).expect("keys");
+        fw.set_path(
+            sub,
+            "192.0.2.1:3478".parse().expect("addr"),
+            format!("198.51.100.1:{}", 40_000 + i)
+                .parse()
+                .expect("addr"),
+        );
+    }
+    let _ = fw.handle_event(
+        &mut shard,
+        ShardEvent::TrackOpen {
+            peer: publisher,
+            mid: Some(Mid("1".into())),
+            kind: Some(MediaKind::Video),
+            ssrc: Ssrc(0x1111_1111),
+            rid: None,
+        },
+        t0,
+    );
+    let total = 4_000u16;
+    let mut events: Vec<ShardEvent> = Vec::with_capacity(usize::from(total) * 2);
+    for seq in 0..total {
+        let raw = packet(seq);
+        let parsed = rtc::rtp::packet::Packet::unmarshal(&mut &raw[..]).expect("rtp");
+        events.push(ShardEvent::RtpIn {
+            peer: publisher,
+            packet: parsed,
+        });
+        if seq % 10 == 5 {
+            events.push(ShardEvent::RtcpIn {
+                peer: PeerId(10 + u64::from(seq / 10) % SUBS),
+                packets: vec![Box::new(TransportLayerNack {
+                    sender_ssrc: 1,
+                    media_ssrc: 0x5000 + u32::from(seq / 10) % SUBS as u32,
+                    nacks: vec![NackPair {
+                        packet_id: 65_000,
+                        lost_packets: 0,
+                    }],
+                })],
+            });
+        }
+    }
+    let mut out = 0u64;
+    let mut bytes = 0u64;
+    let mut events = events.into_iter();
+    let mut run = |n: usize, fw: &mut Forwarder, shard: &mut Shard| {
+        for ev in events.by_ref().take(n) {
+            let now = match &ev {
+                ShardEvent::RtpIn { packet, .. } => {
+                    t0 + Duration::from_micros(u64::from(packet.header.sequence_number) * 3_000)
+                }
+                _ => t0,
+            };
+            let _ = fw.handle_event(shard, ev, now);
+            while let Some(d) = fw.peek_transmit() {
+                out += 1;
+                bytes += d.bytes.len() as u64 + u64::from(black_box(d.bytes[0]));
+                fw.pop_transmit();
+            }
+        }
+    };
+    run(1_650, &mut fw, &mut shard);
+    let before = fw.stats();
+    let region = Region::new(GLOBAL);
+    run(usize::MAX, &mut fw, &mut shard);
+    let change = region.change();
+    let st = fw.stats();
+    let forwarded = st.queued - before.queued;
+    assert!(forwarded > 2_000 * SUBS, "forwarded {forwarded}, {st:?}");
+    assert_eq!(st.seal_errors, 0, "{st:?}");
+    assert!(st.nacks_in > before.nacks_in, "{st:?}");
+    assert_eq!(
+        (change.allocations, change.reallocations),
+        (0, 0),
+        "forwarder: {forwarded} datagrams sealed, {change:?}, {st:?}"
+    );
+    println!("forwarder 1 → {SUBS}: {forwarded} sealed datagrams ({bytes} bytes), {change:?}");
 }
