@@ -888,6 +888,58 @@ fn a_nack_for_a_dropped_packet_is_answered_with_the_same_bytes() {
     assert_eq!(sim.rtc_rtp_to.get(&victim).copied().unwrap_or(0), 0);
 }
 
+/// A subscriber joining a track that is already flowing: its legs attach when it connects,
+/// a keyframe is asked for, video starts at the next keyframe, audio at once; removing peers
+/// detaches the legs.
+#[test]
+fn a_late_subscriber_attaches_on_connect_and_removal_detaches() {
+    let (mut sim, p, subs) = Sim::with_subscribers(1);
+    sim.publish(p, 10);
+    let plis_before = sim.clients[p].plis().len();
+    let late = sim.join(Kind::Subscriber);
+    assert!(sim.run_until(Duration::from_secs(5), Sim::all_connected));
+    assert_eq!(sim.fw.attached_legs(PeerId(late as u64)), 2);
+    // Keep publishing deltas until the request is answered by the next keyframe (every 30).
+    let (v, a) = sim.publish(p, 40);
+    assert!(
+        sim.clients[p].plis().len() > plis_before,
+        "a keyframe was requested for the late leg"
+    );
+    let c = &sim.clients[late];
+    let first_key = *v.iter().find(|s| (*s - 1) % 30 == 0).expect("a keyframe");
+    let from = v.iter().position(|s| *s == first_key).expect("sent");
+    assert_stream(&c.video_rx(), &v[from..], true, "late subscriber video");
+    assert_stream(&c.audio_rx(), &a, false, "late subscriber audio");
+    assert_stream(
+        &sim.clients[subs[0]].audio_rx()[10..],
+        &a,
+        false,
+        "first subscriber",
+    );
+
+    // Subscriber removed: its legs leave the track; the other keeps receiving.
+    let now = sim.now;
+    sim.fw.remove(PeerId(late as u64), now);
+    sim.shard.remove(PeerId(late as u64));
+    let mid = sim.publisher_answer.as_ref().expect("publisher").1.tracks[1]
+        .mid
+        .clone();
+    let legs = |sim: &Sim| {
+        sim.fw
+            .track(PeerId(p as u64), &mid)
+            .map_or(0, |t| t.legs().len())
+    };
+    assert_eq!(legs(&sim), 1);
+    let before = sim.clients[late].rtp.len();
+    sim.publish(p, 5);
+    assert_eq!(sim.clients[late].rtp.len(), before);
+    // Publisher removed: its tracks go, the subscriber's legs are detached.
+    let now = sim.now;
+    sim.fw.remove(PeerId(p as u64), now);
+    assert_eq!(sim.fw.attached_legs(PeerId(subs[0] as u64)), 0);
+    assert!(sim.fw.track(PeerId(p as u64), &mid).is_none());
+}
+
 fn rx_first(sim: &Sim, s: usize) -> u16 {
     sim.clients[s].video_rx()[0].header.sequence_number
 }
