@@ -221,6 +221,10 @@ pub struct Forwarder {
     scratch: Vec<u8>,
     reports: Vec<(LegId, SenderReport)>,
     next_path_refresh: Option<Instant>,
+    /// The earliest track timer, cached (never later than the truth; may be earlier, which
+    /// only costs a wake-up): recomputed in full on timeouts and on rare events, lowered by the
+    /// RTP hot path for the one track it touched.
+    tracks_timeout: Option<Instant>,
     stats: ForwardStats,
 }
 
@@ -242,6 +246,7 @@ impl Forwarder {
             tx,
             reports: Vec::new(),
             next_path_refresh: None,
+            tracks_timeout: None,
             stats: ForwardStats::default(),
         }
     }
@@ -389,6 +394,7 @@ impl Forwarder {
                 }
             }
         }
+        self.recompute_timeout();
     }
 
     /// Consumes one shard event: RTP and RTCP are handled here (`None`), every other event is
@@ -406,6 +412,7 @@ impl Forwarder {
             }
             ShardEvent::RtcpIn { peer, packets } => {
                 self.on_rtcp(shard, peer, &packets, now);
+                self.recompute_timeout();
                 None
             }
             ShardEvent::TrackOpen {
@@ -417,10 +424,12 @@ impl Forwarder {
                 if let Some(mid) = mid {
                     self.open_track(shard, peer, mid, ssrc, now);
                 }
+                self.recompute_timeout();
                 Some(ev)
             }
             ShardEvent::Connected { peer } => {
                 self.on_connected(shard, peer, now);
+                self.recompute_timeout();
                 Some(ev)
             }
             other => Some(other),
@@ -550,7 +559,11 @@ impl Forwarder {
             stats: &mut self.stats,
         };
         let _ = track.on_rtp(&self.scratch[..n], now, &mut egress);
-        if track.poll_keyframe_request(now) {
+        let pli = track.poll_keyframe_request(now);
+        if let Some(t) = track.poll_timeout() {
+            self.tracks_timeout = Some(self.tracks_timeout.map_or(t, |c| c.min(t)));
+        }
+        if pli {
             self.send_pli(shard, key, now);
         }
     }
@@ -681,13 +694,8 @@ impl Forwarder {
 
     /// When [`Forwarder::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let tracks = self
-            .tracks
-            .values()
-            .filter_map(|t| t.track.as_ref()?.poll_timeout())
-            .min();
         [
-            tracks,
+            self.tracks_timeout,
             self.next_path_refresh.filter(|_| !self.subs.is_empty()),
         ]
         .into_iter()
@@ -707,6 +715,15 @@ impl Forwarder {
         }
         self.poll_keyframes(shard, now);
         self.poll_sender_reports(shard, now);
+        self.recompute_timeout();
+    }
+
+    fn recompute_timeout(&mut self) {
+        self.tracks_timeout = self
+            .tracks
+            .values()
+            .filter_map(|t| t.track.as_ref()?.poll_timeout())
+            .min();
     }
 
     /// The next sealed datagram to send (then [`Forwarder::pop_transmit`]).
