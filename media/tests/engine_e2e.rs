@@ -40,6 +40,8 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use rtc::rtp_transceiver::rtp_sender::{
@@ -997,6 +999,47 @@ fn sender_reports_reach_subscribers_in_their_timestamp_space() {
         assert!(offset != 0, "timestamps were translated");
     }
     assert_eq!(sim.fw.stats().sender_reports_in, 1);
+
+    // A receiver report echoing the leg's SR gives the leg an RTT: the time since the SR left,
+    // less the 20 ms the subscriber says it held it (it held it longer: the test waited).
+    let s = subs[0];
+    let sr_ntp = sim.clients[s]
+        .rtcp
+        .iter()
+        .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+        .find(|sr| sr.ssrc == LEG_VIDEO)
+        .expect("sr")
+        .ntp_time;
+    let now = sim.now;
+    sim.clients[s].send_feedback(
+        now,
+        Box::new(ReceiverReport {
+            ssrc: 77,
+            reports: vec![ReceptionReport {
+                ssrc: LEG_VIDEO,
+                last_sender_report: (sr_ntp >> 16) as u32,
+                delay: 65_536 / 50,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    );
+    sim.run_for(Duration::from_millis(50));
+    assert_eq!(sim.fw.stats().receiver_reports_in, 1);
+    let mid = sim.publisher_answer.as_ref().expect("publisher").1.tracks[1]
+        .mid
+        .clone();
+    let rtt = sim
+        .fw
+        .track(PeerId(p as u64), &mid)
+        .and_then(|t| t.leg(media::engine::leg::LegId(s as u64)))
+        .and_then(|l| l.rtt())
+        .expect("rtt measured");
+    assert!(
+        rtt > Duration::from_millis(20) && rtt < Duration::from_millis(200),
+        "{rtt:?}"
+    );
+    println!("leg RTT from the subscriber's RR: {rtt:?}");
 }
 
 /// Rough CPU cost of forwarding to 9 subscribers: publisher packets go straight into the
