@@ -18,9 +18,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use media::engine::forward::{ForwardConfig, Forwarder, Source};
+use media::engine::forward::{subscription_of, ForwardConfig, Forwarder, Source};
 use media::engine::peer::{CodecSpec, MediaKind, OutTrack, PeerId, PublisherAnswer};
-use media::engine::runtime::{RuntimeConfig, RuntimeEvent, ShardRuntime};
+use media::engine::runtime::{RuntimeConfig, RuntimeError, RuntimeEvent, ShardRuntime};
 use media::engine::shard::{Shard, ShardConfig, ShardEvent};
 use media::engine::wire::{Pt, Ssrc};
 use rtc::crypto::SignatureScheme;
@@ -1213,21 +1213,17 @@ fn media_flows_over_real_udp_through_the_runtime() {
         .sdp
         .contains(&format!(" 127.0.0.1 {} typ host", rt.local_addr().port())));
     pc.set_answer(pans.sdp.clone(), Instant::now());
-    let sources = [MediaKind::Audio, MediaKind::Video]
-        .map(|k| Source {
-            publisher: PeerId(1),
-            mid: pans
-                .tracks
-                .iter()
-                .find(|t| t.kind == k)
-                .expect("track")
-                .mid
-                .clone(),
-        })
-        .to_vec();
+    // Every track of the publisher, as the router will ask (the video SSRC pinned so that
+    // the client can tell the streams apart).
+    let (mut tracks, sources) = subscription_of(PeerId(1), &pans, "pub");
+    for t in &mut tracks {
+        if t.kind == MediaKind::Video {
+            t.ssrc = Some(Ssrc(LEG_VIDEO));
+        }
+    }
     let (ssock, mut sc, offer) = client(Kind::Subscriber);
     let sans = rt
-        .subscribe(PeerId(2), offer, out_tracks(), sources)
+        .subscribe(PeerId(2), offer, tracks, sources)
         .expect("queued")
         .blocking_recv()
         .expect("reply")
@@ -1285,6 +1281,29 @@ fn media_flows_over_real_udp_through_the_runtime() {
         .blocking_recv()
         .expect("removed");
     drop(rt);
+}
+
+/// A full command queue answers `Busy` at once (the caller never blocks); every accepted
+/// command is answered.
+#[test]
+fn a_full_command_queue_answers_busy() {
+    let mut config = RuntimeConfig::new(addr("127.0.0.1:0"));
+    config.commands = 1;
+    config.max_wait = Duration::from_millis(50);
+    let (rt, _events) = ShardRuntime::spawn(config).expect("runtime");
+    let mut accepted = Vec::new();
+    let mut busy = 0;
+    for _ in 0..1_000 {
+        match rt.stats() {
+            Ok(r) => accepted.push(r),
+            Err(RuntimeError::Busy) => busy += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(busy > 0, "1000 commands into a queue of 1 without one Busy");
+    for r in accepted {
+        r.blocking_recv().expect("answered");
+    }
 }
 
 /// CPU time of the calling thread so far (Linux, 10 ms resolution).

@@ -55,7 +55,7 @@ use super::leg::{
 };
 use super::nack_ring;
 use super::peer::{
-    CodecSpec, MediaKind, PeerId, PublisherAnswer, Role, SentTrack, SubscriberAnswer,
+    CodecSpec, MediaKind, OutTrack, PeerId, PublisherAnswer, Role, SentTrack, SubscriberAnswer,
 };
 use super::sender_report::SenderReport;
 use super::shard::{CryptoHook, Shard, ShardEvent};
@@ -819,6 +819,36 @@ impl Egress for Out<'_> {
             }
         }
     }
+}
+
+/// What a subscriber of every track of a publisher asks the shard for: one [`OutTrack`] per
+/// published track (its first codec, the publisher's preferred; SSRCs chosen by the shard) and
+/// the matching [`Source`]s, in the same order, for [`Forwarder::add_subscriber`].
+pub fn subscription_of(
+    publisher: PeerId,
+    answer: &PublisherAnswer,
+    stream_id: &str,
+) -> (Vec<OutTrack>, Vec<Source>) {
+    answer
+        .tracks
+        .iter()
+        .filter_map(|t| {
+            let codec = t.codecs.first()?.clone();
+            Some((
+                OutTrack {
+                    kind: t.kind,
+                    codec,
+                    ssrc: None,
+                    stream_id: stream_id.to_owned(),
+                    track_id: format!("{stream_id}-{}", t.mid),
+                },
+                Source {
+                    publisher,
+                    mid: t.mid.clone(),
+                },
+            ))
+        })
+        .unzip()
 }
 
 /// The leg of subscription `l` on a track of `kind` with the publisher's `codecs` and `extmap`.
