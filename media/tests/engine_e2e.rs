@@ -36,7 +36,7 @@ use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -151,6 +151,8 @@ struct Client {
     pc: RTCPeerConnection,
     addr: SocketAddr,
     connected: bool,
+    /// ICE connections made (an ICE restart makes another).
+    ice_connects: u32,
     /// Publisher: (sender, ssrc) of audio and video.
     audio: Option<(RTCRtpSenderId, u32)>,
     video: Option<(RTCRtpSenderId, u32)>,
@@ -264,6 +266,7 @@ impl Client {
             pc,
             addr,
             connected: false,
+            ice_connects: 0,
             audio,
             video,
             receivers,
@@ -283,11 +286,14 @@ impl Client {
 
     fn poll(&mut self) {
         while let Some(ev) = self.pc.poll_event() {
-            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
-                RTCPeerConnectionState::Connected,
-            ) = ev
-            {
-                self.connected = true;
+            match ev {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                    RTCPeerConnectionState::Connected,
+                ) => self.connected = true,
+                RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                    RTCIceConnectionState::Connected,
+                ) => self.ice_connects += 1,
+                _ => {}
             }
         }
         while let Some(m) = self.pc.poll_read() {
@@ -940,6 +946,44 @@ fn a_late_subscriber_attaches_on_connect_and_removal_detaches() {
     sim.fw.remove(PeerId(p as u64), now);
     assert_eq!(sim.fw.attached_legs(PeerId(subs[0] as u64)), 0);
     assert!(sim.fw.track(PeerId(p as u64), &mid).is_none());
+}
+
+/// An ICE restart of a subscriber keeps its sealer (a rebuilt one would start its rollover
+/// counters again): media flows on, continuous and decryptable, across the restart.
+#[test]
+fn a_subscriber_ice_restart_keeps_forwarding() {
+    let (mut sim, p, subs) = Sim::with_subscribers(1);
+    let s = subs[0];
+    let (mut v, mut a) = sim.publish(p, 10);
+    let now = sim.now;
+    sim.clients[s].pc.restart_ice();
+    let offer = sim.clients[s].pc.create_offer(None).expect("restart offer");
+    sim.clients[s]
+        .pc
+        .set_local_description(now, offer.clone())
+        .expect("set local");
+    let answer = sim
+        .shard
+        .renegotiate(PeerId(s as u64), &offer.sdp, now)
+        .expect("restart answer");
+    sim.clients[s].set_answer(answer, now);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        sim.clients[s].ice_connects, 2,
+        "ICE reconnected after the restart"
+    );
+    let (v2, a2) = sim.publish(p, 20);
+    v.extend(v2);
+    a.extend(a2);
+    assert_stream(&sim.clients[s].video_rx(), &v, true, "restarted subscriber");
+    assert_stream(
+        &sim.clients[s].audio_rx(),
+        &a,
+        false,
+        "restarted subscriber",
+    );
+    let st = sim.fw.stats();
+    assert_eq!(st.key_errors + st.seal_errors, 0, "{st:?}");
 }
 
 fn rx_first(sim: &Sim, s: usize) -> u16 {
