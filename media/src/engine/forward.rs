@@ -55,7 +55,8 @@ use super::leg::{
 };
 use super::nack_ring;
 use super::peer::{
-    CodecSpec, MediaKind, OutTrack, PeerId, PublisherAnswer, Role, SentTrack, SubscriberAnswer,
+    CodecSpec, MediaKind, OutTrack, PeerId, PeerState, PublisherAnswer, Role, SentTrack,
+    SubscriberAnswer,
 };
 use super::sender_report::SenderReport;
 use super::shard::{CryptoHook, Shard, ShardEvent};
@@ -163,6 +164,8 @@ struct SubLeg {
 struct Sub {
     capture: Option<Arc<SrtpKeyCapture>>,
     sealer: Option<SrtpSealer>,
+    /// Its keys could not be read (final: its legs never attach).
+    keys_failed: bool,
     /// (local socket address, client address).
     path: Option<(SocketAddr, SocketAddr)>,
     transport_seq: u16,
@@ -327,6 +330,7 @@ impl Forwarder {
             Sub {
                 capture,
                 sealer: None,
+                keys_failed: false,
                 path: None,
                 transport_seq: rand::random(),
                 epoch: Instant::now(),
@@ -469,32 +473,42 @@ impl Forwarder {
             let local = shard.local_of(path.announced);
             self.set_path(peer, local, path.remote);
         }
-        let Some(sub) = self.subs.get(&peer) else {
+        if self.subs.contains_key(&peer) {
+            self.try_keys(shard, peer, now);
+            self.attach_pending(now);
+            self.poll_keyframes(shard, now);
+        }
+    }
+
+    /// Builds the subscriber's sealer from the keys its capture recorded, unless it has one.
+    /// `NotYet` is retried at the next path refresh; other failures are final (counted).
+    fn try_keys(&mut self, shard: &mut Shard, peer: PeerId, now: Instant) {
+        let Some(sub) = self.subs.get_mut(&peer) else {
             return;
         };
-        if sub.sealer.is_none() {
-            let keys = match (&sub.capture, shard.srtp_profile(peer, now)) {
-                (Some(c), Some(Ok(profile))) => c.keys(profile),
-                (None, _) => Err(KeyCaptureError::Unrecognised(
-                    "no key capture installed for this subscriber".into(),
-                )),
-                (_, Some(Err(e))) => Err(e),
-                (_, None) => Err(KeyCaptureError::NotYet),
-            };
-            match keys
-                .map_err(|e| e.to_string())
-                .and_then(|k| self.install_keys(peer, &k))
-            {
-                Ok(()) => {}
-                Err(e) => {
-                    self.stats.key_errors += 1;
-                    tracing::warn!(peer = peer.0, "no SRTP keys for forwarding: {e}");
-                    return;
-                }
-            }
+        if sub.sealer.is_some() || sub.keys_failed {
+            return;
         }
-        self.attach_pending(now);
-        self.poll_keyframes(shard, now);
+        let keys = match (&sub.capture, shard.srtp_profile(peer, now)) {
+            (Some(c), Some(Ok(profile))) => c.keys(profile),
+            (None, _) => Err(KeyCaptureError::Unrecognised(
+                "no key capture installed for this subscriber".into(),
+            )),
+            (_, Some(Err(e))) => Err(e),
+            (_, None) => Err(KeyCaptureError::NotYet),
+        };
+        let result = match keys {
+            Err(KeyCaptureError::NotYet) => return,
+            Err(e) => Err(e.to_string()),
+            Ok(k) => self.install_keys(peer, &k),
+        };
+        if let Err(e) = result {
+            self.stats.key_errors += 1;
+            if let Some(sub) = self.subs.get_mut(&peer) {
+                sub.keys_failed = true;
+            }
+            tracing::warn!(peer = peer.0, "no SRTP keys for forwarding: {e}");
+        }
     }
 
     /// Attaches every leg whose subscriber is ready and whose track is open.
@@ -706,11 +720,22 @@ impl Forwarder {
     /// Keyframe requests and sender reports that are due; subscribers' paths re-read.
     pub fn handle_timeout(&mut self, shard: &mut Shard, now: Instant) {
         if self.next_path_refresh.is_none_or(|t| t <= now) {
+            let mut unready = Vec::new();
             for (id, sub) in &mut self.subs {
                 if let Ok(path) = shard.path(*id) {
                     sub.path = Some((shard.local_of(path.announced), path.remote));
                 }
+                if sub.sealer.is_none() && !sub.keys_failed {
+                    unready.push(*id);
+                }
             }
+            // Keys that were not there yet at `Connected`, a path that came late.
+            for id in unready {
+                if shard.state(id) == Some(PeerState::Connected) {
+                    self.try_keys(shard, id, now);
+                }
+            }
+            self.attach_pending(now);
             self.next_path_refresh = Some(now + self.config.path_refresh);
         }
         self.poll_keyframes(shard, now);
