@@ -580,7 +580,11 @@ impl Connection {
                         .state
                         .rooms
                         .get_or_create(&name, &self.state.room_ctx)
-                        .map_err(|no_room| no_room.error())?;
+                        .map_err(|no_room| {
+                            let err = no_room.error();
+                            self.state.counters.room_error(&err);
+                            err
+                        })?;
                     match handle.tx.send(input).await {
                         Ok(()) => return Ok(handle.serial),
                         Err(mpsc::error::SendError(back)) => input = back,

@@ -37,7 +37,7 @@ struct AppState {
     rooms: Arc<rooms::Directory>,
     room_ctx: rooms::RoomCtx,
     connections: Arc<limits::ConnectionLimits>,
-    counters: limits::Counters,
+    counters: Arc<limits::Counters>,
     lifecycle: Arc<drain::Lifecycle>,
     latencies: Arc<metrics::Latencies>,
 }
@@ -50,12 +50,14 @@ impl AppState {
         let rooms = Arc::new(rooms::Directory::new(config.room(), config.max_rooms));
         let lifecycle = Arc::new(drain::Lifecycle::default());
         let latencies = Arc::new(metrics::Latencies::default());
+        let counters = Arc::new(limits::Counters::default());
         let room_ctx = rooms::RoomCtx {
             sessions: Arc::clone(&sessions),
             bridge: Arc::new(bridge::Bridge::new(media)),
             directory: Arc::clone(&rooms),
             lifecycle: Arc::clone(&lifecycle),
             latencies: Arc::clone(&latencies),
+            counters: Arc::clone(&counters),
         };
         let connections =
             limits::ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
@@ -65,7 +67,7 @@ impl AppState {
             rooms,
             room_ctx,
             connections,
-            counters: limits::Counters::default(),
+            counters,
             lifecycle,
             latencies,
         }

@@ -27,6 +27,65 @@ pub(crate) struct Counters {
     pub(crate) refused_origin: AtomicU64,
     /// Admin requests refused (no token configured, wrong token, wrong method).
     pub(crate) admin_refused: AtomicU64,
+    /// Room requests refused by a room limit, by limit (see [`RoomLimit`]).
+    pub(crate) room_limits: [AtomicU64; RoomLimit::ALL.len()],
+}
+
+/// The limits the rooms enforce (their errors come from the room state machine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RoomLimit {
+    Rooms,
+    Participants,
+    Publishers,
+    SdpBytes,
+    Candidates,
+}
+
+impl RoomLimit {
+    pub(crate) const ALL: [RoomLimit; 5] = [
+        RoomLimit::Rooms,
+        RoomLimit::Participants,
+        RoomLimit::Publishers,
+        RoomLimit::SdpBytes,
+        RoomLimit::Candidates,
+    ];
+
+    /// The limit behind a room error, if it is one.
+    pub(crate) fn of(err: &signaling::RoomError) -> Option<RoomLimit> {
+        use signaling::RoomError as E;
+        match err {
+            E::TooManyRooms => Some(RoomLimit::Rooms),
+            E::RoomFull { .. } => Some(RoomLimit::Participants),
+            E::TooManyPublishers { .. } => Some(RoomLimit::Publishers),
+            E::OfferTooLarge { .. } => Some(RoomLimit::SdpBytes),
+            E::TooManyCandidates { .. } => Some(RoomLimit::Candidates),
+            _ => None,
+        }
+    }
+
+    /// Its label in `/metrics`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            RoomLimit::Rooms => "rooms",
+            RoomLimit::Participants => "participants_per_room",
+            RoomLimit::Publishers => "publishers_per_room",
+            RoomLimit::SdpBytes => "sdp_bytes",
+            RoomLimit::Candidates => "candidates_per_endpoint",
+        }
+    }
+}
+
+impl Counters {
+    /// Counts a room error if it is a limit's refusal.
+    pub(crate) fn room_error(&self, err: &signaling::RoomError) {
+        if let Some(limit) = RoomLimit::of(err) {
+            let i = RoomLimit::ALL
+                .iter()
+                .position(|l| *l == limit)
+                .unwrap_or_default();
+            self.room_limits[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// Why a connection is not admitted.

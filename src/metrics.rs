@@ -315,6 +315,22 @@ pub(crate) fn render(
     );
     let _ = writeln!(
         out,
+        "# HELP roomd_room_limit_refusals_total Room requests refused by a room limit.\n\
+         # TYPE roomd_room_limit_refusals_total counter"
+    );
+    for (limit, n) in crate::limits::RoomLimit::ALL
+        .iter()
+        .zip(&refused.room_limits)
+    {
+        let _ = writeln!(
+            out,
+            "roomd_room_limit_refusals_total{{limit=\"{}\"}} {}",
+            limit.label(),
+            n.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP roomd_rtp_dropped_total Packets not delivered to a subscriber, by reason.\n# TYPE roomd_rtp_dropped_total counter"
     );
     for (reason, n) in &media.drops {

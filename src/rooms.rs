@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use crate::bridge::Bridge;
 use crate::drain::Lifecycle;
+use crate::limits::Counters;
 use crate::lock;
 use crate::metrics::Latencies;
 use crate::room_handle::{RoomHandle, RoomInbox};
@@ -40,6 +41,8 @@ pub(crate) struct RoomCtx {
     pub(crate) lifecycle: Arc<Lifecycle>,
     /// Where the join → first media connected time is recorded.
     pub(crate) latencies: Arc<Latencies>,
+    /// Where refusals of the room limits are counted.
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// Why no room could be had for a join.
@@ -316,6 +319,7 @@ fn execute_outputs(
                     }
                     Err(err) => {
                         tracing::debug!(%session, id, code = err.code(), %err, "request refused");
+                        ctx.counters.room_error(&err);
                         let sid = err.carries_session_id().then_some(session.0.as_str());
                         signaling::jsonrpc::encode_error(id, err.code(), &err.to_string(), sid)
                     }
@@ -384,6 +388,7 @@ mod tests {
             directory: Arc::new(Directory::new(RoomConfig::default(), 10)),
             lifecycle: Arc::default(),
             latencies: Arc::default(),
+            counters: Arc::default(),
         };
         let handle = ctx
             .directory

@@ -206,6 +206,10 @@ async fn room_limits_answer_errors_and_the_connection_survives() {
     let (code, msg) = error_of(&r);
     assert_eq!(code, -1);
     assert!(msg.contains("exceeds the limit of 1000"), "{msg}");
+    for (limit, n) in [("participants_per_room", 1), ("rooms", 1), ("sdp_bytes", 1)] {
+        let series = format!("roomd_room_limit_refusals_total{{limit=\"{limit}\"}}");
+        assert_eq!(metric(server.addr, &series).await, n, "{series}");
+    }
     // Still a participant, still answered.
     let r = c
         .call(
