@@ -222,6 +222,7 @@ impl Partial {
 fn parse_offer(offer: String) -> Result<(RTCSessionDescription, Vec<MediaSection>), String> {
     let desc = RTCSessionDescription::offer(offer).map_err(|_| "unparseable SDP".to_owned())?;
     let parsed = desc.unmarshal().map_err(|_| "unparseable SDP".to_owned())?;
+    codecs::check_complexity(&parsed)?;
     let sections = media_sections(&parsed);
     if sections.is_empty() {
         return Err("no media section".to_owned());

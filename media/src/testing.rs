@@ -34,6 +34,8 @@ use webrtc::peer_connection::{
     SettingEngineBuilder,
 };
 
+pub mod fuzz;
+
 pub use rtc::rtp_transceiver::rtp_sender::RtpCodecKind as Kind;
 pub use webrtc::data_channel::DataChannel as Channel;
 
