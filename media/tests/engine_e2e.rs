@@ -12,136 +12,46 @@
 //! subscribers in each leg's timestamp space; and a rough CPU cost per forwarded packet (1 → 9)
 //! is printed (run in release with `--nocapture` for a meaningful figure).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use media::engine::forward::{subscription_of, ForwardConfig, Forwarder, Source};
-use media::engine::peer::{CodecSpec, MediaKind, OutTrack, PeerId, PublisherAnswer};
+use media::engine::peer::{MediaKind, PeerId, PublisherAnswer};
 use media::engine::runtime::{RuntimeConfig, RuntimeError, RuntimeEvent, ShardRuntime};
 use media::engine::shard::{Shard, ShardConfig, ShardEvent};
-use media::engine::wire::{Pt, Ssrc};
-use rtc::crypto::SignatureScheme;
-use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, StreamInfo, TaggedPacket};
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
-use rtc::peer_connection::configuration::media_engine::{
-    MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8,
-};
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use media::engine::wire::Ssrc;
+use rtc::interceptor::Registry;
+use rtc::peer_connection::certificate::RTCCertificate;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{
-    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-const SHARD: &str = "192.0.2.1:3478";
-const LATENCY: Duration = Duration::from_millis(10);
+mod common;
+
+use common::engine::{
+    add_recv_transceivers, add_send_tracks, addr, apply_answer, certificate, client_pc, deliver,
+    ice_restart_offer, local_udp, negotiated_pt, offer_from, opus, out_tracks, rtp_header,
+    take_writes, thread_cpu, vp8, write_rtp, Datagram, Kind, RtcpToApp, Simulated, Wire, LEG_VIDEO,
+    SHARD,
+};
+
 const PUB_VIDEO: u32 = 1000;
 const PUB_AUDIO: u32 = 1001;
-const LEG_VIDEO: u32 = 0x5eed_0001;
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().expect("address")
-}
 
 fn client_addr(i: usize) -> SocketAddr {
     SocketAddr::new([198, 51, 100, 1].into(), 40_000 + i as u16)
-}
-
-fn certificate() -> RTCCertificate {
-    let provider = rtc::crypto::default_provider().expect("crypto");
-    RTCCertificate::generate(
-        provider.crypto(),
-        SignatureScheme::EcdsaP256Sha256,
-        CertificateParams::new(vec!["client".to_owned()]).expect("params"),
-    )
-    .expect("certificate")
-}
-
-fn vp8() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_VP8.to_owned(),
-        clock_rate: 90_000,
-        channels: 0,
-        sdp_fmtp_line: String::new(),
-        rtcp_feedback: vec![],
-    }
-}
-
-fn opus() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48_000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-        rtcp_feedback: vec![],
-    }
-}
-
-/// Delivers every inbound RTCP packet to the client application (rtc's chain terminus drops it
-/// otherwise), as the shard's own chain does.
-#[derive(Default)]
-struct RtcpToApp {
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApp {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if matches!(msg.message.packet, Packet::Rtcp(_)) {
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read.push_back(msg);
-        Ok(())
-    }
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for RtcpToApp {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Publisher,
-    Subscriber,
 }
 
 /// A browser-like client: a full-ICE offerer on its own address. A publisher sends VP8-like
@@ -166,58 +76,16 @@ struct Client {
 
 impl Client {
     fn new(kind: Kind, addr: SocketAddr, cert: &RTCCertificate, now: Instant) -> (Self, String) {
-        let mut me = MediaEngine::default();
-        me.register_default_codecs().expect("codecs");
-        let se = SettingEngineBuilder::new()
-            .with_ice_connection_attempts(Some(Duration::from_millis(20)), None)
-            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .build();
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(
-                RTCConfigurationBuilder::new()
-                    .with_certificates(vec![cert.clone()])
-                    .build(),
-            )
-            .with_setting_engine(se)
-            .with_media_engine(me)
-            .with_interceptor_registry(Registry::new().with(14_000.into(), RtcpToApp::default()))
-            .build(now)
-            .expect("client pc");
+        let rtcp_to_app = Registry::new().with(14_000.into(), RtcpToApp::default());
+        let mut pc = client_pc(cert, Some(rtcp_to_app), now);
         let (mut audio, mut video, mut receivers) = (None, None, Vec::new());
         match kind {
             Kind::Publisher => {
-                for (k, codec, s) in [
+                let tracks = [
                     (RtpCodecKind::Audio, opus(), PUB_AUDIO),
                     (RtpCodecKind::Video, vp8(), PUB_VIDEO),
-                ] {
-                    let track = MediaStreamTrack::new(
-                        "stream".to_owned(),
-                        format!("{k}-{s}"),
-                        format!("{k}"),
-                        k,
-                        vec![RTCRtpEncodingParameters {
-                            rtp_coding_parameters: RTCRtpCodingParameters {
-                                ssrc: Some(s),
-                                ..Default::default()
-                            },
-                            codec,
-                            ..Default::default()
-                        }],
-                    );
-                    let tid = pc
-                        .add_transceiver_from_track(
-                            track,
-                            Some(RTCRtpTransceiverInit {
-                                direction: RTCRtpTransceiverDirection::Sendonly,
-                                streams: vec![],
-                                send_encodings: vec![],
-                            }),
-                        )
-                        .expect("transceiver");
-                    let sender = pc
-                        .rtp_transceiver(tid)
-                        .and_then(|t| t.sender())
-                        .expect("sender");
+                ];
+                for (k, sender, s) in add_send_tracks(&mut pc, "stream", tracks) {
                     if k == RtpCodecKind::Video {
                         video = Some((sender, s));
                     } else {
@@ -225,43 +93,9 @@ impl Client {
                     }
                 }
             }
-            Kind::Subscriber => {
-                for k in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-                    let tid = pc
-                        .add_transceiver_from_kind(
-                            k,
-                            Some(RTCRtpTransceiverInit {
-                                direction: RTCRtpTransceiverDirection::Recvonly,
-                                streams: vec![],
-                                send_encodings: vec![],
-                            }),
-                        )
-                        .expect("transceiver");
-                    receivers.push(
-                        pc.rtp_transceiver(tid)
-                            .and_then(|t| t.receiver())
-                            .expect("receiver"),
-                    );
-                }
-            }
+            Kind::Subscriber => receivers = add_recv_transceivers(&mut pc),
         }
-        let cand = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .expect("candidate");
-        pc.add_local_candidate(RTCIceCandidate::from(&cand).to_json().expect("json"))
-            .expect("local candidate");
-        let offer = pc.create_offer(None).expect("offer");
-        pc.set_local_description(now, offer.clone())
-            .expect("set local");
+        let offer = offer_from(&mut pc, addr, now);
         let c = Self {
             pc,
             addr,
@@ -275,13 +109,11 @@ impl Client {
             video_seq: 0,
             audio_seq: 0,
         };
-        (c, offer.sdp)
+        (c, offer)
     }
 
     fn set_answer(&mut self, sdp: String, now: Instant) {
-        self.pc
-            .set_remote_description(now, RTCSessionDescription::answer(sdp).expect("answer"))
-            .expect("apply answer");
+        apply_answer(&mut self.pc, sdp, now);
     }
 
     fn poll(&mut self) {
@@ -306,16 +138,7 @@ impl Client {
     }
 
     fn pt_of(&mut self, sender: RTCRtpSenderId, mime: &str) -> u8 {
-        self.pc
-            .rtp_sender(sender)
-            .expect("sender")
-            .get_parameters()
-            .rtp_parameters
-            .codecs
-            .iter()
-            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
-            .map(|c| c.payload_type)
-            .expect("negotiated")
+        negotiated_pt(&mut self.pc, sender, mime)
     }
 
     /// One VP8 packet (a keyframe start if `key`) of `size` payload bytes naming its sequence
@@ -325,23 +148,14 @@ impl Client {
         let pt = self.pt_of(sender, MIME_TYPE_VP8);
         self.video_seq = self.video_seq.wrapping_add(1);
         let seq = self.video_seq;
-        let pkt = rtc::rtp::packet::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: pt,
-                sequence_number: seq,
-                timestamp: video_ts(seq),
-                ssrc,
-                marker: true,
-                ..Default::default()
-            },
-            payload: video_payload(seq, key, size),
-        };
-        self.pc
-            .rtp_sender(sender)
-            .expect("sender")
-            .write_rtp(now, pkt)
-            .expect("write_rtp");
+        let header = rtp_header(pt, seq, video_ts(seq), ssrc, true);
+        write_rtp(
+            &mut self.pc,
+            sender,
+            now,
+            header,
+            video_payload(seq, key, size),
+        );
         seq
     }
 
@@ -350,22 +164,8 @@ impl Client {
         let pt = self.pt_of(sender, MIME_TYPE_OPUS);
         self.audio_seq = self.audio_seq.wrapping_add(1);
         let seq = self.audio_seq;
-        let pkt = rtc::rtp::packet::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: pt,
-                sequence_number: seq,
-                timestamp: u32::from(seq) * 960,
-                ssrc,
-                ..Default::default()
-            },
-            payload: audio_payload(seq),
-        };
-        self.pc
-            .rtp_sender(sender)
-            .expect("sender")
-            .write_rtp(now, pkt)
-            .expect("write_rtp");
+        let header = rtp_header(pt, seq, u32::from(seq) * 960, ssrc, false);
+        write_rtp(&mut self.pc, sender, now, header, audio_payload(seq));
         seq
     }
 
@@ -453,12 +253,6 @@ fn is_rtp(b: &[u8]) -> bool {
     b.len() >= 12 && b[0] >> 6 == 2 && !(64..96).contains(&(b[1] & 0x7f))
 }
 
-struct Datagram {
-    from: SocketAddr,
-    to: SocketAddr,
-    bytes: Vec<u8>,
-}
-
 type DropRule = Box<dyn FnMut(&Datagram) -> bool>;
 
 /// Shard + forwarder, clients, an in-memory network with simulated time.
@@ -468,9 +262,7 @@ struct Sim {
     fw: Forwarder,
     clients: Vec<Client>,
     by_addr: HashMap<SocketAddr, usize>,
-    wire: BinaryHeap<Reverse<(Instant, u64)>>,
-    in_flight: HashMap<u64, Datagram>,
-    seq: u64,
+    wire: Wire,
     events: Vec<ShardEvent>,
     cert: RTCCertificate,
     publisher_answer: Option<(PeerId, PublisherAnswer)>,
@@ -494,9 +286,7 @@ impl Sim {
             fw,
             clients: Vec::new(),
             by_addr: HashMap::new(),
-            wire: BinaryHeap::new(),
-            in_flight: HashMap::new(),
-            seq: 0,
+            wire: Wire::default(),
             events: Vec::new(),
             cert: certificate(),
             publisher_answer: None,
@@ -566,9 +356,7 @@ impl Sim {
                 return;
             }
         }
-        self.seq += 1;
-        self.in_flight.insert(self.seq, d);
-        self.wire.push(Reverse((self.now + LATENCY, self.seq)));
+        self.wire.send(self.now, d);
     }
 
     fn pump_shard(&mut self) {
@@ -601,87 +389,12 @@ impl Sim {
             self.clients[i].poll();
             let _ = self.clients[i].pc.handle_timeout(now);
             self.clients[i].poll();
-            let mut out = Vec::new();
-            while let Some(m) = self.clients[i].pc.poll_write() {
-                out.push((m.transport.peer_addr, m.message.to_vec()));
-            }
+            let out = take_writes(&mut self.clients[i].pc);
             let from = self.clients[i].addr;
             for (to, b) in out {
                 self.send(from, to, b);
             }
         }
-    }
-
-    fn step(&mut self) {
-        self.flush();
-        let mut next = self.wire.peek().map(|Reverse((t, _))| *t);
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                next = Some(next.map_or(t, |n: Instant| n.min(t)));
-            }
-        };
-        consider(self.shard.poll_timeout());
-        consider(self.fw.poll_timeout());
-        for c in &mut self.clients {
-            consider(c.pc.poll_timeout());
-        }
-        let next = next.unwrap_or(self.now + Duration::from_millis(100));
-        self.now = next.max(self.now + Duration::from_micros(100));
-        while let Some(&Reverse((t, seq))) = self.wire.peek() {
-            if t > self.now {
-                break;
-            }
-            self.wire.pop();
-            let Some(d) = self.in_flight.remove(&seq) else {
-                continue;
-            };
-            if d.to == addr(SHARD) {
-                self.shard.handle_datagram(self.now, d.to, d.from, &d.bytes);
-                self.pump_shard();
-            } else if let Some(&i) = self.by_addr.get(&d.to) {
-                let c = &mut self.clients[i];
-                let _ = c.pc.handle_read(TaggedBytesMut {
-                    now: self.now,
-                    transport: TransportContext {
-                        local_addr: c.addr,
-                        peer_addr: d.from,
-                        transport_protocol: TransportProtocol::UDP,
-                        ecn: None,
-                    },
-                    message: BytesMut::from(&d.bytes[..]),
-                });
-            }
-        }
-        if self.shard.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.shard.handle_timeout(self.now);
-        }
-        if self.fw.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.fw.handle_timeout(&mut self.shard, self.now);
-        }
-        for c in &mut self.clients {
-            if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
-                let _ = c.pc.handle_timeout(self.now);
-            }
-        }
-        self.flush();
-    }
-
-    fn run_for(&mut self, d: Duration) {
-        let end = self.now + d;
-        while self.now < end {
-            self.step();
-        }
-    }
-
-    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
-        let end = self.now + limit;
-        while self.now < end {
-            if done(self) {
-                return true;
-            }
-            self.step();
-        }
-        done(self)
     }
 
     fn all_connected(&self) -> bool {
@@ -723,37 +436,39 @@ impl Sim {
     }
 }
 
-fn out_tracks() -> Vec<OutTrack> {
-    vec![
-        OutTrack {
-            kind: MediaKind::Audio,
-            codec: CodecSpec {
-                pt: Pt(111),
-                mime: MIME_TYPE_OPUS.to_owned(),
-                clock_rate: 48_000,
-                channels: 2,
-                fmtp: "minptime=10;useinbandfec=1".to_owned(),
-                rtcp_feedback: vec![],
-            },
-            ssrc: None,
-            stream_id: "pub".to_owned(),
-            track_id: "pub-audio".to_owned(),
-        },
-        OutTrack {
-            kind: MediaKind::Video,
-            codec: CodecSpec {
-                pt: Pt(96),
-                mime: MIME_TYPE_VP8.to_owned(),
-                clock_rate: 90_000,
-                channels: 0,
-                fmtp: String::new(),
-                rtcp_feedback: vec![],
-            },
-            ssrc: Some(Ssrc(LEG_VIDEO)),
-            stream_id: "pub".to_owned(),
-            track_id: "pub-video".to_owned(),
-        },
-    ]
+impl Simulated for Sim {
+    fn now(&self) -> Instant {
+        self.now
+    }
+
+    fn step(&mut self) {
+        self.flush();
+        let deadlines = [self.shard.poll_timeout(), self.fw.poll_timeout()]
+            .into_iter()
+            .chain(self.clients.iter_mut().map(|c| c.pc.poll_timeout()));
+        self.now = self.wire.next_time(self.now, deadlines);
+        while let Some(d) = self.wire.pop_due(self.now) {
+            if d.to == addr(SHARD) {
+                self.shard.handle_datagram(self.now, d.to, d.from, &d.bytes);
+                self.pump_shard();
+            } else if let Some(&i) = self.by_addr.get(&d.to) {
+                let c = &mut self.clients[i];
+                deliver(&mut c.pc, self.now, c.addr, d.from, &d.bytes);
+            }
+        }
+        if self.shard.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.shard.handle_timeout(self.now);
+        }
+        if self.fw.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.fw.handle_timeout(&mut self.shard, self.now);
+        }
+        for c in &mut self.clients {
+            if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
+                let _ = c.pc.handle_timeout(self.now);
+            }
+        }
+        self.flush();
+    }
 }
 
 /// Payloads intact, in order, each source packet once, output sequence numbers continuous.
@@ -956,15 +671,10 @@ fn a_subscriber_ice_restart_keeps_forwarding() {
     let s = subs[0];
     let (mut v, mut a) = sim.publish(p, 10);
     let now = sim.now;
-    sim.clients[s].pc.restart_ice();
-    let offer = sim.clients[s].pc.create_offer(None).expect("restart offer");
-    sim.clients[s]
-        .pc
-        .set_local_description(now, offer.clone())
-        .expect("set local");
+    let offer = ice_restart_offer(&mut sim.clients[s].pc, now);
     let answer = sim
         .shard
-        .renegotiate(PeerId(s as u64), &offer.sdp, now)
+        .renegotiate(PeerId(s as u64), &offer, now)
         .expect("restart answer");
     sim.clients[s].set_answer(answer, now);
     sim.run_for(Duration::from_secs(1));
@@ -1208,16 +918,7 @@ fn forwarding_cost_one_to_nine() {
 /// Feeds a client what arrived on its socket, runs its timers, sends what it queued.
 fn drive(sock: &UdpSocket, c: &mut Client, buf: &mut [u8]) {
     while let Ok((n, from)) = sock.recv_from(buf) {
-        let _ = c.pc.handle_read(TaggedBytesMut {
-            now: Instant::now(),
-            transport: TransportContext {
-                local_addr: c.addr,
-                peer_addr: from,
-                transport_protocol: TransportProtocol::UDP,
-                ecn: None,
-            },
-            message: BytesMut::from(&buf[..n]),
-        });
+        deliver(&mut c.pc, Instant::now(), c.addr, from, &buf[..n]);
     }
     let now = Instant::now();
     if c.pc.poll_timeout().is_some_and(|t| t <= now) {
@@ -1239,9 +940,7 @@ fn media_flows_over_real_udp_through_the_runtime() {
         ShardRuntime::spawn(RuntimeConfig::new(addr("127.0.0.1:0"))).expect("runtime");
     let cert = certificate();
     let client = |kind| {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sock.set_nonblocking(true).expect("nonblocking");
-        let a = sock.local_addr().expect("addr");
+        let (sock, a) = local_udp();
         let (c, offer) = Client::new(kind, a, &cert, Instant::now());
         (sock, c, offer)
     };
@@ -1366,9 +1065,7 @@ fn udp_forwarding_cost_one_to_nine() {
         ShardRuntime::spawn(RuntimeConfig::new(addr("127.0.0.1:0"))).expect("runtime");
     let cert = certificate();
     let client = |kind| {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sock.set_nonblocking(true).expect("nonblocking");
-        let a = sock.local_addr().expect("addr");
+        let (sock, a) = local_udp();
         let (c, offer) = Client::new(kind, a, &cert, Instant::now());
         (sock, c, offer)
     };
@@ -1487,17 +1184,4 @@ fn a_full_command_queue_answers_busy() {
     for r in accepted {
         r.blocking_recv().expect("answered");
     }
-}
-
-/// CPU time of the calling thread so far (Linux, 10 ms resolution).
-fn thread_cpu() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/thread-self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }

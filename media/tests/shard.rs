@@ -14,88 +14,37 @@
 //! Figures (join → connected, wall time, memory) are printed; run with `--nocapture` to see
 //! them.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::net::{SocketAddr, UdpSocket};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use media::engine::peer::{CodecSpec, MediaKind, OutTrack, PeerId, PeerState};
+use media::engine::peer::{MediaKind, PeerId, PeerState};
 use media::engine::shard::{FailReason, Shard, ShardAddr, ShardConfig, ShardEvent};
 use media::engine::wire::{Pt, Ssrc};
-use rtc::crypto::SignatureScheme;
-use rtc::ice::mdns::MulticastDnsMode;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
-use rtc::peer_connection::configuration::media_engine::{
-    MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8,
-};
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::certificate::RTCCertificate;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_VP8;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-const SHARD: &str = "192.0.2.1:3478";
-const LATENCY: Duration = Duration::from_millis(10);
+mod common;
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().expect("address")
-}
+use common::engine::{
+    add_recv_transceivers, add_send_tracks, addr, apply_answer, certificate, client_pc, deliver,
+    ice_restart_offer, local_udp, negotiated_pt, offer_from, opus, out_tracks, rtp_header,
+    take_writes, thread_cpu, vp8, write_rtp, Datagram, Kind, Simulated, Wire, LATENCY, SHARD,
+};
 
 fn client_addr(i: usize) -> SocketAddr {
     SocketAddr::new(
         [198, 51, 100, (1 + i / 200) as u8].into(),
         40_000 + (i % 200) as u16,
     )
-}
-
-fn certificate() -> RTCCertificate {
-    let provider = rtc::crypto::default_provider().expect("crypto");
-    RTCCertificate::generate(
-        provider.crypto(),
-        SignatureScheme::EcdsaP256Sha256,
-        CertificateParams::new(vec!["client".to_owned()]).expect("params"),
-    )
-    .expect("certificate")
-}
-
-fn vp8() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_VP8.to_owned(),
-        clock_rate: 90_000,
-        channels: 0,
-        sdp_fmtp_line: String::new(),
-        rtcp_feedback: vec![],
-    }
-}
-
-fn opus() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48_000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-        rtcp_feedback: vec![],
-    }
-}
-
-/// What a client peer does.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    /// Sends audio + video (sendonly).
-    Publisher,
-    /// Receives audio + video (recvonly).
-    Subscriber,
 }
 
 /// A browser-like client: a full-ICE offerer on its own address.
@@ -122,93 +71,25 @@ impl Client {
         ssrc: u32,
         now: Instant,
     ) -> (Self, String) {
-        let mut me = MediaEngine::default();
-        me.register_default_codecs().expect("codecs");
-        let se = SettingEngineBuilder::new()
-            .with_ice_connection_attempts(Some(Duration::from_millis(20)), None)
-            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .build();
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(
-                RTCConfigurationBuilder::new()
-                    .with_certificates(vec![cert.clone()])
-                    .build(),
-            )
-            .with_setting_engine(se)
-            .with_media_engine(me)
-            .build(now)
-            .expect("client pc");
+        let mut pc = client_pc(cert, None, now);
         let mut video = None;
         match kind {
             Kind::Publisher => {
-                for (k, codec, s) in [
+                let tracks = [
                     (RtpCodecKind::Audio, opus(), ssrc + 1),
                     (RtpCodecKind::Video, vp8(), ssrc),
-                ] {
-                    let track = MediaStreamTrack::new(
-                        format!("stream-{ssrc}"),
-                        format!("{k}-{s}"),
-                        format!("{k}"),
-                        k,
-                        vec![RTCRtpEncodingParameters {
-                            rtp_coding_parameters: RTCRtpCodingParameters {
-                                ssrc: Some(s),
-                                ..Default::default()
-                            },
-                            codec,
-                            ..Default::default()
-                        }],
-                    );
-                    let tid = pc
-                        .add_transceiver_from_track(
-                            track,
-                            Some(RTCRtpTransceiverInit {
-                                direction: RTCRtpTransceiverDirection::Sendonly,
-                                streams: vec![],
-                                send_encodings: vec![],
-                            }),
-                        )
-                        .expect("transceiver");
+                ];
+                for (k, sender, s) in add_send_tracks(&mut pc, &format!("stream-{ssrc}"), tracks) {
                     if k == RtpCodecKind::Video {
-                        let sender = pc
-                            .rtp_transceiver(tid)
-                            .and_then(|t| t.sender())
-                            .expect("sender");
                         video = Some((sender, s));
                     }
                 }
             }
             Kind::Subscriber => {
-                for k in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-                    pc.add_transceiver_from_kind(
-                        k,
-                        Some(RTCRtpTransceiverInit {
-                            direction: RTCRtpTransceiverDirection::Recvonly,
-                            streams: vec![],
-                            send_encodings: vec![],
-                        }),
-                    )
-                    .expect("transceiver");
-                }
+                add_recv_transceivers(&mut pc);
             }
         }
-        let cand = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .expect("candidate");
-        pc.add_local_candidate(RTCIceCandidate::from(&cand).to_json().expect("json"))
-            .expect("local candidate");
-        let offer = pc.create_offer(None).expect("offer");
-        pc.set_local_description(now, offer.clone())
-            .expect("set local");
+        let offer = offer_from(&mut pc, addr, now);
         let client = Self {
             pc,
             addr,
@@ -221,13 +102,11 @@ impl Client {
             silent: false,
             seq: 0,
         };
-        (client, offer.sdp)
+        (client, offer)
     }
 
     fn set_answer(&mut self, sdp: String, now: Instant) {
-        self.pc
-            .set_remote_description(now, RTCSessionDescription::answer(sdp).expect("answer"))
-            .expect("apply answer");
+        apply_answer(&mut self.pc, sdp, now);
     }
 
     fn poll(&mut self, now: Instant) {
@@ -261,16 +140,7 @@ impl Client {
 
     fn video_pt(&mut self) -> u8 {
         let (sender, _) = self.video.expect("publisher");
-        self.pc
-            .rtp_sender(sender)
-            .expect("sender")
-            .get_parameters()
-            .rtp_parameters
-            .codecs
-            .iter()
-            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_VP8))
-            .map(|c| c.payload_type)
-            .expect("vp8 negotiated")
+        negotiated_pt(&mut self.pc, sender, MIME_TYPE_VP8)
     }
 
     /// Writes one video RTP packet (publisher).
@@ -279,32 +149,11 @@ impl Client {
         let (sender, ssrc) = self.video.expect("publisher");
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let pkt = rtc::rtp::packet::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: pt,
-                sequence_number: seq,
-                timestamp: u32::from(seq) * 3000,
-                ssrc,
-                marker: true,
-                ..Default::default()
-            },
-            payload: Bytes::from(vec![0x10, 0, 0, 0x9d, 1, 0x2a, seq as u8]),
-        };
-        self.pc
-            .rtp_sender(sender)
-            .expect("sender")
-            .write_rtp(now, pkt)
-            .expect("write_rtp");
+        let header = rtp_header(pt, seq, u32::from(seq) * 3000, ssrc, true);
+        let payload = Bytes::from(vec![0x10, 0, 0, 0x9d, 1, 0x2a, seq as u8]);
+        write_rtp(&mut self.pc, sender, now, header, payload);
         seq
     }
-}
-
-/// A datagram in flight.
-struct Datagram {
-    from: SocketAddr,
-    to: SocketAddr,
-    bytes: Vec<u8>,
 }
 
 /// The shard, its clients and an in-memory network with simulated time.
@@ -316,10 +165,7 @@ struct Sim {
     shard_addrs: Vec<SocketAddr>,
     clients: Vec<Client>,
     by_addr: HashMap<SocketAddr, usize>,
-    /// (deliver at, sequence) → datagram
-    wire: BinaryHeap<Reverse<(Instant, u64)>>,
-    in_flight: HashMap<u64, Datagram>,
-    seq: u64,
+    wire: Wire,
     events: Vec<(Instant, ShardEvent)>,
     cert: RTCCertificate,
     delivered: u64,
@@ -350,9 +196,7 @@ impl Sim {
             shard_addrs: addrs.to_vec(),
             clients: Vec::new(),
             by_addr: HashMap::new(),
-            wire: BinaryHeap::new(),
-            in_flight: HashMap::new(),
-            seq: 0,
+            wire: Wire::default(),
             events: Vec::new(),
             cert: certificate(),
             delivered: 0,
@@ -398,10 +242,7 @@ impl Sim {
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
-        self.seq += 1;
-        self.in_flight
-            .insert(self.seq, Datagram { from, to, bytes });
-        self.wire.push(Reverse((self.now + LATENCY, self.seq)));
+        self.wire.send(self.now, Datagram { from, to, bytes });
     }
 
     /// Moves every queued output onto the wire and collects events.
@@ -422,10 +263,7 @@ impl Sim {
             // so does this client, by running its timers after its events.
             let _ = self.clients[i].pc.handle_timeout(now);
             self.clients[i].poll(now);
-            let mut out = Vec::new();
-            while let Some(m) = self.clients[i].pc.poll_write() {
-                out.push((m.transport.peer_addr, m.message.to_vec()));
-            }
+            let out = take_writes(&mut self.clients[i].pc);
             if self.clients[i].silent {
                 continue;
             }
@@ -434,84 +272,6 @@ impl Sim {
                 self.send(from, to, b);
             }
         }
-    }
-
-    /// One step: flush, jump to the next delivery or timer, deliver / fire everything due.
-    fn step(&mut self) {
-        self.flush();
-        let mut next = self.wire.peek().map(|Reverse((t, _))| *t);
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                next = Some(next.map_or(t, |n: Instant| n.min(t)));
-            }
-        };
-        consider(self.shard.poll_timeout());
-        for c in &mut self.clients {
-            consider(c.pc.poll_timeout());
-        }
-        let next = next.unwrap_or(self.now + Duration::from_millis(100));
-        // Never stand still: a stale deadline must not spin the simulation.
-        self.now = next.max(self.now + Duration::from_micros(100));
-        while let Some(&Reverse((t, seq))) = self.wire.peek() {
-            if t > self.now {
-                break;
-            }
-            self.wire.pop();
-            let Some(d) = self.in_flight.remove(&seq) else {
-                continue;
-            };
-            self.delivered += 1;
-            if std::env::var_os("SHARD_SIM_TRACE").is_some() {
-                println!(
-                    "{:>8.1?} {} -> {} {} bytes, first {}",
-                    self.now - self.start,
-                    d.from,
-                    d.to,
-                    d.bytes.len(),
-                    d.bytes.first().copied().unwrap_or(0)
-                );
-            }
-            if self.shard_addrs.contains(&d.to) {
-                let t = Instant::now();
-                self.shard.handle_datagram(self.now, d.to, d.from, &d.bytes);
-                self.shard_busy += t.elapsed();
-            } else if let Some(&i) = self.by_addr.get(&d.to) {
-                let c = &mut self.clients[i];
-                let _ = c.pc.handle_read(TaggedBytesMut {
-                    now: self.now,
-                    transport: TransportContext {
-                        local_addr: c.addr,
-                        peer_addr: d.from,
-                        transport_protocol: TransportProtocol::UDP,
-                        ecn: None,
-                    },
-                    message: BytesMut::from(&d.bytes[..]),
-                });
-            }
-        }
-        let t = Instant::now();
-        if self.shard.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.shard.handle_timeout(self.now);
-        }
-        self.shard_busy += t.elapsed();
-        for c in &mut self.clients {
-            if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
-                let _ = c.pc.handle_timeout(self.now);
-            }
-        }
-        self.flush();
-    }
-
-    /// Steps until `done` or `limit` of simulated time passed; returns whether `done` held.
-    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
-        let end = self.now + limit;
-        while self.now < end {
-            if done(self) {
-                return true;
-            }
-            self.step();
-        }
-        done(self)
     }
 
     fn connected_at(&self, peer: PeerId) -> Option<Instant> {
@@ -535,54 +295,6 @@ impl Sim {
     }
 }
 
-fn out_tracks() -> Vec<OutTrack> {
-    vec![
-        OutTrack {
-            kind: MediaKind::Audio,
-            codec: CodecSpec {
-                pt: Pt(111),
-                mime: MIME_TYPE_OPUS.to_owned(),
-                clock_rate: 48_000,
-                channels: 2,
-                fmtp: "minptime=10;useinbandfec=1".to_owned(),
-                rtcp_feedback: vec![],
-            },
-            ssrc: None,
-            stream_id: "pub".to_owned(),
-            track_id: "pub-audio".to_owned(),
-        },
-        OutTrack {
-            kind: MediaKind::Video,
-            codec: CodecSpec {
-                pt: Pt(96),
-                mime: MIME_TYPE_VP8.to_owned(),
-                clock_rate: 90_000,
-                channels: 0,
-                fmtp: String::new(),
-                rtcp_feedback: vec![],
-            },
-            ssrc: Some(Ssrc(0x5eed_0001)),
-            stream_id: "pub".to_owned(),
-            track_id: "pub-video".to_owned(),
-        },
-    ]
-}
-
-/// CPU time of the calling thread so far (Linux, 10 ms resolution: aggregate many calls).
-fn thread_cpu() -> Duration {
-    let ticks = std::fs::read_to_string("/proc/thread-self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which may contain spaces): utime is the 14th field
-            // of the line, stime the 15th.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
 /// Resident set size of this process in kB (Linux).
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -593,6 +305,51 @@ fn rss_kb() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+impl Simulated for Sim {
+    fn now(&self) -> Instant {
+        self.now
+    }
+
+    fn step(&mut self) {
+        self.flush();
+        let deadlines = std::iter::once(self.shard.poll_timeout())
+            .chain(self.clients.iter_mut().map(|c| c.pc.poll_timeout()));
+        self.now = self.wire.next_time(self.now, deadlines);
+        while let Some(d) = self.wire.pop_due(self.now) {
+            self.delivered += 1;
+            if std::env::var_os("SHARD_SIM_TRACE").is_some() {
+                println!(
+                    "{:>8.1?} {} -> {} {} bytes, first {}",
+                    self.now - self.start,
+                    d.from,
+                    d.to,
+                    d.bytes.len(),
+                    d.bytes.first().copied().unwrap_or(0)
+                );
+            }
+            if self.shard_addrs.contains(&d.to) {
+                let t = Instant::now();
+                self.shard.handle_datagram(self.now, d.to, d.from, &d.bytes);
+                self.shard_busy += t.elapsed();
+            } else if let Some(&i) = self.by_addr.get(&d.to) {
+                let c = &mut self.clients[i];
+                deliver(&mut c.pc, self.now, c.addr, d.from, &d.bytes);
+            }
+        }
+        let t = Instant::now();
+        if self.shard.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.shard.handle_timeout(self.now);
+        }
+        self.shard_busy += t.elapsed();
+        for c in &mut self.clients {
+            if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
+                let _ = c.pc.handle_timeout(self.now);
+            }
+        }
+        self.flush();
+    }
 }
 
 #[test]
@@ -919,15 +676,10 @@ fn ice_restart_reconnects_and_media_keeps_flowing() {
 
     // The client restarts ICE (new credentials); the shard answers the new offer.
     let now = sim.now;
-    sim.clients[p].pc.restart_ice();
-    let offer = sim.clients[p].pc.create_offer(None).expect("restart offer");
-    sim.clients[p]
-        .pc
-        .set_local_description(now, offer.clone())
-        .expect("set local");
+    let offer = ice_restart_offer(&mut sim.clients[p].pc, now);
     let answer = sim
         .shard
-        .renegotiate(PeerId(0), &offer.sdp, now)
+        .renegotiate(PeerId(0), &offer, now)
         .expect("restart answer");
     sim.clients[p].set_answer(answer, now);
     sim.clients[p].ice_connected = false;
@@ -1017,12 +769,8 @@ fn spoofed_stun_is_dropped_and_cannot_steal_a_connected_peer() {
 /// thin single-threaded std loop for the shard and one for the client, in real time.
 #[test]
 fn the_shard_works_on_a_real_udp_socket() {
-    let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    server.set_nonblocking(true).expect("nonblocking");
-    let local = server.local_addr().expect("addr");
-    let client_sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    client_sock.set_nonblocking(true).expect("nonblocking");
-    let caddr = client_sock.local_addr().expect("addr");
+    let (server, local) = local_udp();
+    let (client_sock, caddr) = local_udp();
 
     let start = Instant::now();
     let mut shard = Shard::new(ShardConfig::new(local), start).expect("shard");
@@ -1071,16 +819,7 @@ fn the_shard_works_on_a_real_udp_socket() {
         }
         // Client side.
         while let Ok((n, from)) = client_sock.recv_from(&mut buf) {
-            let _ = client.pc.handle_read(TaggedBytesMut {
-                now: Instant::now(),
-                transport: TransportContext {
-                    local_addr: caddr,
-                    peer_addr: from,
-                    transport_protocol: TransportProtocol::UDP,
-                    ecn: None,
-                },
-                message: BytesMut::from(&buf[..n]),
-            });
+            deliver(&mut client.pc, Instant::now(), caddr, from, &buf[..n]);
         }
         if client.pc.poll_timeout().is_some_and(|t| t <= now) {
             let _ = client.pc.handle_timeout(now);

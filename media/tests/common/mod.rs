@@ -15,6 +15,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 
 pub use media::testing::*;
 
+pub mod engine;
+
 static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(0);
 
 /// A router on 127.0.0.1 with a port range of its own (tests in one binary run in parallel).
