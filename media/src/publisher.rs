@@ -24,7 +24,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::codecs::{CodecInfo, Kind};
 use crate::fanout::{DropReason, FanOut, Packet, Slot, SlotId};
-use crate::keyframe::{KeyframeDecision, KeyframeLimiter};
+use crate::keyframe::{KeyframeDecision, KeyframeLimiter, OutageDetector};
 use crate::session::{close_endpoint, RoleHooks, Session};
 use crate::stats::{spawn_counted, Counters, Gauge};
 use crate::subscriber::Output;
@@ -330,6 +330,7 @@ pub(crate) fn spawn_track_hub(
         track: None,
         fanout: FanOut::new(),
         limiter: KeyframeLimiter::new(keyframe_interval),
+        outage: OutageDetector::default(),
         deadline: None,
         media_ssrc: None,
         use_fir,
@@ -357,6 +358,8 @@ struct HubTask {
     track: Option<Arc<dyn TrackRemote>>,
     fanout: FanOut,
     limiter: KeyframeLimiter,
+    /// Asks for a keyframe when the stream resumes after an outage.
+    outage: OutageDetector,
     /// When a deferred (coalesced) keyframe request is due.
     deadline: Option<tokio::time::Instant>,
     media_ssrc: Option<u32>,
@@ -526,7 +529,11 @@ async fn run_track_hub(mut t: HubTask) {
                     p.header.extensions.clear();
                     t.received += 1;
                     let pkt: Packet = Arc::new(p);
-                    if t.fanout.forward(&pkt) {
+                    let resumed = t.kind == Kind::Video
+                        && t.outage
+                            .on_packet(pkt.header.sequence_number, Instant::now())
+                            .is_some();
+                    if t.fanout.forward(&pkt) || resumed {
                         send_kf = t.request_keyframe();
                     }
                     if t.received >= STATS_FLUSH_EVERY {

@@ -31,7 +31,9 @@ use webrtc::peer_connection::{
 };
 
 use crate::config::MediaConfig;
-use crate::keyframe::{KeyframeRequestInterceptor, KEYFRAME_INTERCEPTOR_SLOT};
+use crate::keyframe::{
+    KeyframeRequestInterceptor, NackFilter, KEYFRAME_INTERCEPTOR_SLOT, NACK_FILTER_SLOT,
+};
 use crate::ports::{PortLease, PortPool};
 use crate::stats::{spawn_counted, Counters, Gauge};
 use crate::{EndpointKey, IceCandidate, MediaEvent};
@@ -184,6 +186,14 @@ pub(crate) fn spawn_event_forwarder(
 /// subscriber video stream, half of it never useful.
 const NACK_HISTORY_PACKETS: u16 = 512;
 
+/// SRTP replay-protection window, in packets. Publishers retransmit on the media SSRC (no RTX
+/// is negotiated), so the answer to a NACK carries an old sequence number; webrtc-rs's default
+/// window, 64 packets (≈ 0.25 s at 2.5 Mbit/s), rejected late answers as replays, and the NACK
+/// generator asked again every 100 ms: a loop of retransmissions that, after a network outage,
+/// starved the publisher's new frames (tests/browser_outage.rs). 1024 covers the generator's
+/// 512-packet log twice over.
+const SRTP_REPLAY_WINDOW: usize = 1024;
+
 /// Which way RTP flows on a peer connection; decides its interceptor chain.
 ///
 /// Every interceptor sits on every packet's path in both directions (webrtc-rs walks the whole
@@ -191,7 +201,8 @@ const NACK_HISTORY_PACKETS: u16 = 512;
 /// the stages its flow uses. The SDP is the same for all three.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RtpFlow {
-    /// A publisher: RTP in. NACK generator, TWCC feedback, receiver reports.
+    /// A publisher: RTP in. NACK generator (its NACKs shaped by `NackFilter`), TWCC feedback,
+    /// receiver reports.
     Receive,
     /// A subscriber: RTP out. NACK responder, sender reports, keyframe-request delivery.
     Send,
@@ -214,6 +225,7 @@ impl RtpFlow {
         if self.receives() {
             r = r
                 .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+                .with(NACK_FILTER_SLOT.into(), NackFilter::default())
                 .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
                 .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
         }
@@ -396,6 +408,7 @@ impl SessionFactory {
             .with_network_types(vec![network])
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_include_loopback_candidate(addr.ip().is_loopback())
+            .with_srtp_replay_protection_window(SRTP_REPLAY_WINDOW)
             .with_dtls_cipher_suites(vec![
                 CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256,
                 CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_256_Cbc_Sha,
@@ -591,6 +604,7 @@ mod tests {
         ];
         let receive = [
             usize::from(Slot::NackGenerator),
+            NACK_FILTER_SLOT,
             usize::from(Slot::TwccReceiver),
             usize::from(Slot::ReceiverReport),
         ];
@@ -606,7 +620,7 @@ mod tests {
         assert_eq!(got, want);
         let mut got = slot_positions(RtpFlow::Both);
         got.sort_unstable();
-        let mut want = [send, receive].concat();
+        let mut want = [&send[..], &receive[..]].concat();
         want.sort_unstable();
         assert_eq!(got, want);
     }
