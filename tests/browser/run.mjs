@@ -6,13 +6,14 @@
 //   node run.mjs --url http://127.0.0.1:8080          against a running roomd
 //   node run.mjs --bin ../../target/release/roomd     starts that binary on a free port
 //   options: --only name,name   --screenshot PATH   --list
+//            --netns   this process runs in a network namespace of its own (see media-outage)
 //
 // Media assertions read RTCPeerConnection.getStats() in the pages: every expected inbound video
 // must have framesDecoded growing and every inbound audio packetsReceived growing. Every wait
 // polls with a bounded deadline; nothing sleeps for a fixed time to wait for an event.
 // Ends with "N passed, N failed"; exit code 0 only when everything passed.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, existsSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
@@ -27,6 +28,8 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SUITE_LIMIT_MS = Number(process.env.BROWSER_SUITE_LIMIT_MS || 290_000);
 const MEDIA_WAIT_MS = 20_000;
 const SCENARIO_LIMIT_MS = 60_000;
+// UDP ports of a roomd started by --bin.
+const RTC_PORTS = [47_000, 47_999];
 const CHROMIUM_ARGS = [
   '--headless',
   '--no-sandbox',
@@ -60,6 +63,11 @@ const tlsUrl = (opt('tls-url') || process.env.ROOMD_TLS_URL || '').replace(/\/$/
 const only = (opt('only') || process.env.BROWSER_ONLY || '').split(',').filter(Boolean);
 const screenshotPath = opt('screenshot') || process.env.ROOMD_SCREENSHOT || path.join(HERE, '..', '..', 'docs', 'demo-3-person-call.png');
 const serverBin = opt('bin');
+// Running inside a network namespace created for this run (tests/browser_outage.rs): its only
+// interface is loopback, so Chromium must be allowed loopback ICE candidates, and the
+// media-outage scenario may drop UDP there without touching anything else on the machine.
+const netns = argv.includes('--netns');
+if (netns) CHROMIUM_ARGS.push('--allow-loopback-in-peer-connection');
 
 const t0 = Date.now();
 const elapsed = () => ((Date.now() - t0) / 1000).toFixed(1);
@@ -509,6 +517,202 @@ scenario('kurento-utils-compat', async (ctx) => {
   ctx.note('WebRtcPeerSendonly, WebRtcPeerSendrecv (doLoopback) and WebRtcPeerRecvonly all decode');
 });
 
+// A total outage of the media path in a running 2-person call: every UDP datagram to or from
+// roomd's media ports is dropped for OUTAGE_MS by an nftables rule (signalling stays up: it is
+// TCP), then the rule goes. The picture must come back (framesDecoded advancing in getStats and
+// in the video element) within RECOVERY_LIMIT_MS of the end of the outage. Opt-in, and only
+// inside a network namespace of its own (--netns, set up by tests/browser_outage.rs) with
+// roomd started here (--bin), so the rule can only ever touch this run's traffic.
+const OUTAGE_MS = 3_000;
+const RECOVERY_LIMIT_MS = 2_000;
+// How long the recovery is watched, and the longest pause in playback still counted as playing.
+const OBSERVE_MS = 4_000;
+const FREEZE_MS = 500;
+const NFT_TABLE = 'roomd_outage';
+
+function nft(script) {
+  execFileSync('nft', ['-f', '-'], { input: script, stdio: ['pipe', 'ignore', 'pipe'] });
+}
+
+function cutMedia() {
+  const [lo, hi] = RTC_PORTS;
+  nft(`table inet ${NFT_TABLE} {
+  chain out {
+    type filter hook output priority 0; policy accept;
+    udp sport ${lo}-${hi} drop
+    udp dport ${lo}-${hi} drop
+  }
+}
+`);
+}
+
+function restoreMedia() {
+  try {
+    nft(`delete table inet ${NFT_TABLE}\n`);
+  } catch {
+    // Not there (the cut failed): nothing to restore.
+  }
+}
+
+/** In the page: samples the inbound video from `peer` every ~40 ms into window.outageSamples. */
+function startSampler(peer) {
+  const pc = window.roomd.peers.get(peer);
+  const video = document.querySelector(`#grid .tile.remote[data-name="${peer}"] video`);
+  if (!pc || !video) throw new Error(`no subscription/tile for ${peer}`);
+  const samples = [];
+  window.outageSamples = samples;
+  window.outageSampling = true;
+  const sample = async () => {
+    const stats = await pc.getStats();
+    // Stamped once the stats are in, so a sample never reflects a moment later than its time.
+    const s = { t: Date.now(), fd: 0, pk: 0, pli: 0, jbt: 0, jbe: 0, ice: pc.iceConnectionState, vf: video.getVideoPlaybackQuality().totalVideoFrames };
+    stats.forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'video') {
+        s.fd += r.framesDecoded || 0;
+        s.pk += r.packetsReceived || 0;
+        s.pli += r.pliCount || 0;
+        s.jbt += r.jitterBufferTargetDelay || 0;
+        s.jbe += r.jitterBufferEmittedCount || 0;
+      }
+    });
+    samples.push(s);
+    if (window.outageSampling) setTimeout(sample, 40);
+  };
+  return sample();
+}
+
+/** In the page: what roomd asked of the publisher (NACKs, PLIs) and what it did (resent, keyframes). */
+async function publisherCounters() {
+  const out = { nackCount: 0, retransmitted: 0, pliCount: 0, keyFrames: 0 };
+  (await window.roomd.publisher.getStats()).forEach((r) => {
+    if (r.type === 'outbound-rtp' && r.kind === 'video') {
+      out.nackCount += r.nackCount || 0;
+      out.retransmitted += r.retransmittedPacketsSent || 0;
+      out.pliCount += r.pliCount || 0;
+      out.keyFrames += r.keyFramesEncoded || 0;
+    }
+  });
+  return out;
+}
+
+/** roomd's media counters that tell what it did about the outage, from /metrics. */
+async function roomdCounters() {
+  const text = await (await fetch(`${baseUrl}/metrics`)).text();
+  const out = {};
+  for (const line of text.split('\n')) {
+    const m = /^(roomd_(?:rtp_dropped_total|keyframe_requests_\w+_total|rtp_sent_total)(?:\{[^}]*\})?) (\d+)/.exec(line);
+    if (m) out[m[1]] = Number(m[2]);
+  }
+  return out;
+}
+
+/**
+ * From one subscriber's samples: whether media really stopped during the outage (nothing
+ * decoded or received from 1 s after the cut, when in-flight packets and the jitter buffer have
+ * drained, to its end), and when the picture came back for good after `endAt`: the first frame
+ * decoded after which playback never froze for FREEZE_MS again until the last sample. Stale
+ * frames decoded right after the outage followed by a freeze do not count as recovery.
+ */
+function outageFigures(samples, cutAt, endAt) {
+  const before = (t) => [...samples].reverse().find((x) => x.t <= t) || samples[0];
+  const atEnd = before(endAt);
+  const drained = before(cutAt + 1_000);
+  const after = samples.filter((x) => x.t > endAt);
+  const back = (key) => {
+    // Times at which `key` advanced after the outage.
+    const steps = [];
+    let last = atEnd[key];
+    for (const x of after) {
+      if (x[key] > last) steps.push(x.t);
+      last = Math.max(last, x[key]);
+    }
+    // A freeze: FREEZE_MS without progress while the sampler kept looking (a page too busy to
+    // sample for a while shows a gap in the samples, not a frozen picture).
+    const sampledIn = (from, to) => after.filter((x) => x.t > from && x.t < to).length;
+    const frozen = (from, to) => to - from >= FREEZE_MS && sampledIn(from, to) >= FREEZE_MS / 200;
+    const end = after.length ? after[after.length - 1].t : endAt;
+    if (!steps.length || frozen(steps[steps.length - 1], end)) return null;
+    let i = steps.length - 1;
+    while (i > 0 && !frozen(steps[i - 1], steps[i])) i--;
+    return steps[i] - endAt;
+  };
+  const firstAfter = (key) => after.find((x) => x[key] > atEnd[key]);
+  const pk = firstAfter('pk');
+  const pli = firstAfter('pli');
+  const last = after[after.length - 1] || atEnd;
+  return {
+    decodedInOutage: atEnd.fd - drained.fd,
+    packetsInOutage: atEnd.pk - drained.pk,
+    ice: [...new Set(samples.filter((x) => x.t > cutAt && x.t < endAt + 2_000).map((x) => x.ice))].join('→'),
+    recoveryMs: back('fd'),
+    elementRecoveryMs: back('vf'),
+    firstPacketMs: pk ? pk.t - endAt : null,
+    firstPliMs: pli ? pli.t - endAt : null,
+    plis: last.pli - atEnd.pli,
+    framesAfter: last.fd - atEnd.fd,
+    // Chrome's jitter-buffer target delay per emitted frame over the observation, in ms.
+    targetDelayMs: last.jbe > atEnd.jbe ? Math.round(((last.jbt - atEnd.jbt) / (last.jbe - atEnd.jbe)) * 1000) : null,
+    observedMs: last.t - endAt,
+  };
+}
+
+scenario('media-outage', async (ctx) => {
+  if (!netns || !serverBin) throw new Error('media-outage needs --netns (a network namespace of its own) and --bin (roomd started by the harness)');
+  const room = uniqueRoom('outage');
+  const [a, b] = ctx.track(await open(['outage-a', 'outage-b']));
+  await a.join(room);
+  await b.join(room);
+  await Promise.all([expectMedia(a, ['outage-b']), expectMedia(b, ['outage-a'])]);
+  const pairs = [[a, 'outage-b'], [b, 'outage-a']];
+  for (const [p, peer] of pairs) await p.page.evaluate(startSampler, peer);
+  const latest = (p) => p.page.evaluate(() => window.outageSamples[window.outageSamples.length - 1]);
+  const first = await Promise.all(pairs.map(([p]) => latest(p)));
+  await until('decoding before the outage', 5_000, async () => {
+    const now = await Promise.all(pairs.map(([p]) => latest(p)));
+    return now.every((x, i) => x.fd >= first[i].fd + 15 && x.vf > first[i].vf);
+  }, 50);
+  const pubBefore = await Promise.all(pairs.map(([p]) => p.page.evaluate(publisherCounters)));
+  const roomdBefore = await roomdCounters();
+
+  let cutAt;
+  let endAt;
+  try {
+    cutMedia();
+    cutAt = Date.now();
+    await tick(OUTAGE_MS); // the outage itself
+  } finally {
+    endAt = Date.now(); // the rule goes right after: no sample before this saw media again
+    restoreMedia();
+  }
+  await tick(OBSERVE_MS); // the recovery, measured from the samples afterwards
+  const pubAfter = await Promise.all(pairs.map(([p]) => p.page.evaluate(publisherCounters)));
+  const roomdAfter = await roomdCounters();
+  const figures = [];
+  for (const [p, peer] of pairs) {
+    const samples = await p.page.evaluate(() => {
+      window.outageSampling = false;
+      return window.outageSamples;
+    });
+    figures.push({ who: `${p.name}←${peer}`, ...outageFigures(samples, cutAt, endAt) });
+  }
+  for (const f of figures) {
+    ctx.note(`${f.who}: outage ${endAt - cutAt} ms, in its last 2 s ${f.decodedInOutage} frames decoded, ${f.packetsInOutage} packets; ICE ${f.ice}; ` +
+      `after it: first packet at ${f.firstPacketMs} ms, ${f.plis} PLIs sent${f.plis ? ` (first at ${f.firstPliMs} ms)` : ''}, ` +
+      `picture back at ${f.recoveryMs} ms (video element ${f.elementRecoveryMs} ms), ${f.framesAfter} frames in ${f.observedMs} ms, jitter-buffer target ${f.targetDelayMs} ms`);
+  }
+  pubAfter.forEach((n, i) => {
+    const d = (k) => n[k] - pubBefore[i][k];
+    ctx.note(`${pairs[i][0].name} publisher after the outage: ${d('pliCount')} PLIs and ${d('nackCount')} NACKs from roomd, ${d('keyFrames')} keyframes, ${d('retransmitted')} packets resent`);
+  });
+  const roomdDelta = Object.entries(roomdAfter).map(([k, v]) => [k, v - (roomdBefore[k] || 0)]).filter(([, v]) => v);
+  ctx.note(`roomd from the cut on: ${roomdDelta.map(([k, v]) => `${k.replace(/^roomd_/, '')} +${v}`).join(', ')}`);
+  for (const f of figures) {
+    if (f.decodedInOutage !== 0 || f.packetsInOutage !== 0) throw new Error(`${f.who}: media still flowed during the outage: ${JSON.stringify(f)}`);
+    if (f.recoveryMs === null || f.recoveryMs > RECOVERY_LIMIT_MS) throw new Error(`${f.who}: picture back for good after ${f.recoveryMs ?? 'never'} ms (limit ${RECOVERY_LIMIT_MS} ms): ${JSON.stringify(f)}`);
+    if (f.elementRecoveryMs === null || f.elementRecoveryMs > RECOVERY_LIMIT_MS) throw new Error(`${f.who}: video element playing again after ${f.elementRecoveryMs ?? 'never'} ms (limit ${RECOVERY_LIMIT_MS} ms): ${JSON.stringify(f)}`);
+  }
+}, { optIn: true });
+
 /**
  * In the page: for every peer connection, its configuration and the candidate pair its
  * transport selected (types, addresses, and the TURN URL a relay candidate came from).
@@ -608,7 +812,7 @@ async function freePort() {
 
 async function startServer(bin) {
   const port = await freePort();
-  child = spawn(bin, ['--bind', '127.0.0.1', '--port', String(port), '--rtc-port-min', '47000', '--rtc-port-max', '47999'], {
+  child = spawn(bin, ['--bind', '127.0.0.1', '--port', String(port), '--rtc-port-min', String(RTC_PORTS[0]), '--rtc-port-max', String(RTC_PORTS[1])], {
     stdio: ['ignore', 'inherit', 'inherit'],
     env: { RUST_LOG: 'error', ...process.env },
   });
