@@ -272,12 +272,7 @@ async fn run_room(mut room: Room, inbox: RoomInbox, me: RoomHandle, ctx: RoomCtx
                 };
                 if !sent {
                     // Answered here, never lost: the connection waits for this reply.
-                    let frame = signaling::jsonrpc::encode_error(
-                        id,
-                        err.code(),
-                        &err.to_string(),
-                        Some(&session.0),
-                    );
+                    let frame = error_frame(id, &err, &session);
                     let ok = false;
                     ctx.sessions
                         .deliver(&session, Outbound::Reply { id, frame, ok });
@@ -297,6 +292,13 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// The JSON-RPC error answering request `id` of `session` (the session id inside the error
+/// unless the original's exception path omits it).
+fn error_frame(id: signaling::jsonrpc::Id, err: &RoomError, session: &SessionId) -> String {
+    let sid = err.carries_session_id().then_some(session.0.as_str());
+    signaling::jsonrpc::encode_error(id, err.code(), &err.to_string(), sid)
 }
 
 fn execute_outputs(
@@ -320,8 +322,7 @@ fn execute_outputs(
                     Err(err) => {
                         tracing::debug!(%session, id, code = err.code(), %err, "request refused");
                         ctx.counters.room_error(&err);
-                        let sid = err.carries_session_id().then_some(session.0.as_str());
-                        signaling::jsonrpc::encode_error(id, err.code(), &err.to_string(), sid)
+                        error_frame(id, &err, &session)
                     }
                 };
                 ctx.sessions
