@@ -22,7 +22,7 @@
 //!   non-reader is disconnected and evicted (the others get `participantLeft`).
 //!
 //! Every wait is bounded and waits for an event or a state (polling `/health` and `/metrics`
-//! for a state is the only polling). The tests run one at a time ([`serial`]): they measure
+//! for a state is the only polling). The tests run one at a time ([`serially`]): they measure
 //! process-wide resources (fds, RSS) and time round trips on a 2-core machine.
 
 mod common;
@@ -56,10 +56,22 @@ fn grace() -> Duration {
 }
 
 /// One chaos test at a time: they measure process-wide resources and time round trips.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().await
+/// Runs a chaos test alone in the process, on a runtime of its own that is built after the
+/// lock is taken and dropped before it is released: another test's runtime (its epoll and
+/// waker fds, its worker threads) then never comes or goes while one measures the process's
+/// fds and tasks.
+fn serially(test: impl Future<Output = ()>) {
+    // A panicked chaos test poisons the lock; the next one still runs alone.
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a test runtime builds (threads and an epoll fd are available)");
+    runtime.block_on(test);
+    drop(runtime);
 }
 
 async fn start() -> Server {
@@ -300,6 +312,24 @@ fn open_fds() -> usize {
     testing::open_fds()
 }
 
+/// What each open fd of this process is (`/proc/self/fd` link targets), for failure messages.
+fn fd_targets() -> String {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return "unreadable".into();
+    };
+    let mut all: Vec<String> = dir
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            format!("{}→{target}", e.file_name().to_string_lossy())
+        })
+        .collect();
+    all.sort();
+    all.join(", ")
+}
+
 /// Tasks alive in this test's runtime (the server's, the peers' and ours).
 fn alive_tasks() -> usize {
     tokio::runtime::Handle::current()
@@ -324,12 +354,15 @@ fn rss_kib() -> u64 {
 /// joins race for the same name (104). After the grace period only the observer is left,
 /// every participantJoined it saw has its participantLeft, every name joins again, and once
 /// the observer leaves the room is gone and the server idle.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_and_vanish_leaves_no_ghost() {
+#[test]
+fn join_and_vanish_leaves_no_ghost() {
+    serially(join_and_vanish_leaves_no_ghost_body())
+}
+
+async fn join_and_vanish_leaves_no_ghost_body() {
     const CLIENTS: usize = 240;
     const NAMES: usize = 200;
     const ROOM: &str = "ghosts";
-    let _serial = serial().await;
     let server = start().await;
     let mut observer = server.client().await;
     observer.join(ROOM, "observer").await;
@@ -482,11 +515,14 @@ impl Offers {
 /// pipeline an onIceCandidate) and vanish before the answer, or right after it. After the grace
 /// period only the host and its own publication are left; once the host leaves, no endpoint,
 /// peer connection, media task or port is left.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn media_requests_in_flight_when_the_socket_closes_are_released() {
+#[test]
+fn media_requests_in_flight_when_the_socket_closes_are_released() {
+    serially(media_requests_in_flight_when_the_socket_closes_are_released_body())
+}
+
+async fn media_requests_in_flight_when_the_socket_closes_are_released_body() {
     const CLIENTS: usize = 64;
     const ROOM: &str = "inflight";
-    let _serial = serial().await;
     let server = start().await;
     let mut host = server.client().await;
     host.join(ROOM, "host").await;
@@ -663,10 +699,13 @@ async fn negotiate_and_vanish(
 /// their socket mid-negotiation, all at once. The host gets participantLeft for each, no
 /// sooner than the grace period after its drop; afterwards only the host's publication is
 /// left, and nothing once the host leaves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abrupt_drops_during_negotiation_release_everything() {
+#[test]
+fn abrupt_drops_during_negotiation_release_everything() {
+    serially(abrupt_drops_during_negotiation_release_everything_body())
+}
+
+async fn abrupt_drops_during_negotiation_release_everything_body() {
     const ROOM: &str = "negotiation";
-    let _serial = serial().await;
     let server = start().await;
     let mut host = server.client().await;
     host.join(ROOM, "host").await;
@@ -908,8 +947,12 @@ async fn settle(server: &Server, target: Option<Footprint>, what: &str) -> Footp
         match target {
             Some(t) if now.0 <= t.fds && now.1 <= t.tasks => Ok(now),
             Some(t) => Err(format!(
-                "{} fds (baseline {}), {} tasks (baseline {})",
-                now.0, t.fds, now.1, t.tasks
+                "{} fds (baseline {}), {} tasks (baseline {}); open fds: {}",
+                now.0,
+                t.fds,
+                now.1,
+                t.tasks,
+                fd_targets()
             )),
             None => Ok(now),
         }
@@ -930,8 +973,12 @@ async fn settle(server: &Server, target: Option<Footprint>, what: &str) -> Footp
 /// and after all cycles
 /// the server is idle, fds and tokio tasks are back to the baseline, and resident memory
 /// grew by less between cycle 50 and 150 than a leak of one peer connection per cycle would.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn churn_returns_to_baseline() {
+#[test]
+fn churn_returns_to_baseline() {
+    serially(churn_returns_to_baseline_body())
+}
+
+async fn churn_returns_to_baseline_body() {
     const WARM_UP: usize = 12;
     // The long run: `ROOMD_CHAOS_CYCLES=3000 cargo test --release --test chaos churn`.
     let total: usize = std::env::var("ROOMD_CHAOS_CYCLES")
@@ -940,7 +987,6 @@ async fn churn_returns_to_baseline() {
         .unwrap_or(150)
         .max(WARM_UP + 3);
     let middle = total / 3;
-    let _serial = serial().await;
     let started = Instant::now();
     let server = start().await;
     let pre = settle(&server, None, "idle before the first cycle").await;
@@ -999,8 +1045,12 @@ async fn churn_returns_to_baseline() {
 /// stays bounded while the non-reader's messages have nowhere to go, the server closes the
 /// non-reader's socket and, after the grace period, evicts it: the others get
 /// participantLeft and only they are left.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_that_stops_reading_does_not_slow_the_room() {
+#[test]
+fn a_member_that_stops_reading_does_not_slow_the_room() {
+    serially(a_member_that_stops_reading_does_not_slow_the_room_body())
+}
+
+async fn a_member_that_stops_reading_does_not_slow_the_room_body() {
     const ROOM: &str = "busy";
     const TALKERS: usize = 4;
     const MESSAGE_BYTES: usize = 4 * 1024;
@@ -1013,7 +1063,6 @@ async fn a_member_that_stops_reading_does_not_slow_the_room() {
     const MAX_ROUND_TRIP: Duration = Duration::from_secs(1);
     /// Frames the server queues for one connection (OUTBOUND_CAPACITY) before closing it.
     const OUTBOUND_CAPACITY: u64 = 1024;
-    let _serial = serial().await;
     let server = start_server_with(roomd::Config {
         reconnection_grace_ms: GRACE_MS,
         write_timeout_ms: WRITE_TIMEOUT.as_millis() as u64,
