@@ -95,6 +95,20 @@ pub struct Config {
     /// Highest UDP port for media peer connections.
     #[arg(long, env = "ROOMD_RTC_PORT_MAX", default_value_t = 40999)]
     pub rtc_port_max: u16,
+    /// Media engine: `per-connection` (one UDP port and webrtc-rs peer connection per
+    /// endpoint, from `--rtc-port-min`..`--rtc-port-max`; everything incl. loopback and data
+    /// channels) or `sharded` (one thread and one UDP port per shard from `--rtc-udp-port`;
+    /// no loopback or data-channel relay yet).
+    #[arg(long, env = "ROOMD_MEDIA_ENGINE", value_enum, default_value_t = MediaEngine::PerConnection)]
+    pub media_engine: MediaEngine,
+    /// Sharded engine: number of shards (threads with one UDP port each); default: the number
+    /// of cores.
+    #[arg(long, env = "ROOMD_MEDIA_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub media_shards: Option<u16>,
+    /// Sharded engine: UDP port of the first shard; shard `i` listens on this + `i`
+    /// (0: ports chosen by the system).
+    #[arg(long, env = "ROOMD_RTC_UDP_PORT", default_value_t = 40000)]
+    pub rtc_udp_port: u16,
     /// Minimum time between two keyframe requests to one publisher track (milliseconds).
     #[arg(long, env = "ROOMD_KEYFRAME_INTERVAL_MS", default_value_t = 500)]
     pub keyframe_interval_ms: u64,
@@ -177,6 +191,14 @@ impl Default for Config {
     }
 }
 
+/// `--media-engine`: which media engine serves publish/subscribe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MediaEngine {
+    #[default]
+    PerConnection,
+    Sharded,
+}
+
 impl Config {
     /// The reconnection grace period.
     pub fn reconnection_grace(&self) -> Duration {
@@ -201,6 +223,15 @@ impl Config {
             port_min: self.rtc_port_min,
             port_max: self.rtc_port_max,
             keyframe_request_interval: Duration::from_millis(self.keyframe_interval_ms),
+            engine: match self.media_engine {
+                MediaEngine::PerConnection => media::EngineKind::PerConnection,
+                MediaEngine::Sharded => media::EngineKind::Sharded,
+            },
+            shards: self.media_shards.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                usize::from,
+            ),
+            udp_port: self.rtc_udp_port,
         }
     }
 

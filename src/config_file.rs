@@ -52,6 +52,9 @@ const KEYS: &[(&str, &str, &str, Kind)] = &[
     ("rtc", "public_ip", "public_ip", Kind::Text),
     ("rtc", "port_min", "rtc_port_min", Kind::Number),
     ("rtc", "port_max", "rtc_port_max", Kind::Number),
+    ("rtc", "engine", "media_engine", Kind::Text),
+    ("rtc", "shards", "media_shards", Kind::Number),
+    ("rtc", "udp_port", "rtc_udp_port", Kind::Number),
     (
         "rtc",
         "keyframe_interval_ms",
@@ -238,6 +241,18 @@ impl Config {
         }
         push("rtc-port-min", self.rtc_port_min.to_string());
         push("rtc-port-max", self.rtc_port_max.to_string());
+        push(
+            "media-engine",
+            match self.media_engine {
+                crate::config::MediaEngine::PerConnection => "per-connection",
+                crate::config::MediaEngine::Sharded => "sharded",
+            }
+            .to_owned(),
+        );
+        if let Some(n) = self.media_shards {
+            push("media-shards", n.to_string());
+        }
+        push("rtc-udp-port", self.rtc_udp_port.to_string());
         push(
             "keyframe-interval-ms",
             self.keyframe_interval_ms.to_string(),

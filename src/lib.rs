@@ -26,7 +26,7 @@ mod server;
 mod sessions;
 mod tls;
 
-pub use config::Config;
+pub use config::{Config, MediaEngine};
 pub use config_file::{ConfigError, CONFIG_TOML_ENV};
 
 /// Shared state of the server.
@@ -44,8 +44,9 @@ struct AppState {
 
 impl AppState {
     /// Everything but the listener: the media engine, the registries, the limits.
-    fn new(config: Config) -> Self {
-        let media = media::MediaRouter::new(config.media());
+    fn new(config: Config) -> std::io::Result<Self> {
+        let media = media::MediaRouter::start(config.media())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start media: {e}")))?;
         let sessions = Arc::new(sessions::Sessions::default());
         let rooms = Arc::new(rooms::Directory::new(config.room(), config.max_rooms));
         let lifecycle = Arc::new(drain::Lifecycle::default());
@@ -61,7 +62,7 @@ impl AppState {
         };
         let connections =
             limits::ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
-        Self {
+        Ok(Self {
             config,
             sessions,
             rooms,
@@ -70,7 +71,7 @@ impl AppState {
             counters,
             lifecycle,
             latencies,
-        }
+        })
     }
 }
 
@@ -103,7 +104,7 @@ pub async fn serve(
         })?),
         None => None,
     };
-    let state = Arc::new(AppState::new(config));
+    let state = Arc::new(AppState::new(config)?);
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "metrics listening");
         let router = server::metrics_router(Arc::clone(&state));
@@ -158,7 +159,16 @@ fn announce(config: &Config, http: std::net::SocketAddr) {
         version = env!("CARGO_PKG_VERSION"),
         %http,
         media_ip = %media,
-        udp_ports = %format!("{}-{}", config.rtc_port_min, config.rtc_port_max),
+        engine = ?config.media_engine,
+        udp_ports = %match config.media_engine {
+            config::MediaEngine::PerConnection => {
+                format!("{}-{}", config.rtc_port_min, config.rtc_port_max)
+            }
+            config::MediaEngine::Sharded => format!(
+                "{} + one per shard",
+                config.rtc_udp_port
+            ),
+        },
         "roomd starting"
     );
     if !http.ip().is_loopback() && media.is_loopback() {

@@ -7,15 +7,29 @@ mod common;
 use std::time::Duration;
 
 use common::peer::{self, directions, mids, publish, send, subscribe, AUDIO_SSRC, VIDEO_SSRC};
-use common::{error_of, start_server, Client, Server};
+use common::{error_of, Client, Server};
 use media::testing::{self, CHROME};
 use serde_json::{json, Value};
+
+/// The media engine of these scenarios. `ws_media_sharded.rs` runs the same file as a module
+/// with its own `ENGINE` at its root; `start_server` reads the root's.
+#[allow(dead_code)] // unused when the scenarios are a module of another test binary
+const ENGINE: roomd::MediaEngine = roomd::MediaEngine::PerConnection;
+
+/// Starts roomd with `config` on the engine named by the test binary's root `ENGINE` (the
+/// sharded engine's UDP ports chosen by the system, two shards).
+async fn start_server(mut config: roomd::Config) -> Server {
+    config.media_engine = crate::ENGINE;
+    config.rtc_udp_port = 0;
+    config.media_shards = Some(2);
+    common::start_server_with(config).await
+}
 
 /// Two participants both publish and each subscribes to the other; media flows both ways
 /// with payloads intact (checklist 21, 22, 23, 30, 31).
 #[tokio::test]
 async fn two_participants_exchange_media_both_ways() {
-    let server = start_server().await;
+    let server = start_server(roomd::Config::default()).await;
     let (mut a, mut b) = server.pair("call", "alice", "bob").await;
 
     let pub_a = publish(&mut a, "alice", false, false).await;
@@ -80,7 +94,7 @@ async fn two_participants_exchange_media_both_ways() {
 /// answer, named after the publisher (own name, or the sender's bare name).
 #[tokio::test]
 async fn ice_candidates_follow_the_answer_and_use_kurento_endpoint_names() {
-    let server = start_server().await;
+    let server = start_server(roomd::Config::default()).await;
     let (mut a, mut b) = server.pair("r", "alice", "bob").await;
     let peer = testing::Client::new(CHROME).await;
     peer.add_send_track(testing::Kind::Video, VIDEO_SSRC, false)
@@ -129,7 +143,7 @@ async fn ice_candidates_follow_the_answer_and_use_kurento_endpoint_names() {
 /// packets on the same peer connection.
 #[tokio::test]
 async fn loopback_returns_the_publishers_own_media() {
-    let server = start_server().await;
+    let server = start_server(roomd::Config::default()).await;
     let mut a = server.client().await;
     a.join("r", "solo").await;
     let mut p = publish(&mut a, "solo", true, false).await;
@@ -158,7 +172,7 @@ async fn loopback_returns_the_publishers_own_media() {
 /// subscriber's media continues.
 #[tokio::test]
 async fn second_publish_is_refused_and_media_continues() {
-    let server = start_server().await;
+    let server = start_server(roomd::Config::default()).await;
     let (mut a, mut b) = server.pair("r", "alice", "bob").await;
     let p = publish(&mut a, "alice", false, false).await;
     let mut s = subscribe(&mut b, "alice").await;
@@ -177,7 +191,7 @@ async fn second_publish_is_refused_and_media_continues() {
 /// 35: a second receiveVideoFrom for the same sender is 302.
 #[tokio::test]
 async fn duplicate_subscription_is_302() {
-    let server = start_server().await;
+    let server = start_server(roomd::Config::default()).await;
     let (mut a, mut b) = server.pair("r", "alice", "bob").await;
     let _p = publish(&mut a, "alice", false, false).await;
     let _s = subscribe(&mut b, "alice").await;
@@ -203,7 +217,7 @@ async fn duplicate_subscription_is_302() {
 /// unsubscribe succeeds, and a republish is announced and can be subscribed again.
 #[tokio::test]
 async fn unpublish_then_republish() {
-    let server = start_server().await;
+    let server = start_server(roomd::Config::default()).await;
     let (mut a, mut b) = server.pair("r", "alice", "bob").await;
     let _p = publish(&mut a, "alice", false, false).await;
     b.notification("participantPublished").await;
@@ -232,7 +246,7 @@ async fn unpublish_then_republish() {
 /// participantUnpublished, and every endpoint of that publication is released.
 #[tokio::test]
 async fn publisher_leaving_releases_everything() {
-    let server = start_server().await;
+    let server = start_server(roomd::Config::default()).await;
     let (mut a, mut b) = server.pair("r", "alice", "bob").await;
     let _p = publish(&mut a, "alice", false, false).await;
     let _s = subscribe(&mut b, "alice").await;
@@ -250,7 +264,7 @@ async fn publisher_leaving_releases_everything() {
 /// 39: candidates sent before publishVideo are accepted and the connection comes up.
 #[tokio::test]
 async fn early_candidates_before_publish_are_accepted() {
-    let server = start_server().await;
+    let server = start_server(roomd::Config::default()).await;
     let mut a = server.client().await;
     a.join("r", "early").await;
     let mut peer = testing::Client::new(CHROME).await;
@@ -288,7 +302,7 @@ async fn early_candidates_before_publish_are_accepted() {
 /// subscriber's data channel.
 #[tokio::test]
 async fn data_channel_message_reaches_subscriber() {
-    let server = start_server().await;
+    let server = start_server(roomd::Config::default()).await;
     let mut a = server.client().await;
     let mut b = server.client().await;
     a.call(
@@ -349,7 +363,7 @@ async fn data_channel_message_reaches_subscriber() {
 /// 65: a publication racing five concurrent joins is learnt exactly once by each joiner.
 #[tokio::test]
 async fn joiners_during_a_publish_learn_of_it_exactly_once() {
-    let server = start_server().await;
+    let server = start_server(roomd::Config::default()).await;
     let mut a = server.client().await;
     a.join("race", "pub").await;
     let url = server.ws_url();
@@ -419,7 +433,7 @@ async fn dropped_publisher_is_torn_down_after_the_grace_period() {
         reconnection_grace_ms: 500,
         ..roomd::Config::default()
     };
-    let server = common::start_server_with(config).await;
+    let server = start_server(config).await;
     let (mut a, mut b) = server.pair("r", "alice", "bob").await;
     let _p = publish(&mut a, "alice", false, false).await;
     let _s = subscribe(&mut b, "alice").await;

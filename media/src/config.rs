@@ -18,6 +18,25 @@ pub struct MediaConfig {
     pub port_max: u16,
     /// Minimum time between two keyframe requests sent to one publisher track.
     pub keyframe_request_interval: Duration,
+    /// Which engine serves the endpoints.
+    pub engine: EngineKind,
+    /// Sharded engine: number of shards (threads, one UDP socket each).
+    pub shards: usize,
+    /// Sharded engine: UDP port of the first shard (shard `i` binds `udp_port + i`); 0 lets the
+    /// system choose.
+    pub udp_port: u16,
+}
+
+/// The media engine serving publish/subscribe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// One webrtc-rs peer connection with its own UDP port and tasks per endpoint (`port_min`
+    /// ..`port_max`). Serves everything, loopback and data channels included.
+    #[default]
+    PerConnection,
+    /// Shard threads on the sans-IO `rtc` core, one UDP port each (`shards`, `udp_port`).
+    /// Not yet: loopback and data-channel relay.
+    Sharded,
 }
 
 impl Default for MediaConfig {
@@ -28,6 +47,9 @@ impl Default for MediaConfig {
             port_min: 40000,
             port_max: 40999,
             keyframe_request_interval: Duration::from_millis(500),
+            engine: EngineKind::PerConnection,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            udp_port: 40000,
         }
     }
 }

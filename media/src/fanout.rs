@@ -276,15 +276,19 @@ impl FanOut {
 
 /// Builds a synthetic VP8-shaped RTP packet (for benches and tests): version 2, the given
 /// sequence number, timestamp `seq * 3000`, SSRC and payload type, and `payload_len` bytes of
-/// payload whose first two bytes carry `seq` big-endian (a marker the receiver can check).
+/// payload: a VP8 key-frame start (`10 00`), then `seq` big-endian (a marker the receiver can
+/// check), then 0xA5.
 pub fn synthetic_packet(
     seq: u16,
     ssrc: u32,
     payload_type: u8,
     payload_len: usize,
 ) -> rtp::packet::Packet {
-    let mut payload = vec![0xA5u8; payload_len.max(2)];
-    payload[..2].copy_from_slice(&seq.to_be_bytes());
+    let mut payload = vec![0xA5u8; payload_len.max(4)];
+    // A VP8 payload descriptor starting partition 0 (0x10) and a key-frame payload header
+    // (bit 0 clear): engines that hold video back until a keyframe forward every packet.
+    payload[..2].copy_from_slice(&[0x10, 0x00]);
+    payload[2..4].copy_from_slice(&seq.to_be_bytes());
     rtp::packet::Packet {
         header: rtp::header::Header {
             version: 2,

@@ -55,7 +55,7 @@ use crate::session::{
 use crate::stats::Counters;
 use crate::subscriber::{attach_output, Output, Pause, SubscriberEndpoint, SubscriberHooks};
 
-pub use crate::config::MediaConfig;
+pub use crate::config::{EngineKind, MediaConfig};
 pub use crate::fanout::DropReason;
 pub use crate::stats::MediaStats;
 
@@ -184,6 +184,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct MediaRouter {
     inner: Arc<Inner>,
+    /// Set when [`MediaConfig::engine`] is [`EngineKind::Sharded`]: every call goes there.
+    sharded: Option<Arc<engine::sharded::ShardedEngine>>,
 }
 
 impl std::fmt::Debug for MediaRouter {
@@ -282,8 +284,34 @@ fn new_output_track(
 }
 
 impl MediaRouter {
-    /// Creates the router. Must be called inside a Tokio runtime.
+    /// Creates the router with the engine `config` names; the sharded engine binds its UDP
+    /// sockets here (an error if it cannot). Must be called inside a Tokio runtime.
+    pub fn start(config: MediaConfig) -> std::io::Result<Self> {
+        let sharded = match config.engine {
+            EngineKind::PerConnection => None,
+            EngineKind::Sharded => Some(Arc::new(engine::sharded::ShardedEngine::start(
+                &engine::sharded::ShardedConfig {
+                    shards: config.shards,
+                    bind_ip: config.bind_ip,
+                    public_ip: config.public_ip,
+                    udp_port: config.udp_port,
+                    connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                },
+            )?)),
+        };
+        Ok(Self {
+            sharded,
+            ..Self::per_connection(config)
+        })
+    }
+
+    /// Creates a router on the per-connection engine, whatever [`MediaConfig::engine`] says
+    /// (it binds nothing up front, so it cannot fail). Must be called inside a Tokio runtime.
     pub fn new(config: MediaConfig) -> Self {
+        Self::per_connection(config)
+    }
+
+    fn per_connection(config: MediaConfig) -> Self {
         let counters = Arc::new(Counters::default());
         let ports = ports::PortPool::new(config.port_min, config.port_max, Arc::clone(&counters));
         Self {
@@ -298,7 +326,15 @@ impl MediaRouter {
                 next_id: AtomicU64::new(1),
                 connect_timeout_ms: AtomicU64::new(DEFAULT_CONNECT_TIMEOUT.as_millis() as u64),
             }),
+            sharded: None,
         }
+    }
+
+    /// The UDP addresses of the sharded engine's sockets (empty on the per-connection engine).
+    pub fn shard_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.sharded
+            .as_ref()
+            .map_or_else(Vec::new, |e| e.local_addrs())
     }
 
     /// Sets how long a new endpoint's peer connection may take to connect (ICE + DTLS) before
@@ -315,6 +351,9 @@ impl MediaRouter {
 
     /// A snapshot of the media counters (live objects and traffic totals).
     pub fn stats(&self) -> MediaStats {
+        if let Some(e) = &self.sharded {
+            return e.stats();
+        }
         self.inner.counters.snapshot()
     }
 
@@ -393,6 +432,9 @@ impl MediaRouter {
         loopback: bool,
         events: mpsc::Sender<MediaEvent>,
     ) -> Result<String, PublishError> {
+        if let Some(e) = &self.sharded {
+            return e.publish(endpoint, offer, loopback, events).await;
+        }
         let (desc, sections) = parse_offer(offer).map_err(PublishError::InvalidOffer)?;
         let token = self.reserve(endpoint).ok_or(PublishError::AlreadyExists)?;
         let res = self
@@ -578,6 +620,9 @@ impl MediaRouter {
         offer: String,
         events: mpsc::Sender<MediaEvent>,
     ) -> Result<String, SubscribeError> {
+        if let Some(e) = &self.sharded {
+            return e.subscribe(endpoint, publisher, offer, events).await;
+        }
         let (desc, sections) = parse_offer(offer).map_err(SubscribeError::InvalidOffer)?;
         if endpoint == publisher {
             return Err(SubscribeError::AlreadyExists);
@@ -791,6 +836,9 @@ impl MediaRouter {
     /// (mDNS `.local`, end-of-candidates) are ignored. Candidates for an endpoint whose
     /// publish/subscribe is still in progress are buffered and applied when it completes.
     pub async fn add_candidate(&self, endpoint: EndpointKey, candidate: IceCandidate) {
+        if let Some(e) = &self.sharded {
+            return e.add_candidate(endpoint, candidate).await;
+        }
         if session::ignorable_candidate(&candidate) {
             debug!(endpoint = endpoint.0, "ignoring empty or mDNS candidate");
             return;
@@ -824,6 +872,9 @@ impl MediaRouter {
     /// Unknown endpoints are ignored. Returns once the peer connections are closed, their tasks
     /// ended and their ports returned.
     pub async fn release(&self, endpoint: EndpointKey) {
+        if let Some(e) = &self.sharded {
+            return e.release(endpoint).await;
+        }
         let (publisher, subscribers) = {
             let mut map = self.lock();
             match map.remove(&endpoint) {
@@ -896,6 +947,9 @@ impl MediaRouter {
 
     /// Releases every endpoint (graceful shutdown).
     pub async fn release_all(&self) {
+        if let Some(e) = &self.sharded {
+            return e.release_all().await;
+        }
         let keys: Vec<EndpointKey> = self.lock().keys().copied().collect();
         for k in keys {
             self.release(k).await;

@@ -376,9 +376,16 @@ pub struct Seen {
 pub fn read_track(track: Arc<dyn TrackRemote>) -> watch::Receiver<Seen> {
     let (tx, rx) = watch::channel(Seen::default());
     tokio::spawn(async move {
+        // An SFU may renumber a subscriber's packets (its own sequence space): the payload's
+        // sequence number must then differ from the header's by the same offset throughout.
+        let mut offset: Option<u16> = None;
         while let Some(ev) = track.poll().await {
             if let TrackRemoteEvent::OnRtpPacket(p) = ev {
-                let ok = check_payload(&p.payload, p.header.sequence_number);
+                let sent = payload_seq(&p.payload);
+                let shift = sent.map(|s| s.wrapping_sub(p.header.sequence_number));
+                let expected = offset.get_or_insert(shift.unwrap_or(0));
+                let ok = shift == Some(*expected)
+                    && check_payload(&p.payload, p.header.sequence_number.wrapping_add(*expected));
                 tx.send_modify(|s| {
                     s.packets += 1;
                     if !ok {
@@ -397,11 +404,18 @@ pub fn read_track(track: Arc<dyn TrackRemote>) -> watch::Receiver<Seen> {
     rx
 }
 
-/// The synthetic payload: 400 bytes, seq big-endian then 0xA5.
+/// The sequence number a synthetic payload carries.
+fn payload_seq(payload: &Bytes) -> Option<u16> {
+    Some(u16::from_be_bytes([*payload.get(2)?, *payload.get(3)?]))
+}
+
+/// The synthetic payload ([`crate::fanout::synthetic_packet`]): 400 bytes, a VP8 key-frame
+/// start (`10 00`), seq big-endian, then 0xA5.
 pub fn check_payload(payload: &Bytes, seq: u16) -> bool {
     payload.len() == 400
-        && payload[..2] == seq.to_be_bytes()
-        && payload[2..].iter().all(|b| *b == 0xA5)
+        && payload[..2] == [0x10, 0x00]
+        && payload[2..4] == seq.to_be_bytes()
+        && payload[4..].iter().all(|b| *b == 0xA5)
 }
 
 /// Waits (bounded) until the reader saw at least `n` packets; returns the last snapshot.

@@ -30,6 +30,7 @@ pub mod peer;
 pub mod runtime;
 pub mod sender_report;
 pub mod shard;
+pub mod sharded;
 pub mod srtp;
 pub mod track;
 pub mod wire;

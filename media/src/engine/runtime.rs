@@ -41,7 +41,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -55,13 +55,17 @@ use super::shard::{Shard, ShardAddr, ShardConfig, ShardError, ShardEvent, ShardS
 /// `Disconnected`, `Failed`, `TrackOpen`, `LocalCandidate`; RTP and RTCP stay inside).
 pub type RuntimeEvent = ShardEvent;
 
+/// How often the shard thread publishes its counters for [`ShardRuntime::snapshot`] (a store
+/// under an uncontended lock per interval, not per packet).
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How to start a [`ShardRuntime`].
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     /// Address to bind the UDP socket to.
     pub bind: SocketAddr,
     /// Address announced in candidates (`None`: the bound address; required when binding a
-    /// wildcard address).
+    /// wildcard address). Port 0 announces this IP with the bound port.
     pub announced: Option<SocketAddr>,
     /// Capacity of the command queue.
     pub commands: usize,
@@ -150,6 +154,7 @@ pub struct ShardRuntime {
     announced: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    snapshot: Arc<Mutex<RuntimeStats>>,
 }
 
 impl ShardRuntime {
@@ -157,7 +162,11 @@ impl ShardRuntime {
     pub fn spawn(config: RuntimeConfig) -> io::Result<(ShardRuntime, Receiver<RuntimeEvent>)> {
         let socket = UdpSocket::bind(config.bind)?;
         let local = socket.local_addr()?;
-        let announced = config.announced.unwrap_or(local);
+        let announced = match config.announced {
+            Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), local.port()),
+            Some(a) => a,
+            None => local,
+        };
         let mut shard_config = ShardConfig::new(local);
         shard_config.addrs = vec![ShardAddr { local, announced }];
         shard_config.ice = config.ice;
@@ -169,7 +178,10 @@ impl ShardRuntime {
         let (commands, command_rx) = mpsc::sync_channel(config.commands.max(1));
         let (event_tx, events) = mpsc::sync_channel(config.events.max(1));
         let stop = Arc::new(AtomicBool::new(false));
+        let snapshot = Arc::new(Mutex::new(RuntimeStats::default()));
         let mut state = State {
+            snapshot: Arc::clone(&snapshot),
+            published: Instant::now(),
             socket,
             local,
             shard,
@@ -190,6 +202,7 @@ impl ShardRuntime {
                 announced,
                 stop,
                 thread: Some(thread),
+                snapshot,
             },
             events,
         ))
@@ -261,6 +274,12 @@ impl ShardRuntime {
         self.send(|reply| Command::Remove { id, reply })
     }
 
+    /// The counters as the shard thread last published them (at most [`SNAPSHOT_INTERVAL`]
+    /// old); unlike [`ShardRuntime::stats`] it does not wait for the thread.
+    pub fn snapshot(&self) -> RuntimeStats {
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Counters.
     pub fn stats(&self) -> Result<oneshot::Receiver<RuntimeStats>, RuntimeError> {
         self.send(|reply| Command::Stats { reply })
@@ -277,6 +296,9 @@ impl Drop for ShardRuntime {
 }
 
 struct State {
+    snapshot: Arc<Mutex<RuntimeStats>>,
+    /// When `snapshot` was last written.
+    published: Instant,
     socket: UdpSocket,
     local: SocketAddr,
     shard: Shard,
@@ -319,7 +341,21 @@ impl State {
                 self.forwarder.handle_timeout(&mut self.shard, now);
             }
             self.pump(now);
+            if now.duration_since(self.published) >= SNAPSHOT_INTERVAL {
+                self.publish_snapshot(now);
+            }
         }
+        self.publish_snapshot(Instant::now());
+    }
+
+    fn publish_snapshot(&mut self, now: Instant) {
+        self.published = now;
+        let current = RuntimeStats {
+            shard: self.shard.stats(),
+            forward: self.forwarder.stats(),
+            ..self.stats
+        };
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = current;
     }
 
     /// Sets the socket's read timeout to the next timer (capped), in whole milliseconds, only
