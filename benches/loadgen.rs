@@ -15,6 +15,8 @@
 //!   --server S        roomd | janus | both (default roomd)
 //!   --seconds N       measured window per scenario (default 5; plus ~2 s warm-up)
 //!   --ramp LIST       viewer counts for `ramp` (default 10,25,50,100,200,300,400,500,600)
+//!   --engine E        roomd's media engine: per-connection | sharded (default per-connection;
+//!                     sharded runs one shard, as roomd has one core here)
 //!   --no-reference    skip the reference-forwarder runs
 //!   --smoke           1 room x 2 against roomd for ~5 s; exit 1 unless media flows both ways
 //! ```
@@ -1163,6 +1165,9 @@ async fn wait_tcp(ip: IpAddr, port: u16) -> bool {
     false
 }
 
+/// `--engine`'s flags for roomd (set once in `main`).
+static ROOMD_ENGINE_ARGS: OnceLock<Vec<String>> = OnceLock::new();
+
 async fn start_roomd() -> Result<Server, String> {
     let port = free_port();
     // LOADGEN_ROOMD_BIN runs another build of roomd (an A/B of two commits on the same machine).
@@ -1178,6 +1183,7 @@ async fn start_roomd() -> Result<Server, String> {
             "--rtc-port-max",
             "49999",
         ])
+        .args(ROOMD_ENGINE_ARGS.get().map_or(&[][..], Vec::as_slice))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -1740,6 +1746,7 @@ struct Opts {
     ramp: Vec<usize>,
     reference: bool,
     smoke: bool,
+    engine: String,
 }
 
 fn opts() -> Opts {
@@ -1785,6 +1792,7 @@ fn opts() -> Opts {
             .unwrap_or_else(|| vec![10, 25, 50, 100, 200, 300, 400, 500, 600]),
         reference: !has("--no-reference"),
         smoke: has("--smoke") || !explicit,
+        engine: arg("--engine").unwrap_or_else(|| "per-connection".into()),
     }
 }
 
@@ -1793,6 +1801,18 @@ fn main() {
         return;
     }
     let o = opts();
+    let engine_args = match o.engine.as_str() {
+        "sharded" => vec![
+            "--media-engine".to_owned(),
+            "sharded".to_owned(),
+            "--media-shards".to_owned(),
+            "1".to_owned(),
+            "--rtc-udp-port".to_owned(),
+            "0".to_owned(),
+        ],
+        _ => Vec::new(),
+    };
+    let _ = ROOMD_ENGINE_ARGS.set(engine_args);
     raise_fd_limit();
     let _ = epoch();
     let rt = tokio::runtime::Builder::new_current_thread()
