@@ -16,25 +16,27 @@
 //! timers; route events through the forwarder; send what the shard and the forwarder queued.
 //! One datagram per `recv_from` and one per `send_to`: batching with `recvmmsg`/`sendmmsg`
 //! (and GSO) needs `libc`/`nix` and unsafe code, which this crate does not take on yet — it is
-//! the next step for the kernel share of the per-packet cost. Nor can std enlarge the socket's
-//! buffers (`SO_RCVBUF`/`SO_SNDBUF`): with the kernel default (~200 kB, some 90 datagrams of
-//! video), a shard thread descheduled for ~20 ms at 5 000 packets/s in drops input (seen at
-//! 0–5 % on this shared 2-core machine in `engine_e2e`); `socket2` (safe) would fix that.
+//! the next step for the kernel share of the per-packet cost. The socket's kernel
+//! buffers are enlarged ([`RuntimeConfig::socket_buffer`]): with the default (~200 kB, some 90
+//! datagrams of video) a shard thread descheduled for ~20 ms at 5,000 packets/s in dropped
+//! input (0–5 % on this shared 2-core machine in `engine_e2e`).
 //!
 //! Measured (release, loopback, 1 → 9, 1100-byte VP8, GCM): ~3.5–4.5 µs of shard-thread CPU
 //! per datagram sent, syscalls included; without syscalls ~0.9 µs (of which the forwarder
 //! ~0.6 µs per leg and rtc's read path ~3–4 µs per publisher datagram, shared by the legs).
 //!
 //! Queue policies:
-//! - commands: [`ShardRuntime`]'s methods never block; when the queue is full they fail at once
-//!   with [`RuntimeError::Busy`] (the caller answers "try again" to its client), and with
+//! - commands: [`ShardRuntime::reserve`] waits for room (backpressure on the caller; the thread
+//!   takes every queued command at each wake-up, so room comes within
+//!   [`RuntimeConfig::max_wait`]); [`ShardRuntime`]'s other methods never block and fail at
+//!   once with [`RuntimeError::Busy`] when the queue is full. Both fail with
 //!   [`RuntimeError::Stopped`] once the thread has ended.
 //! - events: when the owner does not keep up and the queue is full, events are dropped and
 //!   counted ([`RuntimeStats::events_dropped`]). Nothing is lost for good by that: a `Failed`
 //!   peer is removed by the runtime itself before the event is reported, and states can be
 //!   read again through [`ShardRuntime::stats`].
 //!
-//! Owns [`ShardRuntime`], [`RuntimeConfig`], [`RuntimeError`], [`RuntimeStats`],
+//! Owns [`ShardRuntime`], [`CommandSlot`], [`RuntimeConfig`], [`RuntimeError`], [`RuntimeStats`],
 //! [`RuntimeEvent`].
 
 use std::io;
@@ -76,6 +78,29 @@ pub struct RuntimeConfig {
     pub ice: IceTimeouts,
     pub connect_timeout: Duration,
     pub forward: ForwardConfig,
+    /// Kernel receive and send buffer asked for the socket (`SO_RCVBUF`/`SO_SNDBUF`; Linux caps
+    /// it at `net.core.rmem_max`/`wmem_max`): what absorbs a burst while the thread is busy
+    /// (a DTLS handshake, a descheduling) instead of dropping datagrams.
+    pub socket_buffer: usize,
+}
+
+/// The default [`RuntimeConfig::socket_buffer`]: 4 MiB, some 3,500 datagrams of 1,200 bytes
+/// (~90 ms of a shard forwarding 40,000 packets a second).
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds the shard's UDP socket with the buffers asked for (kept at the kernel's size when it
+/// refuses: a smaller buffer only costs drops under bursts).
+fn bind(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(buffer) {
+        tracing::warn!(error = %e, "shard socket: SO_RCVBUF not set");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer) {
+        tracing::warn!(error = %e, "shard socket: SO_SNDBUF not set");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 impl RuntimeConfig {
@@ -91,6 +116,7 @@ impl RuntimeConfig {
             ice: shard.ice,
             connect_timeout: shard.connect_timeout,
             forward: ForwardConfig::default(),
+            socket_buffer: SOCKET_BUFFER,
         }
     }
 }
@@ -120,6 +146,7 @@ pub struct RuntimeStats {
 
 type Reply<T> = oneshot::Sender<T>;
 
+/// A request to the shard thread (see [`CommandSlot`]).
 enum Command {
     Publish {
         id: PeerId,
@@ -149,7 +176,7 @@ enum Command {
 
 /// The handle of a shard thread. Dropping it stops the thread (within `max_wait`) and joins it.
 pub struct ShardRuntime {
-    commands: SyncSender<Command>,
+    commands: tokio::sync::mpsc::Sender<Command>,
     local: SocketAddr,
     announced: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -160,7 +187,7 @@ pub struct ShardRuntime {
 impl ShardRuntime {
     /// Binds the socket and starts the thread; returns the handle and the event queue.
     pub fn spawn(config: RuntimeConfig) -> io::Result<(ShardRuntime, Receiver<RuntimeEvent>)> {
-        let socket = UdpSocket::bind(config.bind)?;
+        let socket = bind(config.bind, config.socket_buffer)?;
         let local = socket.local_addr()?;
         let announced = match config.announced {
             Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), local.port()),
@@ -175,7 +202,7 @@ impl ShardRuntime {
             .map_err(|e| io::Error::other(e.to_string()))?;
         let forwarder = Forwarder::new(config.forward.clone());
         shard.set_crypto_hook(forwarder.crypto_hook());
-        let (commands, command_rx) = mpsc::sync_channel(config.commands.max(1));
+        let (commands, command_rx) = tokio::sync::mpsc::channel(config.commands.max(1));
         let (event_tx, events) = mpsc::sync_channel(config.events.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let snapshot = Arc::new(Mutex::new(RuntimeStats::default()));
@@ -194,7 +221,7 @@ impl ShardRuntime {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("shard {local}"))
-            .spawn(move || state.run(&command_rx, &stop2))?;
+            .spawn(move || state.run(command_rx, &stop2))?;
         Ok((
             ShardRuntime {
                 commands,
@@ -218,15 +245,22 @@ impl ShardRuntime {
         self.announced
     }
 
-    fn send<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<oneshot::Receiver<T>, RuntimeError> {
-        let (tx, rx) = oneshot::channel();
-        match self.commands.try_send(make(tx)) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(RuntimeError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(RuntimeError::Stopped),
+    /// Room for one command, waiting while the queue is full (backpressure: the shard drains
+    /// the whole queue at every wake-up, at least every [`RuntimeConfig::max_wait`]).
+    pub async fn reserve(&self) -> Result<CommandSlot<'_>, RuntimeError> {
+        self.commands
+            .reserve()
+            .await
+            .map(CommandSlot)
+            .map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Room for one command, or [`RuntimeError::Busy`] at once when the queue is full.
+    pub fn try_reserve(&self) -> Result<CommandSlot<'_>, RuntimeError> {
+        match self.commands.try_reserve() {
+            Ok(permit) => Ok(CommandSlot(permit)),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(())) => Err(RuntimeError::Busy),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => Err(RuntimeError::Stopped),
         }
     }
 
@@ -236,7 +270,7 @@ impl ShardRuntime {
         id: PeerId,
         offer: String,
     ) -> Result<oneshot::Receiver<Result<PublisherAnswer, ShardError>>, RuntimeError> {
-        self.send(|reply| Command::Publish { id, offer, reply })
+        Ok(self.try_reserve()?.publish(id, offer))
     }
 
     /// A subscriber from its offer, sending `tracks`; `sources[i]` feeds `tracks[i]`.
@@ -247,13 +281,7 @@ impl ShardRuntime {
         tracks: Vec<OutTrack>,
         sources: Vec<Source>,
     ) -> Result<oneshot::Receiver<Result<SubscriberAnswer, ShardError>>, RuntimeError> {
-        self.send(|reply| Command::Subscribe {
-            id,
-            offer,
-            tracks,
-            sources,
-            reply,
-        })
+        Ok(self.try_reserve()?.subscribe(id, offer, tracks, sources))
     }
 
     /// A trickled remote candidate.
@@ -262,16 +290,12 @@ impl ShardRuntime {
         id: PeerId,
         candidate: String,
     ) -> Result<oneshot::Receiver<Result<(), ShardError>>, RuntimeError> {
-        self.send(|reply| Command::Candidate {
-            id,
-            candidate,
-            reply,
-        })
+        Ok(self.try_reserve()?.add_candidate(id, candidate))
     }
 
     /// Removes a peer (publisher: its tracks and every leg on them).
     pub fn remove(&self, id: PeerId) -> Result<oneshot::Receiver<()>, RuntimeError> {
-        self.send(|reply| Command::Remove { id, reply })
+        Ok(self.try_reserve()?.remove(id))
     }
 
     /// The counters as the shard thread last published them (at most [`SNAPSHOT_INTERVAL`]
@@ -282,6 +306,67 @@ impl ShardRuntime {
 
     /// Counters.
     pub fn stats(&self) -> Result<oneshot::Receiver<RuntimeStats>, RuntimeError> {
+        Ok(self.try_reserve()?.stats())
+    }
+}
+
+/// Room for one command in a shard's queue ([`ShardRuntime::reserve`]); each method uses it up
+/// and returns the receiver of the reply.
+pub struct CommandSlot<'a>(tokio::sync::mpsc::Permit<'a, Command>);
+
+impl CommandSlot<'_> {
+    fn send<T>(self, make: impl FnOnce(Reply<T>) -> Command) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(make(tx));
+        rx
+    }
+
+    /// See [`ShardRuntime::publish`].
+    pub fn publish(
+        self,
+        id: PeerId,
+        offer: String,
+    ) -> oneshot::Receiver<Result<PublisherAnswer, ShardError>> {
+        self.send(|reply| Command::Publish { id, offer, reply })
+    }
+
+    /// See [`ShardRuntime::subscribe`].
+    pub fn subscribe(
+        self,
+        id: PeerId,
+        offer: String,
+        tracks: Vec<OutTrack>,
+        sources: Vec<Source>,
+    ) -> oneshot::Receiver<Result<SubscriberAnswer, ShardError>> {
+        self.send(|reply| Command::Subscribe {
+            id,
+            offer,
+            tracks,
+            sources,
+            reply,
+        })
+    }
+
+    /// See [`ShardRuntime::add_candidate`].
+    pub fn add_candidate(
+        self,
+        id: PeerId,
+        candidate: String,
+    ) -> oneshot::Receiver<Result<(), ShardError>> {
+        self.send(|reply| Command::Candidate {
+            id,
+            candidate,
+            reply,
+        })
+    }
+
+    /// See [`ShardRuntime::remove`].
+    pub fn remove(self, id: PeerId) -> oneshot::Receiver<()> {
+        self.send(|reply| Command::Remove { id, reply })
+    }
+
+    /// See [`ShardRuntime::stats`].
+    pub fn stats(self) -> oneshot::Receiver<RuntimeStats> {
         self.send(|reply| Command::Stats { reply })
     }
 }
@@ -311,7 +396,7 @@ struct State {
 }
 
 impl State {
-    fn run(&mut self, commands: &Receiver<Command>, stop: &AtomicBool) {
+    fn run(&mut self, mut commands: tokio::sync::mpsc::Receiver<Command>, stop: &AtomicBool) {
         let mut buf = vec![0u8; 4096];
         while !stop.load(Ordering::Relaxed) {
             self.stats.wakeups += 1;

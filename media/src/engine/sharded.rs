@@ -213,9 +213,9 @@ impl ShardedEngine {
 
     /// Removes peer `key` from its shard and waits until the shard did.
     async fn remove_peer(&self, shard: usize, key: EndpointKey) {
-        match self.runtimes[shard].remove(PeerId(key.0)) {
-            Ok(done) => {
-                let _ = done.await;
+        match self.runtimes[shard].reserve().await {
+            Ok(slot) => {
+                let _ = slot.remove(PeerId(key.0)).await;
             }
             Err(e) => warn!(endpoint = key.0, error = %e, "could not remove peer"),
         }
@@ -241,12 +241,13 @@ impl ShardedEngine {
         let token = self
             .reserve(key, shard, Role::Publisher(None), events)
             .ok_or(PublishError::AlreadyExists)?;
-        let reply = self.runtimes[shard]
-            .publish(PeerId(key.0), offer)
-            .map_err(|e| {
+        let reply = match self.runtimes[shard].reserve().await {
+            Ok(slot) => slot.publish(PeerId(key.0), offer),
+            Err(e) => {
                 self.unreserve(key, token);
-                runtime_to_publish(e)
-            })?;
+                return Err(runtime_to_publish(e));
+            }
+        };
         let answer = match reply.await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
@@ -300,12 +301,13 @@ impl ShardedEngine {
             &format!("roomd-{}", publisher.0),
         );
         let wanted = tracks.len();
-        let reply = self.runtimes[shard]
-            .subscribe(PeerId(key.0), offer, tracks, sources)
-            .map_err(|e| {
+        let reply = match self.runtimes[shard].reserve().await {
+            Ok(slot) => slot.subscribe(PeerId(key.0), offer, tracks, sources),
+            Err(e) => {
                 self.unreserve(key, token);
-                runtime_to_subscribe(e)
-            })?;
+                return Err(runtime_to_subscribe(e));
+            }
+        };
         let answer = match reply.await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
@@ -359,8 +361,8 @@ impl ShardedEngine {
             debug!(endpoint = key.0, "candidate for unknown endpoint ignored");
             return;
         };
-        match self.runtimes[shard].add_candidate(PeerId(key.0), candidate.candidate) {
-            Ok(reply) => match reply.await {
+        match self.runtimes[shard].reserve().await {
+            Ok(slot) => match slot.add_candidate(PeerId(key.0), candidate.candidate).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => debug!(endpoint = key.0, error = %e, "remote candidate refused"),
                 Err(_) => {}
