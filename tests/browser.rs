@@ -9,40 +9,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::process::Command;
 
 /// The whole browser suite must finish within this (the harness aborts itself at 290 s).
 const SUITE_BOUND: Duration = Duration::from_secs(330);
 
-/// Copies `from` line by line to this process's stderr (bypassing libtest's capture, so the
-/// scenario results show up even when the test passes) and into `log`.
-fn pump(from: impl Read + Send + 'static, log: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(from).lines().map_while(Result::ok) {
-            let _ = writeln!(std::io::stderr(), "browser| {line}");
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_str(&(line + "\n"));
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_end_to_end_suite() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
-    assert!(
-        Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists(),
-        "browser test prerequisites missing ({chromium}, tests/browser/node_modules): \
-         run `bash tests/browser/setup.sh` (or `bash tests/run.sh`)"
-    );
-
     // A UDP range of its own: a load generator or another roomd on this machine may hold the
     // default 40000-40999 range (the symptom is 303 "Unable to create publisher endpoint").
     let config = roomd::Config {
@@ -63,59 +36,12 @@ async fn browser_end_to_end_suite() {
     let tls_server = common::start_server_with(tls_config).await;
     let tls_url = format!("https://localhost:{}", tls_server.addr.port());
 
-    let mut child = Command::new("node")
-        .arg("run.mjs")
-        .arg("--url")
-        .arg(&url)
-        .arg("--tls-url")
-        .arg(&tls_url)
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node (is Node.js installed?)");
-    let log = Arc::new(Mutex::new(String::new()));
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let pumps = [
-        pump(
-            std::fs::File::from(stdout.into_owned_fd().expect("stdout pipe")),
-            Arc::clone(&log),
-        ),
-        pump(
-            std::fs::File::from(stderr.into_owned_fd().expect("stderr pipe")),
-            Arc::clone(&log),
-        ),
-    ];
-
-    // Bounded wait for the harness to exit; the server keeps running on this runtime's workers
-    // meanwhile.
-    let status = match tokio::time::timeout(SUITE_BOUND, child.wait()).await {
-        Ok(status) => Some(status.expect("wait for the harness")),
-        Err(_) => {
-            let _ = child.kill().await;
-            None
-        }
-    };
-    for p in pumps {
-        let _ = p.join();
-    }
+    common::browser::run_harness(
+        &["--url", &url, "--tls-url", &tls_url],
+        &[],
+        SUITE_BOUND,
+    )
+    .await;
     drop(server);
     drop(tls_server);
-
-    let output = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    match status {
-        None => panic!(
-            "browser suite exceeded {} s and was killed; output:\n{output}",
-            SUITE_BOUND.as_secs()
-        ),
-        Some(s) if !s.success() => panic!("browser suite failed ({s}); output:\n{output}"),
-        Some(_) => {}
-    }
-    assert!(
-        output.contains(" passed, 0 failed"),
-        "browser suite reported no result line; output:\n{output}"
-    );
 }

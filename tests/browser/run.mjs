@@ -274,7 +274,7 @@ async function open(names, kind = 'demo') {
 // ------------------------------------------------------------------------------------------
 const scenarios = [];
 // `optIn` scenarios run only when named in --only.
-const scenario = (name, fn, { optIn = false } = {}) => scenarios.push({ name, fn, optIn });
+const scenario = (name, fn, { optIn = false, limitMs = SCENARIO_LIMIT_MS } = {}) => scenarios.push({ name, fn, optIn, limitMs });
 let roomSeq = 0;
 const uniqueRoom = (base) => `${base}-${Date.now().toString(36)}-${roomSeq++}`;
 
@@ -389,6 +389,39 @@ scenario('four-all-to-all', async (ctx) => {
   if (subs !== 12) throw new Error(`expected 12 subscriptions, saw ${subs}`);
   ctx.note('12 subscriptions decoding video and receiving audio');
 });
+
+// A call that lasts (LONG_CALL_SECONDS, default 60): every 5-second window, both sides decode
+// video and receive audio from the other. Opt-in: `--only long-call`.
+const LONG_CALL_SECONDS = Number(process.env.LONG_CALL_SECONDS || 60);
+scenario('long-call', async (ctx) => {
+  const room = uniqueRoom('long');
+  const [a, b] = ctx.track(await open(['long-a', 'long-b']));
+  await a.join(room);
+  await b.join(room);
+  await Promise.all([expectMedia(a, ['long-b']), expectMedia(b, ['long-a'])]);
+  const pairs = [[a, 'long-b'], [b, 'long-a']];
+  const sample = () => Promise.all(pairs.map(async ([p, peer]) => (await p.stats()).peers[peer] || { framesDecoded: 0, audioPackets: 0 }));
+  let prev = await sample();
+  const started = Date.now();
+  let windows = 0;
+  let minFps = Infinity;
+  let minAudio = Infinity;
+  while (Date.now() - started < LONG_CALL_SECONDS * 1000) {
+    await new Promise((r) => setTimeout(r, 5_000));
+    const now = await sample();
+    windows++;
+    for (const i of [0, 1]) {
+      const frames = now[i].framesDecoded - prev[i].framesDecoded;
+      const audio = now[i].audioPackets - prev[i].audioPackets;
+      minFps = Math.min(minFps, frames / 5);
+      minAudio = Math.min(minAudio, audio / 5);
+      // Chromium's fake devices send ~30 fps and 50 audio packets/s; a stall shows as far less.
+      if (frames < 25 || audio < 100) throw new Error(`window ${windows}: ${pairs[i][0].name} got ${frames} frames and ${audio} audio packets from ${pairs[i][1]} in 5 s`);
+    }
+    prev = now;
+  }
+  ctx.note(`${windows} windows of 5 s (${LONG_CALL_SECONDS} s): video and audio both ways in every one; slowest window ${minFps.toFixed(1)} fps, ${minAudio.toFixed(0)} audio packets/s`);
+}, { optIn: true, limitMs: (LONG_CALL_SECONDS + 40) * 1000 });
 
 scenario('loopback', async (ctx) => {
   const room = uniqueRoom('loop');
@@ -874,7 +907,7 @@ async function main() {
       await Promise.race([
         s.fn(ctx),
         new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`scenario exceeded ${SCENARIO_LIMIT_MS / 1000} s`)), SCENARIO_LIMIT_MS);
+          timer = setTimeout(() => reject(new Error(`scenario exceeded ${s.limitMs / 1000} s`)), s.limitMs);
         }),
       ]);
       tally.passed++;

@@ -1,0 +1,93 @@
+//! Runs the headless-Chromium harness `tests/browser/run.mjs` (Node.js + playwright-core,
+//! Debian's chromium) against servers a test started, streaming its output to stderr as it
+//! runs (past libtest's capture) and failing when it fails, overruns its bound or reports no
+//! result line.
+//!
+//! Prerequisites: `bash tests/browser/setup.sh` (run by `bash tests/run.sh`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// The harness directory, after checking the prerequisites are installed.
+pub fn harness_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists(),
+        "browser test prerequisites missing ({chromium}, tests/browser/node_modules): \
+         run `bash tests/browser/setup.sh` (or `bash tests/run.sh`)"
+    );
+    dir
+}
+
+/// Copies `from` line by line to this process's stderr and into `log`.
+fn pump(from: impl Read + Send + 'static, log: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let _ = writeln!(std::io::stderr(), "browser| {line}");
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_str(&(line + "\n"));
+        }
+    })
+}
+
+/// Runs `node run.mjs <args>` with `env` added, waits at most `bound`, and returns its output
+/// once it exited successfully with a `N passed, 0 failed` line; panics otherwise.
+pub async fn run_harness(args: &[&str], env: &[(&str, &str)], bound: Duration) -> String {
+    let dir = harness_dir();
+    let mut child = Command::new("node")
+        .arg("run.mjs")
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start node (is Node.js installed?)");
+    let log = Arc::new(Mutex::new(String::new()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let pumps = [
+        pump(
+            std::fs::File::from(stdout.into_owned_fd().expect("stdout pipe")),
+            Arc::clone(&log),
+        ),
+        pump(
+            std::fs::File::from(stderr.into_owned_fd().expect("stderr pipe")),
+            Arc::clone(&log),
+        ),
+    ];
+    // Bounded wait; the servers keep running on the test runtime's workers meanwhile.
+    let status = match tokio::time::timeout(bound, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for the harness")),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    };
+    for p in pumps {
+        let _ = p.join();
+    }
+    let output = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match status {
+        None => panic!(
+            "browser harness exceeded {} s and was killed; output:\n{output}",
+            bound.as_secs()
+        ),
+        Some(s) if !s.success() => panic!("browser harness failed ({s}); output:\n{output}"),
+        Some(_) => {}
+    }
+    assert!(
+        output.contains(" passed, 0 failed"),
+        "browser harness reported no result line; output:\n{output}"
+    );
+    output
+}
