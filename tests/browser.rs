@@ -36,12 +36,7 @@ async fn browser_end_to_end_suite() {
     let tls_server = common::start_server_with(tls_config).await;
     let tls_url = format!("https://localhost:{}", tls_server.addr.port());
 
-    common::browser::run_harness(
-        &["--url", &url, "--tls-url", &tls_url],
-        &[],
-        SUITE_BOUND,
-    )
-    .await;
+    common::browser::run_harness(&["--url", &url, "--tls-url", &tls_url], &[], SUITE_BOUND).await;
     drop(server);
     drop(tls_server);
 }

@@ -28,10 +28,8 @@ async fn browser_calls_on_the_sharded_engine() {
     };
     let server = common::start_server_with(config).await;
     let url = format!("http://{}", server.addr);
-    let screenshot = std::env::temp_dir().join(format!(
-        "roomd-sharded-call-{}.png",
-        std::process::id()
-    ));
+    let screenshot =
+        std::env::temp_dir().join(format!("roomd-sharded-call-{}.png", std::process::id()));
     let output = common::browser::run_harness(
         &[
             "--url",

@@ -770,6 +770,26 @@ impl Forwarder {
         }
     }
 
+    /// The queued datagrams in order, for a driver that sends a batch at a time
+    /// ([`Forwarder::pop_transmits`] then drops the ones it sent).
+    pub fn transmits(&self) -> impl Iterator<Item = Datagram<'_>> {
+        self.tx
+            .queue
+            .iter()
+            .map(|(local, dest, buf, len)| Datagram {
+                local: *local,
+                dest: *dest,
+                bytes: &buf[..*len],
+            })
+    }
+
+    /// Drops the first `n` queued datagrams (their buffers go back to the pool).
+    pub fn pop_transmits(&mut self, n: usize) {
+        for _ in 0..n {
+            self.pop_transmit();
+        }
+    }
+
     /// Datagrams queued.
     pub fn queued(&self) -> usize {
         self.tx.queue.len()

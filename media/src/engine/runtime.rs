@@ -8,18 +8,17 @@
 //!  owner ◀── [events, bounded] ◀── Connected / Disconnected / Failed / TrackOpen / LocalCandidate
 //! ```
 //!
-//! The loop: take every queued command; block in `recv_from` with a read timeout set to the
-//! earlier of the shard's and the forwarder's next timer, capped at
-//! [`RuntimeConfig::max_wait`] (which is also the worst-case latency of a command: std has no
-//! way to wake a thread blocked on a socket other than a datagram, so the loop wakes up at
-//! least that often — 100 wake-ups a second at the default 10 ms); feed the datagram; run due
-//! timers; route events through the forwarder; send what the shard and the forwarder queued.
-//! One datagram per `recv_from` and one per `send_to`: batching with `recvmmsg`/`sendmmsg`
-//! (and GSO) needs `libc`/`nix` and unsafe code, which this crate does not take on yet — it is
-//! the next step for the kernel share of the per-packet cost. The socket's kernel
-//! buffers are enlarged ([`RuntimeConfig::socket_buffer`]): with the default (~200 kB, some 90
-//! datagrams of video) a shard thread descheduled for ~20 ms at 5,000 packets/s in dropped
-//! input (0–5 % on this shared 2-core machine in `engine_e2e`).
+//! The loop: take every queued command; block in `recvmmsg` (up to [`BATCH`] datagrams, the
+//! first awaited with a read timeout set to the earlier of the shard's and the forwarder's
+//! next timer, capped at [`RuntimeConfig::max_wait`], which is also the worst-case latency of
+//! a command: std has no way to wake a thread blocked on a socket other than a datagram, so
+//! the loop wakes up at least that often — 100 wake-ups a second at the default 10 ms); feed
+//! the datagrams; run due timers; route events through the forwarder; send what the shard
+//! queued (`send_to`: handshakes and RTCP, few) and the forwarder's datagrams in batches of
+//! [`BATCH`] per `sendmmsg` (nix's safe wrappers; this crate has no unsafe code). The socket's
+//! kernel buffers are enlarged ([`RuntimeConfig::socket_buffer`]): with the default (~200 kB,
+//! some 90 datagrams of video) a shard thread descheduled for ~20 ms at 5,000 packets/s in
+//! dropped input (0–5 % on this shared 2-core machine in `engine_e2e`).
 //!
 //! Measured (release, loopback, 1 → 9, 1100-byte VP8, GCM): ~3.5–4.5 µs of shard-thread CPU
 //! per datagram sent, syscalls included; without syscalls ~0.9 µs (of which the forwarder
@@ -39,14 +38,19 @@
 //! Owns [`ShardRuntime`], [`CommandSlot`], [`RuntimeConfig`], [`RuntimeError`], [`RuntimeStats`],
 //! [`RuntimeEvent`].
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
 use tokio::sync::oneshot;
 
 use super::forward::{ForwardConfig, ForwardStats, Forwarder, Source};
@@ -380,6 +384,41 @@ impl Drop for ShardRuntime {
     }
 }
 
+/// Datagrams per `recvmmsg` / `sendmmsg`.
+const BATCH: usize = 32;
+/// Largest datagram read; a longer one is truncated (and refused by rtc).
+const MAX_DATAGRAM: usize = 2048;
+
+/// The shard thread's batched-I/O buffers, allocated once.
+struct BatchIo {
+    recv_headers: MultiHeaders<SockaddrStorage>,
+    recv_bufs: Vec<[u8; MAX_DATAGRAM]>,
+    /// (length, sender) of each datagram of the last `recvmmsg`.
+    received: [(usize, Option<SocketAddr>); BATCH],
+    send_headers: MultiHeaders<SockaddrStorage>,
+    send_addrs: Vec<Option<SockaddrStorage>>,
+}
+
+impl BatchIo {
+    fn new() -> Self {
+        Self {
+            recv_headers: MultiHeaders::preallocate(BATCH, None),
+            recv_bufs: vec![[0; MAX_DATAGRAM]; BATCH],
+            received: [(0, None); BATCH],
+            send_headers: MultiHeaders::preallocate(BATCH, None),
+            send_addrs: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+/// A socket address as std's type (IPv4 or IPv6; other families: `None`).
+fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
 struct State {
     snapshot: Arc<Mutex<RuntimeStats>>,
     /// When `snapshot` was last written.
@@ -397,26 +436,29 @@ struct State {
 
 impl State {
     fn run(&mut self, mut commands: tokio::sync::mpsc::Receiver<Command>, stop: &AtomicBool) {
-        let mut buf = vec![0u8; 4096];
+        // Not in `State`: nix's headers hold raw pointers (not `Send`); built on this thread.
+        let mut io = BatchIo::new();
         while !stop.load(Ordering::Relaxed) {
             self.stats.wakeups += 1;
             while let Ok(cmd) = commands.try_recv() {
                 self.command(cmd);
             }
             self.pump(Instant::now());
+            self.flush(&mut io);
             self.arm_timeout(Instant::now());
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let now = Instant::now();
-                    self.shard.handle_datagram(now, self.local, from, &buf[..n]);
-                    self.pump(now);
+            let n = self.recv_batch(&mut io);
+            if n > 0 {
+                let now = Instant::now();
+                for i in 0..n {
+                    match io.received[i] {
+                        (len, Some(from)) => {
+                            let bytes = &io.recv_bufs[i][..len];
+                            self.shard.handle_datagram(now, self.local, from, bytes);
+                        }
+                        (_, None) => self.stats.recv_errors += 1,
+                    }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => self.stats.recv_errors += 1,
+                self.pump(now);
             }
             let now = Instant::now();
             if self.shard.poll_timeout().is_some_and(|t| t <= now) {
@@ -426,6 +468,7 @@ impl State {
                 self.forwarder.handle_timeout(&mut self.shard, now);
             }
             self.pump(now);
+            self.flush(&mut io);
             if now.duration_since(self.published) >= SNAPSHOT_INTERVAL {
                 self.publish_snapshot(now);
             }
@@ -512,7 +555,77 @@ impl State {
         self.pump(now);
     }
 
-    /// Routes events through the forwarder and sends everything queued, until quiet.
+    /// Reads what the socket holds, up to [`BATCH`] datagrams in one `recvmmsg`, waiting (up to
+    /// the socket's read timeout) for the first; returns how many `io.received` describes.
+    fn recv_batch(&mut self, io: &mut BatchIo) -> usize {
+        let mut bufs = io.recv_bufs.iter_mut();
+        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
+            [IoSliceMut::new(
+                bufs.next().map_or(&mut [][..], |b| &mut b[..]),
+            )]
+        });
+        let fd = self.socket.as_raw_fd();
+        match recvmmsg(
+            fd,
+            &mut io.recv_headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        ) {
+            Ok(msgs) => {
+                let mut n = 0;
+                for (slot, m) in io.received.iter_mut().zip(msgs) {
+                    *slot = (m.bytes, m.address.and_then(|a| std_addr(&a)));
+                    n += 1;
+                }
+                n
+            }
+            Err(Errno::EAGAIN | Errno::ETIMEDOUT | Errno::EINTR) => 0,
+            Err(_) => {
+                self.stats.recv_errors += 1;
+                0
+            }
+        }
+    }
+
+    /// Sends the forwarder's queue, [`BATCH`] datagrams per `sendmmsg`. A datagram the kernel
+    /// refuses is dropped and counted (`send_errors`), never retried.
+    fn flush(&mut self, io: &mut BatchIo) {
+        let fd = self.socket.as_raw_fd();
+        let no_cmsgs: [ControlMessage<'_>; 0] = [];
+        while self.forwarder.queued() > 0 {
+            io.send_addrs.clear();
+            let mut iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|_| [IoSlice::new(&[])]);
+            let mut k = 0;
+            for (iov, d) in iovs.iter_mut().zip(self.forwarder.transmits()) {
+                *iov = [IoSlice::new(d.bytes)];
+                io.send_addrs.push(Some(SockaddrStorage::from(d.dest)));
+                k += 1;
+            }
+            let sent = sendmmsg(
+                fd,
+                &mut io.send_headers,
+                iovs[..k].iter(),
+                &io.send_addrs,
+                no_cmsgs,
+                MsgFlags::empty(),
+            )
+            .map(Iterator::count);
+            match sent {
+                Ok(n) if n > 0 => {
+                    self.forwarder.pop_transmits(n);
+                    self.stats.datagrams_sent += n as u64;
+                }
+                _ => {
+                    self.forwarder.pop_transmit();
+                    self.stats.send_errors += 1;
+                }
+            }
+        }
+    }
+
+    /// Routes events through the forwarder and sends what the shard queued, until quiet (the
+    /// forwarder's datagrams go out in batches: [`State::flush`]).
     fn pump(&mut self, now: Instant) {
         loop {
             let mut progressed = false;
@@ -532,12 +645,6 @@ impl State {
             while let Some(t) = self.shard.poll_transmit() {
                 progressed = true;
                 self.send_to(&t.bytes, t.dest);
-            }
-            while let Some(d) = self.forwarder.peek_transmit() {
-                progressed = true;
-                let ok = self.socket.send_to(d.bytes, d.dest).is_ok();
-                self.forwarder.pop_transmit();
-                self.count_send(ok);
             }
             if !progressed {
                 break;
