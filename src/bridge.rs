@@ -101,7 +101,10 @@ impl Bridge {
     }
 }
 
-/// One endpoint's life: negotiate, then apply candidates until released.
+/// One endpoint's life: negotiate, then apply candidates until released. The media calls are
+/// boxed: this task lives as long as its endpoint, and its allocation is sized by its largest
+/// await; inline, the engine's negotiation futures made that ~23 kB per endpoint (heaptrack,
+/// BENCHMARKS.md §4.3), boxed they take memory only while they run.
 async fn run_endpoint(
     bridge: Arc<Bridge>,
     endpoint: EndpointId,
@@ -115,18 +118,18 @@ async fn run_endpoint(
     let outcome = match create {
         MediaCommand::Publish {
             offer, loopback, ..
-        } => bridge
-            .media
-            .publish(key, offer, loopback, events_tx)
+        } => Box::pin(bridge.media.publish(key, offer, loopback, events_tx))
             .await
             .map_err(|e| publish_failure(endpoint, e)),
         MediaCommand::Subscribe {
             publisher, offer, ..
-        } => bridge
-            .media
-            .subscribe(key, EndpointKey(publisher.0), offer, events_tx)
-            .await
-            .map_err(|e| subscribe_failure(endpoint, e)),
+        } => Box::pin(
+            bridge
+                .media
+                .subscribe(key, EndpointKey(publisher.0), offer, events_tx),
+        )
+        .await
+        .map_err(|e| subscribe_failure(endpoint, e)),
         MediaCommand::AddCandidate { .. } | MediaCommand::Release { .. } => {
             // `Bridge::execute` starts a task only for Publish and Subscribe.
             Err(NegotiationFailure::EndpointCreation)
@@ -142,7 +145,7 @@ async fn run_endpoint(
         while let Some(cmd) = commands.recv().await {
             match cmd {
                 MediaCommand::AddCandidate { candidate, .. } => {
-                    bridge.media.add_candidate(key, to_media(candidate)).await;
+                    Box::pin(bridge.media.add_candidate(key, to_media(candidate))).await;
                 }
                 MediaCommand::Release { .. } => break,
                 MediaCommand::Publish { .. } | MediaCommand::Subscribe { .. } => {}
@@ -150,7 +153,7 @@ async fn run_endpoint(
         }
     }
     lock(&bridge.endpoints).remove(&endpoint);
-    bridge.media.release(key).await;
+    Box::pin(bridge.media.release(key)).await;
 }
 
 /// Turns engine events into room inputs until the engine drops the endpoint's sender.

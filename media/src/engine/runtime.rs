@@ -454,11 +454,17 @@ impl State {
                         (len, Some(from)) => {
                             let bytes = &io.recv_bufs[i][..len];
                             self.shard.handle_datagram(now, self.local, from, bytes);
+                            self.pump(now);
+                            // Sent as soon as a batch is full: the forwarder's buffer pool
+                            // grows to the deepest queue, which this keeps near one batch
+                            // plus one packet's fan-out.
+                            if self.forwarder.queued() >= BATCH {
+                                self.flush(&mut io);
+                            }
                         }
                         (_, None) => self.stats.recv_errors += 1,
                     }
                 }
-                self.pump(now);
             }
             let now = Instant::now();
             if self.shard.poll_timeout().is_some_and(|t| t <= now) {
