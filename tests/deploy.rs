@@ -226,7 +226,8 @@ fn roomd(args: &[&str]) -> tokio::process::Command {
     cmd
 }
 
-/// Started with `--config deploy/roomd.toml` (only address and port overridden), roomd becomes
+/// Started with `--config deploy/roomd.toml` (only the addresses and ports overridden: the
+/// file's media address is a documentation address this machine does not have), roomd becomes
 /// ready, and on SIGTERM it drains and exits 0.
 #[tokio::test]
 async fn the_example_config_starts_roomd_and_it_becomes_ready() {
@@ -234,12 +235,21 @@ async fn the_example_config_starts_roomd_and_it_becomes_ready() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         l.local_addr().expect("addr").port()
     };
-    let mut child = roomd(&["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start roomd");
+    let mut child = roomd(&[
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--media-ip",
+        "127.0.0.1",
+        "--rtc-udp-port",
+        "0",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("start roomd");
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::net::TcpStream::connect(addr).await.is_err() {

@@ -44,8 +44,10 @@ pub async fn start_server() -> Server {
     start_server_with(roomd::Config::default()).await
 }
 
-/// Starts roomd with `config` on an ephemeral port of 127.0.0.1.
-pub async fn start_server_with(config: roomd::Config) -> Server {
+/// Starts roomd with `config` on an ephemeral port of 127.0.0.1 (the sharded media engine's
+/// UDP ports too: tests of one binary run in parallel).
+pub async fn start_server_with(mut config: roomd::Config) -> Server {
+    config.rtc_udp_port = 0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind an ephemeral port on loopback");
