@@ -1,6 +1,6 @@
-//! A shard thread: one UDP socket, one [`Shard`] and its [`Forwarder`], driven by a plain std
-//! loop; signaling talks to it through a bounded command queue and hears from it through a
-//! bounded event queue.
+//! A shard thread: one UDP socket, one [`Shard`], its [`Forwarder`] and its [`DataRelay`],
+//! driven by a plain std loop; signaling talks to it through a bounded command queue and hears
+//! from it through a bounded event queue.
 //!
 //! ```text
 //!  ShardRuntime (any thread) ──try_send──▶ [commands, bounded] ──▶ shard thread ──▶ UDP socket
@@ -13,7 +13,8 @@
 //! [`RuntimeConfig::max_wait`] (which is also the worst-case latency of a command: std has no
 //! way to wake a thread blocked on a socket other than a datagram, so the loop wakes up at
 //! least that often — 100 wake-ups a second at the default 10 ms); feed the datagram; run due
-//! timers; route events through the forwarder; send what the shard and the forwarder queued.
+//! timers; route events through the forwarder, then the data relay; send what the shard and
+//! the forwarder queued.
 //! One datagram per `recv_from` and one per `send_to`: batching with `recvmmsg`/`sendmmsg`
 //! (and GSO) needs `libc`/`nix` and unsafe code, which this crate does not take on yet — it is
 //! the next step for the kernel share of the per-packet cost. Nor can std enlarge the socket's
@@ -25,7 +26,7 @@
 //! per datagram sent, syscalls included; without syscalls ~0.9 µs (of which the forwarder
 //! ~0.6 µs per leg and rtc's read path ~3–4 µs per publisher datagram, shared by the legs).
 //!
-//! Queue policies:
+//! Queue policies (data-channel messages: see `data.rs`, bounded per subscriber channel):
 //! - commands: [`ShardRuntime`]'s methods never block; when the queue is full they fail at once
 //!   with [`RuntimeError::Busy`] (the caller answers "try again" to its client), and with
 //!   [`RuntimeError::Stopped`] once the thread has ended.
@@ -47,12 +48,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::data::{DataRelay, DataStats, DEFAULT_MAX_BACKLOG};
 use super::forward::{ForwardConfig, ForwardStats, Forwarder, Source};
 use super::peer::{IceTimeouts, OutTrack, PeerId, PublisherAnswer, SubscriberAnswer};
 use super::shard::{Shard, ShardAddr, ShardConfig, ShardError, ShardEvent, ShardStats};
 
-/// What the runtime reports: the shard's events other than media (`Connected`,
-/// `Disconnected`, `Failed`, `TrackOpen`, `LocalCandidate`; RTP and RTCP stay inside).
+/// What the runtime reports: the shard's events other than media and data (`Connected`,
+/// `Disconnected`, `Failed`, `TrackOpen`, `LocalCandidate`; RTP, RTCP and data-channel events
+/// stay inside).
 pub type RuntimeEvent = ShardEvent;
 
 /// How often the shard thread publishes its counters for [`ShardRuntime::snapshot`] (a store
@@ -76,6 +79,8 @@ pub struct RuntimeConfig {
     pub ice: IceTimeouts,
     pub connect_timeout: Duration,
     pub forward: ForwardConfig,
+    /// Bound of each subscriber data channel's unacknowledged bytes (see `data.rs`).
+    pub data_backlog: usize,
 }
 
 impl RuntimeConfig {
@@ -91,6 +96,7 @@ impl RuntimeConfig {
             ice: shard.ice,
             connect_timeout: shard.connect_timeout,
             forward: ForwardConfig::default(),
+            data_backlog: DEFAULT_MAX_BACKLOG,
         }
     }
 }
@@ -109,6 +115,7 @@ pub enum RuntimeError {
 pub struct RuntimeStats {
     pub shard: ShardStats,
     pub forward: ForwardStats,
+    pub data: DataStats,
     pub datagrams_sent: u64,
     pub send_errors: u64,
     pub recv_errors: u64,
@@ -128,6 +135,7 @@ enum Command {
     },
     Subscribe {
         id: PeerId,
+        publisher: PeerId,
         offer: String,
         tracks: Vec<OutTrack>,
         sources: Vec<Source>,
@@ -186,6 +194,7 @@ impl ShardRuntime {
             local,
             shard,
             forwarder,
+            data: DataRelay::new(config.data_backlog),
             events: event_tx,
             stats: RuntimeStats::default(),
             max_wait: config.max_wait.max(Duration::from_millis(1)),
@@ -239,16 +248,20 @@ impl ShardRuntime {
         self.send(|reply| Command::Publish { id, offer, reply })
     }
 
-    /// A subscriber from its offer, sending `tracks`; `sources[i]` feeds `tracks[i]`.
+    /// A subscriber of `publisher` from its offer, sending `tracks`; `sources[i]` feeds
+    /// `tracks[i]`. If its answer accepts a data-channel section, the publisher's data-channel
+    /// messages are relayed to the channels its client opens.
     pub fn subscribe(
         &self,
         id: PeerId,
+        publisher: PeerId,
         offer: String,
         tracks: Vec<OutTrack>,
         sources: Vec<Source>,
     ) -> Result<oneshot::Receiver<Result<SubscriberAnswer, ShardError>>, RuntimeError> {
         self.send(|reply| Command::Subscribe {
             id,
+            publisher,
             offer,
             tracks,
             sources,
@@ -303,6 +316,7 @@ struct State {
     local: SocketAddr,
     shard: Shard,
     forwarder: Forwarder,
+    data: DataRelay,
     events: SyncSender<RuntimeEvent>,
     stats: RuntimeStats,
     max_wait: Duration,
@@ -353,6 +367,7 @@ impl State {
         let current = RuntimeStats {
             shard: self.shard.stats(),
             forward: self.forwarder.stats(),
+            data: self.data.stats(),
             ..self.stats
         };
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = current;
@@ -391,6 +406,7 @@ impl State {
             }
             Command::Subscribe {
                 id,
+                publisher,
                 offer,
                 tracks,
                 sources,
@@ -398,7 +414,12 @@ impl State {
             } => {
                 let r = self.shard.add_subscriber(id, &offer, &tracks, now);
                 match &r {
-                    Ok(answer) => self.forwarder.add_subscriber(id, answer, &sources),
+                    Ok(answer) => {
+                        self.forwarder.add_subscriber(id, answer, &sources);
+                        if answer.data {
+                            self.data.add_subscriber(id, publisher);
+                        }
+                    }
                     // Whatever the crypto hook created for it.
                     Err(_) => self.forwarder.remove(id, now),
                 }
@@ -413,6 +434,7 @@ impl State {
             }
             Command::Remove { id, reply } => {
                 self.forwarder.remove(id, now);
+                self.data.remove(id);
                 self.shard.remove(id);
                 let _ = reply.send(());
             }
@@ -420,6 +442,7 @@ impl State {
                 let _ = reply.send(RuntimeStats {
                     shard: self.shard.stats(),
                     forward: self.forwarder.stats(),
+                    data: self.data.stats(),
                     ..self.stats
                 });
             }
@@ -427,7 +450,8 @@ impl State {
         self.pump(now);
     }
 
-    /// Routes events through the forwarder and sends everything queued, until quiet.
+    /// Routes events through the forwarder and the data relay and sends everything queued,
+    /// until quiet.
     fn pump(&mut self, now: Instant) {
         loop {
             let mut progressed = false;
@@ -436,8 +460,12 @@ impl State {
                 let Some(ev) = self.forwarder.handle_event(&mut self.shard, ev, now) else {
                     continue;
                 };
+                let Some(ev) = self.data.handle_event(&mut self.shard, ev, now) else {
+                    continue;
+                };
                 if let ShardEvent::Failed { peer, .. } = ev {
                     self.forwarder.remove(peer, now);
+                    self.data.remove(peer);
                     self.shard.remove(peer);
                 }
                 if let Err(TrySendError::Full(_)) = self.events.try_send(ev) {
