@@ -265,6 +265,7 @@ fn forwarder_allocates_nothing_per_packet() {
                     pt: Pt(100),
                     codecs: vec![vp8(100)],
                 }],
+                data: false,
             },
             &[Source {
                 publisher,

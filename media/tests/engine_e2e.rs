@@ -9,7 +9,9 @@
 //! forwarder's queue, and each output sequence number goes out once, except NACK answers, which
 //! are byte-identical); a NACK for a datagram the network dropped is answered with the same
 //! bytes; PLIs from two subscribers reach the publisher as one; the publisher's SR reaches the
-//! subscribers in each leg's timestamp space; and a rough CPU cost per forwarded packet (1 → 9)
+//! subscribers in each leg's timestamp space; the publisher's data-channel messages reach the
+//! channel a subscriber's client opened (`data.rs`), string and binary, and a subscriber channel
+//! over its backlog bound loses messages, counted; and a rough CPU cost per forwarded packet (1 → 9)
 //! is printed (run in release with `--nocapture` for a meaningful figure).
 
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use media::engine::data::{DataRelay, DataStats, DEFAULT_MAX_BACKLOG};
 use media::engine::forward::{subscription_of, ForwardConfig, Forwarder, Source};
 use media::engine::peer::{MediaKind, PeerId, PublisherAnswer};
 use media::engine::runtime::{RuntimeConfig, RuntimeError, RuntimeEvent, ShardRuntime};
@@ -25,7 +28,7 @@ use media::engine::wire::Ssrc;
 use rtc::interceptor::Registry;
 use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
-use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::RTCPeerConnection;
@@ -72,10 +75,27 @@ struct Client {
     rtcp: Vec<Box<dyn rtc::rtcp::Packet>>,
     video_seq: u16,
     audio_seq: u16,
+    /// The data channel the client opened (offered with it), if any.
+    channel: Option<usize>,
+    channel_open: bool,
+    /// Data-channel messages received: (string message, bytes).
+    messages: Vec<(bool, Vec<u8>)>,
 }
 
 impl Client {
     fn new(kind: Kind, addr: SocketAddr, cert: &RTCCertificate, now: Instant) -> (Self, String) {
+        Self::with_channel(kind, addr, cert, now, None)
+    }
+
+    /// A client that also opens a data channel labelled `channel` (its offer has a data
+    /// section).
+    fn with_channel(
+        kind: Kind,
+        addr: SocketAddr,
+        cert: &RTCCertificate,
+        now: Instant,
+        channel: Option<&str>,
+    ) -> (Self, String) {
         let rtcp_to_app = Registry::new().with(14_000.into(), RtcpToApp::default());
         let mut pc = client_pc(cert, Some(rtcp_to_app), now);
         let (mut audio, mut video, mut receivers) = (None, None, Vec::new());
@@ -95,6 +115,11 @@ impl Client {
             }
             Kind::Subscriber => receivers = add_recv_transceivers(&mut pc),
         }
+        let channel = channel.map(|label| {
+            pc.create_data_channel(label, None)
+                .expect("client data channel")
+                .id()
+        });
         let offer = offer_from(&mut pc, addr, now);
         let c = Self {
             pc,
@@ -108,6 +133,9 @@ impl Client {
             rtcp: Vec::new(),
             video_seq: 0,
             audio_seq: 0,
+            channel,
+            channel_open: false,
+            messages: Vec::new(),
         };
         (c, offer)
     }
@@ -125,6 +153,11 @@ impl Client {
                 RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
                     RTCIceConnectionState::Connected,
                 ) => self.ice_connects += 1,
+                RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(c))
+                    if Some(c) == self.channel =>
+                {
+                    self.channel_open = true;
+                }
                 _ => {}
             }
         }
@@ -132,9 +165,24 @@ impl Client {
             match m.message {
                 RTCMessage::RtpPacket(_, p) => self.rtp.push(p),
                 RTCMessage::RtcpPacket(_, ps) => self.rtcp.extend(ps),
+                RTCMessage::DataChannelMessage(_, m) => {
+                    self.messages.push((m.is_string, m.data.to_vec()));
+                }
                 _ => {}
             }
         }
+    }
+
+    /// One message on the client's data channel: a string message if `text`.
+    fn send_data(&mut self, now: Instant, text: bool, data: &[u8]) {
+        let id = self.channel.expect("a client with a data channel");
+        let mut dc = self.pc.data_channel(id).expect("data channel");
+        if text {
+            dc.send_text(now, std::str::from_utf8(data).expect("UTF-8 text"))
+        } else {
+            dc.send(now, data.into())
+        }
+        .expect("send on the open channel");
     }
 
     fn pt_of(&mut self, sender: RTCRtpSenderId, mime: &str) -> u8 {
@@ -260,6 +308,7 @@ struct Sim {
     now: Instant,
     shard: Shard,
     fw: Forwarder,
+    data: DataRelay,
     clients: Vec<Client>,
     by_addr: HashMap<SocketAddr, usize>,
     wire: Wire,
@@ -284,6 +333,7 @@ impl Sim {
             now,
             shard,
             fw,
+            data: DataRelay::default(),
             clients: Vec::new(),
             by_addr: HashMap::new(),
             wire: Wire::default(),
@@ -298,9 +348,14 @@ impl Sim {
     }
 
     fn join(&mut self, kind: Kind) -> usize {
+        self.join_with(kind, None)
+    }
+
+    /// A client that opens a data channel labelled `channel`, if given.
+    fn join_with(&mut self, kind: Kind, channel: Option<&str>) -> usize {
         let i = self.clients.len();
         let a = client_addr(i);
-        let (mut c, offer) = Client::new(kind, a, &self.cert, self.now);
+        let (mut c, offer) = Client::with_channel(kind, a, &self.cert, self.now, channel);
         let id = PeerId(i as u64);
         let sdp = match kind {
             Kind::Publisher => {
@@ -338,7 +393,15 @@ impl Sim {
                     .add_subscriber(id, &offer, &out_tracks(), self.now)
                     .expect("subscriber answer");
                 assert_eq!(ans.tracks.len(), 2);
+                assert_eq!(
+                    ans.data,
+                    channel.is_some(),
+                    "data section answered as offered"
+                );
                 self.fw.add_subscriber(id, &ans, &sources);
+                if ans.data {
+                    self.data.add_subscriber(id, *pid);
+                }
                 ans.sdp
             }
         };
@@ -361,7 +424,10 @@ impl Sim {
 
     fn pump_shard(&mut self) {
         while let Some(e) = self.shard.poll_event() {
-            if let Some(e) = self.fw.handle_event(&mut self.shard, e, self.now) {
+            let Some(e) = self.fw.handle_event(&mut self.shard, e, self.now) else {
+                continue;
+            };
+            if let Some(e) = self.data.handle_event(&mut self.shard, e, self.now) {
                 self.events.push(e);
             }
         }
@@ -799,6 +865,89 @@ fn sender_reports_reach_subscribers_in_their_timestamp_space() {
 /// Rough CPU cost of forwarding to 9 subscribers: publisher packets go straight into the
 /// forwarder as the shard reports them (`RtpIn`), and the sealed datagrams are drained (no
 /// socket). Run in release for a meaningful figure.
+/// A publisher and a subscriber that each opened a data channel, and a subscriber without a
+/// data section, all connected and the two channels open; the relay bounds each subscriber
+/// channel's unacknowledged bytes to `max_backlog`.
+fn with_channels(max_backlog: usize) -> (Sim, usize, usize, usize) {
+    let mut sim = Sim::new();
+    sim.data = DataRelay::new(max_backlog);
+    let p = sim.join_with(Kind::Publisher, Some("chat"));
+    let s = sim.join_with(Kind::Subscriber, Some("relay"));
+    let plain = sim.join(Kind::Subscriber);
+    assert!(
+        sim.run_until(Duration::from_secs(10), |sim| sim.all_connected()
+            && sim.clients[p].channel_open
+            && sim.clients[s].channel_open),
+        "not connected with open channels: {:?}",
+        sim.events
+    );
+    (sim, p, s, plain)
+}
+
+#[test]
+fn data_channel_messages_reach_the_subscribers_channel_as_sent() {
+    let (mut sim, p, s, plain) = with_channels(DEFAULT_MAX_BACKLOG);
+    let binary = [0u8, 159, 146, 150]; // not UTF-8
+    let now = sim.now;
+    sim.clients[p].send_data(now, true, b"hello subscribers");
+    sim.clients[p].send_data(now, false, &binary);
+    sim.clients[p].send_data(now, false, b"bytes that read as text");
+    assert!(
+        sim.run_until(Duration::from_secs(5), |sim| sim.clients[s].messages.len()
+            >= 3),
+        "relayed: {:?}, stats {:?}",
+        sim.clients[s].messages,
+        sim.data.stats()
+    );
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(
+        sim.clients[s].messages,
+        vec![
+            (true, b"hello subscribers".to_vec()),
+            (false, binary.to_vec()),
+            (false, b"bytes that read as text".to_vec()),
+        ]
+    );
+    assert!(sim.clients[plain].messages.is_empty());
+    assert!(sim.clients[p].messages.is_empty(), "nothing echoed back");
+    assert_eq!(
+        sim.data.stats(),
+        DataStats {
+            messages_in: 3,
+            relayed: 3,
+            dropped: 0
+        }
+    );
+}
+
+#[test]
+fn a_subscriber_channel_over_its_backlog_loses_messages_counted() {
+    // 20 messages of 100 bytes arrive together; the subscriber's channel may hold 500
+    // unacknowledged bytes: the rest is dropped, nothing waits.
+    let (mut sim, p, s, _) = with_channels(500);
+    let now = sim.now;
+    for i in 0..20u8 {
+        sim.clients[p].send_data(now, false, &[i; 100]);
+    }
+    sim.run_for(Duration::from_secs(1));
+    let st = sim.data.stats();
+    println!("20 messages of 100 B, backlog bound 500 B: {st:?}");
+    assert_eq!(st.messages_in, 20, "{st:?}");
+    assert_eq!(st.relayed + st.dropped, 20, "{st:?}");
+    assert!(st.dropped > 0 && st.relayed > 0, "{st:?}");
+    let got: Vec<u8> = sim.clients[s].messages.iter().map(|(_, m)| m[0]).collect();
+    assert_eq!(got.len() as u64, st.relayed);
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+    // Acknowledged meanwhile: the channel takes messages again.
+    let now = sim.now;
+    sim.clients[p].send_data(now, true, b"again");
+    assert!(sim.run_until(Duration::from_secs(5), |sim| sim.clients[s]
+        .messages
+        .last()
+        .is_some_and(|m| m.1 == b"again")));
+    assert_eq!(sim.data.stats().relayed, st.relayed + 1);
+}
+
 #[test]
 fn forwarding_cost_one_to_nine() {
     let (mut sim, p, subs) = Sim::with_subscribers(9);
@@ -966,7 +1115,7 @@ fn media_flows_over_real_udp_through_the_runtime() {
     }
     let (ssock, mut sc, offer) = client(Kind::Subscriber);
     let sans = rt
-        .subscribe(PeerId(2), offer, tracks, sources)
+        .subscribe(PeerId(2), PeerId(1), offer, tracks, sources)
         .expect("queued")
         .blocking_recv()
         .expect("reply")
@@ -1087,7 +1236,7 @@ fn udp_forwarding_cost_one_to_nine() {
             }
         }
         let ans = rt
-            .subscribe(PeerId(i as u64), offer, tracks, sources)
+            .subscribe(PeerId(i as u64), PeerId(0), offer, tracks, sources)
             .expect("queued")
             .blocking_recv()
             .expect("reply")

@@ -34,7 +34,7 @@
 //! when both ends are ready (the subscriber connected with its keys captured, the publisher's
 //! track open), in whichever order that happens, and detached when either side is removed.
 //! Not here yet: RTX towards subscribers (the shard's answers leave RTX out), simulcast,
-//! loopback, data channels.
+//! loopback. Data channels are not the forwarder's: their events pass through it to `data.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -13,14 +13,17 @@
 //! - `srtp`: SRTP keys captured from rtc's crypto provider, in-place seal of forwarded RTP.
 //! - `forward`: a shard's forwarding state: tracks and legs from shard events, SRTP sealing,
 //!   the queue of sealed datagrams, RTCP (NACK, PLI/FIR, RR, SR) both ways.
-//! - `runtime`: a shard thread: one UDP socket, the shard and its forwarder, bounded command
-//!   and event queues.
+//! - `data`: a shard's data-channel relay: publishers' messages to their subscribers' channels,
+//!   bounded by each channel's SCTP backlog.
+//! - `runtime`: a shard thread: one UDP socket, the shard, its forwarder and its data relay,
+//!   bounded command and event queues.
 //! - `track`: a publisher track, where publisher and subscribers meet: ring, legs, keyframes, SRs.
 //! - `leg`: one subscriber's view of a track: in-place rewrite, own sequence space, gating, NACKs.
 //! - `nack_ring`: the clear packets of a track kept for retransmission, shared by its legs.
 //! - `keyframe`: keyframe starts in VP8/VP9/H.264 payloads, coalesced keyframe requests.
 //! - `sender_report`: the publisher's NTP↔RTP mapping in each leg's timestamp space; RTT.
 
+pub mod data;
 pub mod demux;
 pub mod forward;
 pub mod keyframe;

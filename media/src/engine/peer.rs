@@ -1,13 +1,17 @@
 //! One peer connection of a shard: how it is built and negotiated, and how its outputs are
 //! drained into the shard's queues.
 //!
-//! Owns [`PeerId`], [`Role`], the negotiation vocabulary of the shard's API ([`MediaKind`],
-//! [`CodecSpec`], [`OutTrack`], [`PublishedTrack`], [`SentTrack`], [`PublisherAnswer`],
-//! [`SubscriberAnswer`]), the per-PC configuration ([`PeerFactory`]: ICE-lite, DTLS server,
-//! the shard's certificate, raised ICE timeouts, no mDNS, the codec set of
-//! `crate::codecs`, an interceptor chain per role) and [`Peer`] (the sans-IO
+//! Owns [`PeerId`], [`ChannelId`], [`Role`], the negotiation vocabulary of the shard's API
+//! ([`MediaKind`], [`CodecSpec`], [`OutTrack`], [`PublishedTrack`], [`SentTrack`],
+//! [`PublisherAnswer`], [`SubscriberAnswer`]), the per-PC configuration ([`PeerFactory`]:
+//! ICE-lite, DTLS server, the shard's certificate, raised ICE timeouts, no mDNS, the codec set
+//! of `crate::codecs`, an interceptor chain per role) and [`Peer`] (the sans-IO
 //! `RTCPeerConnection` plus what the shard tracks about it: state, local ICE credentials, the
 //! selected path, its timers).
+//!
+//! Draining reports, besides media, the data channels the client opens or closes and every
+//! message it sends on them ([`ShardEvent::ChannelOpen`] / [`ShardEvent::ChannelClose`] /
+//! [`ShardEvent::DataIn`]); what is relayed where is `data.rs`'s business.
 //!
 //! Every peer connection answers; roomd never offers. The answer always carries one host
 //! candidate per announced address of the shard (the same candidates are also reported for
@@ -30,7 +34,7 @@ use rtc::peer_connection::configuration::interceptor_registry::register_default_
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -57,6 +61,11 @@ use super::wire::{Mid, Pt, Ssrc};
 /// A peer connection's id, chosen by the shard's owner (unique within a shard).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
+
+/// A data channel of a peer connection: rtc's connection-local handle (stable for the
+/// channel's lifetime, never reused), not the SCTP stream id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub usize);
 
 /// What a peer connection is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -213,6 +222,9 @@ pub struct PublisherAnswer {
 pub struct SubscriberAnswer {
     pub sdp: String,
     pub tracks: Vec<SentTrack>,
+    /// The answer accepted the offer's data-channel section (`m=application`): the channels
+    /// the client opens can carry relayed messages.
+    pub data: bool,
 }
 
 /// ICE timers of the shard's peer connections.
@@ -511,9 +523,17 @@ impl PeerFactory {
                 codecs,
             });
         }
+        let data = accepts_data(&sdp);
         let mut peer = Peer::new(Role::Subscriber, pc, &sdp, now)?;
         peer.senders = senders;
-        Ok((peer, SubscriberAnswer { sdp, tracks: sent }))
+        Ok((
+            peer,
+            SubscriberAnswer {
+                sdp,
+                tracks: sent,
+                data,
+            },
+        ))
     }
 
     /// Creates and applies the answer, adds the shard's host candidates and ends gathering;
@@ -751,6 +771,17 @@ fn published_tracks(answer: &str) -> Vec<PublishedTrack> {
         .collect()
 }
 
+/// Whether an answer has a data-channel section it did not reject.
+fn accepts_data(answer: &str) -> bool {
+    RTCSessionDescription::answer(answer.to_owned())
+        .and_then(|d| d.unmarshal())
+        .is_ok_and(|parsed| {
+            media_sections(&parsed)
+                .iter()
+                .any(|s| s.kind == Kind::Application && !s.rejected)
+        })
+}
+
 /// Connection state as the shard reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerState {
@@ -866,8 +897,9 @@ impl Peer {
         })
     }
 
-    /// Moves everything rtc has queued (datagrams, state changes, received media) into the
-    /// shard's queues. `local_of` maps an announced address to the socket address to send from.
+    /// Moves everything rtc has queued (datagrams, state changes, received media and data
+    /// messages) into the shard's queues. `local_of` maps an announced address to the socket
+    /// address to send from.
     pub(crate) fn drain(
         &mut self,
         id: PeerId,
@@ -905,6 +937,24 @@ impl Peer {
                     }
                     _ => {}
                 },
+                RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(c)) => {
+                    let label = self
+                        .pc
+                        .data_channel(c)
+                        .map(|dc| dc.label().to_owned())
+                        .unwrap_or_default();
+                    events.push_back(ShardEvent::ChannelOpen {
+                        peer: id,
+                        channel: ChannelId(c),
+                        label,
+                    });
+                }
+                RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(c)) => {
+                    events.push_back(ShardEvent::ChannelClose {
+                        peer: id,
+                        channel: ChannelId(c),
+                    });
+                }
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                     let mid = mid_of_receiver(&mut self.pc, init.receiver_id);
                     let kind = self.kind_of_mid(mid.as_deref());
@@ -926,6 +976,14 @@ impl Peer {
                 }
                 RTCMessage::RtcpPacket(_, packets) => {
                     events.push_back(ShardEvent::RtcpIn { peer: id, packets });
+                }
+                RTCMessage::DataChannelMessage(c, m) => {
+                    events.push_back(ShardEvent::DataIn {
+                        peer: id,
+                        channel: ChannelId(c),
+                        text: m.is_string,
+                        data: m.data,
+                    });
                 }
                 _ => {}
             }

@@ -1,6 +1,6 @@
-//! A shard thread: one UDP socket, one [`Shard`] and its [`Forwarder`], driven by a plain std
-//! loop; signaling talks to it through a bounded command queue and hears from it through a
-//! bounded event queue.
+//! A shard thread: one UDP socket, one [`Shard`], its [`Forwarder`] and its [`DataRelay`],
+//! driven by a plain std loop; signaling talks to it through a bounded command queue and hears
+//! from it through a bounded event queue.
 //!
 //! ```text
 //!  ShardRuntime (any thread) ──try_send──▶ [commands, bounded] ──▶ shard thread ──▶ UDP socket
@@ -13,7 +13,8 @@
 //! next timer, capped at [`RuntimeConfig::max_wait`], which is also the worst-case latency of
 //! a command: std has no way to wake a thread blocked on a socket other than a datagram, so
 //! the loop wakes up at least that often — 100 wake-ups a second at the default 10 ms); feed
-//! the datagrams; run due timers; route events through the forwarder; send what the shard
+//! the datagrams; run due timers; route events through the forwarder, then the data relay;
+//! send what the shard
 //! queued (`send_to`: handshakes and RTCP, few) and the forwarder's datagrams in batches of
 //! [`BATCH`] per `sendmmsg` (nix's safe wrappers; this crate has no unsafe code). The socket's
 //! kernel buffers are enlarged ([`RuntimeConfig::socket_buffer`]): with the default (~200 kB,
@@ -24,7 +25,7 @@
 //! per datagram sent, syscalls included; without syscalls ~0.9 µs (of which the forwarder
 //! ~0.6 µs per leg and rtc's read path ~3–4 µs per publisher datagram, shared by the legs).
 //!
-//! Queue policies:
+//! Queue policies (data-channel messages: see `data.rs`, bounded per subscriber channel):
 //! - commands: [`ShardRuntime::reserve`] waits for room (backpressure on the caller; the thread
 //!   takes every queued command at each wake-up, so room comes within
 //!   [`RuntimeConfig::max_wait`]); [`ShardRuntime`]'s other methods never block and fail at
@@ -53,12 +54,14 @@ use nix::sys::socket::{
 };
 use tokio::sync::oneshot;
 
+use super::data::{DataRelay, DataStats, DEFAULT_MAX_BACKLOG};
 use super::forward::{ForwardConfig, ForwardStats, Forwarder, Source};
 use super::peer::{IceTimeouts, OutTrack, PeerId, PublisherAnswer, SubscriberAnswer};
 use super::shard::{Shard, ShardAddr, ShardConfig, ShardError, ShardEvent, ShardStats};
 
-/// What the runtime reports: the shard's events other than media (`Connected`,
-/// `Disconnected`, `Failed`, `TrackOpen`, `LocalCandidate`; RTP and RTCP stay inside).
+/// What the runtime reports: the shard's events other than media and data (`Connected`,
+/// `Disconnected`, `Failed`, `TrackOpen`, `LocalCandidate`; RTP, RTCP and data-channel events
+/// stay inside).
 pub type RuntimeEvent = ShardEvent;
 
 /// How often the shard thread publishes its counters for [`ShardRuntime::snapshot`] (a store
@@ -86,6 +89,8 @@ pub struct RuntimeConfig {
     /// it at `net.core.rmem_max`/`wmem_max`): what absorbs a burst while the thread is busy
     /// (a DTLS handshake, a descheduling) instead of dropping datagrams.
     pub socket_buffer: usize,
+    /// Bound of each subscriber data channel's unacknowledged bytes (see `data.rs`).
+    pub data_backlog: usize,
 }
 
 /// The default [`RuntimeConfig::socket_buffer`]: 4 MiB, some 3,500 datagrams of 1,200 bytes
@@ -121,6 +126,7 @@ impl RuntimeConfig {
             connect_timeout: shard.connect_timeout,
             forward: ForwardConfig::default(),
             socket_buffer: SOCKET_BUFFER,
+            data_backlog: DEFAULT_MAX_BACKLOG,
         }
     }
 }
@@ -139,6 +145,7 @@ pub enum RuntimeError {
 pub struct RuntimeStats {
     pub shard: ShardStats,
     pub forward: ForwardStats,
+    pub data: DataStats,
     pub datagrams_sent: u64,
     pub send_errors: u64,
     pub recv_errors: u64,
@@ -159,6 +166,7 @@ enum Command {
     },
     Subscribe {
         id: PeerId,
+        publisher: PeerId,
         offer: String,
         tracks: Vec<OutTrack>,
         sources: Vec<Source>,
@@ -217,6 +225,7 @@ impl ShardRuntime {
             local,
             shard,
             forwarder,
+            data: DataRelay::new(config.data_backlog),
             events: event_tx,
             stats: RuntimeStats::default(),
             max_wait: config.max_wait.max(Duration::from_millis(1)),
@@ -277,15 +286,20 @@ impl ShardRuntime {
         Ok(self.try_reserve()?.publish(id, offer))
     }
 
-    /// A subscriber from its offer, sending `tracks`; `sources[i]` feeds `tracks[i]`.
+    /// A subscriber of `publisher` from its offer, sending `tracks`; `sources[i]` feeds
+    /// `tracks[i]`. If its answer accepts a data-channel section, the publisher's data-channel
+    /// messages are relayed to the channels its client opens.
     pub fn subscribe(
         &self,
         id: PeerId,
+        publisher: PeerId,
         offer: String,
         tracks: Vec<OutTrack>,
         sources: Vec<Source>,
     ) -> Result<oneshot::Receiver<Result<SubscriberAnswer, ShardError>>, RuntimeError> {
-        Ok(self.try_reserve()?.subscribe(id, offer, tracks, sources))
+        Ok(self
+            .try_reserve()?
+            .subscribe(id, publisher, offer, tracks, sources))
     }
 
     /// A trickled remote candidate.
@@ -338,12 +352,14 @@ impl CommandSlot<'_> {
     pub fn subscribe(
         self,
         id: PeerId,
+        publisher: PeerId,
         offer: String,
         tracks: Vec<OutTrack>,
         sources: Vec<Source>,
     ) -> oneshot::Receiver<Result<SubscriberAnswer, ShardError>> {
         self.send(|reply| Command::Subscribe {
             id,
+            publisher,
             offer,
             tracks,
             sources,
@@ -427,6 +443,7 @@ struct State {
     local: SocketAddr,
     shard: Shard,
     forwarder: Forwarder,
+    data: DataRelay,
     events: SyncSender<RuntimeEvent>,
     stats: RuntimeStats,
     max_wait: Duration,
@@ -487,6 +504,7 @@ impl State {
         let current = RuntimeStats {
             shard: self.shard.stats(),
             forward: self.forwarder.stats(),
+            data: self.data.stats(),
             ..self.stats
         };
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = current;
@@ -525,6 +543,7 @@ impl State {
             }
             Command::Subscribe {
                 id,
+                publisher,
                 offer,
                 tracks,
                 sources,
@@ -532,7 +551,12 @@ impl State {
             } => {
                 let r = self.shard.add_subscriber(id, &offer, &tracks, now);
                 match &r {
-                    Ok(answer) => self.forwarder.add_subscriber(id, answer, &sources),
+                    Ok(answer) => {
+                        self.forwarder.add_subscriber(id, answer, &sources);
+                        if answer.data {
+                            self.data.add_subscriber(id, publisher);
+                        }
+                    }
                     // Whatever the crypto hook created for it.
                     Err(_) => self.forwarder.remove(id, now),
                 }
@@ -547,6 +571,7 @@ impl State {
             }
             Command::Remove { id, reply } => {
                 self.forwarder.remove(id, now);
+                self.data.remove(id);
                 self.shard.remove(id);
                 let _ = reply.send(());
             }
@@ -554,6 +579,7 @@ impl State {
                 let _ = reply.send(RuntimeStats {
                     shard: self.shard.stats(),
                     forward: self.forwarder.stats(),
+                    data: self.data.stats(),
                     ..self.stats
                 });
             }
@@ -640,8 +666,12 @@ impl State {
                 let Some(ev) = self.forwarder.handle_event(&mut self.shard, ev, now) else {
                     continue;
                 };
+                let Some(ev) = self.data.handle_event(&mut self.shard, ev, now) else {
+                    continue;
+                };
                 if let ShardEvent::Failed { peer, .. } = ev {
                     self.forwarder.remove(peer, now);
+                    self.data.remove(peer);
                     self.shard.remove(peer);
                 }
                 if let Err(TrySendError::Full(_)) = self.events.try_send(ev) {

@@ -26,10 +26,15 @@
 //!   to a peer's selected path; [`Shard::set_crypto_hook`] gives each peer connection its crypto
 //!   provider (SRTP key capture). [`Shard::write_rtp`] / [`Shard::write_rtcp`] are rtc's own
 //!   (slow, sealing) paths: never `write_rtp` on an SSRC the forwarding layer seals itself.
+//! - Data-channel plug-in points: [`ShardEvent::ChannelOpen`] / [`ShardEvent::ChannelClose`] /
+//!   [`ShardEvent::DataIn`] carry the channels clients open and the messages they send on
+//!   them; [`Shard::send_data`] sends a message on a peer's channel (rtc's SCTP queues it) and
+//!   [`Shard::data_backlog`] tells how much of a channel's sending is not acknowledged yet.
+//!   Who gets what is decided above the shard (`data.rs`).
 //!
-//! Not (yet) here: data channels (SCTP runs, messages are dropped), loopback (a publisher
-//! that also receives), track changes on renegotiation (only ICE restart), simulcast by rid
-//! (`TrackOpen.rid` is reported, nothing else), ICE-TCP, and the I/O loop itself.
+//! Not (yet) here: loopback (a publisher that also receives), track changes on renegotiation
+//! (only ICE restart), simulcast by rid (`TrackOpen.rid` is reported, nothing else), ICE-TCP,
+//! and the I/O loop itself.
 //!
 //! Owns [`Shard`], [`ShardConfig`], [`ShardAddr`], [`ShardEvent`], [`Transmit`],
 //! [`FailReason`], [`ShardError`], [`ShardStats`].
@@ -50,8 +55,9 @@ use rtc::stun::message::is_stun_message;
 
 use super::demux::{Demux, DropCounts, FiveTuple, DEFAULT_MAX_ADDRS_PER_PEER};
 use super::peer::{
-    default_registry, supported_codecs, IceTimeouts, MediaKind, NegotiationError, OutTrack, Path,
-    Peer, PeerFactory, PeerId, PeerState, PublisherAnswer, RegistryFn, Role, SubscriberAnswer,
+    default_registry, supported_codecs, ChannelId, IceTimeouts, MediaKind, NegotiationError,
+    OutTrack, Path, Peer, PeerFactory, PeerId, PeerState, PublisherAnswer, RegistryFn, Role,
+    SubscriberAnswer,
 };
 use super::srtp::{negotiated_profile, KeyCaptureError, SrtpProfile};
 use super::wire::{Mid, Ssrc};
@@ -147,6 +153,23 @@ pub enum ShardEvent {
         peer: PeerId,
         packets: Vec<Box<dyn rtc::rtcp::Packet>>,
     },
+    /// The client opened a data channel (in-band, DCEP) and it is open for sending.
+    ChannelOpen {
+        peer: PeerId,
+        channel: ChannelId,
+        /// The client's name for it (not unique; informational).
+        label: String,
+    },
+    /// A data channel of the peer closed.
+    ChannelClose { peer: PeerId, channel: ChannelId },
+    /// A message the client sent on an open data channel; `text`: a string message (UTF-8 by
+    /// the client's word only), otherwise binary.
+    DataIn {
+        peer: PeerId,
+        channel: ChannelId,
+        text: bool,
+        data: BytesMut,
+    },
 }
 
 /// Why a shard operation failed.
@@ -164,6 +187,8 @@ pub enum ShardError {
     NoPath(PeerId),
     #[error("peer {0:?} sends no SSRC {1:?}")]
     NoSuchSsrc(PeerId, Ssrc),
+    #[error("peer {0:?} has no data channel {1:?}")]
+    NoSuchChannel(PeerId, ChannelId),
     #[error("{0}")]
     Rtc(String),
     #[error("shard setup: {0}")]
@@ -592,6 +617,43 @@ impl Shard {
         }
         self.after_input(id, now, false);
         Ok(())
+    }
+
+    /// Sends one message on a data channel of the peer: a string message if `text` (then
+    /// `data` must be UTF-8), binary otherwise. rtc's SCTP association queues it and sends it
+    /// as congestion control allows; nothing here waits. The caller bounds what it queues with
+    /// [`Shard::data_backlog`].
+    pub fn send_data(
+        &mut self,
+        id: PeerId,
+        channel: ChannelId,
+        text: bool,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(), ShardError> {
+        let peer = self.peers.get_mut(&id).ok_or(ShardError::UnknownPeer(id))?;
+        let mut dc = peer
+            .pc
+            .data_channel(channel.0)
+            .ok_or(ShardError::NoSuchChannel(id, channel))?;
+        let sent = if text {
+            let s = std::str::from_utf8(data)
+                .map_err(|_| ShardError::Rtc("text message is not UTF-8".into()))?;
+            dc.send_text(now, s)
+        } else {
+            dc.send(now, BytesMut::from(data))
+        };
+        sent.map_err(|e| ShardError::Rtc(format!("data channel send: {e}")))?;
+        self.after_input(id, now, false);
+        Ok(())
+    }
+
+    /// Bytes given to [`Shard::send_data`] on the channel that its SCTP association has not
+    /// released yet (acknowledged or abandoned); `None`: no such peer or channel.
+    pub fn data_backlog(&mut self, id: PeerId, channel: ChannelId) -> Option<usize> {
+        let peer = self.peers.get_mut(&id)?;
+        let dc = peer.pc.data_channel(channel.0)?;
+        Some(dc.outstanding_bytes())
     }
 
     /// The SRTP protection profile the peer's DTLS handshake negotiated (`None`: no such peer;

@@ -7,13 +7,14 @@
 //!        │  (placement: the group of an EndpointKey, its high 32 bits, picks the shard;
 //!        │   a subscriber goes where its publisher is)
 //!        ▼
-//!  ShardRuntime ──[commands, bounded]──▶ shard thread (socket, Shard, Forwarder)
+//!  ShardRuntime ──[commands, bounded]──▶ shard thread (socket, Shard, Forwarder, DataRelay)
 //!                                              │
 //!  endpoint's mpsc::Sender<MediaEvent> ◀── dispatcher thread ◀──[events, bounded]
 //! ```
 //!
 //! Owns [`ShardedEngine`] and [`ShardedConfig`]. Does not own negotiation (the shard's
-//! `peer.rs`), forwarding (`forward.rs`) or the socket loop (`runtime.rs`).
+//! `peer.rs`), forwarding (`forward.rs`), the data-channel relay (`data.rs`) or the socket loop
+//! (`runtime.rs`).
 //!
 //! Contract kept from the per-connection engine: a publisher's release also ends every
 //! subscription it feeds; `Connected` is reported once per endpoint, `Failed` at most once and
@@ -23,8 +24,12 @@
 //! counted (`events_dropped`). Candidates are in the answer too, so a dropped candidate event
 //! costs nothing; a dropped `Failed` is covered by the connect watchdog of the caller.
 //!
-//! Not here yet (the per-connection engine still serves them): loopback (`doLoopback`) and
-//! data-channel relay. A loopback publish is answered without loopback tracks.
+//! Data channels: a subscriber whose offer has a data section receives its publisher's
+//! data-channel messages on the channels its client opens (the shard's relay, `data.rs`);
+//! `data_messages_relayed` and the `DataChannelDropped` drops come from its counters.
+//!
+//! Not here yet (the per-connection engine still serves it): loopback (`doLoopback`). A
+//! loopback publish is answered without loopback tracks.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -302,7 +307,7 @@ impl ShardedEngine {
         );
         let wanted = tracks.len();
         let reply = match self.runtimes[shard].reserve().await {
-            Ok(slot) => slot.subscribe(PeerId(key.0), offer, tracks, sources),
+            Ok(slot) => slot.subscribe(PeerId(key.0), PeerId(publisher.0), offer, tracks, sources),
             Err(e) => {
                 self.unreserve(key, token);
                 return Err(runtime_to_subscribe(e));
@@ -431,6 +436,8 @@ impl ShardedEngine {
             sum.forward.queue_full += s.forward.queue_full;
             sum.forward.plis_sent += s.forward.plis_sent;
             sum.forward.keyframe_requests_in += s.forward.keyframe_requests_in;
+            sum.data.relayed += s.data.relayed;
+            sum.data.dropped += s.data.dropped;
             sum.datagrams_sent += s.datagrams_sent;
             sum.events_dropped += s.events_dropped;
         }
@@ -449,15 +456,15 @@ impl ShardedEngine {
                 .collect(),
             keyframe_requests_sent: sum.forward.plis_sent,
             keyframe_requests_received: sum.forward.keyframe_requests_in,
-            data_messages_relayed: 0,
+            data_messages_relayed: sum.data.relayed,
             events_dropped: sum.events_dropped + self.shared.events_dropped.load(Ordering::Relaxed),
         };
-        if let Some(slot) = stats
-            .drops
-            .iter_mut()
-            .find(|(r, _)| *r == crate::fanout::DropReason::SubscriberQueueFull)
-        {
-            slot.1 = sum.forward.queue_full;
+        for (reason, n) in &mut stats.drops {
+            match reason {
+                crate::fanout::DropReason::SubscriberQueueFull => *n = sum.forward.queue_full,
+                crate::fanout::DropReason::DataChannelDropped => *n = sum.data.dropped,
+                _ => {}
+            }
         }
         stats
     }
@@ -509,7 +516,12 @@ fn dispatch(shared: &Shared, events: &std_mpsc::Receiver<RuntimeEvent>) {
                 debug!(endpoint = peer.0, ssrc = ssrc.0, "publisher track open");
                 (peer, None)
             }
-            E::RtpIn { .. } | E::RtcpIn { .. } => continue,
+            // Consumed inside the shard thread; never reported.
+            E::RtpIn { .. }
+            | E::RtcpIn { .. }
+            | E::ChannelOpen { .. }
+            | E::ChannelClose { .. }
+            | E::DataIn { .. } => continue,
         };
         let Some(event) = event else { continue };
         let key = EndpointKey(peer.0);
