@@ -23,8 +23,10 @@
 //! counted (`events_dropped`). Candidates are in the answer too, so a dropped candidate event
 //! costs nothing; a dropped `Failed` is covered by the connect watchdog of the caller.
 //!
-//! Not here yet (the per-connection engine still serves them): loopback (`doLoopback`) and
-//! data-channel relay. A loopback publish is answered without loopback tracks.
+//! Loopback (`doLoopback`) is the shard's: the publisher's answer sends its own media back on
+//! the same connection (see `forward.rs`).
+//!
+//! Not here yet (the per-connection engine still serves it): data-channel relay.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -221,8 +223,7 @@ impl ShardedEngine {
         }
     }
 
-    /// See [`crate::MediaRouter::publish`]. `loopback` is not supported here yet (the answer
-    /// receives only).
+    /// See [`crate::MediaRouter::publish`].
     pub async fn publish(
         &self,
         key: EndpointKey,
@@ -231,18 +232,12 @@ impl ShardedEngine {
         events: mpsc::Sender<MediaEvent>,
     ) -> Result<String, PublishError> {
         crate::parse_offer(offer.clone()).map_err(PublishError::InvalidOffer)?;
-        if loopback {
-            debug!(
-                endpoint = key.0,
-                "loopback not supported by the sharded engine yet"
-            );
-        }
         let shard = self.place(key);
         let token = self
             .reserve(key, shard, Role::Publisher(None), events)
             .ok_or(PublishError::AlreadyExists)?;
         let reply = self.runtimes[shard]
-            .publish(PeerId(key.0), offer)
+            .publish(PeerId(key.0), offer, loopback)
             .map_err(|e| {
                 self.unreserve(key, token);
                 runtime_to_publish(e)
