@@ -98,7 +98,7 @@ pub struct Config {
     /// Media engine: `per-connection` (one UDP port and webrtc-rs peer connection per
     /// endpoint, from `--rtc-port-min`..`--rtc-port-max`; everything incl. loopback and data
     /// channels) or `sharded` (one thread and one UDP port per shard from `--rtc-udp-port`;
-    /// no loopback or data-channel relay yet).
+    /// loopback included, no data-channel relay yet).
     #[arg(long, env = "ROOMD_MEDIA_ENGINE", value_enum, default_value_t = MediaEngine::PerConnection)]
     pub media_engine: MediaEngine,
     /// Sharded engine: number of shards (threads with one UDP port each); default: the number

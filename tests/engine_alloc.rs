@@ -239,6 +239,7 @@ fn forwarder_allocates_nothing_per_packet() {
                 kind: MediaKind::Video,
                 codecs: vec![vp8(96)],
             }],
+            loopback: vec![],
         },
     );
     let keys = SrtpKeys {

@@ -35,7 +35,7 @@ pub enum EngineKind {
     #[default]
     PerConnection,
     /// Shard threads on the sans-IO `rtc` core, one UDP port each (`shards`, `udp_port`).
-    /// Not yet: loopback and data-channel relay.
+    /// Loopback included; not yet: data-channel relay.
     Sharded,
 }
 

@@ -11,7 +11,8 @@
 //! bytes; PLIs from two subscribers reach the publisher as one; the publisher's SR reaches the
 //! subscribers in each leg's timestamp space; the publisher's data-channel messages reach the
 //! channel a subscriber's client opened (`data.rs`), string and binary, and a subscriber channel
-//! over its backlog bound loses messages, counted; and a rough CPU cost per forwarded packet (1 → 9)
+//! over its backlog bound loses messages, counted; a loopback publisher gets its own media back
+//! on its connection as a subscriber would; and a rough CPU cost per forwarded packet (1 → 9)
 //! is printed (run in release with `--nocapture` for a meaningful figure).
 
 use std::collections::HashMap;
@@ -44,10 +45,10 @@ use rtc::sansio::Protocol;
 mod common;
 
 use common::engine::{
-    add_recv_transceivers, add_send_tracks, addr, apply_answer, certificate, client_pc, deliver,
-    ice_restart_offer, local_udp, negotiated_pt, offer_from, opus, out_tracks, rtp_header,
-    take_writes, thread_cpu, vp8, write_rtp, Datagram, Kind, RtcpToApp, Simulated, Wire, LEG_VIDEO,
-    SHARD,
+    add_recv_transceivers, add_send_tracks, add_sendrecv_tracks, addr, apply_answer, certificate,
+    client_pc, deliver, ice_restart_offer, local_udp, negotiated_pt, offer_from, opus, out_tracks,
+    rtp_header, take_writes, thread_cpu, vp8, write_rtp, Datagram, Kind, RtcpToApp, Simulated,
+    Wire, LEG_VIDEO, SHARD,
 };
 
 const PUB_VIDEO: u32 = 1000;
@@ -83,14 +84,32 @@ struct Client {
 }
 
 impl Client {
-    fn new(kind: Kind, addr: SocketAddr, cert: &RTCCertificate, now: Instant) -> (Self, String) {
-        Self::with_channel(kind, addr, cert, now, None)
+    /// A publisher (its sections sendrecv with `loopback`, sendonly otherwise) or a subscriber.
+    fn new(
+        kind: Kind,
+        loopback: bool,
+        addr: SocketAddr,
+        cert: &RTCCertificate,
+        now: Instant,
+    ) -> (Self, String) {
+        Self::build(kind, loopback, addr, cert, now, None)
     }
 
     /// A client that also opens a data channel labelled `channel` (its offer has a data
     /// section).
     fn with_channel(
         kind: Kind,
+        addr: SocketAddr,
+        cert: &RTCCertificate,
+        now: Instant,
+        channel: Option<&str>,
+    ) -> (Self, String) {
+        Self::build(kind, false, addr, cert, now, channel)
+    }
+
+    fn build(
+        kind: Kind,
+        loopback: bool,
         addr: SocketAddr,
         cert: &RTCCertificate,
         now: Instant,
@@ -105,7 +124,12 @@ impl Client {
                     (RtpCodecKind::Audio, opus(), PUB_AUDIO),
                     (RtpCodecKind::Video, vp8(), PUB_VIDEO),
                 ];
-                for (k, sender, s) in add_send_tracks(&mut pc, "stream", tracks) {
+                let senders = if loopback {
+                    add_sendrecv_tracks(&mut pc, "stream", tracks)
+                } else {
+                    add_send_tracks(&mut pc, "stream", tracks)
+                };
+                for (k, sender, s) in senders {
                     if k == RtpCodecKind::Video {
                         video = Some((sender, s));
                     } else {
@@ -348,20 +372,29 @@ impl Sim {
     }
 
     fn join(&mut self, kind: Kind) -> usize {
-        self.join_with(kind, None)
+        self.join_as(kind, false, None)
     }
 
     /// A client that opens a data channel labelled `channel`, if given.
     fn join_with(&mut self, kind: Kind, channel: Option<&str>) -> usize {
+        self.join_as(kind, false, channel)
+    }
+
+    /// A publisher with sendrecv sections that asks for loopback.
+    fn join_loopback(&mut self) -> usize {
+        self.join_as(Kind::Publisher, true, None)
+    }
+
+    fn join_as(&mut self, kind: Kind, loopback: bool, channel: Option<&str>) -> usize {
         let i = self.clients.len();
         let a = client_addr(i);
-        let (mut c, offer) = Client::with_channel(kind, a, &self.cert, self.now, channel);
+        let (mut c, offer) = Client::build(kind, loopback, a, &self.cert, self.now, channel);
         let id = PeerId(i as u64);
         let sdp = match kind {
             Kind::Publisher => {
                 let ans = self
                     .shard
-                    .add_publisher(id, &offer, self.now)
+                    .add_publisher(id, &offer, loopback, self.now)
                     .expect("publisher answer");
                 self.fw.add_publisher(id, &ans);
                 let sdp = ans.sdp.clone();
@@ -762,6 +795,128 @@ fn a_subscriber_ice_restart_keeps_forwarding() {
     assert_eq!(st.key_errors + st.seal_errors, 0, "{st:?}");
 }
 
+/// Loopback: the publisher's answer is sendrecv and its own packets come back on the same
+/// connection, intact and continuous, under the SSRCs the answer announced, sealed by the
+/// forwarder (rtc sends it no RTP); its NACK about a dropped packet is answered with the same
+/// bytes; a subscriber of it receives the same streams.
+#[test]
+fn a_loopback_publisher_gets_its_own_media_back_and_a_subscriber_too() {
+    let mut sim = Sim::new();
+    let p = sim.join_loopback();
+    let s = sim.join(Kind::Subscriber);
+    assert!(
+        sim.run_until(Duration::from_secs(10), Sim::all_connected),
+        "not connected: {:?}",
+        sim.events
+    );
+    assert_eq!(sim.fw.stats().key_errors, 0);
+    let answer = sim.publisher_answer.as_ref().expect("publisher").1.clone();
+    for kind in ["audio", "video"] {
+        let at = answer.sdp.find(&format!("m={kind} ")).expect("section");
+        let section = answer.sdp[at..].split("\r\nm=").next().expect("section");
+        assert!(section.contains("a=sendrecv"), "{section}");
+    }
+    assert_eq!(answer.loopback.len(), 2, "{:?}", answer.loopback);
+    for t in &answer.loopback {
+        assert_eq!(
+            t.mid, answer.tracks[t.index].mid,
+            "sent back on its own section"
+        );
+        assert!(answer.sdp.contains(&format!("a=ssrc:{} ", t.ssrc.0)));
+    }
+    let back = |k: MediaKind| {
+        answer
+            .loopback
+            .iter()
+            .find(|t| t.kind == k)
+            .expect("sent track")
+            .ssrc
+            .0
+    };
+    let (back_video, back_audio) = (back(MediaKind::Video), back(MediaKind::Audio));
+
+    // Drop the 10th video datagram sent back to the publisher.
+    let me = sim.clients[p].addr;
+    let mut n = 0;
+    sim.drop_rule = Some(Box::new(move |d: &Datagram| {
+        if d.to == me
+            && is_rtp(&d.bytes)
+            && u32::from_be_bytes([d.bytes[8], d.bytes[9], d.bytes[10], d.bytes[11]]) == back_video
+        {
+            n += 1;
+            return n == 10;
+        }
+        false
+    }));
+    let (v, a) = sim.publish(p, 40);
+    sim.drop_rule = None;
+    assert_eq!(sim.dropped.len(), 1);
+    let lost = sim.dropped[0].bytes.clone();
+    let lost_seq = u16::from_be_bytes([lost[2], lost[3]]);
+    let now = sim.now;
+    let (sender, _) = sim.clients[p].video.expect("publisher");
+    sim.clients[p]
+        .pc
+        .rtp_sender(sender)
+        .expect("sender")
+        .write_rtcp(
+            now,
+            vec![Box::new(TransportLayerNack {
+                sender_ssrc: PUB_VIDEO,
+                media_ssrc: back_video,
+                nacks: vec![NackPair {
+                    packet_id: lost_seq,
+                    lost_packets: 0,
+                }],
+            })],
+        )
+        .expect("write_rtcp");
+    sim.run_for(Duration::from_millis(100));
+    let copies = sim.forwarded_to[&me].iter().filter(|b| **b == lost).count();
+    assert_eq!(copies, 2, "sent, dropped, resent identically");
+    assert_eq!(sim.fw.attached_legs(PeerId(p as u64)), 2);
+
+    let c = &sim.clients[p];
+    let rx = |ssrc: u32| -> Vec<&rtc::rtp::packet::Packet> {
+        c.rtp.iter().filter(|p| p.header.ssrc == ssrc).collect()
+    };
+    let mut video = rx(back_video);
+    let first = video[0].header.sequence_number;
+    video.sort_by_key(|p| p.header.sequence_number.wrapping_sub(first));
+    assert_stream(&video, &v, true, "loopback video");
+    assert_stream(&rx(back_audio), &a, false, "loopback audio");
+    assert_eq!(c.rtp.len(), v.len() + a.len(), "nothing else came back");
+    assert_eq!(sim.rtc_rtp_to.get(&me).copied().unwrap_or(0), 0);
+
+    let sub = &sim.clients[s];
+    assert_stream(
+        &sub.video_rx(),
+        &v,
+        true,
+        "subscriber of a loopback publisher",
+    );
+    assert_stream(
+        &sub.audio_rx(),
+        &a,
+        false,
+        "subscriber of a loopback publisher",
+    );
+    let st = sim.fw.stats();
+    assert_eq!((st.nacks_in, st.retransmitted), (1, 1), "{st:?}");
+    assert_eq!(st.queued, 4 * 40 + 1, "{st:?}");
+    assert_eq!(
+        st.seal_errors + st.queue_full + st.rtp_unknown_ssrc,
+        0,
+        "{st:?}"
+    );
+
+    // Removing the publisher takes its loopback legs with its tracks.
+    let now = sim.now;
+    sim.fw.remove(PeerId(p as u64), now);
+    assert_eq!(sim.fw.attached_legs(PeerId(p as u64)), 0);
+    assert_eq!(sim.fw.attached_legs(PeerId(s as u64)), 0);
+}
+
 fn rx_first(sim: &Sim, s: usize) -> u16 {
     sim.clients[s].video_rx()[0].header.sequence_number
 }
@@ -1090,13 +1245,13 @@ fn media_flows_over_real_udp_through_the_runtime() {
     let cert = certificate();
     let client = |kind| {
         let (sock, a) = local_udp();
-        let (c, offer) = Client::new(kind, a, &cert, Instant::now());
+        let (c, offer) = Client::new(kind, false, a, &cert, Instant::now());
         (sock, c, offer)
     };
     let joined = Instant::now();
     let (psock, mut pc, offer) = client(Kind::Publisher);
     let pans = rt
-        .publish(PeerId(1), offer)
+        .publish(PeerId(1), offer, false)
         .expect("queued")
         .blocking_recv()
         .expect("reply")
@@ -1215,12 +1370,12 @@ fn udp_forwarding_cost_one_to_nine() {
     let cert = certificate();
     let client = |kind| {
         let (sock, a) = local_udp();
-        let (c, offer) = Client::new(kind, a, &cert, Instant::now());
+        let (c, offer) = Client::new(kind, false, a, &cert, Instant::now());
         (sock, c, offer)
     };
     let (psock, mut pc, offer) = client(Kind::Publisher);
     let pans = rt
-        .publish(PeerId(0), offer)
+        .publish(PeerId(0), offer, false)
         .expect("queued")
         .blocking_recv()
         .expect("reply")

@@ -218,7 +218,7 @@ impl Sim {
             Kind::Publisher => {
                 let ans = self
                     .shard
-                    .add_publisher(id, &offer, self.now)
+                    .add_publisher(id, &offer, false, self.now)
                     .expect("publisher answer");
                 assert_eq!(ans.tracks.len(), 2, "{:?}", ans.tracks);
                 ans.sdp
@@ -507,7 +507,7 @@ fn a_hundred_peer_connections_share_one_port() {
         answers.push(match sim.clients[i].kind {
             Kind::Publisher => {
                 sim.shard
-                    .add_publisher(id, &offer, sim.now)
+                    .add_publisher(id, &offer, false, sim.now)
                     .expect("pub")
                     .sdp
             }
@@ -778,7 +778,7 @@ fn the_shard_works_on_a_real_udp_socket() {
     let (mut client, offer) = Client::new(Kind::Publisher, caddr, &cert, 1000, Instant::now());
     let joined = Instant::now();
     let answer = shard
-        .add_publisher(PeerId(7), &offer, joined)
+        .add_publisher(PeerId(7), &offer, false, joined)
         .expect("answer");
     assert!(answer
         .sdp
@@ -953,7 +953,7 @@ fn chrome_shaped_offers_are_answered_as_roomd_always_did() {
     let mut shard = Shard::new(ShardConfig::new(addr(SHARD)), now).expect("shard");
     let t = Instant::now();
     let answer = shard
-        .add_publisher(PeerId(1), &chrome_like_offer("sendonly"), now)
+        .add_publisher(PeerId(1), &chrome_like_offer("sendonly"), false, now)
         .expect("publisher");
     let publish_time = t.elapsed();
     let (audio, video) = (section(&answer.sdp, "audio"), section(&answer.sdp, "video"));
@@ -1019,7 +1019,7 @@ fn chrome_shaped_offers_are_answered_as_roomd_always_did() {
     for i in 0..50u64 {
         let (t, c) = (Instant::now(), thread_cpu());
         shard
-            .add_publisher(PeerId(100 + i), &chrome_like_offer("sendonly"), now)
+            .add_publisher(PeerId(100 + i), &chrome_like_offer("sendonly"), false, now)
             .expect("publisher");
         times[0].push(t.elapsed());
         cpu[0] += thread_cpu().saturating_sub(c);
@@ -1047,10 +1047,62 @@ fn chrome_shaped_offers_are_answered_as_roomd_always_did() {
     );
     // An offer without ICE credentials or mids is refused with a reason.
     let bad = chrome_like_offer("sendonly").replace("a=ice-ufrag:c7Qn\r\n", "");
-    assert!(shard.add_publisher(PeerId(9), &bad, now).is_err());
+    assert!(shard.add_publisher(PeerId(9), &bad, false, now).is_err());
     assert!(shard
-        .add_publisher(PeerId(1), &chrome_like_offer("sendonly"), now)
+        .add_publisher(PeerId(1), &chrome_like_offer("sendonly"), false, now)
         .is_err());
+}
+
+/// Loopback: a publisher's send-receive sections are answered sendrecv, each with a track of
+/// ours (own SSRC, announced) in the section's preferred codec, sending back that section's
+/// media; without loopback, or on send-only sections, the answer only receives.
+#[test]
+fn loopback_answers_sendrecv_with_a_track_per_section() {
+    let now = Instant::now();
+    let mut shard = Shard::new(ShardConfig::new(addr(SHARD)), now).expect("shard");
+    let answer = shard
+        .add_publisher(PeerId(1), &chrome_like_offer("sendrecv"), true, now)
+        .expect("loopback publisher");
+    let (audio, video) = (section(&answer.sdp, "audio"), section(&answer.sdp, "video"));
+    assert!(
+        audio.contains("a=sendrecv") && video.contains("a=sendrecv"),
+        "{}",
+        answer.sdp
+    );
+    assert_eq!(answer.tracks.len(), 2);
+    assert_eq!(answer.loopback.len(), 2, "{:?}", answer.loopback);
+    for t in &answer.loopback {
+        let published = &answer.tracks[t.index];
+        assert_eq!((&t.mid, t.kind), (&published.mid, published.kind));
+        assert_eq!(
+            t.pt, published.codecs[0].pt,
+            "the section's preferred codec"
+        );
+        let kind = if t.kind == MediaKind::Audio {
+            "audio"
+        } else {
+            "video"
+        };
+        let s = section(&answer.sdp, kind);
+        assert!(s.contains(&format!("a=ssrc:{} ", t.ssrc.0)), "{s}");
+    }
+    let pts: Vec<Pt> = answer.loopback.iter().map(|t| t.pt).collect();
+    assert_eq!(pts, [Pt(111), Pt(96)]);
+    assert_ne!(answer.loopback[0].ssrc, answer.loopback[1].ssrc);
+
+    for (id, dir, loopback) in [(2, "sendrecv", false), (3, "sendonly", true)] {
+        let answer = shard
+            .add_publisher(PeerId(id), &chrome_like_offer(dir), loopback, now)
+            .expect("publisher");
+        let (audio, video) = (section(&answer.sdp, "audio"), section(&answer.sdp, "video"));
+        assert!(
+            audio.contains("a=recvonly") && video.contains("a=recvonly"),
+            "{dir}, loopback {loopback}: {}",
+            answer.sdp
+        );
+        assert!(answer.loopback.is_empty());
+        assert_eq!(answer.tracks.len(), 2);
+    }
 }
 
 /// Two announced addresses (IPv4 and IPv6) on one shard: the answer carries a candidate for

@@ -7,6 +7,7 @@
 //!  shard.poll_event() ──▶ Forwarder::handle_event ──▶ (other events back to the owner)
 //!        TrackOpen (publisher)  → a Track
 //!        Connected (subscriber) → SRTP keys captured → sealer → its legs attached (keyframe asked)
+//!          (loopback publisher: the same, for its own legs)
 //!        RtpIn                  → Track::on_rtp → per leg: copy + rewrite → seal → transmit queue
 //!        RtcpIn (subscriber)    → NACK → on_nack (retransmission, same queue); PLI/FIR →
 //!                                 on_keyframe_request; RR → on_receiver_report
@@ -18,9 +19,10 @@
 //! Owns [`Forwarder`], [`ForwardConfig`], [`ForwardStats`], [`Datagram`], [`Source`].
 //!
 //! The hard rule (see `srtp.rs`): once the forwarder seals an SSRC, rtc never sends RTP on it.
-//! The forwarder never calls [`Shard::write_rtp`], and the shard's default subscriber chain has
-//! no RTP-sending interceptor (no NACK responder, no SR interceptor, no pacer). Sealers are
-//! built once per subscriber connection and never rebuilt (a rebuilt sealer would start its
+//! The forwarder never calls [`Shard::write_rtp`], and the shard's default chains (subscriber,
+//! and publisher, which a loopback publisher has) have no RTP-sending interceptor (no NACK
+//! responder, no SR interceptor, no pacer). Sealers are built once per subscriber (or loopback
+//! publisher) connection and never rebuilt (a rebuilt sealer would start its
 //! rollover counters again and reuse nonces): a second `Connected` (after an ICE restart or a
 //! disconnection) keeps the first.
 //!
@@ -33,8 +35,15 @@
 //! Subscriptions name their sources by publisher peer and mid ([`Source`]); a leg is attached
 //! when both ends are ready (the subscriber connected with its keys captured, the publisher's
 //! track open), in whichever order that happens, and detached when either side is removed.
-//! Not here yet: RTX towards subscribers (the shard's answers leave RTX out), simulcast,
-//! loopback. Data channels are not the forwarder's: their events pass through it to `data.rs`.
+//!
+//! Loopback: a publisher whose answer has [`PublisherAnswer::loopback`] tracks is also a
+//! subscriber of its own tracks, under the same [`PeerId`]: each sent track is a leg on the
+//! track of its own section, sealed with the publisher connection's outbound keys and sent to
+//! its path, exactly as a subscriber's. Its RTCP is read both ways (SRs about what it sends;
+//! NACK/PLI/FIR/RR about its legs, by leg SSRC).
+//!
+//! Not here yet: RTX towards subscribers (the shard's answers leave RTX out), simulcast. Data
+//! channels are not the forwarder's: their events pass through it to `data.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -55,8 +64,7 @@ use super::leg::{
 };
 use super::nack_ring;
 use super::peer::{
-    CodecSpec, MediaKind, OutTrack, PeerId, PeerState, PublisherAnswer, Role, SentTrack,
-    SubscriberAnswer,
+    CodecSpec, MediaKind, OutTrack, PeerId, PeerState, PublisherAnswer, SentTrack, SubscriberAnswer,
 };
 use super::sender_report::SenderReport;
 use super::shard::{CryptoHook, Shard, ShardEvent};
@@ -67,7 +75,8 @@ use super::wire::{Mid, SeqNo, Ssrc};
 /// How to build a [`Forwarder`].
 #[derive(Clone, Debug)]
 pub struct ForwardConfig {
-    /// Sealed datagrams queued at most (all subscribers of the shard); beyond, legs see
+    /// Sealed datagrams queued at most (all subscribers of the shard, loopback publishers
+    /// included); beyond, legs see
     /// congestion.
     pub transmit_queue: usize,
     /// Size of each pooled transmit buffer (a clear packet of the ring's slot size, RTX's two
@@ -161,6 +170,8 @@ struct SubLeg {
     attached: Option<TrackKey>,
 }
 
+/// A peer connection the forwarder sends on, with its legs: a subscriber, or a loopback
+/// publisher receiving its own tracks (the same thing to the forwarder).
 struct Sub {
     capture: Option<Arc<SrtpKeyCapture>>,
     sealer: Option<SrtpSealer>,
@@ -202,7 +213,8 @@ impl TxQueue {
     }
 }
 
-/// Captures created by the crypto hook, until [`Forwarder::add_subscriber`] takes them.
+/// Captures created by the crypto hook, until [`Forwarder::add_subscriber`] (or
+/// [`Forwarder::add_publisher`], for a loopback publisher) takes them.
 type Captures = Arc<Mutex<HashMap<PeerId, Arc<SrtpKeyCapture>>>>;
 
 /// The forwarding state of one shard. See the module documentation.
@@ -254,12 +266,15 @@ impl Forwarder {
         }
     }
 
-    /// The hook to install with [`Shard::set_crypto_hook`]: every subscriber peer connection
-    /// gets its own [`SrtpKeyCapture`] over rtc's default provider; publishers keep rtc's.
+    /// The hook to install with [`Shard::set_crypto_hook`]: every peer connection that sends
+    /// media (subscribers, loopback publishers) gets its own [`SrtpKeyCapture`] over rtc's
+    /// default provider: the forwarder seals what they receive. Publishers that only receive
+    /// keep rtc's: nothing is ever sealed for them, and a capture would only keep one more copy
+    /// of their master keys.
     pub fn crypto_hook(&self) -> CryptoHook {
         let captures = self.captures.clone();
-        Box::new(move |id, role| {
-            if role != Role::Subscriber {
+        Box::new(move |id, _role, sends| {
+            if !sends {
                 return None;
             }
             let inner = rtc::crypto::default_provider().ok()?;
@@ -279,7 +294,8 @@ impl Forwarder {
     }
 
     /// A publisher the shard answered: its receiving sections become tracks (opened by the
-    /// first RTP packet of each).
+    /// first RTP packet of each). A loopback publisher's sent tracks become its legs on the
+    /// tracks of their own sections; they attach once it is connected.
     pub fn add_publisher(&mut self, peer: PeerId, answer: &PublisherAnswer) {
         let extmaps = extmaps(&answer.sdp);
         let mut keys = Vec::new();
@@ -302,19 +318,37 @@ impl Forwarder {
             keys.push(key);
         }
         self.publishers.insert(peer, keys);
+        if answer.loopback.is_empty() {
+            return;
+        }
+        // Each sent track sends back what its own section receives.
+        let sources: Vec<Source> = answer
+            .tracks
+            .iter()
+            .map(|t| Source {
+                publisher: peer,
+                mid: t.mid.clone(),
+            })
+            .collect();
+        self.add_sub(peer, &answer.sdp, &answer.loopback, &sources);
     }
 
     /// A subscriber the shard answered; `sources[i]` is where the shard's `OutTrack` number
     /// `i` comes from. Its legs attach once it is connected and their tracks are open.
     pub fn add_subscriber(&mut self, peer: PeerId, answer: &SubscriberAnswer, sources: &[Source]) {
+        self.add_sub(peer, &answer.sdp, &answer.tracks, sources);
+    }
+
+    /// A [`Sub`] sending `sent` (a subscriber's tracks, a loopback publisher's), each from
+    /// `sources[t.index]`; `sdp` is our answer to it.
+    fn add_sub(&mut self, peer: PeerId, sdp: &str, sent: &[SentTrack], sources: &[Source]) {
         let capture = self
             .captures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&peer);
-        let extmaps = extmaps(&answer.sdp);
-        let legs = answer
-            .tracks
+        let extmaps = extmaps(sdp);
+        let legs = sent
             .iter()
             .filter_map(|t| {
                 Some(SubLeg {
@@ -339,9 +373,10 @@ impl Forwarder {
         );
     }
 
-    /// Installs a subscriber's outbound SRTP keys (done by [`Forwarder::handle_event`] on
-    /// `Connected` from the captured keys; public for drivers that obtain keys otherwise, and
-    /// for benches). Ignored once the subscriber has a sealer: a sealer is never rebuilt.
+    /// Installs the outbound SRTP keys of a subscriber (or loopback publisher) (done by
+    /// [`Forwarder::handle_event`] on `Connected` from the captured keys; public for drivers
+    /// that obtain keys otherwise, and for benches). Ignored once it has a sealer: a sealer is
+    /// never rebuilt.
     pub fn install_keys(&mut self, peer: PeerId, keys: &SrtpKeys) -> Result<(), String> {
         let sub = self.subs.get_mut(&peer).ok_or("no such subscriber")?;
         if sub.sealer.is_some() {
@@ -480,7 +515,8 @@ impl Forwarder {
         }
     }
 
-    /// Builds the subscriber's sealer from the keys its capture recorded, unless it has one.
+    /// Builds the sealer of a subscriber (or loopback publisher) from the keys its capture
+    /// recorded, unless it has one.
     /// `NotYet` is retried at the next path refresh; other failures are final (counted).
     fn try_keys(&mut self, shard: &mut Shard, peer: PeerId, now: Instant) {
         let Some(sub) = self.subs.get_mut(&peer) else {
@@ -492,7 +528,7 @@ impl Forwarder {
         let keys = match (&sub.capture, shard.srtp_profile(peer, now)) {
             (Some(c), Some(Ok(profile))) => c.keys(profile),
             (None, _) => Err(KeyCaptureError::Unrecognised(
-                "no key capture installed for this subscriber".into(),
+                "no key capture installed for this peer connection".into(),
             )),
             (_, Some(Err(e))) => Err(e),
             (_, None) => Err(KeyCaptureError::NotYet),

@@ -1,8 +1,10 @@
-//! The media engine v2 under construction: sharded, on the sans-IO `rtc` core, with our own
-//! forwarding fast path (see BENCHMARKS.md §4 for why). NOT yet wired into [`crate::MediaRouter`]:
-//! the engine in the rest of this crate still serves every call. Each module here is complete
-//! and tested on its own; the switch-over (and the removal of the old engine) is the remaining
-//! work of the media-engine issue.
+//! The media engine v2: sharded, on the sans-IO `rtc` core, with our own forwarding fast path
+//! (see BENCHMARKS.md §4 for why). [`crate::MediaRouter`] runs on it when configured to
+//! (`--media-engine sharded`, through `sharded`); the per-connection engine in the rest of this
+//! crate is still the default. Publish (with or without loopback, the publisher's own media
+//! sent back on its connection), subscribe, trickle and release are served here; data-channel
+//! relay is not yet. The switch-over (and the removal of the old engine) is the remaining work
+//! of the media-engine issue.
 //!
 //! Modules, each owning one thing:
 //! - `wire`: newtypes for wire values (`Ssrc`, `Pt`, `SeqNo`, `Mid`).
@@ -17,6 +19,8 @@
 //!   bounded by each channel's SCTP backlog.
 //! - `runtime`: a shard thread: one UDP socket, the shard, its forwarder and its data relay,
 //!   bounded command and event queues.
+//! - `sharded`: the engine behind `MediaRouter`: shard threads, the endpoint table, event
+//!   dispatch.
 //! - `track`: a publisher track, where publisher and subscribers meet: ring, legs, keyframes, SRs.
 //! - `leg`: one subscriber's view of a track: in-place rewrite, own sequence space, gating, NACKs.
 //! - `nack_ring`: the clear packets of a track kept for retransmission, shared by its legs.

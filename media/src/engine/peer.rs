@@ -70,7 +70,8 @@ pub struct ChannelId(pub usize);
 /// What a peer connection is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// The client sends media (its offer: sendonly/sendrecv); we answer recvonly.
+    /// The client sends media (its offer: sendonly/sendrecv); we answer recvonly, or, with
+    /// loopback, sendrecv on its send-receive sections (each sends back what it receives).
     Publisher,
     /// The client receives media (its offer: recvonly/sendrecv); we answer sendonly.
     Subscriber,
@@ -172,7 +173,7 @@ impl CodecSpec {
     }
 }
 
-/// A track a subscriber peer connection is to send.
+/// A track a subscriber peer connection is to send (or a loopback publisher sends back).
 #[derive(Clone, Debug)]
 pub struct OutTrack {
     pub kind: MediaKind,
@@ -195,10 +196,11 @@ pub struct PublishedTrack {
     pub codecs: Vec<CodecSpec>,
 }
 
-/// A track a subscriber's answer sends.
+/// A track an answer sends: a subscriber's, or a loopback publisher's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SentTrack {
-    /// Index of the [`OutTrack`] in the request.
+    /// Subscriber: index of the [`OutTrack`] in the request. Loopback publisher: index of the
+    /// [`PublishedTrack`] (same section, same mid) whose media it sends back.
     pub index: usize,
     pub mid: Mid,
     pub kind: MediaKind,
@@ -214,6 +216,9 @@ pub struct SentTrack {
 pub struct PublisherAnswer {
     pub sdp: String,
     pub tracks: Vec<PublishedTrack>,
+    /// Loopback: the tracks sent back to the publisher on its own connection, one per
+    /// send-receive section that found a codec (empty without loopback).
+    pub loopback: Vec<SentTrack>,
 }
 
 /// Result of [`super::shard::Shard::add_subscriber`]. Tracks that found no section or no
@@ -255,8 +260,10 @@ pub type RegistryFn = fn(Role) -> Registry;
 
 /// Default chains. A publisher: NACK generator, TWCC feedback, receiver reports (rtc talks
 /// RTCP to the client about what it receives). A subscriber: nothing that sends RTP — the
-/// forwarding layer owns those SSRCs (no NACK responder, no sender-report interceptor).
-/// Both deliver every inbound RTCP packet to the application ([`ShardEvent::RtcpIn`]).
+/// forwarding layer owns those SSRCs (no NACK responder, no sender-report interceptor). Nor
+/// does the publisher chain send RTP: a loopback publisher's sent SSRCs are the forwarding
+/// layer's too. Both deliver every inbound RTCP packet to the application
+/// ([`ShardEvent::RtcpIn`]).
 pub fn default_registry(role: Role) -> Registry {
     let mut r = Registry::new();
     if role == Role::Publisher {
@@ -401,21 +408,59 @@ impl PeerFactory {
             .collect()
     }
 
-    /// Builds a publisher peer connection and answers `offer`.
+    /// Builds a publisher peer connection and answers `offer`. With `loopback`, every
+    /// send-receive audio/video section of the offer is answered sendrecv and sends back, under
+    /// an SSRC of ours, the media it receives ([`PublisherAnswer::loopback`]).
     pub(crate) fn publisher(
         &self,
         offer: &str,
+        loopback: bool,
         crypto: Option<Arc<dyn RTCCryptoProvider>>,
         now: Instant,
     ) -> Result<(Peer, PublisherAnswer), NegotiationError> {
-        let (desc, _sections) = parse_offer(offer, &self.supported)?;
+        let (desc, sections) = parse_offer(offer, &self.supported)?;
         let mut pc = self.build(Role::Publisher, crypto, now)?;
+        let back = if loopback {
+            loopback_tracks(&sections, &self.supported, offer)
+        } else {
+            Vec::new()
+        };
+        // The senders must exist before the offer is applied: rtc pairs a send-receive offer
+        // section with a send-receive transceiver of its kind (in order), and answers it
+        // sendrecv. One track per send-receive section, planned in section order.
+        let mut planned = Vec::with_capacity(back.len());
+        for (i, t) in back.iter().enumerate() {
+            let ssrc = t.ssrc.unwrap_or_else(|| Ssrc(rand::random()));
+            let sender = add_sender(&mut pc, t, ssrc, RTCRtpTransceiverDirection::Sendrecv)?;
+            planned.push((i, ssrc, sender));
+        }
         pc.set_remote_description(now, desc)
             .map_err(|e| rtc_err("offer rejected", e))?;
         let sdp = self.answer(&mut pc, now)?;
         let tracks = published_tracks(&sdp);
-        let peer = Peer::new(Role::Publisher, pc, &sdp, now)?;
-        Ok((peer, PublisherAnswer { sdp, tracks }))
+        let (mut sent, mut senders) = sent_tracks(&mut pc, planned, &back);
+        // A sent track sends back what its own section receives: re-index it by that section's
+        // published track (rtc chose the section; a track without one sends nothing).
+        sent.retain_mut(|t| match tracks.iter().position(|p| p.mid == t.mid) {
+            Some(i) => {
+                t.index = i;
+                true
+            }
+            None => {
+                senders.remove(&t.ssrc);
+                false
+            }
+        });
+        let mut peer = Peer::new(Role::Publisher, pc, &sdp, now)?;
+        peer.senders = senders;
+        Ok((
+            peer,
+            PublisherAnswer {
+                sdp,
+                tracks,
+                loopback: sent,
+            },
+        ))
     }
 
     /// Builds a subscriber peer connection sending `tracks` and answers `offer`. Each track
@@ -430,8 +475,7 @@ impl PeerFactory {
         let (desc, sections) = parse_offer(offer, &self.supported)?;
         let mut pc = self.build(Role::Subscriber, crypto, now)?;
         let mut used = vec![false; sections.len()];
-        // (track index, ssrc, sender)
-        let mut planned: Vec<(usize, Ssrc, RTCRtpSenderId)> = Vec::new();
+        let mut planned = Vec::new();
         for (ti, t) in tracks.iter().enumerate() {
             let Some(si) = (0..sections.len()).find(|&i| {
                 let s = &sections[i];
@@ -441,20 +485,6 @@ impl PeerFactory {
             };
             used[si] = true;
             let ssrc = t.ssrc.unwrap_or_else(|| Ssrc(rand::random()));
-            let track = MediaStreamTrack::new(
-                t.stream_id.clone(),
-                t.track_id.clone(),
-                t.track_id.clone(),
-                t.kind.rtp_kind(),
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc.0),
-                        ..Default::default()
-                    },
-                    codec: t.codec.rtc_codec(),
-                    ..Default::default()
-                }],
-            );
             // rtc pairs a send-receive offer section only with a send-receive transceiver;
             // it is narrowed to send-only once the offer is applied.
             let direction = if sections[si].direction == Direction::SendRecv {
@@ -462,20 +492,7 @@ impl PeerFactory {
             } else {
                 RTCRtpTransceiverDirection::Sendonly
             };
-            let tid = pc
-                .add_transceiver_from_track(
-                    track,
-                    Some(RTCRtpTransceiverInit {
-                        direction,
-                        streams: vec![t.stream_id.clone()],
-                        send_encodings: vec![],
-                    }),
-                )
-                .map_err(|e| rtc_err("cannot add track", e))?;
-            let sender = pc
-                .rtp_transceiver(tid)
-                .and_then(|tr| tr.sender())
-                .ok_or_else(|| NegotiationError::Rtc("transceiver without sender".into()))?;
+            let sender = add_sender(&mut pc, t, ssrc, direction)?;
             planned.push((ti, ssrc, sender));
         }
         pc.set_remote_description(now, desc)
@@ -489,40 +506,7 @@ impl PeerFactory {
             }
         }
         let sdp = self.answer(&mut pc, now)?;
-
-        let mut sent = Vec::new();
-        let mut senders = HashMap::new();
-        for (ti, ssrc, sender) in planned {
-            let Some(mid) = mid_of_sender(&mut pc, sender) else {
-                continue;
-            };
-            let Some(mut s) = pc.rtp_sender(sender) else {
-                continue;
-            };
-            let codecs: Vec<CodecSpec> = s
-                .get_parameters()
-                .rtp_parameters
-                .codecs
-                .iter()
-                .map(CodecSpec::from_rtc)
-                .collect();
-            let Some(pt) = codecs
-                .iter()
-                .find(|c| c.same_format(&tracks[ti].codec))
-                .map(|c| c.pt)
-            else {
-                continue;
-            };
-            senders.insert(ssrc, sender);
-            sent.push(SentTrack {
-                index: ti,
-                mid: Mid(mid),
-                kind: tracks[ti].kind,
-                ssrc,
-                pt,
-                codecs,
-            });
-        }
+        let (sent, senders) = sent_tracks(&mut pc, planned, tracks);
         let data = accepts_data(&sdp);
         let mut peer = Peer::new(Role::Subscriber, pc, &sdp, now)?;
         peer.senders = senders;
@@ -587,6 +571,141 @@ impl PeerFactory {
         Ok(sdp)
     }
 }
+
+/// Adds a transceiver sending `t` with `ssrc`, in `direction`; returns its sender.
+fn add_sender(
+    pc: &mut RTCPeerConnection,
+    t: &OutTrack,
+    ssrc: Ssrc,
+    direction: RTCRtpTransceiverDirection,
+) -> Result<RTCRtpSenderId, NegotiationError> {
+    let track = MediaStreamTrack::new(
+        t.stream_id.clone(),
+        t.track_id.clone(),
+        t.track_id.clone(),
+        t.kind.rtp_kind(),
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc.0),
+                ..Default::default()
+            },
+            codec: t.codec.rtc_codec(),
+            ..Default::default()
+        }],
+    );
+    let tid = pc
+        .add_transceiver_from_track(
+            track,
+            Some(RTCRtpTransceiverInit {
+                direction,
+                streams: vec![t.stream_id.clone()],
+                send_encodings: vec![],
+            }),
+        )
+        .map_err(|e| rtc_err("cannot add track", e))?;
+    pc.rtp_transceiver(tid)
+        .and_then(|tr| tr.sender())
+        .ok_or_else(|| NegotiationError::Rtc("transceiver without sender".into()))
+}
+
+/// After the answer: each planned `(index into tracks, SSRC, sender)` that got a section and
+/// a codec of its track's format, as a [`SentTrack`]; and the sender of each such SSRC.
+fn sent_tracks(
+    pc: &mut RTCPeerConnection,
+    planned: Vec<(usize, Ssrc, RTCRtpSenderId)>,
+    tracks: &[OutTrack],
+) -> (Vec<SentTrack>, HashMap<Ssrc, RTCRtpSenderId>) {
+    let mut sent = Vec::new();
+    let mut senders = HashMap::new();
+    for (ti, ssrc, sender) in planned {
+        let Some(track) = tracks.get(ti) else {
+            continue;
+        };
+        let Some(mid) = mid_of_sender(pc, sender) else {
+            continue;
+        };
+        let Some(mut s) = pc.rtp_sender(sender) else {
+            continue;
+        };
+        let codecs: Vec<CodecSpec> = s
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .iter()
+            .map(CodecSpec::from_rtc)
+            .collect();
+        let Some(pt) = codecs
+            .iter()
+            .find(|c| c.same_format(&track.codec))
+            .map(|c| c.pt)
+        else {
+            continue;
+        };
+        senders.insert(ssrc, sender);
+        sent.push(SentTrack {
+            index: ti,
+            mid: Mid(mid),
+            kind: track.kind,
+            ssrc,
+            pt,
+            codecs,
+        });
+    }
+    (sent, senders)
+}
+
+/// What a loopback publisher sends back: one track per send-receive, non-rejected audio/video
+/// section of the offer, in section order, in the section's preferred supported codec, under a
+/// random SSRC that none of the offer's `a=ssrc` lines uses. A section with no supported codec
+/// gets none (and, rtc pairing by kind, may take the track of a later section of its kind,
+/// which then only receives: [`sent_tracks`] drops a track whose codec its section lacks).
+fn loopback_tracks(
+    sections: &[MediaSection],
+    supported: &[CodecInfo],
+    offer: &str,
+) -> Vec<OutTrack> {
+    let theirs: Vec<u32> = offer
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=ssrc:"))
+        .filter_map(|r| r.split([' ', ':']).next()?.parse().ok())
+        .collect();
+    let mut ours: Vec<u32> = Vec::new();
+    let mut tracks = Vec::new();
+    for s in sections {
+        if s.rejected || s.direction != Direction::SendRecv {
+            continue;
+        }
+        let Some(kind) = MediaKind::from_kind(s.kind) else {
+            continue;
+        };
+        let Some(codec) = s
+            .codecs
+            .iter()
+            .find(|c| c.is_media() && supported.iter().any(|r| same_codec(r, c)))
+        else {
+            continue;
+        };
+        let ssrc = loop {
+            let n: u32 = rand::random();
+            if n != 0 && !theirs.contains(&n) && !ours.contains(&n) {
+                break n;
+            }
+        };
+        ours.push(ssrc);
+        let mid = s.mid.as_deref().unwrap_or("");
+        tracks.push(OutTrack {
+            kind,
+            codec: CodecSpec::from_info(s.kind, codec),
+            ssrc: Some(Ssrc(ssrc)),
+            stream_id: LOOPBACK_STREAM.to_owned(),
+            track_id: format!("{LOOPBACK_STREAM}-{mid}"),
+        });
+    }
+    tracks
+}
+
+/// `a=msid` stream id of a loopback publisher's sent tracks.
+const LOOPBACK_STREAM: &str = "roomd-loopback";
 
 fn mid_of_sender(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId) -> Option<String> {
     let tids: Vec<_> = pc.get_transceivers().collect();
@@ -811,7 +930,8 @@ pub(crate) struct Peer {
     pub(crate) pwd: String,
     /// First section's mid (trickled candidates name it).
     pub(crate) first_mid: Option<String>,
-    /// Subscriber: the rtc sender of each SSRC we send (for the `write_rtp` slow path).
+    /// Subscriber, loopback publisher: the rtc sender of each SSRC we send (for the
+    /// `write_rtp` slow path).
     pub(crate) senders: HashMap<Ssrc, RTCRtpSenderId>,
     /// The selected path, once ICE selected one.
     pub(crate) path: Option<Path>,

@@ -162,6 +162,7 @@ enum Command {
     Publish {
         id: PeerId,
         offer: String,
+        loopback: bool,
         reply: Reply<Result<PublisherAnswer, ShardError>>,
     },
     Subscribe {
@@ -277,13 +278,15 @@ impl ShardRuntime {
         }
     }
 
-    /// A publisher from its offer; the reply carries the answer.
+    /// A publisher from its offer (with `loopback`: sent its own media back); the reply
+    /// carries the answer.
     pub fn publish(
         &self,
         id: PeerId,
         offer: String,
+        loopback: bool,
     ) -> Result<oneshot::Receiver<Result<PublisherAnswer, ShardError>>, RuntimeError> {
-        Ok(self.try_reserve()?.publish(id, offer))
+        Ok(self.try_reserve()?.publish(id, offer, loopback))
     }
 
     /// A subscriber of `publisher` from its offer, sending `tracks`; `sources[i]` feeds
@@ -344,8 +347,14 @@ impl CommandSlot<'_> {
         self,
         id: PeerId,
         offer: String,
+        loopback: bool,
     ) -> oneshot::Receiver<Result<PublisherAnswer, ShardError>> {
-        self.send(|reply| Command::Publish { id, offer, reply })
+        self.send(|reply| Command::Publish {
+            id,
+            offer,
+            loopback,
+            reply,
+        })
     }
 
     /// See [`ShardRuntime::subscribe`].
@@ -534,10 +543,17 @@ impl State {
         self.stats.commands += 1;
         let now = Instant::now();
         match cmd {
-            Command::Publish { id, offer, reply } => {
-                let r = self.shard.add_publisher(id, &offer, now);
-                if let Ok(answer) = &r {
-                    self.forwarder.add_publisher(id, answer);
+            Command::Publish {
+                id,
+                offer,
+                loopback,
+                reply,
+            } => {
+                let r = self.shard.add_publisher(id, &offer, loopback, now);
+                match &r {
+                    Ok(answer) => self.forwarder.add_publisher(id, answer),
+                    // Whatever the crypto hook created for it (loopback).
+                    Err(_) => self.forwarder.remove(id, now),
                 }
                 let _ = reply.send(r);
             }

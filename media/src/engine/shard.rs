@@ -31,10 +31,12 @@
 //!   them; [`Shard::send_data`] sends a message on a peer's channel (rtc's SCTP queues it) and
 //!   [`Shard::data_backlog`] tells how much of a channel's sending is not acknowledged yet.
 //!   Who gets what is decided above the shard (`data.rs`).
+//! - Loopback: a publisher added with `loopback` is answered sendrecv on its send-receive
+//!   sections, each with a sent track of ours ([`PublisherAnswer::loopback`]); the shard only
+//!   negotiates it, the forwarding layer sends the media back (as to a subscriber).
 //!
-//! Not (yet) here: loopback (a publisher that also receives), track changes on renegotiation
-//! (only ICE restart), simulcast by rid (`TrackOpen.rid` is reported, nothing else), ICE-TCP,
-//! and the I/O loop itself.
+//! Not (yet) here: track changes on renegotiation (only ICE restart), simulcast by rid
+//! (`TrackOpen.rid` is reported, nothing else), ICE-TCP, and the I/O loop itself.
 //!
 //! Owns [`Shard`], [`ShardConfig`], [`ShardAddr`], [`ShardEvent`], [`Transmit`],
 //! [`FailReason`], [`ShardError`], [`ShardStats`].
@@ -214,8 +216,10 @@ pub struct ShardStats {
     pub peer_timeouts: u64,
 }
 
-/// Chooses the crypto provider of each new peer connection (`None`: rtc's default).
-pub type CryptoHook = Box<dyn FnMut(PeerId, Role) -> Option<Arc<dyn RTCCryptoProvider>> + Send>;
+/// Chooses the crypto provider of each new peer connection (`None`: rtc's default), given its
+/// id, its role and whether it sends media (a subscriber, a loopback publisher).
+pub type CryptoHook =
+    Box<dyn FnMut(PeerId, Role, bool) -> Option<Arc<dyn RTCCryptoProvider>> + Send>;
 
 /// The sans-IO shard. See the module documentation.
 pub struct Shard {
@@ -278,17 +282,19 @@ impl Shard {
     }
 
     /// Creates a publisher peer connection from the client's offer; returns our answer (with
-    /// the shard's candidates) and the sections that receive media. The candidates are also
-    /// queued as [`ShardEvent::LocalCandidate`].
+    /// the shard's candidates), the sections that receive media and, with `loopback`, the
+    /// tracks that send it back. The candidates are also queued as
+    /// [`ShardEvent::LocalCandidate`].
     pub fn add_publisher(
         &mut self,
         id: PeerId,
         offer: &str,
+        loopback: bool,
         now: Instant,
     ) -> Result<PublisherAnswer, ShardError> {
         self.check_new(id)?;
-        let crypto = self.crypto_for(id, Role::Publisher);
-        let (peer, answer) = self.factory.publisher(offer, crypto, now)?;
+        let crypto = self.crypto_for(id, Role::Publisher, loopback);
+        let (peer, answer) = self.factory.publisher(offer, loopback, crypto, now)?;
         self.insert(id, peer, now)?;
         Ok(answer)
     }
@@ -304,7 +310,7 @@ impl Shard {
         now: Instant,
     ) -> Result<SubscriberAnswer, ShardError> {
         self.check_new(id)?;
-        let crypto = self.crypto_for(id, Role::Subscriber);
+        let crypto = self.crypto_for(id, Role::Subscriber, true);
         let (peer, answer) = self.factory.subscriber(offer, tracks, crypto, now)?;
         self.insert(id, peer, now)?;
         Ok(answer)
@@ -317,8 +323,13 @@ impl Shard {
         Ok(())
     }
 
-    fn crypto_for(&mut self, id: PeerId, role: Role) -> Option<Arc<dyn RTCCryptoProvider>> {
-        self.crypto_hook.as_mut().and_then(|h| h(id, role))
+    fn crypto_for(
+        &mut self,
+        id: PeerId,
+        role: Role,
+        sends: bool,
+    ) -> Option<Arc<dyn RTCCryptoProvider>> {
+        self.crypto_hook.as_mut().and_then(|h| h(id, role, sends))
     }
 
     fn insert(&mut self, id: PeerId, mut peer: Peer, now: Instant) -> Result<(), ShardError> {
@@ -550,7 +561,7 @@ impl Shard {
         local_of(&self.config.addrs, announced)
     }
 
-    /// rtc's own send path for one RTP packet of a subscriber's track (rtc seals it; slow,
+    /// rtc's own send path for one RTP packet of a sent track (rtc seals it; slow,
     /// ~2.5 µs and 5 allocations per packet). Never mix with [`Shard::send_raw`] on one SSRC.
     pub fn write_rtp(
         &mut self,

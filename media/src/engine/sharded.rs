@@ -28,8 +28,8 @@
 //! data-channel messages on the channels its client opens (the shard's relay, `data.rs`);
 //! `data_messages_relayed` and the `DataChannelDropped` drops come from its counters.
 //!
-//! Not here yet (the per-connection engine still serves it): loopback (`doLoopback`). A
-//! loopback publish is answered without loopback tracks.
+//! Loopback (`doLoopback`) is the shard's: the publisher's answer sends its own media back on
+//! the same connection (see `forward.rs`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -226,8 +226,7 @@ impl ShardedEngine {
         }
     }
 
-    /// See [`crate::MediaRouter::publish`]. `loopback` is not supported here yet (the answer
-    /// receives only).
+    /// See [`crate::MediaRouter::publish`].
     pub async fn publish(
         &self,
         key: EndpointKey,
@@ -236,18 +235,12 @@ impl ShardedEngine {
         events: mpsc::Sender<MediaEvent>,
     ) -> Result<String, PublishError> {
         crate::parse_offer(offer.clone()).map_err(PublishError::InvalidOffer)?;
-        if loopback {
-            debug!(
-                endpoint = key.0,
-                "loopback not supported by the sharded engine yet"
-            );
-        }
         let shard = self.place(key);
         let token = self
             .reserve(key, shard, Role::Publisher(None), events)
             .ok_or(PublishError::AlreadyExists)?;
         let reply = match self.runtimes[shard].reserve().await {
-            Ok(slot) => slot.publish(PeerId(key.0), offer),
+            Ok(slot) => slot.publish(PeerId(key.0), offer, loopback),
             Err(e) => {
                 self.unreserve(key, token);
                 return Err(runtime_to_publish(e));

@@ -166,6 +166,24 @@ pub fn add_send_tracks(
     stream_id: &str,
     tracks: [(RtpCodecKind, RTCRtpCodec, u32); 2],
 ) -> Vec<(RtpCodecKind, RTCRtpSenderId, u32)> {
+    add_tracks(pc, stream_id, tracks, RTCRtpTransceiverDirection::Sendonly)
+}
+
+/// As [`add_send_tracks`], sendrecv (a loopback publisher: it also receives on each).
+pub fn add_sendrecv_tracks(
+    pc: &mut RTCPeerConnection,
+    stream_id: &str,
+    tracks: [(RtpCodecKind, RTCRtpCodec, u32); 2],
+) -> Vec<(RtpCodecKind, RTCRtpSenderId, u32)> {
+    add_tracks(pc, stream_id, tracks, RTCRtpTransceiverDirection::Sendrecv)
+}
+
+fn add_tracks(
+    pc: &mut RTCPeerConnection,
+    stream_id: &str,
+    tracks: [(RtpCodecKind, RTCRtpCodec, u32); 2],
+    direction: RTCRtpTransceiverDirection,
+) -> Vec<(RtpCodecKind, RTCRtpSenderId, u32)> {
     let mut senders = Vec::new();
     for (k, codec, s) in tracks {
         let track = MediaStreamTrack::new(
@@ -186,7 +204,7 @@ pub fn add_send_tracks(
             .add_transceiver_from_track(
                 track,
                 Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    direction,
                     streams: vec![],
                     send_encodings: vec![],
                 }),
