@@ -76,7 +76,7 @@ struct Record {
 /// and records rtc-srtp's key derivation, so that [`SrtpKeyCapture::keys_of`] can return that
 /// connection's SRTP keys once its DTLS handshake completed.
 ///
-/// ```ignore
+/// ```text
 /// let capture = SrtpKeyCapture::new(rtc::crypto::default_provider()?);
 /// let settings = SettingEngineBuilder::new().with_crypto_provider(capture.provider()).build();
 /// // ... build the peer connection with `settings`, drive it until Connected, then:
