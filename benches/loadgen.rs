@@ -15,8 +15,8 @@
 //!   --server S        roomd | janus | both (default roomd)
 //!   --seconds N       measured window per scenario (default 5; plus ~2 s warm-up)
 //!   --ramp LIST       viewer counts for `ramp` (default 10,25,50,100,200,300,400,500,600)
-//!   --engine E        roomd's media engine: per-connection | sharded (default per-connection;
-//!                     sharded runs one shard, as roomd has one core here)
+//!   --engine E        roomd's media engine: sharded | per-connection (default sharded, with
+//!                     one shard, as roomd has one core here)
 //!   --no-reference    skip the reference-forwarder runs
 //!   --smoke           1 room x 2 against roomd for ~5 s; exit 1 unless media flows both ways
 //! ```
@@ -1795,7 +1795,7 @@ fn opts() -> Opts {
             .unwrap_or_else(|| vec![10, 25, 50, 100, 200, 300, 400, 500, 600]),
         reference: !has("--no-reference"),
         smoke: has("--smoke") || !explicit,
-        engine: arg("--engine").unwrap_or_else(|| "per-connection".into()),
+        engine: arg("--engine").unwrap_or_else(|| "sharded".into()),
     }
 }
 
@@ -1805,7 +1805,8 @@ fn main() {
     }
     let o = opts();
     let engine_args = match o.engine.as_str() {
-        "sharded" => vec![
+        "per-connection" => vec!["--media-engine".to_owned(), "per-connection".to_owned()],
+        _ => vec![
             "--media-engine".to_owned(),
             "sharded".to_owned(),
             "--media-shards".to_owned(),
@@ -1813,7 +1814,6 @@ fn main() {
             "--rtc-udp-port".to_owned(),
             "0".to_owned(),
         ],
-        _ => Vec::new(),
     };
     let _ = ROOMD_ENGINE_ARGS.set(engine_args);
     raise_fd_limit();

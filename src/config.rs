@@ -95,11 +95,11 @@ pub struct Config {
     /// Highest UDP port for media peer connections.
     #[arg(long, env = "ROOMD_RTC_PORT_MAX", default_value_t = 40999)]
     pub rtc_port_max: u16,
-    /// Media engine: `per-connection` (one UDP port and webrtc-rs peer connection per
-    /// endpoint, from `--rtc-port-min`..`--rtc-port-max`; everything incl. loopback and data
-    /// channels) or `sharded` (one thread and one UDP port per shard from `--rtc-udp-port`;
-    /// loopback included, no data-channel relay yet).
-    #[arg(long, env = "ROOMD_MEDIA_ENGINE", value_enum, default_value_t = MediaEngine::PerConnection)]
+    /// Media engine: `sharded` (one thread and one UDP port per shard from `--rtc-udp-port`,
+    /// every peer connection of a room on one shard) or `per-connection` (the former engine:
+    /// one UDP port from `--rtc-port-min`..`--rtc-port-max` and one webrtc-rs peer connection
+    /// with its own tasks per endpoint).
+    #[arg(long, env = "ROOMD_MEDIA_ENGINE", value_enum, default_value_t = MediaEngine::Sharded)]
     pub media_engine: MediaEngine,
     /// Sharded engine: number of shards (threads with one UDP port each); default: the number
     /// of cores.
@@ -194,8 +194,8 @@ impl Default for Config {
 /// `--media-engine`: which media engine serves publish/subscribe.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum MediaEngine {
-    #[default]
     PerConnection,
+    #[default]
     Sharded,
 }
 

@@ -1,5 +1,6 @@
-//! Proof in a real browser: starts roomd in-process on 127.0.0.1:0 and runs the headless-Chromium
-//! suite of `tests/browser/run.mjs` against it (the built-in demo page at `/`, the same page
+//! Proof in a real browser: starts roomd in-process on 127.0.0.1:0 (default, sharded media
+//! engine) and runs the headless-Chromium suite of `tests/browser/run.mjs` against it, a
+//! 60-second call checked every 5 s among its scenarios (the built-in demo page at `/`, the same page
 //! over HTTPS/`wss://` from a second roomd with a throw-away certificate, and a page built on the
 //! real kurento-jsonrpc + kurento-utils client libraries). Fails when the harness fails
 //! or overruns its bound; the harness output is streamed to stderr as it runs.

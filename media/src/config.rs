@@ -31,11 +31,11 @@ pub struct MediaConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EngineKind {
     /// One webrtc-rs peer connection with its own UDP port and tasks per endpoint (`port_min`
-    /// ..`port_max`). Serves everything, loopback and data channels included.
-    #[default]
+    /// ..`port_max`): the former engine, kept selectable while the sharded one beds in.
     PerConnection,
-    /// Shard threads on the sans-IO `rtc` core, one UDP port each (`shards`, `udp_port`).
-    /// Loopback included; not yet: data-channel relay.
+    /// Shard threads on the sans-IO `rtc` core, one UDP port each (`shards`, `udp_port`):
+    /// publish, subscribe, loopback, data channels, trickle ICE, NACK, keyframe requests.
+    #[default]
     Sharded,
 }
 
@@ -47,7 +47,7 @@ impl Default for MediaConfig {
             port_min: 40000,
             port_max: 40999,
             keyframe_request_interval: Duration::from_millis(500),
-            engine: EngineKind::PerConnection,
+            engine: EngineKind::Sharded,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             udp_port: 40000,
         }

@@ -1,5 +1,11 @@
 //! In-process SFU: WebRTC peer connections (webrtc-rs 0.21) and RTP fan-out.
 //!
+//! Two engines serve the same [`MediaRouter`] API, chosen by [`MediaConfig::engine`]: the
+//! sharded engine of [`engine`] (the default: shard threads, one UDP port each, sans-IO `rtc`
+//! peer connections, our own forwarding path) and the per-connection engine of the modules
+//! below (one webrtc-rs peer connection, UDP port and set of tasks per endpoint), which stays
+//! selectable until it is deleted. The rest of this page describes the per-connection engine.
+//!
 //! Owns publisher endpoints (one peer connection per publishing client: the client offers, we
 //! answer), subscriber endpoints (one peer connection per subscription, fed from a publisher's
 //! tracks), loopback, ICE, keyframe requests and the forwarding hot path. Does not own rooms,

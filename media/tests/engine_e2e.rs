@@ -95,18 +95,8 @@ impl Client {
         Self::build(kind, loopback, addr, cert, now, None)
     }
 
-    /// A client that also opens a data channel labelled `channel` (its offer has a data
-    /// section).
-    fn with_channel(
-        kind: Kind,
-        addr: SocketAddr,
-        cert: &RTCCertificate,
-        now: Instant,
-        channel: Option<&str>,
-    ) -> (Self, String) {
-        Self::build(kind, false, addr, cert, now, channel)
-    }
-
+    /// `new`, and with `channel` the client also opens a data channel with that label (its
+    /// offer then has a data section).
     fn build(
         kind: Kind,
         loopback: bool,

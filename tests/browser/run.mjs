@@ -391,7 +391,7 @@ scenario('four-all-to-all', async (ctx) => {
 });
 
 // A call that lasts (LONG_CALL_SECONDS, default 60): every 5-second window, both sides decode
-// video and receive audio from the other. Opt-in: `--only long-call`.
+// video and receive audio from the other.
 const LONG_CALL_SECONDS = Number(process.env.LONG_CALL_SECONDS || 60);
 scenario('long-call', async (ctx) => {
   const room = uniqueRoom('long');
@@ -421,7 +421,7 @@ scenario('long-call', async (ctx) => {
     prev = now;
   }
   ctx.note(`${windows} windows of 5 s (${LONG_CALL_SECONDS} s): video and audio both ways in every one; slowest window ${minFps.toFixed(1)} fps, ${minAudio.toFixed(0)} audio packets/s`);
-}, { optIn: true, limitMs: (LONG_CALL_SECONDS + 40) * 1000 });
+}, { limitMs: (LONG_CALL_SECONDS + 40) * 1000 });
 
 scenario('loopback', async (ctx) => {
   const room = uniqueRoom('loop');

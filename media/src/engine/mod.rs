@@ -1,10 +1,9 @@
 //! The media engine v2: sharded, on the sans-IO `rtc` core, with our own forwarding fast path
-//! (see BENCHMARKS.md §4 for why). [`crate::MediaRouter`] runs on it when configured to
-//! (`--media-engine sharded`, through `sharded`); the per-connection engine in the rest of this
-//! crate is still the default. Publish (with or without loopback, the publisher's own media
-//! sent back on its connection), subscribe, trickle and release are served here; data-channel
-//! relay is not yet. The switch-over (and the removal of the old engine) is the remaining work
-//! of the media-engine issue.
+//! (see BENCHMARKS.md §4 for why). [`crate::MediaRouter`] runs on it by default
+//! ([`crate::EngineKind::Sharded`], through `sharded`): publish (with or without loopback),
+//! subscribe, trickle ICE, data-channel relay and release. The per-connection engine in the
+//! rest of this crate stays selectable (`--media-engine per-connection`) until it is deleted,
+//! the remaining step of the media-engine issue.
 //!
 //! Modules, each owning one thing:
 //! - `wire`: newtypes for wire values (`Ssrc`, `Pt`, `SeqNo`, `Mid`).
