@@ -701,6 +701,8 @@ mod tests {
             reconnection_grace_ms: 500,
             requests_per_second: 10,
             request_burst: 5,
+            // Tests run in parallel: each server's media shards on ports of their own.
+            rtc_udp_port: 0,
             ..crate::Config::default()
         }
     }
