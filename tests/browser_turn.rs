@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -28,25 +28,6 @@ const COTURN_READY_BOUND: Duration = Duration::from_secs(10);
 /// other tests' ranges.
 const RTC_PORTS: (u16, u16) = (44_000, 44_199);
 const RELAY_PORTS: (u16, u16) = (44_200, 44_399);
-
-/// Copies `from` line by line into `log`, and to this process's stderr when `echo` (bypassing
-/// libtest's capture, so the scenario's result shows up even when the test passes).
-fn pump(
-    from: impl Read + Send + 'static,
-    log: Arc<Mutex<String>>,
-    echo: Option<&'static str>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(from).lines().map_while(Result::ok) {
-            if let Some(prefix) = echo {
-                let _ = writeln!(std::io::stderr(), "{prefix}| {line}");
-            }
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_str(&(line + "\n"));
-        }
-    })
-}
 
 fn text(log: &Arc<Mutex<String>>) -> String {
     log.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -137,7 +118,7 @@ impl Coturn {
         ]
         .into_iter()
         .flatten()
-        .map(|out| pump(out, Arc::clone(&log), None))
+        .map(|out| common::browser::pump(out, Arc::clone(&log), None))
         .collect();
         let mut coturn = Self {
             child,
@@ -201,14 +182,10 @@ impl Coturn {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_call_through_turn_relay_only() {
     let started = Instant::now();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    common::browser::harness_dir();
     assert!(
-        Path::new(&chromium).exists()
-            && Path::new(TURNSERVER).exists()
-            && dir.join("node_modules/playwright-core").exists(),
-        "browser test prerequisites missing ({chromium}, {TURNSERVER}, tests/browser/node_modules): \
-         run `bash tests/browser/setup.sh` (or `bash tests/run.sh`)"
+        Path::new(TURNSERVER).exists(),
+        "{TURNSERVER} missing: run `bash tests/browser/setup.sh` (or `bash tests/run.sh`)"
     );
 
     let secret = format!("{:032x}", rand::random::<u128>());
@@ -224,78 +201,21 @@ async fn browser_call_through_turn_relay_only() {
     let server = common::start_server_with(config).await;
     let url = format!("http://{}", server.addr);
 
-    let mut harness = Command::new("node")
-        .args(["run.mjs", "--url", &url, "--only", "turn-relay"])
-        // The harness aborts itself before the bound below.
-        .env(
-            "BROWSER_SUITE_LIMIT_MS",
-            (HARNESS_BOUND - Duration::from_secs(5))
-                .as_millis()
-                .to_string(),
-        )
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node (is Node.js installed?)");
-    let log = Arc::new(Mutex::new(String::new()));
-    let pumps = [
-        pump(
-            std::fs::File::from(
-                harness
-                    .stdout
-                    .take()
-                    .expect("piped stdout")
-                    .into_owned_fd()
-                    .expect("stdout pipe"),
-            ),
-            Arc::clone(&log),
-            Some("browser"),
-        ),
-        pump(
-            std::fs::File::from(
-                harness
-                    .stderr
-                    .take()
-                    .expect("piped stderr")
-                    .into_owned_fd()
-                    .expect("stderr pipe"),
-            ),
-            Arc::clone(&log),
-            Some("browser"),
-        ),
-    ];
-    let status = match tokio::time::timeout(HARNESS_BOUND, harness.wait()).await {
-        Ok(status) => Some(status.expect("wait for the harness")),
-        Err(_) => {
-            let _ = harness.kill().await;
-            None
-        }
-    };
-    for p in pumps {
-        let _ = p.join();
-    }
+    // The harness aborts itself before the bound.
+    let limit = (HARNESS_BOUND - Duration::from_secs(5))
+        .as_millis()
+        .to_string();
+    let outcome = common::browser::try_run_harness(
+        &["--url", &url, "--only", "turn-relay"],
+        &[("BROWSER_SUITE_LIMIT_MS", &limit)],
+        HARNESS_BOUND,
+    )
+    .await;
     drop(server);
     let (coturn_exited, coturn_log) = coturn.stop().await;
-
-    let output = text(&log);
-    match status {
-        None => panic!(
-            "the turn-relay scenario exceeded {} s and was killed; output:\n{output}\n\
-             coturn:\n{coturn_log}",
-            HARNESS_BOUND.as_secs()
-        ),
-        Some(s) if !s.success() => {
-            panic!("the turn-relay scenario failed ({s}); output:\n{output}\ncoturn:\n{coturn_log}")
-        }
-        Some(_) => {}
+    if let Err(failure) = outcome {
+        panic!("the turn-relay scenario: {failure}\ncoturn:\n{coturn_log}");
     }
-    assert!(
-        output.contains("1 passed, 0 failed"),
-        "the turn-relay scenario did not run; output:\n{output}"
-    );
     assert!(
         coturn_exited.is_none(),
         "coturn exited during the call ({coturn_exited:?}):\n{coturn_log}"

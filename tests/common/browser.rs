@@ -25,11 +25,18 @@ pub fn harness_dir() -> PathBuf {
     dir
 }
 
-/// Copies `from` line by line to this process's stderr and into `log`.
-fn pump(from: impl Read + Send + 'static, log: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
+/// Copies `from` line by line into `log`, and to this process's stderr with `echo` as prefix
+/// when given (past libtest's capture, so results show up even when the test passes).
+pub fn pump(
+    from: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    echo: Option<&'static str>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(from).lines().map_while(Result::ok) {
-            let _ = writeln!(std::io::stderr(), "browser| {line}");
+            if let Some(prefix) = echo {
+                let _ = writeln!(std::io::stderr(), "{prefix}| {line}");
+            }
             log.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push_str(&(line + "\n"));
@@ -40,6 +47,17 @@ fn pump(from: impl Read + Send + 'static, log: Arc<Mutex<String>>) -> std::threa
 /// Runs `node run.mjs <args>` with `env` added, waits at most `bound`, and returns its output
 /// once it exited successfully with a `N passed, 0 failed` line; panics otherwise.
 pub async fn run_harness(args: &[&str], env: &[(&str, &str)], bound: Duration) -> String {
+    try_run_harness(args, env, bound)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// [`run_harness`], with what went wrong (and the output) as the error instead of a panic.
+pub async fn try_run_harness(
+    args: &[&str],
+    env: &[(&str, &str)],
+    bound: Duration,
+) -> Result<String, String> {
     let dir = harness_dir();
     let mut child = Command::new("node")
         .arg("run.mjs")
@@ -59,10 +77,12 @@ pub async fn run_harness(args: &[&str], env: &[(&str, &str)], bound: Duration) -
         pump(
             std::fs::File::from(stdout.into_owned_fd().expect("stdout pipe")),
             Arc::clone(&log),
+            Some("browser"),
         ),
         pump(
             std::fs::File::from(stderr.into_owned_fd().expect("stderr pipe")),
             Arc::clone(&log),
+            Some("browser"),
         ),
     ];
     // Bounded wait; the servers keep running on the test runtime's workers meanwhile.
@@ -78,16 +98,14 @@ pub async fn run_harness(args: &[&str], env: &[(&str, &str)], bound: Duration) -
     }
     let output = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match status {
-        None => panic!(
+        None => Err(format!(
             "browser harness exceeded {} s and was killed; output:\n{output}",
             bound.as_secs()
-        ),
-        Some(s) if !s.success() => panic!("browser harness failed ({s}); output:\n{output}"),
-        Some(_) => {}
+        )),
+        Some(s) if !s.success() => Err(format!("browser harness failed ({s}); output:\n{output}")),
+        Some(_) if !output.contains(" passed, 0 failed") => Err(format!(
+            "browser harness reported no result line; output:\n{output}"
+        )),
+        Some(_) => Ok(output),
     }
-    assert!(
-        output.contains(" passed, 0 failed"),
-        "browser harness reported no result line; output:\n{output}"
-    );
-    output
 }

@@ -807,6 +807,17 @@ impl Leg {
         self.start_waiting();
     }
 
+    /// The publisher's stream resumed at `seq` after an outage, the packets before it lost for
+    /// good: a gated (video) leg rebases as for a sequence restart — `seq` takes the next
+    /// output number, so the receiver has no gap to NACK and wait for — and waits for the
+    /// keyframe it then asks for. Ungated legs keep their numbering (their receivers do not
+    /// wait for missing packets).
+    pub fn resume_after_outage(&mut self, seq: SeqNo) {
+        if self.gate_on_keyframes && self.source.is_some() {
+            self.restart_sequence(seq);
+        }
+    }
+
     fn restart_sequence(&mut self, seq: SeqNo) {
         self.stats.sequence_restarts += 1;
         self.max_src = seq.wrapping_add(u16::MAX);

@@ -57,6 +57,7 @@ use crate::codecs::{
 
 use super::shard::{FailReason, ShardEvent, Transmit};
 use super::wire::{Mid, Pt, Ssrc};
+use crate::keyframe::{NackFilter, NACK_FILTER_SLOT};
 
 /// A peer connection's id, chosen by the shard's owner (unique within a shard).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -269,6 +270,9 @@ pub fn default_registry(role: Role) -> Registry {
     if role == Role::Publisher {
         r = r
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            // NACKs neither for what an outage swallowed nor forever (a PLI instead): the
+            // per-connection engine's filter, see `crate::keyframe`.
+            .with(NACK_FILTER_SLOT.into(), NackFilter::default())
             .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
     }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
 
 use super::keyframe::{is_keyframe_start, Codec, KeyframeRequester, KeyframeStats};
+use crate::keyframe::OutageDetector;
 use super::leg::{DropReason, Leg, LegId, Outbound, Sent};
 use super::nack_ring::{self, NackRing, NotStored, RingId};
 use super::sender_report::{PublisherClock, SenderReport};
@@ -203,6 +204,8 @@ pub struct TrackStats {
     pub sender_reports_in: u64,
     /// Sender reports produced for legs.
     pub sender_reports_out: u64,
+    /// Resumptions after an outage with packets lost (gated legs rebased, keyframe asked).
+    pub outages: u64,
 }
 
 const NO_PT: u8 = 0xFF;
@@ -223,6 +226,9 @@ pub struct Track {
     next_sr: Option<Instant>,
     /// Since when at least one leg waits for a keyframe.
     waiting_since: Option<Instant>,
+    /// Notices the stream resuming after an outage with packets lost (see `resume_after_outage`
+    /// in `leg.rs`); the same rule as the per-connection engine's.
+    outage: OutageDetector,
     stats: TrackStats,
 }
 
@@ -250,6 +256,7 @@ impl Track {
             sr_interval: config.sender_report_interval,
             next_sr: None,
             waiting_since: None,
+            outage: OutageDetector::default(),
             stats: TrackStats::default(),
         }
     }
@@ -350,6 +357,12 @@ impl Track {
             self.keyframes.on_keyframe();
         }
         self.source = Some(p.ssrc);
+        if p.gateable && self.outage.on_packet(p.seq.0, now).is_some() {
+            self.stats.outages += 1;
+            for leg in &mut self.legs {
+                leg.resume_after_outage(p.seq);
+            }
+        }
         let mut sent = 0;
         let mut any_waiting = false;
         for leg in &mut self.legs {
@@ -780,6 +793,48 @@ mod tests {
         assert_eq!(s2.keyframe_waits, 2);
         assert_eq!(track.keyframe_stats().sent, 2);
         assert_eq!(track.stats().forwarded, 2 + 2 + 1 + 1 + 2);
+    }
+
+    #[test]
+    fn a_stream_resuming_after_an_outage_leaves_no_gap_and_asks_for_a_keyframe_at_once() {
+        let t0 = Instant::now();
+        let mut track = vp8_track();
+        let mut eg = Rec::new();
+        track.add_leg(video_leg(1, 100, t0), t0);
+        assert!(track.poll_keyframe_request(t0));
+        track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
+        track.on_rtp(&pkt(SRC, 2, VP8_DELTA), t0, &mut eg).unwrap();
+        assert_eq!(eg.seqs(LegId(1)), [100, 101]);
+
+        // A pause without loss is no outage: nothing asked, numbering goes on.
+        let t1 = t0 + Duration::from_secs(2);
+        track.on_rtp(&pkt(SRC, 3, VP8_DELTA), t1, &mut eg).unwrap();
+        assert_eq!(eg.seqs(LegId(1)), [102]);
+        assert!(!track.poll_keyframe_request(t1));
+
+        // 3 s of silence, then the stream jumps over 300 packets the outage swallowed.
+        let t2 = t1 + Duration::from_secs(3);
+        assert_eq!(track.on_rtp(&pkt(SRC, 304, VP8_DELTA), t2, &mut eg), Ok(0));
+        assert!(
+            track.poll_keyframe_request(t2),
+            "asked at once, not after a retry"
+        );
+        // The swallowed packets, retransmitted late by the publisher, go nowhere.
+        assert_eq!(track.on_rtp(&pkt(SRC, 200, VP8_DELTA), t2, &mut eg), Ok(0));
+        assert_eq!(track.on_rtp(&pkt(SRC, 305, VP8_KEY), t2, &mut eg), Ok(1));
+        assert_eq!(
+            eg.seqs(LegId(1)),
+            [103],
+            "the keyframe takes the next number: no gap for the receiver to NACK"
+        );
+        assert_eq!(track.stats().outages, 1);
+        // Later gaps are ordinary losses: numbers reserved, no keyframe asked.
+        let t3 = t2 + Duration::from_millis(20);
+        track.on_rtp(&pkt(SRC, 306, VP8_DELTA), t3, &mut eg).unwrap();
+        track.on_rtp(&pkt(SRC, 308, VP8_DELTA), t3, &mut eg).unwrap();
+        assert_eq!(eg.seqs(LegId(1)), [104, 106]);
+        assert!(!track.poll_keyframe_request(t3));
+        assert_eq!(track.stats().outages, 1);
     }
 
     /// The leg for the byte-identity and RTX tests: extensions stamped and remapped, a mid.
