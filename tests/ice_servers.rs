@@ -139,6 +139,7 @@ async fn turn_without_credentials_refuses_to_start() {
         .expect("bind loopback");
     let config = roomd::Config {
         ice_servers: vec!["turn:turn.example.org:3478".into()],
+        rtc_udp_port: 0,
         ..roomd::Config::default()
     };
     let err = tokio::time::timeout(

@@ -40,6 +40,8 @@ impl TestCert {
         roomd::Config {
             tls_cert: Some(self.cert()),
             tls_key: Some(self.key()),
+            // Media shards on ports of their own (tests run in parallel).
+            rtc_udp_port: 0,
             ..roomd::Config::default()
         }
     }

@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
 
 use super::keyframe::{is_keyframe_start, Codec, KeyframeRequester, KeyframeStats};
-use crate::keyframe::OutageDetector;
 use super::leg::{DropReason, Leg, LegId, Outbound, Sent};
 use super::nack_ring::{self, NackRing, NotStored, RingId};
 use super::sender_report::{PublisherClock, SenderReport};
 use super::wire::{Pt, SeqNo, Ssrc};
+use crate::keyframe::OutageDetector;
 
 /// One clear RTP packet of the publisher, parsed once and seen by every leg.
 #[derive(Clone, Copy, Debug)]
@@ -830,8 +830,12 @@ mod tests {
         assert_eq!(track.stats().outages, 1);
         // Later gaps are ordinary losses: numbers reserved, no keyframe asked.
         let t3 = t2 + Duration::from_millis(20);
-        track.on_rtp(&pkt(SRC, 306, VP8_DELTA), t3, &mut eg).unwrap();
-        track.on_rtp(&pkt(SRC, 308, VP8_DELTA), t3, &mut eg).unwrap();
+        track
+            .on_rtp(&pkt(SRC, 306, VP8_DELTA), t3, &mut eg)
+            .unwrap();
+        track
+            .on_rtp(&pkt(SRC, 308, VP8_DELTA), t3, &mut eg)
+            .unwrap();
         assert_eq!(eg.seqs(LegId(1)), [104, 106]);
         assert!(!track.poll_keyframe_request(t3));
         assert_eq!(track.stats().outages, 1);
