@@ -202,9 +202,11 @@ fn setting_engine(suite: Suite) -> SettingEngine {
     };
     // A browser sends its first connectivity checks within a few ms of getting the answer;
     // rtc's default 200 ms check interval would make the generator's own pace the join time.
+    // And it keeps checking for tens of seconds (Chrome: 39.5 s); rtc's default gives up after
+    // 7 requests, which a server busy answering a burst of hundreds of joins can outlast.
     SettingEngineBuilder::new()
         .with_srtp_protection_profiles(vec![profile])
-        .with_ice_connection_attempts(Some(Duration::from_millis(20)), Some(50))
+        .with_ice_connection_attempts(Some(Duration::from_millis(20)), Some(500))
         .build()
 }
 
