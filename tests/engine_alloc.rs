@@ -272,6 +272,7 @@ fn forwarder_allocates_nothing_per_packet() {
                 publisher,
                 mid: Mid("1".into()),
             }],
+            now,
         );
         fw.install_keys(sub, &keys).expect("keys");
         fw.set_path(

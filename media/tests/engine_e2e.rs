@@ -421,7 +421,7 @@ impl Sim {
                     channel.is_some(),
                     "data section answered as offered"
                 );
-                self.fw.add_subscriber(id, &ans, &sources);
+                self.fw.add_subscriber(id, &ans, &sources, self.now);
                 if ans.data {
                     self.data.add_subscriber(id, *pid);
                 }
@@ -706,21 +706,23 @@ fn a_nack_for_a_dropped_packet_is_answered_with_the_same_bytes() {
 #[test]
 fn a_late_subscriber_attaches_on_connect_and_removal_detaches() {
     let (mut sim, p, subs) = Sim::with_subscribers(1);
-    sim.publish(p, 10);
+    let (before, _) = sim.publish(p, 10);
     let plis_before = sim.clients[p].plis().len();
     let late = sim.join(Kind::Subscriber);
     assert!(sim.run_until(Duration::from_secs(5), Sim::all_connected));
+    sim.run_for(Duration::from_millis(20));
     assert_eq!(sim.fw.attached_legs(PeerId(late as u64)), 2);
-    // Keep publishing deltas until the request is answered by the next keyframe (every 30).
     let (v, a) = sim.publish(p, 40);
+    // Asked when the subscription was created (sent once the 500 ms interval allowed it).
     assert!(
         sim.clients[p].plis().len() > plis_before,
-        "a keyframe was requested for the late leg"
+        "a keyframe was asked for the late subscription"
     );
+    // The publisher's keyframe (its packet 1) is still in the ring and recent (< 500 ms) when
+    // the late leg attaches: the leg starts there, with everything after it, no gap.
     let c = &sim.clients[late];
-    let first_key = *v.iter().find(|s| (*s - 1) % 30 == 0).expect("a keyframe");
-    let from = v.iter().position(|s| *s == first_key).expect("sent");
-    assert_stream(&c.video_rx(), &v[from..], true, "late subscriber video");
+    let all: Vec<u16> = before.iter().chain(&v).copied().collect();
+    assert_stream(&c.video_rx(), &all, true, "late subscriber video");
     assert_stream(&c.audio_rx(), &a, false, "late subscriber audio");
     assert_stream(
         &sim.clients[subs[0]].audio_rx()[10..],
@@ -742,6 +744,8 @@ fn a_late_subscriber_attaches_on_connect_and_removal_detaches() {
             .map_or(0, |t| t.legs().len())
     };
     assert_eq!(legs(&sim), 1);
+    let track = sim.fw.track(PeerId(p as u64), &mid).expect("video track");
+    assert_eq!(track.stats().replays, 1, "{:?}", track.stats());
     let before = sim.clients[late].rtp.len();
     sim.publish(p, 5);
     assert_eq!(sim.clients[late].rtp.len(), before);

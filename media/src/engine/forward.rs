@@ -6,7 +6,9 @@
 //! ```text
 //!  shard.poll_event() ──▶ Forwarder::handle_event ──▶ (other events back to the owner)
 //!        TrackOpen (publisher)  → a Track
-//!        Connected (subscriber) → SRTP keys captured → sealer → its legs attached (keyframe asked)
+//!        subscriber answered    → its sources' tracks primed (keyframe asked ahead)
+//!        Connected (subscriber) → SRTP keys captured → sealer → its legs attached (video
+//!                                 `attach_delay` later: from a recent stored keyframe, or asking)
 //!          (loopback publisher: the same, for its own legs)
 //!        RtpIn                  → Track::on_rtp → per leg: copy + rewrite → seal → transmit queue
 //!        RtcpIn (subscriber)    → NACK → on_nack (retransmission, same queue); PLI/FIR →
@@ -87,6 +89,13 @@ pub struct ForwardConfig {
     pub path_refresh: Duration,
     /// Sender SSRC of the PLIs sent to publishers.
     pub rtcp_ssrc: Ssrc,
+    /// How long after a subscriber's DTLS completes its video legs attach (audio legs attach
+    /// at once). SRTP sent right behind our last DTLS flight can reach a client that reads both
+    /// in one batch and installs its keys only after the batch: what came before is dropped,
+    /// and a dropped keyframe (a joining video leg starts with one, see [`Track::add_leg`])
+    /// costs a new request. Video lost meanwhile costs nothing: the leg would wait for a
+    /// keyframe anyway, and a recent one is sent with everything after it.
+    pub attach_delay: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -96,6 +105,7 @@ impl Default for ForwardConfig {
             buffer_size: 1600,
             path_refresh: Duration::from_millis(250),
             rtcp_ssrc: Ssrc(1),
+            attach_delay: Duration::from_millis(10),
         }
     }
 }
@@ -181,6 +191,9 @@ struct Sub {
     path: Option<(SocketAddr, SocketAddr)>,
     transport_seq: u16,
     epoch: Instant,
+    /// When its video legs may attach (set at its first `Connected`:
+    /// [`ForwardConfig::attach_delay`]).
+    attach_at: Option<Instant>,
     legs: Vec<SubLeg>,
 }
 
@@ -236,6 +249,8 @@ pub struct Forwarder {
     scratch: Vec<u8>,
     reports: Vec<(LegId, SenderReport)>,
     next_path_refresh: Option<Instant>,
+    /// The earliest [`Sub::attach_at`] still to come.
+    next_attach: Option<Instant>,
     /// The earliest track timer, cached (never later than the truth; may be earlier, which
     /// only costs a wake-up): recomputed in full on timeouts and on rare events, lowered by the
     /// RTP hot path for the one track it touched.
@@ -261,6 +276,7 @@ impl Forwarder {
             tx,
             reports: Vec::new(),
             next_path_refresh: None,
+            next_attach: None,
             tracks_timeout: None,
             stats: ForwardStats::default(),
         }
@@ -333,10 +349,26 @@ impl Forwarder {
         self.add_sub(peer, &answer.sdp, &answer.loopback, &sources);
     }
 
-    /// A subscriber the shard answered; `sources[i]` is where the shard's `OutTrack` number
-    /// `i` comes from. Its legs attach once it is connected and their tracks are open.
-    pub fn add_subscriber(&mut self, peer: PeerId, answer: &SubscriberAnswer, sources: &[Source]) {
+    /// A subscriber the shard answered at `now`; `sources[i]` is where the shard's `OutTrack`
+    /// number `i` comes from. Its legs attach once it is connected and their tracks are open;
+    /// meanwhile their open tracks are primed (a keyframe asked for now, see [`Track::prime`]).
+    pub fn add_subscriber(
+        &mut self,
+        peer: PeerId,
+        answer: &SubscriberAnswer,
+        sources: &[Source],
+        now: Instant,
+    ) {
         self.add_sub(peer, &answer.sdp, &answer.tracks, sources);
+        for source in sources {
+            let Some(key) = self.by_mid.get(&(source.publisher, source.mid.clone())) else {
+                continue;
+            };
+            if let Some(track) = self.tracks.get_mut(key).and_then(|t| t.track.as_mut()) {
+                track.prime(now);
+            }
+        }
+        self.recompute_timeout();
     }
 
     /// A [`Sub`] sending `sent` (a subscriber's tracks, a loopback publisher's), each from
@@ -368,6 +400,7 @@ impl Forwarder {
                 path: None,
                 transport_seq: rand::random(),
                 epoch: Instant::now(),
+                attach_at: None,
                 legs,
             },
         );
@@ -495,6 +528,8 @@ impl Forwarder {
                 .collect();
             let mut cfg = TrackConfig::new(clock_rate, codecs);
             if t.kind == MediaKind::Audio {
+                // Audio is never NACKed (our answers give it no `nack` feedback): its ring only
+                // catches duplicates, and its arena (a sixteenth of this) never grows.
                 cfg.ring_capacity = 128;
             }
             t.track = Some(Track::new(&cfg));
@@ -508,7 +543,8 @@ impl Forwarder {
             let local = shard.local_of(path.announced);
             self.set_path(peer, local, path.remote);
         }
-        if self.subs.contains_key(&peer) {
+        if let Some(sub) = self.subs.get_mut(&peer) {
+            sub.attach_at.get_or_insert(now + self.config.attach_delay);
             self.try_keys(shard, peer, now);
             self.attach_pending(now);
             self.poll_keyframes(shard, now);
@@ -547,13 +583,19 @@ impl Forwarder {
         }
     }
 
-    /// Attaches every leg whose subscriber is ready and whose track is open.
+    /// Attaches every leg whose subscriber is ready and whose track is open (a video leg may
+    /// be sent a stored keyframe at once, see [`Track::add_leg`]).
     fn attach_pending(&mut self, now: Instant) {
-        for (sid, sub) in &mut self.subs {
+        // Found first, attached after: attaching may send, which borrows the subscribers.
+        let mut ready = Vec::new();
+        self.next_attach = None;
+        for (sid, sub) in &self.subs {
             if sub.sealer.is_none() || sub.path.is_none() {
                 continue;
             }
-            for l in &mut sub.legs {
+            // Video legs wait for `attach_at` (they start with a keyframe); audio does not.
+            let video_due = sub.attach_at.is_none_or(|at| at <= now);
+            for (i, l) in sub.legs.iter().enumerate() {
                 if l.attached.is_some() {
                     continue;
                 }
@@ -561,20 +603,40 @@ impl Forwarder {
                 else {
                     continue;
                 };
-                let Some(t) = self.tracks.get_mut(&key) else {
+                let Some(t) = self.tracks.get(&key) else {
                     continue;
                 };
-                let Some(track) = t.track.as_mut() else {
+                let Some(track) = t.track.as_ref() else {
                     continue;
                 };
+                if t.kind == MediaKind::Video && !video_due {
+                    if let Some(at) = sub.attach_at {
+                        self.next_attach = Some(self.next_attach.map_or(at, |n| n.min(at)));
+                    }
+                    continue;
+                }
                 if track.leg(LegId(sid.0)).is_some() {
                     // One leg per subscriber and track.
                     continue;
                 }
                 let config = leg_config(t.kind, &t.codecs, &t.extmap, l, track.ring().capacity());
-                track.add_leg(Leg::new(LegId(sid.0), &config, now), now);
+                ready.push((*sid, i, key, config));
+            }
+        }
+        for (sid, i, key, config) in ready {
+            let Some(track) = self.tracks.get_mut(&key).and_then(|t| t.track.as_mut()) else {
+                continue;
+            };
+            let mut egress = Out {
+                subs: &mut self.subs,
+                tx: &mut self.tx,
+                now,
+                stats: &mut self.stats,
+            };
+            track.add_leg(Leg::new(LegId(sid.0), &config, now), now, &mut egress);
+            if let Some(l) = self.subs.get_mut(&sid).and_then(|s| s.legs.get_mut(i)) {
                 l.attached = Some(key);
-                self.leg_by_ssrc.insert((*sid, l.sent.ssrc.0), key);
+                self.leg_by_ssrc.insert((sid, l.sent.ssrc.0), key);
             }
         }
     }
@@ -747,6 +809,7 @@ impl Forwarder {
         [
             self.tracks_timeout,
             self.next_path_refresh.filter(|_| !self.subs.is_empty()),
+            self.next_attach,
         ]
         .into_iter()
         .flatten()
@@ -773,6 +836,8 @@ impl Forwarder {
             }
             self.attach_pending(now);
             self.next_path_refresh = Some(now + self.config.path_refresh);
+        } else if self.next_attach.is_some_and(|t| t <= now) {
+            self.attach_pending(now);
         }
         self.poll_keyframes(shard, now);
         self.poll_sender_reports(shard, now);

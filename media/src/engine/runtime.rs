@@ -568,7 +568,7 @@ impl State {
                 let r = self.shard.add_subscriber(id, &offer, &tracks, now);
                 match &r {
                     Ok(answer) => {
-                        self.forwarder.add_subscriber(id, answer, &sources);
+                        self.forwarder.add_subscriber(id, answer, &sources, now);
                         if answer.data {
                             self.data.add_subscriber(id, publisher);
                         }

@@ -11,9 +11,13 @@
 //! per packet; a leg joining or leaving allocates.
 //!
 //! What the shard calls, when:
+//! - [`Track::prime`] when a subscription to the track is created (before its transport is
+//!   up): a keyframe is asked for at once, so that it is on its way while ICE and DTLS run.
 //! - [`Track::add_leg`] once the subscriber's transport can carry media (DTLS done, SRTP keys
-//!   captured): a video leg then waits for a keyframe and one is requested. [`Track::remove_leg`]
-//!   when the subscription ends.
+//!   captured): a video leg starts at the newest keyframe still in the ring if it is recent
+//!   (the keyframe and every packet since are sent to it at once, see [`Track::add_leg`]);
+//!   otherwise it waits for the next one, which is requested. [`Track::remove_leg`] when the
+//!   subscription ends.
 //! - [`Track::on_rtp`] for every clear RTP packet of the publisher's media SSRC,
 //!   [`Track::on_rtx`] for its RTX SSRC (unwrapped in place, then the same).
 //! - [`Track::on_nack`] for a generic NACK (RFC 4585) whose media SSRC is a leg's SSRC;
@@ -156,6 +160,10 @@ pub struct TrackConfig {
     pub keyframe_interval: Duration,
     /// While a leg waits for a keyframe, ask again this long after the last request.
     pub keyframe_retry: Duration,
+    /// A joining video leg starts at the newest keyframe if it arrived at most this long ago
+    /// (and it and every packet since are still in the ring); older, the leg waits for a new
+    /// one. Zero: never.
+    pub keyframe_replay: Duration,
     /// Sender report interval of every leg.
     pub sender_report_interval: Duration,
 }
@@ -163,7 +171,7 @@ pub struct TrackConfig {
 impl TrackConfig {
     /// A track with a `clock_rate` Hz clock and the given payload formats: ring of 512 packets
     /// of 1500 bytes kept 1 s, keyframe requests at most every 500 ms and again after 1 s,
-    /// sender reports every second.
+    /// joining legs started at a keyframe up to 500 ms old, sender reports every second.
     pub fn new(clock_rate: u32, codecs: Vec<(Pt, Codec)>) -> Self {
         Self {
             clock_rate,
@@ -174,6 +182,9 @@ impl TrackConfig {
             max_age: nack_ring::MAX_AGE,
             keyframe_interval: Duration::from_millis(500),
             keyframe_retry: Duration::from_secs(1),
+            // As long as the request interval: a keyframe that recent is never later than the
+            // one a new request could bring (coalesced until the interval has passed).
+            keyframe_replay: Duration::from_millis(500),
             sender_report_interval: Duration::from_secs(1),
         }
     }
@@ -206,6 +217,18 @@ pub struct TrackStats {
     pub sender_reports_out: u64,
     /// Resumptions after an outage with packets lost (gated legs rebased, keyframe asked).
     pub outages: u64,
+    /// Joining legs started at a stored keyframe (see [`Track::add_leg`]).
+    pub replays: u64,
+    /// Packets sent by those starts.
+    pub replayed: u64,
+}
+
+/// Where the newest keyframe starts in the ring.
+#[derive(Clone, Copy, Debug)]
+struct KeyframeMark {
+    ssrc: Ssrc,
+    seq: SeqNo,
+    arrived: Instant,
 }
 
 const NO_PT: u8 = 0xFF;
@@ -219,6 +242,14 @@ pub struct Track {
     ring: NackRing,
     keyframes: KeyframeRequester,
     keyframe_retry: Duration,
+    keyframe_replay: Duration,
+    /// Whether any payload format has keyframe detection (only then are keyframes asked for
+    /// ahead of a leg).
+    gateable: bool,
+    /// The newest keyframe start stored in the ring.
+    last_keyframe: Option<KeyframeMark>,
+    /// The newest packet stored in the ring (the end of a replay).
+    newest: Option<(Ssrc, SeqNo)>,
     legs: Vec<Leg>,
     source: Option<Ssrc>,
     clock: Option<PublisherClock>,
@@ -250,6 +281,10 @@ impl Track {
             ring: NackRing::new(config.ring_capacity, config.ring_slot_size, config.max_age),
             keyframes: KeyframeRequester::new(config.keyframe_interval),
             keyframe_retry: config.keyframe_retry,
+            keyframe_replay: config.keyframe_replay,
+            gateable: codec.iter().any(|c| c.is_gateable()),
+            last_keyframe: None,
+            newest: None,
             legs: Vec::new(),
             source: None,
             clock: None,
@@ -261,15 +296,84 @@ impl Track {
         }
     }
 
-    /// Adds (or replaces, by id) a leg whose transport is up, at `now`; a leg waiting for a
-    /// keyframe gets one requested.
-    pub fn add_leg(&mut self, mut leg: Leg, now: Instant) {
+    /// A subscription to this track was created at `now`; its leg will be added once its
+    /// transport is up. A keyframe is requested now (coalesced like any request), so that it
+    /// is in the ring, or on its way, when [`add_leg`](Self::add_leg) comes: the publisher's
+    /// reaction time then overlaps the subscriber's ICE and DTLS instead of following them.
+    pub fn prime(&mut self, now: Instant) {
+        if self.gateable {
+            self.keyframes.request(now);
+        }
+    }
+
+    /// Adds (or replaces, by id) a leg whose transport is up, at `now`. A leg waiting for a
+    /// keyframe starts at once if the newest keyframe arrived at most
+    /// [`TrackConfig::keyframe_replay`] ago and it and every packet after it are still in the
+    /// ring: they are sent to the leg now, through `egress`, as if they were arriving (the
+    /// subscriber's jitter buffer absorbs the burst of at most that much media). Otherwise it
+    /// waits for the next keyframe, which is requested.
+    pub fn add_leg(&mut self, mut leg: Leg, now: Instant, egress: &mut impl Egress) {
         self.legs.retain(|l| l.id() != leg.id());
+        if leg.is_waiting_for_keyframe() && self.replay_keyframe(&mut leg, now, egress) {
+            leg.take_keyframe_request();
+        }
         if leg.take_keyframe_request() {
             self.keyframes.request(now);
         }
         self.legs.push(leg);
         self.update_waiting(now);
+    }
+
+    /// Sends the newest keyframe and everything after it from the ring to `leg`, if all of it
+    /// is there and recent. `true`: the leg no longer waits for a keyframe.
+    fn replay_keyframe(&mut self, leg: &mut Leg, now: Instant, egress: &mut impl Egress) -> bool {
+        let (Some(k), Some((ssrc, newest))) = (self.last_keyframe, self.newest) else {
+            return false;
+        };
+        if self.keyframe_replay.is_zero()
+            || k.ssrc != ssrc
+            || now.saturating_duration_since(k.arrived) > self.keyframe_replay
+        {
+            return false;
+        }
+        let Ok(span) = u16::try_from(newest.since(k.seq)) else {
+            return false;
+        };
+        if usize::from(span) >= self.ring.capacity() {
+            return false;
+        }
+        let stored = |seq: SeqNo| {
+            let id = self.ring.find(ssrc, seq)?;
+            Some((id, self.ring.get(id, seq, now).ok()?))
+        };
+        // All or nothing: a hole would leave the subscriber a frame it cannot complete.
+        if (0..=span).any(|i| stored(k.seq.wrapping_add(i)).is_none()) {
+            return false;
+        }
+        let id = leg.id();
+        let mut sent = 0u64;
+        for i in 0..=span {
+            let Some((ring_id, bytes)) = stored(k.seq.wrapping_add(i)) else {
+                break;
+            };
+            let Some(mut p) = SourcePacket::parse(bytes) else {
+                break;
+            };
+            p.ring_id = Some(ring_id);
+            let codec = self.codec[usize::from(p.pt.0 & 0x7F)];
+            p.gateable = codec.is_gateable();
+            p.keyframe_start = p.gateable && is_keyframe_start(codec, p.payload());
+            if let Ok(s) = leg.forward(&p, egress.outbound(id), now) {
+                egress.commit(id, s);
+                sent += 1;
+            }
+        }
+        self.stats.replayed += sent;
+        let started = !leg.is_waiting_for_keyframe();
+        if started {
+            self.stats.replays += 1;
+        }
+        started
     }
 
     /// Removes a leg; returns it.
@@ -355,6 +459,17 @@ impl Track {
         p.keyframe_start = p.gateable && is_keyframe_start(codec, p.payload());
         if p.keyframe_start {
             self.keyframes.on_keyframe();
+            self.last_keyframe = p.ring_id.map(|_| KeyframeMark {
+                ssrc: p.ssrc,
+                seq: p.seq,
+                arrived: now,
+            });
+        }
+        if p.ring_id.is_some() {
+            match self.newest {
+                Some((s, n)) if s == p.ssrc && p.seq.since(n) <= 0 => {}
+                _ => self.newest = Some((p.ssrc, p.seq)),
+            }
         }
         self.source = Some(p.ssrc);
         if p.gateable && self.outage.on_packet(p.seq.0, now).is_some() {
@@ -762,8 +877,8 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(video_leg(1, 100, t0), t0);
-        track.add_leg(video_leg(2, 500, t0), t0);
+        track.add_leg(video_leg(1, 100, t0), t0, &mut eg);
+        track.add_leg(video_leg(2, 500, t0), t0, &mut eg);
         assert!(track.poll_keyframe_request(t0), "joining legs ask once");
         assert!(!track.poll_keyframe_request(t0));
 
@@ -800,7 +915,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(video_leg(1, 100, t0), t0);
+        track.add_leg(video_leg(1, 100, t0), t0, &mut eg);
         assert!(track.poll_keyframe_request(t0));
         track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
         track.on_rtp(&pkt(SRC, 2, VP8_DELTA), t0, &mut eg).unwrap();
@@ -892,7 +1007,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(stamped_leg(1, false, t0), t0);
+        track.add_leg(stamped_leg(1, false, t0), t0, &mut eg);
         let mut first = Vec::new();
         for (i, seq) in (10u16..20).enumerate() {
             eg.abs = 1000 + i as u32; // our send time moves on
@@ -934,7 +1049,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(stamped_leg(1, true, t0), t0);
+        track.add_leg(stamped_leg(1, true, t0), t0, &mut eg);
         eg.abs = 0x12_3456;
         track.on_rtp(&ext_pkt(10, VP8_KEY), t0, &mut eg).unwrap();
         track.on_rtp(&ext_pkt(11, VP8_DELTA), t0, &mut eg).unwrap();
@@ -981,7 +1096,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(video_leg(1, 100, t0), t0);
+        track.add_leg(video_leg(1, 100, t0), t0, &mut eg);
         // Source:  1:key 2 [3 congested] 4 5:key 6 [7 lost upstream] 8 9:padding-only 10
         // Output:  100   101               (skipped, waiting) 102 103 [104] 105 (none) 106
         track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
@@ -1053,7 +1168,7 @@ mod tests {
         }];
         c.history = 64;
         c.max_retransmits = 2;
-        track.add_leg(Leg::new(LegId(1), &c, t0), t0);
+        track.add_leg(Leg::new(LegId(1), &c, t0), t0, &mut eg);
         for seq in 0..40u16 {
             track
                 .on_rtp(&pkt(SRC, seq, VP8_DELTA), t0, &mut eg)
@@ -1101,7 +1216,7 @@ mod tests {
             subscriber: Pt(96),
             rtx: None,
         }];
-        track.add_leg(Leg::new(LegId(1), &c, t0), t0);
+        track.add_leg(Leg::new(LegId(1), &c, t0), t0, &mut eg);
         track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
         track.on_sender_report(Ssrc(SRC), 5 << 32, 0, t0);
         let mut srs = Vec::new();
@@ -1122,11 +1237,14 @@ mod tests {
     fn keyframe_requests_are_coalesced_and_retried_while_a_leg_waits() {
         let t0 = Instant::now();
         let t = |ms| t0 + Duration::from_millis(ms);
-        let mut track = vp8_track();
+        // Legs never start at a stored keyframe here (see the replay test below).
+        let mut cfg = TrackConfig::new(90_000, vec![(Pt(96), Codec::Vp8)]);
+        cfg.keyframe_replay = Duration::ZERO;
+        let mut track = Track::new(&cfg);
         let mut eg = Rec::new();
         assert_eq!(track.poll_timeout(), None);
-        track.add_leg(video_leg(1, 0, t0), t0);
-        track.add_leg(video_leg(2, 0, t0), t0);
+        track.add_leg(video_leg(1, 0, t0), t0, &mut eg);
+        track.add_leg(video_leg(2, 0, t0), t0, &mut eg);
         assert_eq!(track.poll_timeout(), Some(t0));
         assert!(track.poll_keyframe_request(t0));
         // A subscriber's PLI 100 ms later waits for the 500 ms interval.
@@ -1141,7 +1259,7 @@ mod tests {
         assert_eq!(track.keyframe_stats().satisfied_before_sending, 1);
         assert_eq!(track.poll_timeout(), None);
         // A third leg joins; its request goes out at the end of the interval only.
-        track.add_leg(video_leg(3, 0, t(300)), t(300));
+        track.add_leg(video_leg(3, 0, t(300)), t(300), &mut eg);
         assert!(!track.poll_keyframe_request(t(300)));
         assert!(track.poll_keyframe_request(t(500)));
         // No keyframe comes: leg 3 still waits, so we ask again after the retry time (1 s).
@@ -1159,6 +1277,72 @@ mod tests {
     }
 
     #[test]
+    fn a_joining_leg_starts_at_a_recent_stored_keyframe_without_asking() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let mut track = vp8_track();
+        let mut eg = Rec::new();
+        // A subscription is created: the keyframe is asked for before its leg exists.
+        track.prime(t0);
+        assert!(track.poll_keyframe_request(t0));
+        for (seq, payload) in [(1, VP8_DELTA), (2, VP8_KEY), (3, VP8_MORE), (4, VP8_DELTA)] {
+            assert_eq!(track.on_rtp(&pkt(SRC, seq, payload), t(50), &mut eg), Ok(0));
+        }
+        // Its transport is up 100 ms later: the keyframe and what followed go out at once.
+        track.add_leg(video_leg(1, 700, t(150)), t(150), &mut eg);
+        let out = eg.take();
+        assert_eq!(
+            out.iter()
+                .map(|o| (o.1.seq.0, payload_seq(&o.2)))
+                .collect::<Vec<_>>(),
+            [(700, 2), (701, 3), (702, 4)],
+            "from the keyframe on, renumbered without a gap"
+        );
+        assert!(!track.leg(LegId(1)).unwrap().is_waiting_for_keyframe());
+        assert!(!track.poll_keyframe_request(t(150)), "nothing to ask");
+        assert_eq!(track.poll_timeout(), None);
+        assert_eq!((track.stats().replays, track.stats().replayed), (1, 3));
+        // Live packets follow on.
+        assert_eq!(
+            track.on_rtp(&pkt(SRC, 5, VP8_DELTA), t(160), &mut eg),
+            Ok(1)
+        );
+        assert_eq!(eg.seqs(LegId(1)), [703]);
+
+        // A keyframe older than the replay age (500 ms): the next leg waits and asks.
+        track.add_leg(video_leg(2, 0, t(700)), t(700), &mut eg);
+        assert!(eg.take().is_empty());
+        assert!(track.leg(LegId(2)).unwrap().is_waiting_for_keyframe());
+        assert!(track.poll_keyframe_request(t(700)));
+
+        // A fresh keyframe with a packet missing after it: all or nothing, the leg waits.
+        track
+            .on_rtp(&pkt(SRC, 10, VP8_KEY), t(800), &mut eg)
+            .unwrap();
+        track
+            .on_rtp(&pkt(SRC, 12, VP8_DELTA), t(800), &mut eg)
+            .unwrap();
+        eg.take();
+        track.add_leg(video_leg(3, 0, t(810)), t(810), &mut eg);
+        assert!(eg.take().is_empty());
+        assert!(track.leg(LegId(3)).unwrap().is_waiting_for_keyframe());
+        assert_eq!(track.stats().replays, 1);
+    }
+
+    #[test]
+    fn priming_asks_for_keyframes_only_where_they_can_be_detected() {
+        let t0 = Instant::now();
+        let mut audio = Track::new(&TrackConfig::new(48_000, vec![(Pt(111), Codec::Opaque)]));
+        audio.prime(t0);
+        assert!(!audio.poll_keyframe_request(t0));
+        let mut video = vp8_track();
+        video.prime(t0);
+        video.prime(t0);
+        assert!(video.poll_keyframe_request(t0));
+        assert!(!video.poll_keyframe_request(t0), "coalesced");
+    }
+
+    #[test]
     fn sender_reports_translate_the_publishers_mapping_per_leg() {
         let t0 = Instant::now();
         let t = |ms| t0 + Duration::from_millis(ms);
@@ -1171,9 +1355,9 @@ mod tests {
             rtx: None,
         }];
         c.first_timestamp = 5_000;
-        track.add_leg(Leg::new(LegId(1), &c, t0), t0);
+        track.add_leg(Leg::new(LegId(1), &c, t0), t0, &mut eg);
         c.ssrc = Ssrc(8);
-        track.add_leg(Leg::new(LegId(2), &c, t0), t0);
+        track.add_leg(Leg::new(LegId(2), &c, t0), t0, &mut eg);
         // Source packet 10 has timestamp 30000; leg 1 maps it to 5000: offset −25000.
         // Leg 2 is congested and sends nothing.
         eg.full.insert(LegId(2));
@@ -1233,7 +1417,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(video_leg(1, 100, t0), t0);
+        track.add_leg(video_leg(1, 100, t0), t0, &mut eg);
         track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
         track.on_rtp(&pkt(SRC, 3, VP8_MORE), t0, &mut eg).unwrap();
         assert_eq!(eg.seqs(LegId(1)), [100, 102]);
@@ -1281,7 +1465,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(video_leg(1, 0, t0), t0);
+        track.add_leg(video_leg(1, 0, t0), t0, &mut eg);
         track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
         assert_eq!(
             track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg),
