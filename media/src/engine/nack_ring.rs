@@ -1,8 +1,12 @@
 //! The retransmission store of one publisher track: the last packets it sent us, in the clear,
 //! exactly as they arrived, shared by all the track's legs.
 //!
-//! Owns one contiguous buffer of `capacity` slots of `slot_size` bytes (allocated once, zeroed,
-//! so the kernel maps pages only as slots are used) and, per slot, which packet it holds. Does
+//! Owns `capacity` slots (which packet each holds, indexed by sequence number) and one byte
+//! arena the packets are written into back to back, circularly. The arena starts at a sixteenth
+//! of `capacity × slot_size` and doubles, up to that, whenever it is about to overwrite a
+//! packet younger than `max_age`: a low-bitrate track keeps a small arena (audio, screen share,
+//! a thumbnail), a 4 Mbit/s one gets what it needs. Growing is the only allocation after
+//! [`NackRing::new`]; it copies the last lap, so no packet younger than `max_age` is lost. Does
 //! not own the mapping from a subscriber's sequence numbers to ours: each leg remembers, for
 //! every packet it sent, the [`RingId`] of the stored packet it was made from (`leg.rs`).
 //!
@@ -12,8 +16,9 @@
 //! same plaintext: AES-GCM never sees one nonce with two plaintexts). For the same reason a
 //! duplicate arrival never replaces the stored copy ([`NotStored::Duplicate`]).
 //!
-//! Bounds: by count (slot `seq % capacity`, so at most `capacity` consecutive sequence numbers)
-//! and by age (`max_age` since arrival; older packets are useless to a receiver's jitter buffer).
+//! Bounds: by count (slot `seq % capacity`, so at most `capacity` consecutive sequence numbers),
+//! by bytes (the arena: a packet whose bytes were written over is gone) and by age (`max_age`
+//! since arrival; older packets are useless to a receiver's jitter buffer).
 
 use std::time::{Duration, Instant};
 
@@ -54,6 +59,8 @@ pub struct RingStats {
     pub too_old: u64,
     /// Arrivals refused as too large.
     pub too_large: u64,
+    /// Times the arena doubled.
+    pub grown: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +70,8 @@ struct Slot {
     ssrc: Ssrc,
     seq: SeqNo,
     len: u16,
+    /// Where its bytes start in the arena's unwrapped byte stream (see [`NackRing::written`]).
+    at: u64,
     arrived: Option<Instant>,
 }
 
@@ -71,6 +80,7 @@ const EMPTY: Slot = Slot {
     ssrc: Ssrc(0),
     seq: SeqNo(0),
     len: 0,
+    at: 0,
     arrived: None,
 };
 
@@ -84,7 +94,16 @@ pub const MAX_AGE: Duration = Duration::from_secs(1);
 /// Bounded store of clear RTP packets, indexed by sequence number.
 #[derive(Debug)]
 pub struct NackRing {
-    data: Box<[u8]>,
+    /// The arena: byte `v` of the unwrapped stream lives at `v % data.len()`.
+    data: Vec<u8>,
+    /// The arena's largest size.
+    max_bytes: usize,
+    /// End of the last write in the unwrapped stream.
+    written: u64,
+    /// Stream positions before this were lost when the arena grew.
+    valid_from: u64,
+    /// Arrival of the packet at the arena's offset 0: the first one the next lap writes over.
+    lap_first: Option<Instant>,
     slots: Box<[Slot]>,
     slot_size: usize,
     mask: u16,
@@ -95,12 +114,22 @@ pub struct NackRing {
 
 impl NackRing {
     /// A ring of `capacity` packets (rounded up to a power of two, 16 ..= 32768) of at most
-    /// `slot_size` bytes each, none older than `max_age`. The only allocation of the ring.
+    /// `slot_size` bytes each, none older than `max_age`; its arena starts at a sixteenth of
+    /// `capacity × slot_size` bytes (48 kB for video's defaults: 1 s of 384 kbit/s) and may
+    /// grow to that.
     pub fn new(capacity: u16, slot_size: usize, max_age: Duration) -> Self {
         let capacity = capacity.clamp(16, 32_768).next_power_of_two();
         let slot_size = slot_size.min(usize::from(u16::MAX));
+        let max_bytes = usize::from(capacity) * slot_size;
+        // At least one largest packet, and `max_bytes` a power-of-two multiple of it.
+        let start = (max_bytes / 16).max(slot_size);
+        let max_bytes = start << (max_bytes / start).max(1).ilog2();
         Self {
-            data: vec![0; usize::from(capacity) * slot_size].into_boxed_slice(),
+            data: vec![0; start],
+            max_bytes,
+            written: 0,
+            valid_from: 0,
+            lap_first: None,
             slots: vec![EMPTY; usize::from(capacity)].into_boxed_slice(),
             slot_size,
             mask: capacity - 1,
@@ -113,6 +142,11 @@ impl NackRing {
     /// Number of slots.
     pub fn capacity(&self) -> usize {
         self.slots.len()
+    }
+
+    /// The arena's current size in bytes.
+    pub fn arena_bytes(&self) -> usize {
+        self.data.len()
     }
 
     /// Age limit of [`get`](Self::get).
@@ -154,19 +188,63 @@ impl NackRing {
                 return Err(NotStored::TooOld);
             }
         }
-        self.last_id += 1;
-        let start = i * self.slot_size;
+        let at = self.reserve(packet.len(), now);
+        let start = self.offset(at);
         self.data[start..start + packet.len()].copy_from_slice(packet);
+        self.written = at + packet.len() as u64;
+        self.last_id += 1;
         self.slots[i] = Slot {
             id: self.last_id,
             ssrc,
             seq,
             // slot_size <= u16::MAX, checked above.
             len: packet.len() as u16,
+            at,
             arrived: Some(now),
         };
         self.stats.stored += 1;
         Ok(RingId(self.last_id))
+    }
+
+    /// Where the next packet of `len` bytes (<= the arena) goes in the unwrapped stream: after
+    /// the last one, or at the start of the next lap if it would not fit before the end. A new
+    /// lap about to write over a packet younger than `max_age` doubles the arena first.
+    fn reserve(&mut self, len: usize, now: Instant) -> u64 {
+        let size = self.data.len() as u64;
+        let mut at = self.written;
+        if at % size + len as u64 > size {
+            at += size - at % size;
+        }
+        if at % size == 0 && at > 0 {
+            let young = self
+                .lap_first
+                .is_some_and(|t| now.saturating_duration_since(t) < self.max_age);
+            if young && self.data.len() < self.max_bytes {
+                self.grow(at);
+            }
+        }
+        if self.offset(at) == 0 {
+            self.lap_first = Some(now);
+        }
+        at
+    }
+
+    /// Doubles the arena at stream position `at` (a multiple of its size), keeping the lap
+    /// just written (`at - size .. at`) where the doubled size looks for it.
+    fn grow(&mut self, at: u64) {
+        let old = self.data.len();
+        let mut data = vec![0; old * 2];
+        let from = at - old as u64;
+        let dst = (from % data.len() as u64) as usize;
+        data[dst..dst + old].copy_from_slice(&self.data);
+        self.data = data;
+        self.valid_from = from;
+        self.stats.grown += 1;
+    }
+
+    fn offset(&self, at: u64) -> usize {
+        // The remainder is below the arena's length, a usize.
+        (at % self.data.len() as u64) as usize
     }
 
     /// The stored bytes of arrival `id` (sequence number `seq`), if still there and not older
@@ -177,11 +255,15 @@ impl NackRing {
         if slot.id != id.0 || slot.seq != seq {
             return Err(Miss::Evicted);
         }
+        // Written over since (a later lap reached its position), or lost when the arena grew.
+        if slot.at < self.valid_from || self.written > slot.at + self.data.len() as u64 {
+            return Err(Miss::Evicted);
+        }
         match slot.arrived {
             Some(at) if now.saturating_duration_since(at) <= self.max_age => {}
             _ => return Err(Miss::Expired),
         }
-        let start = i * self.slot_size;
+        let start = self.offset(slot.at);
         Ok(&self.data[start..start + usize::from(slot.len)])
     }
 
@@ -195,6 +277,7 @@ impl NackRing {
     /// Forgets every packet (ids are not reused).
     pub fn clear(&mut self) {
         self.slots.fill(EMPTY);
+        self.valid_from = self.written;
     }
 }
 
@@ -265,6 +348,77 @@ mod tests {
         );
         let s = ring.stats();
         assert_eq!((s.stored, s.too_old, s.too_large), (2, 1, 1));
+    }
+
+    #[test]
+    fn the_arena_grows_only_while_it_would_write_over_young_packets() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // 256 slots of 100 bytes: the arena starts at 1600 bytes and may grow to 25600.
+        let mut ring = NackRing::new(256, 100, Duration::from_millis(100));
+        assert_eq!(ring.arena_bytes(), 1600);
+        // 1 packet of 100 bytes every 10 ms: 16 fit a lap of 1600 bytes, i.e. 160 ms > 100 ms.
+        let mut ids = Vec::new();
+        for n in 0..40u16 {
+            let id = ring
+                .insert(Ssrc(1), SeqNo(n), &pkt(n, 100), ms(u64::from(n) * 10))
+                .unwrap();
+            ids.push(id);
+        }
+        assert_eq!(ring.arena_bytes(), 1600, "slow enough: no growth");
+        let now = ms(390);
+        // Every packet younger than the age limit is there; what a lap wrote over was older.
+        for n in 30..40u16 {
+            assert_eq!(
+                ring.get(ids[usize::from(n)], SeqNo(n), now).unwrap(),
+                &pkt(n, 100)[..]
+            );
+        }
+        assert_eq!(ring.get(ids[23], SeqNo(23), now), Err(Miss::Evicted));
+
+        // Now 100 bytes every 2 ms: a lap is 32 ms, every packet of it young: it doubles
+        // until a lap lasts at least the age limit (6400 bytes: 128 ms), not to its largest.
+        let mut ids = Vec::new();
+        for k in 0..200u16 {
+            let n = 40 + k;
+            let t = ms(400 + u64::from(k) * 2);
+            ids.push((n, ring.insert(Ssrc(1), SeqNo(n), &pkt(n, 100), t).unwrap()));
+        }
+        assert_eq!(ring.arena_bytes(), 6400);
+        assert_eq!(ring.stats().grown, 2);
+        // Every packet younger than the age limit and within the slots' reach is there.
+        let now = ms(400 + 199 * 2);
+        for &(n, id) in &ids[200 - 50..] {
+            assert_eq!(
+                ring.get(id, SeqNo(n), now).unwrap(),
+                &pkt(n, 100)[..],
+                "packet {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn growing_keeps_the_last_lap_and_odd_sizes_skip_the_tail() {
+        let t0 = Instant::now();
+        let mut ring = NackRing::new(256, 100, Duration::from_secs(1));
+        assert_eq!(ring.arena_bytes(), 1600);
+        // 70-byte packets: 22 fit a lap (1540 bytes), the 23rd starts the next lap.
+        let mut ids = Vec::new();
+        for n in 0..23u16 {
+            ids.push(ring.insert(Ssrc(1), SeqNo(n), &pkt(n, 70), t0).unwrap());
+        }
+        assert_eq!(
+            ring.arena_bytes(),
+            3200,
+            "the 23rd would write over young packets"
+        );
+        for n in 0..23u16 {
+            assert_eq!(
+                ring.get(ids[usize::from(n)], SeqNo(n), t0).unwrap(),
+                &pkt(n, 70)[..],
+                "packet {n} survives the growth"
+            );
+        }
     }
 
     #[test]
