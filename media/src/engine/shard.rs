@@ -225,7 +225,9 @@ pub type CryptoHook =
 pub struct Shard {
     config: ShardConfig,
     factory: PeerFactory,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: a peer connection is ~9 kB, and a table of them would move and double that much
+    /// per slot as it grows.
+    peers: HashMap<PeerId, Box<Peer>>,
     demux: Demux,
     /// (deadline, peer); an entry is live only if it equals the peer's `heap_at`.
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
@@ -345,7 +347,7 @@ impl Shard {
             });
         }
         peer.connect_deadline = Some(now + self.config.connect_timeout);
-        self.peers.insert(id, peer);
+        self.peers.insert(id, Box::new(peer));
         self.after_input(id, now, false);
         Ok(())
     }
