@@ -24,8 +24,8 @@
 //! panics inside spawned tasks, which tokio would otherwise swallow): unmutated seeds are
 //! accepted and answered in every role; a webrtc-rs answer parses again and, for offers it can
 //! answer completely ([`answerable`]), has the offer's sections with their mids in order;
-//! publish/subscribe return within a bound; the router holds no peer connection, endpoint, task
-//! or port afterwards.
+//! publish/subscribe return within a bound; the router holds no endpoint and its shard no peer
+//! connection afterwards.
 //!
 //! `ROOMD_FUZZ_INPUTS` sets the inputs of the volume test (default 5 000, the CI slice),
 //! `ROOMD_FUZZ_ROUTER_INPUTS` those of the router test (default 1 500), `ROOMD_FUZZ_SEED` the
@@ -38,7 +38,6 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
@@ -1119,7 +1118,7 @@ fn answerable(offer: &str) -> bool {
 
 /// Checks an answer webrtc-rs produced for an accepted offer. Returns whether it has the
 /// offer's sections; that is asserted for [`answerable`] offers.
-fn check_answer(offer: &str, sections: &[Section], answer: &str, public_ip: IpAddr) -> bool {
+fn check_answer(offer: &str, sections: &[Section], answer: &str) -> bool {
     let offer_mids: Vec<&str> = sections.iter().map(|s| s.mid.as_str()).collect();
     let got = answer_mids(answer);
     let plain = answerable(offer);
@@ -1128,17 +1127,17 @@ fn check_answer(offer: &str, sections: &[Section], answer: &str, public_ip: IpAd
         same || !plain,
         "the answer must have the offer's m= sections, in order: {got:?} for {offer_mids:?}\n{answer}"
     );
-    let hubs = fuzz::check_answer(answer);
-    assert!(hubs <= sections.len(), "{hubs} track hubs from:\n{answer}");
-    let (_, announced) = fuzz::announce(answer, Some(public_ip));
-    assert_eq!(announced.lines().count(), answer.lines().count());
+    let receiving = fuzz::check_answer(answer);
+    assert!(
+        receiving <= sections.len(),
+        "{receiving} receiving sections from:\n{answer}"
+    );
     same
 }
 
 fn candidate_path(g: &mut Gen, pc: Option<&mut RTCPeerConnection>, stats: &mut Stats) {
     let c = g.ice();
     stats.candidates += 1;
-    let _ = fuzz::announce(&c.candidate, Some(IpAddr::from([203, 0, 113, 7])));
     if fuzz::ignorable_candidate(&c) {
         stats.candidates_ignored += 1;
         return;
@@ -1172,7 +1171,6 @@ fn fuzz_offers_and_candidates_sans_io() {
     let negotiate_every = env_u64("ROOMD_FUZZ_NEGOTIATE_EVERY", 1).max(1);
     let seeds = seed_offers();
     let cert = certificate();
-    let public_ip = IpAddr::from([203, 0, 113, 7]);
     let mut stats = Stats::default();
 
     // Every seed is accepted and answered in every role its sections allow.
@@ -1188,7 +1186,7 @@ fn fuzz_offers_and_candidates_sans_io() {
             let (_, answer) = negotiate(&cert, offer, &sections, role, &mut stats)
                 .unwrap_or_else(|| panic!("seed offer {i} not answered as {role:?}:\n{offer}"));
             assert!(
-                check_answer(offer, &sections, &answer, public_ip),
+                check_answer(offer, &sections, &answer),
                 "seed offer {i} answered with other sections"
             );
         }
@@ -1217,7 +1215,7 @@ fn fuzz_offers_and_candidates_sans_io() {
                 } else if let Some((p, answer)) =
                     negotiate(&cert, &offer, &sections, role, &mut stats)
                 {
-                    if !check_answer(&offer, &sections, &answer, public_ip) {
+                    if !check_answer(&offer, &sections, &answer) {
                         stats.sections_dropped += 1;
                     }
                     pc = Some(p);
@@ -1364,7 +1362,7 @@ async fn fuzz_router_publish_subscribe_candidates() {
                 }
             }
         }
-        // Keep within the test's port range (100 ports).
+        // Keep the live endpoints few (each is a peer connection with its DTLS state).
         while live.len() > 40 {
             let target = live.remove(0);
             bounded("release", router.release(target)).await;

@@ -87,6 +87,9 @@ pub struct ForwardConfig {
     pub path_refresh: Duration,
     /// Sender SSRC of the PLIs sent to publishers.
     pub rtcp_ssrc: Ssrc,
+    /// Minimum time between two keyframe requests sent for one publisher track (roomd's
+    /// `--keyframe-interval-ms`).
+    pub keyframe_interval: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -96,6 +99,7 @@ impl Default for ForwardConfig {
             buffer_size: 1600,
             path_refresh: Duration::from_millis(250),
             rtcp_ssrc: Ssrc(1),
+            keyframe_interval: Duration::from_millis(500),
         }
     }
 }
@@ -494,6 +498,7 @@ impl Forwarder {
                 .map(|c| (c.pt, Codec::from_encoding_name(encoding_name(&c.mime))))
                 .collect();
             let mut cfg = TrackConfig::new(clock_rate, codecs);
+            cfg.keyframe_interval = self.config.keyframe_interval;
             if t.kind == MediaKind::Audio {
                 cfg.ring_capacity = 128;
             }

@@ -1,17 +1,19 @@
-//! Fuzzing hooks (feature `testing`): the pure steps the router applies to a client's SDP offer,
-//! its own answer and a client's ICE candidate, callable without a peer connection per input,
-//! and the media engine every server peer connection registers (for sans-I/O negotiation).
+//! Fuzzing hooks (feature `testing`): the pure steps the engine applies to a client's SDP offer
+//! and ICE candidates, callable without a peer connection per input, the section model applied
+//! to answers, and the media engine every server peer connection registers (for sans-I/O
+//! negotiation).
 //!
 //! Nothing here is a second implementation: every function calls the code `MediaRouter` runs
-//! (`parse_offer`, `parse_answer`, `codecs`, `session`), so a fuzz test of these covers it.
-
-use std::net::IpAddr;
+//! (`engine::codecs`, `engine::sharded`), so a fuzz test of these covers it.
 
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 
-use crate::codecs::{is_supported, same_codec, Direction, Kind, MediaSection, PtMap};
+use crate::engine::codecs::{
+    check_offer as engine_check_offer, media_sections, registered_codecs, same_codec, CodecInfo,
+    Direction, Kind, MediaSection,
+};
 use crate::IceCandidate;
 
 /// One section of an accepted offer, as `publish`/`subscribe` see it.
@@ -35,7 +37,7 @@ pub struct Section {
 /// helpers that later work on the sections (support check, codec identity, payload-type maps
 /// between every pair of sections). `Err` is the client-safe rejection text.
 pub fn check_offer(sdp: &str) -> Result<Vec<Section>, String> {
-    let (_desc, sections) = crate::parse_offer(sdp.to_owned())?;
+    let sections = engine_check_offer(sdp)?;
     exercise_codecs(&sections);
     Ok(sections
         .iter()
@@ -49,15 +51,36 @@ pub fn check_offer(sdp: &str) -> Result<Vec<Section>, String> {
                 .codecs
                 .iter()
                 .find(|c| c.is_media() && is_supported(c))
-                .map(|c| c.to_rtc_codec(s.kind)),
+                .map(|c| to_rtc_codec(c, s.kind)),
         })
         .collect())
 }
 
-/// Parses an answer the way the router reads its own (`parse_answer`) and runs the codec
-/// helpers on it; returns the number of audio/video sections that would get a track hub.
+/// Whether the engine forwards this codec (one of [`registered_codecs`]).
+fn is_supported(c: &CodecInfo) -> bool {
+    registered_codecs()
+        .iter()
+        .any(|(r, _)| same_codec(&CodecInfo::from_rtc(r), c))
+}
+
+/// The rtc codec description of `c` (MIME type `kind/name`).
+fn to_rtc_codec(c: &CodecInfo, kind: Kind) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: format!("{}/{}", kind.as_str(), c.name),
+        clock_rate: c.clock_rate,
+        channels: c.channels,
+        sdp_fmtp_line: c.fmtp.clone(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// Parses an answer into the engine's section model and runs the codec helpers on it; returns
+/// the number of audio/video sections that receive (`0` for an unparseable answer).
 pub fn check_answer(sdp: &str) -> usize {
-    let sections = crate::parse_answer(sdp);
+    let sections =
+        rtc::sdp::SessionDescription::unmarshal(&mut std::io::Cursor::new(sdp.as_bytes()))
+            .map(|sd| media_sections(&sd))
+            .unwrap_or_default();
     exercise_codecs(&sections);
     sections
         .iter()
@@ -70,45 +93,33 @@ pub fn check_answer(sdp: &str) -> usize {
 fn exercise_codecs(sections: &[MediaSection]) {
     for a in sections {
         for c in &a.codecs {
-            let _ = (c.is_media(), is_supported(c), c.has_feedback("nack pli"));
-            let _ = c.to_rtc_codec(a.kind);
+            let _ = (c.is_media(), is_supported(c), to_rtc_codec(c, a.kind));
         }
         for b in sections {
-            let map = PtMap::build(&a.codecs, &b.codecs);
             for c in &a.codecs {
-                let mapped = map.get(c.payload_type);
-                assert!(
-                    mapped.is_none()
-                        || b.codecs
-                            .iter()
-                            .any(|t| Some(t.payload_type) == mapped && same_codec(c, t)),
-                    "a payload type maps only to the same codec"
-                );
+                for t in &b.codecs {
+                    assert_eq!(
+                        same_codec(c, t),
+                        same_codec(t, c),
+                        "codec identity is symmetric: {c:?} {t:?}"
+                    );
+                }
             }
         }
     }
 }
 
-/// Whether `MediaRouter::add_candidate` drops this candidate before webrtc-rs sees it.
+/// Whether `MediaRouter::add_candidate` drops this candidate before a shard sees it.
 pub fn ignorable_candidate(c: &IceCandidate) -> bool {
-    crate::session::ignorable_candidate(c)
-}
-
-/// The 1:1 NAT rewrite of announced candidates and answers (server output, but it parses
-/// candidate text).
-pub fn announce(sdp_or_candidate: &str, public_ip: Option<IpAddr>) -> (String, String) {
-    (
-        crate::session::announce_candidate(sdp_or_candidate, public_ip),
-        crate::session::announce_sdp(sdp_or_candidate, public_ip),
-    )
+    crate::engine::sharded::ignorable_candidate(c)
 }
 
 /// The media engine of every server peer connection: the codec set of `codecs` plus the
-/// header extensions and RTCP feedback of webrtc-rs's default interceptors (as in
-/// `session::SessionFactory`).
+/// header extensions and RTCP feedback of rtc's default interceptors (as `engine::peer`
+/// registers them).
 pub fn server_media_engine() -> MediaEngine {
     let mut me = MediaEngine::default();
-    crate::codecs::register(&mut me).expect("the static codec set registers");
+    crate::engine::codecs::register(&mut me).expect("the static codec set registers");
     let _ = register_default_interceptors(rtc::interceptor::Registry::new(), &mut me)
         .expect("default interceptors register");
     me
