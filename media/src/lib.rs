@@ -25,11 +25,17 @@
 //!   section order), each with its own SSRC, sequence numbers and payload types; the
 //!   publisher's data-channel messages too when the offer has a data section. The subscriber
 //!   goes on its publisher's shard. Forwarding starts once its connection is up, with a
-//!   keyframe requested from the publisher.
-//! - [`MediaRouter::add_candidate`] passes a client's trickled candidate on, in order with the
-//!   endpoint's other commands, also while its publish/subscribe is still being answered.
-//!   Unknown endpoints and unusable candidates (empty, end-of-candidates, mDNS `.local`) are
-//!   ignored.
+//!   keyframe requested from the publisher. A publisher that is unknown or still negotiating
+//!   is [`SubscribeError::PublisherNotFound`]; an offer that wants media but can receive none
+//!   of the publisher's codecs is [`SubscribeError::NoCommonCodec`].
+//! - [`MediaRouter::add_candidate`] passes a client's trickled candidate to the endpoint's
+//!   shard through the same ordered command queue as its creation (a candidate given while
+//!   the answer is being made follows the creation). Unknown endpoints and unusable candidates (empty,
+//!   end-of-candidates, mDNS `.local`) are ignored; a candidate is never needed (ICE-lite: the
+//!   client's checks teach the shard its address).
+//! - Commands wait for room in a full shard command queue (backpressure on the caller, never
+//!   an error); a shard that stopped answers [`PublishError::Unavailable`] /
+//!   [`SubscribeError::Unavailable`].
 //! - [`MediaRouter::release`] ends an endpoint; a publisher's release first ends every
 //!   subscription it feeds. It returns once the shard removed the peer connections. Releasing
 //!   an endpoint whose publish/subscribe is in flight makes that call fail with `Released`.
