@@ -1,18 +1,15 @@
 //! Fuzzing hooks (feature `testing`): the pure steps the engine applies to a client's SDP offer
-//! and ICE candidates, callable without a peer connection per input, the section model applied
-//! to answers, and the media engine every server peer connection registers (for sans-I/O
-//! negotiation).
+//! and ICE candidates, callable without a peer connection per input, and the section model
+//! applied to answers. (The answers themselves come from the engine's sans-I/O shard,
+//! `engine::shard`, which a fuzz test drives directly.)
 //!
 //! Nothing here is a second implementation: every function calls the code `MediaRouter` runs
 //! (`engine::codecs`, `engine::sharded`), so a fuzz test of these covers it.
 
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 use crate::engine::codecs::{
-    check_offer as engine_check_offer, media_sections, registered_codecs, same_codec, CodecInfo,
-    Direction, Kind, MediaSection,
+    check_offer as engine_check_offer, media_sections, same_codec, Kind, MediaSection,
 };
 use crate::IceCandidate;
 
@@ -25,17 +22,11 @@ pub struct Section {
     pub kind: RtpCodecKind,
     /// Port 0.
     pub rejected: bool,
-    /// The offerer sends and receives (loopback and subscriber tracks pair with these).
-    pub send_recv: bool,
-    /// The offerer receives.
-    pub receives: bool,
-    /// The codec a loopback track of this section would use (first supported media codec).
-    pub loopback_codec: Option<RTCRtpCodec>,
 }
 
 /// Runs the offer validation `MediaRouter::publish` and `subscribe` start with, then the codec
-/// helpers that later work on the sections (support check, codec identity, payload-type maps
-/// between every pair of sections). `Err` is the client-safe rejection text.
+/// helpers that later work on the sections (media codec or not, codec identity between every
+/// pair of sections). `Err` is the client-safe rejection text.
 pub fn check_offer(sdp: &str) -> Result<Vec<Section>, String> {
     let sections = engine_check_offer(sdp)?;
     exercise_codecs(&sections);
@@ -45,33 +36,8 @@ pub fn check_offer(sdp: &str) -> Result<Vec<Section>, String> {
             mid: s.mid.clone().unwrap_or_default(),
             kind: s.kind.rtp_kind(),
             rejected: s.rejected,
-            send_recv: s.direction == Direction::SendRecv,
-            receives: s.direction.receives(),
-            loopback_codec: s
-                .codecs
-                .iter()
-                .find(|c| c.is_media() && is_supported(c))
-                .map(|c| to_rtc_codec(c, s.kind)),
         })
         .collect())
-}
-
-/// Whether the engine forwards this codec (one of [`registered_codecs`]).
-fn is_supported(c: &CodecInfo) -> bool {
-    registered_codecs()
-        .iter()
-        .any(|(r, _)| same_codec(&CodecInfo::from_rtc(r), c))
-}
-
-/// The rtc codec description of `c` (MIME type `kind/name`).
-fn to_rtc_codec(c: &CodecInfo, kind: Kind) -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: format!("{}/{}", kind.as_str(), c.name),
-        clock_rate: c.clock_rate,
-        channels: c.channels,
-        sdp_fmtp_line: c.fmtp.clone(),
-        rtcp_feedback: vec![],
-    }
 }
 
 /// Parses an answer into the engine's section model and runs the codec helpers on it; returns
@@ -93,7 +59,7 @@ pub fn check_answer(sdp: &str) -> usize {
 fn exercise_codecs(sections: &[MediaSection]) {
     for a in sections {
         for c in &a.codecs {
-            let _ = (c.is_media(), is_supported(c), to_rtc_codec(c, a.kind));
+            let _ = c.is_media();
         }
         for b in sections {
             for c in &a.codecs {
@@ -112,15 +78,4 @@ fn exercise_codecs(sections: &[MediaSection]) {
 /// Whether `MediaRouter::add_candidate` drops this candidate before a shard sees it.
 pub fn ignorable_candidate(c: &IceCandidate) -> bool {
     crate::engine::sharded::ignorable_candidate(c)
-}
-
-/// The media engine of every server peer connection: the codec set of `codecs` plus the
-/// header extensions and RTCP feedback of rtc's default interceptors (as `engine::peer`
-/// registers them).
-pub fn server_media_engine() -> MediaEngine {
-    let mut me = MediaEngine::default();
-    crate::engine::codecs::register(&mut me).expect("the static codec set registers");
-    let _ = register_default_interceptors(rtc::interceptor::Registry::new(), &mut me)
-        .expect("default interceptors register");
-    me
 }
