@@ -15,8 +15,6 @@
 //!   --server S        roomd | janus | both (default roomd)
 //!   --seconds N       measured window per scenario (default 5; plus ~2 s warm-up)
 //!   --ramp LIST       viewer counts for `ramp` (default 10,25,50,100,200,300,400,500,600)
-//!   --engine E        roomd's media engine: sharded | per-connection (default sharded, with
-//!                     one shard, as roomd has one core here)
 //!   --no-reference    skip the reference-forwarder runs
 //!   --smoke           1 room x 2 against roomd for ~5 s; exit 1 unless media flows both ways
 //! ```
@@ -1170,9 +1168,6 @@ async fn wait_tcp(ip: IpAddr, port: u16) -> bool {
     false
 }
 
-/// `--engine`'s flags for roomd (set once in `main`).
-static ROOMD_ENGINE_ARGS: OnceLock<Vec<String>> = OnceLock::new();
-
 async fn start_roomd() -> Result<Server, String> {
     let port = free_port();
     // LOADGEN_ROOMD_BIN runs another build of roomd (an A/B of two commits on the same machine).
@@ -1183,12 +1178,12 @@ async fn start_roomd() -> Result<Server, String> {
         .args([
             "--media-ip",
             "127.0.0.1",
-            "--rtc-port-min",
-            "40000",
-            "--rtc-port-max",
-            "49999",
+            // One shard, as roomd has one core here; its port chosen by the system.
+            "--media-shards",
+            "1",
+            "--rtc-udp-port",
+            "0",
         ])
-        .args(ROOMD_ENGINE_ARGS.get().map_or(&[][..], Vec::as_slice))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -1751,7 +1746,6 @@ struct Opts {
     ramp: Vec<usize>,
     reference: bool,
     smoke: bool,
-    engine: String,
 }
 
 fn opts() -> Opts {
@@ -1797,7 +1791,6 @@ fn opts() -> Opts {
             .unwrap_or_else(|| vec![10, 25, 50, 100, 200, 300, 400, 500, 600]),
         reference: !has("--no-reference"),
         smoke: has("--smoke") || !explicit,
-        engine: arg("--engine").unwrap_or_else(|| "sharded".into()),
     }
 }
 
@@ -1806,18 +1799,6 @@ fn main() {
         return;
     }
     let o = opts();
-    let engine_args = match o.engine.as_str() {
-        "per-connection" => vec!["--media-engine".to_owned(), "per-connection".to_owned()],
-        _ => vec![
-            "--media-engine".to_owned(),
-            "sharded".to_owned(),
-            "--media-shards".to_owned(),
-            "1".to_owned(),
-            "--rtc-udp-port".to_owned(),
-            "0".to_owned(),
-        ],
-    };
-    let _ = ROOMD_ENGINE_ARGS.set(engine_args);
     raise_fd_limit();
     let _ = epoch();
     let rt = tokio::runtime::Builder::new_current_thread()

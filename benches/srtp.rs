@@ -13,7 +13,7 @@
 //! `gcm` = AEAD_AES_128_GCM, `cm` = AES_CM_128_HMAC_SHA1_80. Payload sizes are the RTP payload
 //! (12-byte header on top): 160 ≈ Opus audio, 1200 ≈ a full video packet.
 //!
-//! The binary installs a counting global allocator (`stats_alloc`, as `benches/fanout.rs`) and,
+//! The binary installs a counting global allocator (`stats_alloc`, as `tests/engine_alloc.rs`) and,
 //! after the `srtp/seal` group, prints allocations per packet of both paths in steady state, then
 //! both paths timed in alternating batches (thread CPU time; robust to a loaded machine).
 //! Every allocation therefore costs a few atomic increments more than with the plain system
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use media::engine::srtp::{MasterKey, SrtpProfile, SrtpSealer};
-use media::fanout::synthetic_packet;
+use media::testing::synthetic_packet;
 use rtc::shared::marshal::Marshal;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 

@@ -201,10 +201,8 @@ fn publish_failure(endpoint: EndpointId, e: PublishError) -> NegotiationFailure 
     match e {
         PublishError::Unavailable => NegotiationFailure::Unavailable,
         PublishError::InvalidOffer(_) => NegotiationFailure::OfferRejected(e.to_string()),
-        PublishError::AlreadyExists | PublishError::NoPortAvailable => {
-            NegotiationFailure::EndpointCreation
-        }
-        // webrtc-rs's own text stays in the log (above), not in the client's error.
+        PublishError::AlreadyExists => NegotiationFailure::EndpointCreation,
+        // rtc's own text stays in the log (above), not in the client's error.
         PublishError::Negotiation(_) | PublishError::Released => NegotiationFailure::NoAnswer,
     }
 }
@@ -216,9 +214,7 @@ fn subscribe_failure(endpoint: EndpointId, e: SubscribeError) -> NegotiationFail
         SubscribeError::InvalidOffer(_) | SubscribeError::NoCommonCodec => {
             NegotiationFailure::OfferRejected(e.to_string())
         }
-        SubscribeError::AlreadyExists | SubscribeError::NoPortAvailable => {
-            NegotiationFailure::EndpointCreation
-        }
+        SubscribeError::AlreadyExists => NegotiationFailure::EndpointCreation,
         SubscribeError::PublisherNotFound | SubscribeError::Released => {
             NegotiationFailure::PublisherGone
         }

@@ -89,24 +89,12 @@ pub struct Config {
     #[arg(long, env = "ROOMD_TURN_TTL_SECS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub turn_ttl_secs: u64,
-    /// Lowest UDP port for media peer connections.
-    #[arg(long, env = "ROOMD_RTC_PORT_MIN", default_value_t = 40000)]
-    pub rtc_port_min: u16,
-    /// Highest UDP port for media peer connections.
-    #[arg(long, env = "ROOMD_RTC_PORT_MAX", default_value_t = 40999)]
-    pub rtc_port_max: u16,
-    /// Media engine: `sharded` (one thread and one UDP port per shard from `--rtc-udp-port`,
-    /// every peer connection of a room on one shard) or `per-connection` (the former engine:
-    /// one UDP port from `--rtc-port-min`..`--rtc-port-max` and one webrtc-rs peer connection
-    /// with its own tasks per endpoint).
-    #[arg(long, env = "ROOMD_MEDIA_ENGINE", value_enum, default_value_t = MediaEngine::Sharded)]
-    pub media_engine: MediaEngine,
-    /// Sharded engine: number of shards (threads with one UDP port each); default: the number
-    /// of cores.
+    /// Number of media shards (threads with one UDP port each for all their peer connections;
+    /// every peer connection of a room on one shard); default: the number of cores.
     #[arg(long, env = "ROOMD_MEDIA_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub media_shards: Option<u16>,
-    /// Sharded engine: UDP port of the first shard; shard `i` listens on this + `i`
-    /// (0: ports chosen by the system).
+    /// UDP port of the first media shard; shard `i` listens on this + `i` (0: ports chosen by
+    /// the system).
     #[arg(long, env = "ROOMD_RTC_UDP_PORT", default_value_t = 40000)]
     pub rtc_udp_port: u16,
     /// Minimum time between two keyframe requests to one publisher track (milliseconds).
@@ -191,14 +179,6 @@ impl Default for Config {
     }
 }
 
-/// `--media-engine`: which media engine serves publish/subscribe.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum MediaEngine {
-    PerConnection,
-    #[default]
-    Sharded,
-}
-
 impl Config {
     /// The reconnection grace period.
     pub fn reconnection_grace(&self) -> Duration {
@@ -220,18 +200,13 @@ impl Config {
         media::MediaConfig {
             bind_ip: self.media_ip,
             public_ip: self.public_ip,
-            port_min: self.rtc_port_min,
-            port_max: self.rtc_port_max,
             keyframe_request_interval: Duration::from_millis(self.keyframe_interval_ms),
-            engine: match self.media_engine {
-                MediaEngine::PerConnection => media::EngineKind::PerConnection,
-                MediaEngine::Sharded => media::EngineKind::Sharded,
-            },
             shards: self.media_shards.map_or_else(
                 || std::thread::available_parallelism().map_or(1, |n| n.get()),
                 usize::from,
             ),
             udp_port: self.rtc_udp_port,
+            connect_timeout: media::DEFAULT_CONNECT_TIMEOUT,
         }
     }
 

@@ -27,6 +27,27 @@ enum Kind {
     Secret,
 }
 
+/// `(section, key, why)`: keys of earlier versions, refused with the reason (a file that still
+/// names them was written for a per-connection port range that no longer exists, and its
+/// firewall rules need a look).
+const REMOVED_KEYS: &[(&str, &str, &str)] = &[
+    (
+        "rtc",
+        "port_min",
+        "media uses one UDP port per shard from `rtc.udp_port` (see `rtc.shards`)",
+    ),
+    (
+        "rtc",
+        "port_max",
+        "media uses one UDP port per shard from `rtc.udp_port` (see `rtc.shards`)",
+    ),
+    (
+        "rtc",
+        "engine",
+        "the sharded engine is the only one; delete the key",
+    ),
+];
+
 /// `(section, key, Config field, kind)`: every key the file may hold.
 const KEYS: &[(&str, &str, &str, Kind)] = &[
     ("server", "bind", "bind", Kind::Text),
@@ -50,9 +71,6 @@ const KEYS: &[(&str, &str, &str, Kind)] = &[
     ("server", "tls_key", "tls_key", Kind::Text),
     ("rtc", "media_ip", "media_ip", Kind::Text),
     ("rtc", "public_ip", "public_ip", Kind::Text),
-    ("rtc", "port_min", "rtc_port_min", Kind::Number),
-    ("rtc", "port_max", "rtc_port_max", Kind::Number),
-    ("rtc", "engine", "media_engine", Kind::Text),
     ("rtc", "shards", "media_shards", Kind::Number),
     ("rtc", "udp_port", "rtc_udp_port", Kind::Number),
     (
@@ -239,16 +257,6 @@ impl Config {
         if let Some(ip) = self.public_ip {
             push("public-ip", ip.to_string());
         }
-        push("rtc-port-min", self.rtc_port_min.to_string());
-        push("rtc-port-max", self.rtc_port_max.to_string());
-        push(
-            "media-engine",
-            match self.media_engine {
-                crate::config::MediaEngine::PerConnection => "per-connection",
-                crate::config::MediaEngine::Sharded => "sharded",
-            }
-            .to_owned(),
-        );
         if let Some(n) = self.media_shards {
             push("media-shards", n.to_string());
         }
@@ -344,6 +352,14 @@ fn file_values(text: &str) -> Result<Vec<(&'static str, Vec<String>)>, ConfigErr
             let Some((_, _, field, kind)) =
                 KEYS.iter().find(|(s, k, _, _)| s == section && k == key)
             else {
+                if let Some((_, _, why)) = REMOVED_KEYS
+                    .iter()
+                    .find(|(s, k, _)| s == section && k == key)
+                {
+                    return Err(ConfigError(format!(
+                        "config file: `{section}.{key}` was removed: {why}"
+                    )));
+                }
                 return Err(ConfigError(format!(
                     "config file: unknown key `{section}.{key}`"
                 )));
@@ -430,6 +446,14 @@ mod tests {
         let err = Config::load(["roomd", "--config", path.to_str().expect("utf-8")])
             .expect_err("type refused");
         assert!(err.to_string().contains("server.port"), "{err}");
+        let (path, _rm3) = write("[rtc]\nport_min = 40000\n");
+        let err = Config::load(["roomd", "--config", path.to_str().expect("utf-8")])
+            .expect_err("removed key refused");
+        assert!(
+            err.to_string().contains("rtc.port_min` was removed")
+                && err.to_string().contains("rtc.udp_port"),
+            "{err}"
+        );
         let err = Config::load(["roomd", "--config", "/nonexistent/roomd.toml"])
             .expect_err("missing file refused");
         assert!(err.to_string().contains("cannot read"), "{err}");

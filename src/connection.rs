@@ -784,10 +784,8 @@ mod tests {
     /// period, and the name becomes free again.
     #[tokio::test(start_paused = true)]
     async fn a_join_whose_socket_vanished_leaves_no_ghost() {
-        let state = Arc::new(
-            AppState::new(config())
-                .expect("the per-connection media engine binds nothing up front"),
-        );
+        let state =
+            Arc::new(AppState::new(config()).expect("the media shards bind ephemeral ports"));
         for i in 0..20 {
             let mut c = connect(&state, 100 + i);
             c.send(1, "joinRoom", json!({"room":"r","user":format!("u{i}")}))
@@ -811,10 +809,8 @@ mod tests {
     /// the room admits it (no grace period for a session that asked to end).
     #[tokio::test(start_paused = true)]
     async fn close_session_with_a_join_in_flight_evicts_at_admission() {
-        let state = Arc::new(
-            AppState::new(config())
-                .expect("the per-connection media engine binds nothing up front"),
-        );
+        let state =
+            Arc::new(AppState::new(config()).expect("the media shards bind ephemeral ports"));
         let mut watcher = connect(&state, 1);
         watcher
             .send(1, "joinRoom", json!({"room":"r","user":"w"}))
@@ -841,10 +837,8 @@ mod tests {
     /// and the late answer of the room, if any, is not sent twice.
     #[tokio::test(start_paused = true)]
     async fn a_request_in_flight_when_the_room_closes_is_answered_once() {
-        let state = Arc::new(
-            AppState::new(config())
-                .expect("the per-connection media engine binds nothing up front"),
-        );
+        let state =
+            Arc::new(AppState::new(config()).expect("the media shards bind ephemeral ports"));
         let mut c = connect(&state, 1);
         c.send(1, "joinRoom", json!({"room":"r","user":"a"})).await;
         c.reply_to(1).await;
@@ -879,10 +873,8 @@ mod tests {
     /// `burst` times in a row, the connection is closed with 1008.
     #[tokio::test(start_paused = true)]
     async fn the_rate_limit_refuses_then_closes_an_abuser() {
-        let state = Arc::new(
-            AppState::new(config())
-                .expect("the per-connection media engine binds nothing up front"),
-        );
+        let state =
+            Arc::new(AppState::new(config()).expect("the media shards bind ephemeral ports"));
         let mut c = connect(&state, 1);
         for id in 1..=5 {
             c.send(id, "ping", json!({})).await;

@@ -26,7 +26,7 @@ mod server;
 mod sessions;
 mod tls;
 
-pub use config::{Config, MediaEngine};
+pub use config::Config;
 pub use config_file::{ConfigError, CONFIG_TOML_ENV};
 
 /// Shared state of the server.
@@ -155,19 +155,17 @@ pub async fn serve(
 /// loopback address (their calls would connect signaling but get no media).
 fn announce(config: &Config, http: std::net::SocketAddr) {
     let media = config.public_ip.unwrap_or(config.media_ip);
+    let shards = config.media().shards;
+    let first = usize::from(config.rtc_udp_port);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         %http,
         media_ip = %media,
-        engine = ?config.media_engine,
-        udp_ports = %match config.media_engine {
-            config::MediaEngine::PerConnection => {
-                format!("{}-{}", config.rtc_port_min, config.rtc_port_max)
-            }
-            config::MediaEngine::Sharded => format!(
-                "{} + one per shard",
-                config.rtc_udp_port
-            ),
+        shards,
+        udp_ports = %if first == 0 {
+            "chosen by the system".to_owned()
+        } else {
+            format!("{first}-{}", first + shards.max(1) - 1)
         },
         "roomd starting"
     );

@@ -260,16 +260,10 @@ pub(crate) fn render(
         media.subscribers,
     );
     metric(
-        "roomd_media_tasks",
+        "roomd_media_shard_peer_connections",
         "gauge",
-        "Tasks of the media engine.",
-        media.tasks,
-    );
-    metric(
-        "roomd_media_ports_in_use",
-        "gauge",
-        "UDP ports leased from the pool.",
-        media.ports_in_use,
+        "Peer connections the media shards hold (equal to roomd_peer_connections when settled).",
+        media.shard_peers,
     );
     metric(
         "roomd_rtp_received_total",

@@ -383,9 +383,14 @@ mod tests {
     async fn a_panicking_room_closes_cleanly() {
         let ctx = RoomCtx {
             sessions: Arc::new(Sessions::default()),
-            bridge: Arc::new(Bridge::new(media::MediaRouter::new(
-                crate::Config::default().media(),
-            ))),
+            bridge: Arc::new(Bridge::new(
+                media::MediaRouter::start(media::MediaConfig {
+                    shards: 1,
+                    udp_port: 0,
+                    ..crate::Config::default().media()
+                })
+                .expect("one media shard binds an ephemeral port"),
+            )),
             directory: Arc::new(Directory::new(RoomConfig::default(), 10)),
             lifecycle: Arc::default(),
             latencies: Arc::default(),

@@ -198,9 +198,8 @@ impl Gauges {
     }
 
     fn matches(&self, e: &Expect) -> bool {
-        let media_idle = e.peer_connections > 0
-            || (self.metric("roomd_media_tasks") == 0
-                && self.metric("roomd_media_ports_in_use") == 0);
+        let media_idle =
+            e.peer_connections > 0 || self.metric("roomd_media_shard_peer_connections") == 0;
         let rooms_listed = self.rooms.as_array().map_or(usize::MAX, Vec::len);
         self.health("participants") == e.participants
             && self.health("sessions") == e.sessions
@@ -218,14 +217,13 @@ impl fmt::Display for Gauges {
         write!(
             f,
             "/health {} /getAllRooms {} media: {} peer connections, {} publishers, {} \
-             subscribers, {} tasks, {} ports",
+             subscribers, {} in the shards",
             self.health,
             self.rooms,
             self.metric("roomd_peer_connections"),
             self.metric("roomd_publishers"),
             self.metric("roomd_subscribers"),
-            self.metric("roomd_media_tasks"),
-            self.metric("roomd_media_ports_in_use"),
+            self.metric("roomd_media_shard_peer_connections"),
         )
     }
 }

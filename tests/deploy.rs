@@ -124,12 +124,14 @@ fn the_unit_has_the_settings_an_operator_relies_on() {
         stop > u64::try_from(drain).expect("positive drain timeout") + 10,
         "TimeoutStopSec={stop}s must exceed the drain timeout {drain}s plus the flush bounds"
     );
-    // One fd per WebSocket and per peer connection (one UDP port each).
+    // One fd per WebSocket and one UDP socket per media shard (at most 1024 shards).
     let fds: i64 = service("LimitNOFILE")
         .parse()
         .expect("LimitNOFILE is a number");
-    let ports = int(&config, "rtc", "port_max") - int(&config, "rtc", "port_min") + 1;
-    assert!(fds > int(&config, "limits", "max_connections") + ports);
+    let shards = config["rtc"]
+        .get("shards")
+        .map_or(1024, |s| s.as_integer().expect("rtc.shards is a number"));
+    assert!(fds > int(&config, "limits", "max_connections") + shards);
 
     let unprivileged =
         service("DynamicUser") == "yes" || !values(&unit, "Service", "User").is_empty();

@@ -133,7 +133,6 @@ async fn the_binary_drains_on_sigterm_and_a_second_signal_exits_at_once() {
     let spawn = || {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_roomd"))
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--rtc-port-min", "45500", "--rtc-port-max", "45599"])
             .args(["--rtc-udp-port", "0"])
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)

@@ -1,6 +1,6 @@
 //! Media end to end: webrtc-rs client peers speaking the Kurento protocol to roomd over a real
-//! WebSocket, real DTLS-SRTP over UDP on 127.0.0.1 (docs/protocol.md checklist 21–26, 28–31, 35,
-//! 39, 51, 65, and data channels).
+//! WebSocket, real DTLS-SRTP over UDP on 127.0.0.1, every peer connection of a room on one
+//! shard's port (docs/protocol.md checklist 21–26, 28–31, 35, 39, 51, 65, and data channels).
 
 mod common;
 
@@ -11,15 +11,9 @@ use common::{error_of, Client, Server};
 use media::testing::{self, CHROME};
 use serde_json::{json, Value};
 
-/// The media engine of these scenarios. `ws_media_sharded.rs` runs the same file as a module
-/// with its own `ENGINE` at its root; `start_server` reads the root's.
-#[allow(dead_code)] // unused when the scenarios are a module of another test binary
-const ENGINE: roomd::MediaEngine = roomd::MediaEngine::PerConnection;
-
-/// Starts roomd with `config` on the engine named by the test binary's root `ENGINE` (the
-/// sharded engine's UDP ports chosen by the system, two shards).
+/// Starts roomd with `config` on two media shards (UDP ports chosen by the system), so that
+/// the scenarios' rooms do not all share one.
 async fn start_server(mut config: roomd::Config) -> Server {
-    config.media_engine = crate::ENGINE;
     config.rtc_udp_port = 0;
     config.media_shards = Some(2);
     common::start_server_with(config).await

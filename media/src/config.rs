@@ -1,55 +1,42 @@
-//! Media engine configuration: network (bind address, announced address, UDP port range) and
-//! keyframe-request pacing. Queue capacities are constants next to the channels they size
-//! (`fanout.rs`, `publisher.rs`, `session.rs`), each documented with its full policy.
+//! Media engine configuration: addresses (bound and announced), the shards and their UDP
+//! ports, keyframe-request pacing and the connect timeout. Queue capacities are constants next
+//! to the queues they size (`engine/runtime.rs`, `engine/forward.rs`), each documented with its
+//! full policy.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// Network and queue configuration of the media engine.
+/// Configuration of the media engine ([`crate::MediaRouter::start`]).
 #[derive(Clone, Debug)]
 pub struct MediaConfig {
-    /// Local address the peer connections bind to and announce as host candidates.
+    /// Local address the shards' UDP sockets bind to (and announce, without `public_ip`).
     pub bind_ip: IpAddr,
-    /// Address announced instead of `bind_ip` (1:1 NAT), if any.
+    /// Address announced in candidates instead of `bind_ip` (1:1 NAT), if any.
     pub public_ip: Option<IpAddr>,
-    /// Lowest UDP port of the pool used for peer connections (inclusive).
-    pub port_min: u16,
-    /// Highest UDP port of the pool used for peer connections (inclusive).
-    pub port_max: u16,
     /// Minimum time between two keyframe requests sent to one publisher track.
     pub keyframe_request_interval: Duration,
-    /// Which engine serves the endpoints.
-    pub engine: EngineKind,
-    /// Sharded engine: number of shards (threads, one UDP socket each).
+    /// Number of shards: threads, each with one UDP socket for all its peer connections.
     pub shards: usize,
-    /// Sharded engine: UDP port of the first shard (shard `i` binds `udp_port + i`); 0 lets the
-    /// system choose.
+    /// UDP port of the first shard (shard `i` binds `udp_port + i`); 0 lets the system choose
+    /// every shard's port (tests).
     pub udp_port: u16,
+    /// Time a new endpoint's peer connection has to connect (ICE + DTLS) before the endpoint
+    /// reports [`crate::MediaEvent::Failed`].
+    pub connect_timeout: Duration,
 }
 
-/// The media engine serving publish/subscribe.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum EngineKind {
-    /// One webrtc-rs peer connection with its own UDP port and tasks per endpoint (`port_min`
-    /// ..`port_max`): the former engine, kept selectable while the sharded one beds in.
-    PerConnection,
-    /// Shard threads on the sans-IO `rtc` core, one UDP port each (`shards`, `udp_port`):
-    /// publish, subscribe, loopback, data channels, trickle ICE, NACK, keyframe requests.
-    #[default]
-    Sharded,
-}
+/// Default [`MediaConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             public_ip: None,
-            port_min: 40000,
-            port_max: 40999,
             keyframe_request_interval: Duration::from_millis(500),
-            engine: EngineKind::Sharded,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             udp_port: 40000,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }

@@ -345,6 +345,35 @@ impl Client {
     }
 }
 
+/// Builds a synthetic VP8-shaped RTP packet (for benches and tests): version 2, the given
+/// sequence number, timestamp `seq * 3000`, SSRC and payload type, and `payload_len` bytes of
+/// payload: a VP8 key-frame start (`10 00`), then `seq` big-endian (a marker the receiver can
+/// check), then 0xA5.
+pub fn synthetic_packet(
+    seq: u16,
+    ssrc: u32,
+    payload_type: u8,
+    payload_len: usize,
+) -> rtc::rtp::Packet {
+    let mut payload = vec![0xA5u8; payload_len.max(4)];
+    // A VP8 payload descriptor starting partition 0 (0x10) and a key-frame payload header
+    // (bit 0 clear): the engine, which holds video back until a keyframe, forwards every one.
+    payload[..2].copy_from_slice(&[0x10, 0x00]);
+    payload[2..4].copy_from_slice(&seq.to_be_bytes());
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            payload_type,
+            sequence_number: seq,
+            timestamp: u32::from(seq).wrapping_mul(3000),
+            ssrc,
+            marker: true,
+            ..Default::default()
+        },
+        payload: Bytes::from(payload),
+    }
+}
+
 /// Sends `n` synthetic packets on `track` (seq `start..start+n`), paced `every` apart.
 pub async fn send_packets(
     track: &TrackLocalStaticRTP,
@@ -357,7 +386,7 @@ pub async fn send_packets(
     let mut ticker = tokio::time::interval(every);
     for i in 0..n {
         ticker.tick().await;
-        let p = crate::fanout::synthetic_packet(start.wrapping_add(i), ssrc, pt, 400);
+        let p = synthetic_packet(start.wrapping_add(i), ssrc, pt, 400);
         track.write_rtp(p).await.expect("client track is bound");
     }
 }
@@ -409,7 +438,7 @@ fn payload_seq(payload: &Bytes) -> Option<u16> {
     Some(u16::from_be_bytes([*payload.get(2)?, *payload.get(3)?]))
 }
 
-/// The synthetic payload ([`crate::fanout::synthetic_packet`]): 400 bytes, a VP8 key-frame
+/// The synthetic payload ([`synthetic_packet`]): 400 bytes, a VP8 key-frame
 /// start (`10 00`), seq big-endian, then 0xA5.
 pub fn check_payload(payload: &Bytes, seq: u16) -> bool {
     payload.len() == 400
@@ -479,7 +508,8 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
-/// Asserts that the router holds no live object (peer connections, endpoints, tasks, ports).
+/// Asserts that the router holds no live object (endpoints, the shards' peer connections).
+/// Call it after `release` returned: the shards' counters are fresh then.
 pub fn assert_idle(router: &MediaRouter) {
     let s = router.stats();
     assert_eq!(
@@ -487,10 +517,9 @@ pub fn assert_idle(router: &MediaRouter) {
             s.peer_connections,
             s.publishers,
             s.subscribers,
-            s.tasks,
-            s.ports_in_use
+            s.shard_peers
         ),
-        (0, 0, 0, 0, 0),
+        (0, 0, 0, 0),
         "router not idle: {s:?}"
     );
 }

@@ -382,45 +382,53 @@ async fn public_ip_is_announced_instead_of_bind_ip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn port_pool_skips_busy_ports_and_reports_exhaustion() {
-    // Two ports; the first is held by someone else.
-    let mut base = 0;
-    let router = router_with(|c| {
-        c.port_max = c.port_min + 1;
-        base = c.port_min;
-    });
-    let _squatter = std::net::UdpSocket::bind(("127.0.0.1", base)).expect("bind squatter port");
+async fn every_endpoint_announces_the_one_shard_port() {
+    let router = router();
+    let port = router.shard_addrs()[0].port();
     let (ev_tx, _ev_rx) = events();
+    for key in [1, 2] {
+        let answer = router
+            .publish(
+                EndpointKey(key),
+                chrome_offer("sendonly", true),
+                false,
+                ev_tx.clone(),
+            )
+            .await
+            .expect("publish");
+        assert!(
+            answer.contains(&format!("127.0.0.1 {port} typ host")),
+            "{answer}"
+        );
+    }
     let answer = router
-        .publish(
+        .subscribe(
+            EndpointKey(3),
             EndpointKey(1),
-            chrome_offer("sendonly", true),
-            false,
-            ev_tx.clone(),
+            chrome_offer("recvonly", true),
+            ev_tx,
         )
         .await
-        .expect("publish binds the next free port");
+        .expect("subscribe");
     assert!(
-        answer.contains(&format!("127.0.0.1 {} typ host", base + 1)),
+        answer.contains(&format!("127.0.0.1 {port} typ host")),
         "{answer}"
     );
-    let err = router
-        .publish(
-            EndpointKey(2),
-            chrome_offer("sendonly", true),
-            false,
-            ev_tx.clone(),
-        )
-        .await
-        .expect_err("no port left");
-    assert!(matches!(err, media::PublishError::NoPortAvailable), "{err}");
-    router.release(EndpointKey(1)).await;
+    for key in [1, 2] {
+        router.release(EndpointKey(key)).await;
+    }
     assert_idle(&router);
-    // The released port is usable again.
-    router
-        .publish(EndpointKey(3), chrome_offer("sendonly", true), false, ev_tx)
-        .await
-        .expect("port returned to the pool");
-    router.release(EndpointKey(3)).await;
-    assert_idle(&router);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_port_in_use_fails_start() {
+    let squatter = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a squatter port");
+    let port = squatter.local_addr().expect("bound address").port();
+    let err = media::MediaRouter::start(media::MediaConfig {
+        shards: 1,
+        udp_port: port,
+        ..media::MediaConfig::default()
+    })
+    .expect_err("the port is taken");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
 }

@@ -1,5 +1,5 @@
 //! Leak check: 200 publish/subscribe/connect/release cycles (in concurrent batches) leave no
-//! growing number of peer connections, tasks, ports or file descriptors. Its own test binary,
+//! growing number of endpoints, shard peer connections or file descriptors. Its own test binary,
 //! so the fd count is not disturbed by other tests.
 
 mod common;

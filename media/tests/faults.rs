@@ -197,7 +197,9 @@ fn host_candidate_port(sdp: &str) -> u16 {
 // The synthetic video stream.
 // ---------------------------------------------------------------------------------------------
 
-/// What a packet says about its frame (the first 7 payload bytes).
+/// What a packet says about its frame: a VP8 payload descriptor and header (2 bytes: a frame's
+/// first packet starts partition 0, its inverse key-frame bit says whether it is a keyframe;
+/// the engine holds a new leg back until a keyframe starts), then 7 bytes of tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct FrameTag {
     frame: u32,
@@ -209,17 +211,20 @@ struct FrameTag {
 impl FrameTag {
     fn encode(self) -> Bytes {
         let mut p = vec![0x5Au8; PAYLOAD_BYTES];
-        p[..4].copy_from_slice(&self.frame.to_be_bytes());
-        p[4] = self.index;
-        p[5] = self.count;
-        p[6] = u8::from(self.key);
+        p[0] = if self.index == 0 { 0x10 } else { 0x00 };
+        p[1] = if self.key { 0x00 } else { 0x01 };
+        p[2..6].copy_from_slice(&self.frame.to_be_bytes());
+        p[6] = self.index;
+        p[7] = self.count;
+        p[8] = u8::from(self.key);
         Bytes::from(p)
     }
 
     fn decode(p: &[u8]) -> Option<FrameTag> {
-        if p.len() != PAYLOAD_BYTES || p[7..].iter().any(|b| *b != 0x5A) {
+        if p.len() != PAYLOAD_BYTES || p[9..].iter().any(|b| *b != 0x5A) {
             return None;
         }
+        let p = &p[2..];
         let tag = FrameTag {
             frame: u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
             index: p[4],

@@ -1,5 +1,6 @@
 //! Loss recovery end to end: a UDP relay between the router and a subscribing client drops
-//! chosen RTP packets on their first trip; the client's NACKs must make the router's subscriber
+//! chosen RTP packets on their first trip (the 20th, 40th and 60th of the subscriber's leg: it
+//! has its own sequence space, so the relay counts from the first sequence number it sees); the client's NACKs must make the router's subscriber
 //! connection send them again, so every packet arrives intact. Real UDP on 127.0.0.1, real
 //! DTLS-SRTP (the relay reads only the clear RTP header); every wait is bounded.
 
@@ -19,7 +20,8 @@ const PACE: Duration = Duration::from_millis(5);
 const SENT: u16 = 80;
 const DROPPED: [u16; 3] = [20, 40, 60];
 
-/// Server→client RTP (not RTCP) packets seen by the relay, by sequence number.
+/// Server→client RTP (not RTCP) packets seen by the relay, by position in the leg's sequence
+/// space (0 = the first sequence number seen).
 type Seen = Arc<Mutex<HashMap<u16, u32>>>;
 
 /// Whether `b` is an RTP packet (not RTCP, STUN or DTLS), by RFC 7983 demultiplexing and the
@@ -32,10 +34,11 @@ fn rtp_seq(b: &[u8]) -> Option<u16> {
 }
 
 /// Relays between the client (whoever is not `server`) and `server`; drops the first copy of
-/// every server→client RTP packet whose sequence number is in `DROPPED`.
+/// every server→client RTP packet whose position is in `DROPPED`.
 fn spawn_relay(sock: UdpSocket, server: SocketAddr, seen: Seen) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut client: Option<SocketAddr> = None;
+        let mut first_seq: Option<u16> = None;
         let mut buf = vec![0u8; 2048];
         loop {
             let Ok((n, from)) = sock.recv_from(&mut buf).await else {
@@ -45,6 +48,7 @@ fn spawn_relay(sock: UdpSocket, server: SocketAddr, seen: Seen) -> tokio::task::
             if from == server {
                 let Some(to) = client else { continue };
                 if let Some(seq) = rtp_seq(pkt) {
+                    let seq = seq.wrapping_sub(*first_seq.get_or_insert(seq));
                     let copies = {
                         let mut seen = seen.lock().expect("relay map lock");
                         let c = seen.entry(seq).or_insert(0);

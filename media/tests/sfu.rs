@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use media::{DropReason, EndpointKey, IceCandidate, MediaEvent, PublishError, SubscribeError};
+use media::{EndpointKey, IceCandidate, MediaEvent, PublishError, SubscribeError};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -92,9 +92,10 @@ async fn publisher_to_subscriber_delivers_rtp_intact() {
         };
         assert_eq!(seen.payload_types, vec![pt]);
     }
-    let s = router.stats();
-    // Track tasks flush their counters in batches (and on a timer), so this lags a little.
-    assert!(s.packets_received >= 256, "{s:?}");
+    let s = stats_when(&router, "received packets counted", |s| {
+        s.packets_received >= 256
+    })
+    .await;
     assert_eq!(s.peer_connections, 2);
     router.release(EndpointKey(2)).await;
     router.release(EndpointKey(1)).await;
@@ -265,7 +266,7 @@ async fn loopback_returns_own_media_on_the_same_pc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_subscriber_does_not_hurt_a_healthy_one() {
+async fn a_vanished_subscriber_does_not_hurt_a_healthy_one() {
     let router = router();
     let (ev_tx, _ev_rx) = events();
     let opts = PublishOpts {
@@ -282,7 +283,7 @@ async fn stalled_subscriber_does_not_hurt_a_healthy_one() {
         ev_tx.clone(),
     )
     .await;
-    let (mut stalled, _, _) = subscribe(
+    let (gone, _, _) = subscribe(
         &router,
         EndpointKey(3),
         EndpointKey(1),
@@ -291,9 +292,10 @@ async fn stalled_subscriber_does_not_hurt_a_healthy_one() {
         ev_tx,
     )
     .await;
-    assert!(router.pause_subscriber(EndpointKey(3), true));
+    // The second subscriber's client goes away without a release: the shard keeps sealing
+    // and sending to it until its connection fails, and that must cost the other nothing.
+    gone.close().await;
 
-    // More packets than the stalled subscriber's queue holds, sent fast.
     const N: u16 = 800;
     let video = publ.video.clone();
     let sender = tokio::spawn(async move {
@@ -310,41 +312,12 @@ async fn stalled_subscriber_does_not_hurt_a_healthy_one() {
     let mut rx = read_track(healthy.next_track().await);
     sender.await.expect("sender");
     let seen = wait_packets(&mut rx, u64::from(N), WAIT).await;
-    eprintln!(
-        "healthy subscriber next to a stalled one: {}/{N}",
-        seen.packets
-    );
     assert_eq!(
         seen.packets,
         u64::from(N),
         "healthy subscriber receives everything"
     );
     assert_eq!(seen.corrupt, 0);
-    let s = router.stats();
-    assert!(
-        s.dropped(DropReason::SubscriberQueueFull) > 0,
-        "the stalled subscriber's queue overflowed: {s:?}"
-    );
-    assert!(
-        s.keyframe_requests_sent >= 1,
-        "overflow asks for a keyframe: {s:?}"
-    );
-
-    // Resume: nothing was kept for the stalled subscriber (no backlog to flush), and the live
-    // packets that follow reach it, all of them; its track appears with the first one.
-    router.pause_subscriber(EndpointKey(3), false);
-    let video = publ.video.clone();
-    let sender = tokio::spawn(async move {
-        send_packets(&video, VIDEO_SSRC, CHROME.vp8, N, 100, PACE).await;
-    });
-    let mut rx2 = read_track(stalled.next_track().await);
-    sender.await.expect("sender");
-    let seen2 = wait_packets(&mut rx2, 100, WAIT).await;
-    assert_eq!(
-        seen2.packets, 100,
-        "stalled subscriber recovers after resume with exactly the live packets: {seen2:?}"
-    );
-    assert_eq!(seen2.corrupt, 0);
     router.release(EndpointKey(1)).await;
     assert_idle(&router);
 }
@@ -379,9 +352,21 @@ async fn subscriber_pli_reaches_the_publisher() {
         .expect("watch open");
     let before = *plis.borrow();
 
+    // One keyframe, then delta frames only: a keyframe in the stream would answer the
+    // subscriber's request before it is due (the engine then rightly sends none).
     let video = publ.video.clone();
     let sender = tokio::spawn(async move {
-        send_packets(&video, VIDEO_SSRC, CHROME.vp8, 20, 400, PACE).await;
+        let mut ticker = tokio::time::interval(PACE);
+        for i in 0..400u16 {
+            ticker.tick().await;
+            let mut p = synthetic_packet(20 + i, VIDEO_SSRC, CHROME.vp8, 400);
+            if i > 0 {
+                let mut delta = p.payload.to_vec();
+                delta[1] = 0x01; // VP8 payload header: inverse key-frame bit set
+                p.payload = delta.into();
+            }
+            video.write_rtp(p).await.expect("client track is bound");
+        }
     });
     let track = sub.next_track().await;
     let ssrc = track.ssrcs().await[0];
@@ -398,8 +383,10 @@ async fn subscriber_pli_reaches_the_publisher() {
         .await
         .expect("the subscriber's PLI is relayed to the publisher")
         .expect("watch open");
-    let s = router.stats();
-    assert!(s.keyframe_requests_received >= 1, "{s:?}");
+    stats_when(&router, "the PLI counted", |s| {
+        s.keyframe_requests_received >= 1
+    })
+    .await;
     sender.abort();
     router.release(EndpointKey(1)).await;
     assert_idle(&router);
@@ -431,11 +418,10 @@ async fn release_stops_delivery_and_frees_everything() {
             s.peer_connections,
             s.publishers,
             s.subscribers,
-            s.ports_in_use
+            s.shard_peers
         ),
         (2, 1, 1, 2)
     );
-    assert!(s.tasks > 0);
 
     send_packets(&publ.video, VIDEO_SSRC, CHROME.vp8, 0, 50, PACE).await;
     let mut rx = loop {
@@ -455,9 +441,7 @@ async fn release_stops_delivery_and_frees_everything() {
     // Further packets go nowhere.
     let _ = publ
         .video
-        .write_rtp(media::fanout::synthetic_packet(
-            50, VIDEO_SSRC, CHROME.vp8, 400,
-        ))
+        .write_rtp(synthetic_packet(50, VIDEO_SSRC, CHROME.vp8, 400))
         .await;
     send_packets(&publ.video, VIDEO_SSRC, CHROME.vp8, 51, 30, PACE).await;
     let more =
@@ -500,7 +484,10 @@ async fn data_channel_message_reaches_subscriber() {
     .await
     .expect("a publisher data-channel message reaches the subscriber");
     assert!(got.starts_with("hello "), "got {got:?}");
-    assert!(router.stats().data_messages_relayed >= 1);
+    stats_when(&router, "the relayed message counted", |s| {
+        s.data_messages_relayed >= 1
+    })
+    .await;
     router.release(EndpointKey(1)).await;
     assert_idle(&router);
     publ.client.close().await;
@@ -712,10 +699,9 @@ async fn trickle_ice_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtls_failure_is_reported_as_failed_event() {
-    let router = router();
-    // webrtc-rs keeps a PC whose DTLS handshake fails in `connecting`; the router's connect
-    // watchdog turns that into a Failed event.
-    router.set_connect_timeout(Duration::from_secs(2));
+    // A connection whose DTLS handshake fails is reported Failed, by the DTLS failure itself
+    // or at the latest by the connect timeout.
+    let router = router_with(|c| c.connect_timeout = Duration::from_secs(2));
     let (ev_tx, mut ev_rx) = events();
     let client = Client::new(CHROME).await;
     client

@@ -135,7 +135,7 @@ pub enum NegotiationFailure {
     Unavailable,
     /// The offer was rejected (invalid SDP, no common codec); the text is client-safe.
     OfferRejected(String),
-    /// The endpoint could not be created (no free port, engine failure).
+    /// The endpoint could not be created (its id is in use in the media engine).
     EndpointCreation,
     /// The engine produced no answer.
     NoAnswer,

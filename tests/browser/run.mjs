@@ -845,8 +845,9 @@ async function freePort() {
 
 async function startServer(bin) {
   const port = await freePort();
-  // Both engines' media ports inside RTC_PORTS (the outage scenario cuts that range).
-  child = spawn(bin, ['--bind', '127.0.0.1', '--port', String(port), '--rtc-port-min', String(RTC_PORTS[0]), '--rtc-port-max', String(RTC_PORTS[1]), '--rtc-udp-port', String(RTC_PORTS[0])], {
+  // The media shards' ports (one per core from RTC_PORTS[0]) inside RTC_PORTS (the outage
+  // scenario cuts that range).
+  child = spawn(bin, ['--bind', '127.0.0.1', '--port', String(port), '--rtc-udp-port', String(RTC_PORTS[0])], {
     stdio: ['ignore', 'inherit', 'inherit'],
     env: { RUST_LOG: 'error', ...process.env },
   });

@@ -9,7 +9,7 @@
 //!                                                  every subscriber it feeds
 //! ```
 //!
-//! Semantics, those of the per-connection engine (`publisher.rs`, `subscriber.rs`): a
+//! Semantics (what clients of roomd always saw): a
 //! subscriber whose answer accepted a data-channel section ([`SubscriberAnswer::data`]) is fed
 //! by its publisher ([`DataRelay::add_subscriber`]); every message the publisher's client sends,
 //! on any of its channels whatever their labels, is sent on every channel the subscribing

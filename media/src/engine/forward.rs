@@ -96,6 +96,9 @@ pub struct ForwardConfig {
     /// costs a new request. Video lost meanwhile costs nothing: the leg would wait for a
     /// keyframe anyway, and a recent one is sent with everything after it.
     pub attach_delay: Duration,
+    /// Minimum time between two keyframe requests sent for one publisher track (roomd's
+    /// `--keyframe-interval-ms`).
+    pub keyframe_interval: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -106,6 +109,7 @@ impl Default for ForwardConfig {
             path_refresh: Duration::from_millis(250),
             rtcp_ssrc: Ssrc(1),
             attach_delay: Duration::from_millis(10),
+            keyframe_interval: Duration::from_millis(500),
         }
     }
 }
@@ -527,6 +531,7 @@ impl Forwarder {
                 .map(|c| (c.pt, Codec::from_encoding_name(encoding_name(&c.mime))))
                 .collect();
             let mut cfg = TrackConfig::new(clock_rate, codecs);
+            cfg.keyframe_interval = self.config.keyframe_interval;
             if t.kind == MediaKind::Audio {
                 // Audio is never NACKed (our answers give it no `nack` feedback): its ring only
                 // catches duplicates, and its arena (a sixteenth of this) never grows.

@@ -1,11 +1,10 @@
-//! The media engine v2: sharded, on the sans-IO `rtc` core, with our own forwarding fast path
-//! (see BENCHMARKS.md §4 for why). [`crate::MediaRouter`] runs on it by default
-//! ([`crate::EngineKind::Sharded`], through `sharded`): publish (with or without loopback),
-//! subscribe, trickle ICE, data-channel relay and release. The per-connection engine in the
-//! rest of this crate stays selectable (`--media-engine per-connection`) until it is deleted,
-//! the remaining step of the media-engine issue.
+//! The media engine: shard threads on the sans-IO `rtc` core, each with one UDP socket for all
+//! its peer connections, and our own forwarding fast path (BENCHMARKS.md §4 says why).
+//! [`crate::MediaRouter`] is a thin handle over [`sharded::ShardedEngine`].
 //!
 //! Modules, each owning one thing:
+//! - `codecs`: the codec set every peer connection registers, SDP media sections, the checks
+//!   every client offer passes.
 //! - `wire`: newtypes for wire values (`Ssrc`, `Pt`, `SeqNo`, `Mid`).
 //! - `demux`: a shard's address table (5-tuple → peer; learns addresses only from STUN requests
 //!   with valid MESSAGE-INTEGRITY).
@@ -24,14 +23,18 @@
 //! - `leg`: one subscriber's view of a track: in-place rewrite, own sequence space, gating, NACKs.
 //! - `nack_ring`: the clear packets of a track kept for retransmission, shared by its legs.
 //! - `keyframe`: keyframe starts in VP8/VP9/H.264 payloads, coalesced keyframe requests.
+//! - `outage`: a publisher stream resuming after an outage (detection) and the NACKs sent to
+//!   publishers (none for what the outage swallowed, a PLI instead of endless NACKs).
 //! - `sender_report`: the publisher's NTP↔RTP mapping in each leg's timestamp space; RTT.
 
+pub(crate) mod codecs;
 pub mod data;
 pub mod demux;
 pub mod forward;
 pub mod keyframe;
 pub mod leg;
 pub mod nack_ring;
+pub(crate) mod outage;
 pub mod peer;
 pub mod runtime;
 pub mod sender_report;

@@ -5,7 +5,7 @@
 //! ([`MediaKind`], [`CodecSpec`], [`OutTrack`], [`PublishedTrack`], [`SentTrack`],
 //! [`PublisherAnswer`], [`SubscriberAnswer`]), the per-PC configuration ([`PeerFactory`]:
 //! ICE-lite, DTLS server, the shard's certificate, raised ICE timeouts, no mDNS, the codec set
-//! of `crate::codecs`, an interceptor chain per role) and [`Peer`] (the sans-IO
+//! of `codecs.rs`, an interceptor chain per role) and [`Peer`] (the sans-IO
 //! `RTCPeerConnection` plus what the shard tracks about it: state, local ICE credentials, the
 //! selected path, its timers).
 //!
@@ -51,13 +51,13 @@ use rtc::rtp_transceiver::{
 };
 use rtc::sansio::Protocol;
 
-use crate::codecs::{
+use super::codecs::{
     media_sections, registered_codecs, same_codec, CodecInfo, Direction, Kind, MediaSection,
 };
 
+use super::outage::{NackFilter, NACK_FILTER_SLOT};
 use super::shard::{FailReason, ShardEvent, Transmit};
 use super::wire::{Mid, Pt, Ssrc};
-use crate::keyframe::{NackFilter, NACK_FILTER_SLOT};
 
 /// A peer connection's id, chosen by the shard's owner (unique within a shard).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -270,8 +270,8 @@ pub fn default_registry(role: Role) -> Registry {
     if role == Role::Publisher {
         r = r
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-            // NACKs neither for what an outage swallowed nor forever (a PLI instead): the
-            // per-connection engine's filter, see `crate::keyframe`.
+            // NACKs neither for what an outage swallowed nor forever (a PLI instead), see
+            // `outage.rs`.
             .with(NACK_FILTER_SLOT.into(), NackFilter::default())
             .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
@@ -375,7 +375,7 @@ impl PeerFactory {
         now: Instant,
     ) -> Result<RTCPeerConnection, NegotiationError> {
         let mut media_engine = MediaEngine::default();
-        crate::codecs::register(&mut media_engine).map_err(|e| rtc_err("codecs", e))?;
+        super::codecs::register(&mut media_engine).map_err(|e| rtc_err("codecs", e))?;
         // The default set registers its RTCP feedback and header extensions in the engine (the
         // SDP stays what roomd always answered); its chain is replaced by the role's own.
         let _sdp_only = register_default_interceptors(Registry::new(), &mut media_engine)
@@ -781,7 +781,7 @@ fn parse_offer(
 }
 
 /// Removes from each audio/video section of an offer the payload types we would not answer
-/// anyway (RTX, RED, FEC, CN, DTMF, codecs or profiles not in `crate::codecs`): their `m=`
+/// anyway (RTX, RED, FEC, CN, DTMF, codecs or profiles not in `codecs.rs`): their `m=`
 /// format, `a=rtpmap`, `a=fmtp` and `a=rtcp-fb` lines. The answer is unchanged, but rtc's offer
 /// processing, which rebuilds a section's codec map for every payload type (quadratic), has a
 /// third of a browser offer's payload types left to look at. Payload types without an

@@ -555,6 +555,8 @@ impl State {
                     // Whatever the crypto hook created for it (loopback).
                     Err(_) => self.forwarder.remove(id, now),
                 }
+                // The counters of a new peer count before the caller hears of it.
+                self.publish_snapshot(now);
                 let _ = reply.send(r);
             }
             Command::Subscribe {
@@ -576,6 +578,7 @@ impl State {
                     // Whatever the crypto hook created for it.
                     Err(_) => self.forwarder.remove(id, now),
                 }
+                self.publish_snapshot(now);
                 let _ = reply.send(r);
             }
             Command::Candidate {
@@ -589,6 +592,8 @@ impl State {
                 self.forwarder.remove(id, now);
                 self.data.remove(id);
                 self.shard.remove(id);
+                // A released peer is gone from the counters when `release` returns.
+                self.publish_snapshot(now);
                 let _ = reply.send(());
             }
             Command::Stats { reply } => {

@@ -1,5 +1,4 @@
-//! The engine behind [`crate::MediaRouter`] when it runs on shards: the shard threads, the
-//! table of endpoints (which shard, which role, whose events), and one dispatcher thread per
+//! The engine behind [`crate::MediaRouter`]: the shard threads, the table of endpoints (which shard, which role, whose events), and one dispatcher thread per
 //! shard that turns the shard's events into each endpoint's [`MediaEvent`]s.
 //!
 //! ```text
@@ -12,11 +11,12 @@
 //!  endpoint's mpsc::Sender<MediaEvent> ◀── dispatcher thread ◀──[events, bounded]
 //! ```
 //!
-//! Owns [`ShardedEngine`] and [`ShardedConfig`]. Does not own negotiation (the shard's
+//! Owns [`ShardedEngine`] and the offer and candidate checks made before a shard is asked.
+//! Does not own negotiation (the shard's
 //! `peer.rs`), forwarding (`forward.rs`), the data-channel relay (`data.rs`) or the socket loop
 //! (`runtime.rs`).
 //!
-//! Contract kept from the per-connection engine: a publisher's release also ends every
+//! The contract (the crate documentation has it whole): a publisher's release also ends every
 //! subscription it feeds; `Connected` is reported once per endpoint, `Failed` at most once and
 //! never after a release; events stop when the endpoint is released (its sender is dropped).
 //! Full policy of an endpoint's event queue (given by the caller): the dispatcher never
@@ -32,35 +32,22 @@
 //! the same connection (see `forward.rs`).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::codecs::{check_offer, Kind};
 use super::forward::subscription_of;
 use super::peer::{NegotiationError, PeerId, PublisherAnswer};
 use super::runtime::{RuntimeConfig, RuntimeError, RuntimeEvent, RuntimeStats, ShardRuntime};
 use super::shard::{FailReason, ShardError};
-use crate::{EndpointKey, IceCandidate, MediaEvent, MediaStats, PublishError, SubscribeError};
-
-/// How to start a [`ShardedEngine`].
-#[derive(Clone, Debug)]
-pub struct ShardedConfig {
-    /// Number of shards (threads, each with one UDP socket).
-    pub shards: usize,
-    /// Address the sockets bind to.
-    pub bind_ip: IpAddr,
-    /// Address announced in candidates instead of `bind_ip` (1:1 NAT).
-    pub public_ip: Option<IpAddr>,
-    /// UDP port of the first shard; shard `i` binds `udp_port + i`. 0: ports chosen by the
-    /// system (tests).
-    pub udp_port: u16,
-    /// Time a new peer connection has to connect before it is failed.
-    pub connect_timeout: Duration,
-}
+use crate::{
+    DropReason, EndpointKey, IceCandidate, MediaConfig, MediaEvent, MediaStats, PublishError,
+    SubscribeError,
+};
 
 /// Where an endpoint lives and whom it tells.
 struct Endpoint {
@@ -120,7 +107,7 @@ impl std::fmt::Debug for ShardedEngine {
 
 impl ShardedEngine {
     /// Binds one socket per shard and starts the shard and dispatcher threads.
-    pub fn start(config: &ShardedConfig) -> std::io::Result<Self> {
+    pub fn start(config: &MediaConfig) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             table: Mutex::new(Table {
                 endpoints: HashMap::new(),
@@ -142,6 +129,7 @@ impl ShardedEngine {
             };
             let mut rc = RuntimeConfig::new(SocketAddr::new(config.bind_ip, port));
             rc.connect_timeout = config.connect_timeout;
+            rc.forward.keyframe_interval = config.keyframe_request_interval;
             // Port 0: the bound port (see `RuntimeConfig::announced`).
             rc.announced = config.public_ip.map(|ip| SocketAddr::new(ip, port));
             let (runtime, events) = ShardRuntime::spawn(rc)?;
@@ -234,7 +222,7 @@ impl ShardedEngine {
         loopback: bool,
         events: mpsc::Sender<MediaEvent>,
     ) -> Result<String, PublishError> {
-        crate::parse_offer(offer.clone()).map_err(PublishError::InvalidOffer)?;
+        check_offer(&offer).map_err(PublishError::InvalidOffer)?;
         let shard = self.place(key);
         let token = self
             .reserve(key, shard, Role::Publisher(None), events)
@@ -273,8 +261,7 @@ impl ShardedEngine {
         offer: String,
         events: mpsc::Sender<MediaEvent>,
     ) -> Result<String, SubscribeError> {
-        let (_, sections) =
-            crate::parse_offer(offer.clone()).map_err(SubscribeError::InvalidOffer)?;
+        let sections = check_offer(&offer).map_err(SubscribeError::InvalidOffer)?;
         if key == publisher {
             return Err(SubscribeError::AlreadyExists);
         }
@@ -317,12 +304,9 @@ impl ShardedEngine {
                 return Err(SubscribeError::Unavailable);
             }
         };
-        let wants_media = sections.iter().any(|s| {
-            matches!(
-                s.kind,
-                crate::codecs::Kind::Audio | crate::codecs::Kind::Video
-            ) && s.direction.receives()
-        });
+        let wants_media = sections
+            .iter()
+            .any(|s| matches!(s.kind, Kind::Audio | Kind::Video) && s.direction.receives());
         if answer.tracks.is_empty() && wanted > 0 && wants_media {
             self.unreserve(key, token);
             self.remove_peer(shard, key).await;
@@ -352,7 +336,7 @@ impl ShardedEngine {
     /// See [`crate::MediaRouter::add_candidate`]. Candidates of an endpoint still negotiating
     /// go into the same ordered command queue, behind its creation.
     pub async fn add_candidate(&self, key: EndpointKey, candidate: IceCandidate) {
-        if crate::session::ignorable_candidate(&candidate) {
+        if ignorable_candidate(&candidate) {
             return;
         }
         let Some(shard) = self.shared.lock().endpoints.get(&key).map(|e| e.shard) else {
@@ -424,6 +408,7 @@ impl ShardedEngine {
         let mut sum = RuntimeStats::default();
         for r in &self.runtimes {
             let s = r.snapshot();
+            sum.shard.peers += s.shard.peers;
             sum.forward.rtp_in += s.forward.rtp_in;
             sum.forward.queued += s.forward.queued;
             sum.forward.queue_full += s.forward.queue_full;
@@ -434,33 +419,44 @@ impl ShardedEngine {
             sum.datagrams_sent += s.datagrams_sent;
             sum.events_dropped += s.events_dropped;
         }
-        let mut stats = MediaStats {
+        MediaStats {
             peer_connections: publishers + subscribers,
             publishers,
             subscribers,
-            tasks: 0,
-            ports_in_use: 0,
+            shard_peers: sum.shard.peers as u64,
             packets_received: sum.forward.rtp_in,
             packets_forwarded: sum.forward.queued,
             packets_sent: sum.forward.queued,
-            drops: crate::fanout::DropReason::ALL
+            drops: DropReason::ALL
                 .iter()
-                .map(|r| (*r, 0))
+                .map(|r| {
+                    let n = match r {
+                        DropReason::SubscriberQueueFull => sum.forward.queue_full,
+                        DropReason::DataChannelDropped => sum.data.dropped,
+                    };
+                    (*r, n)
+                })
                 .collect(),
             keyframe_requests_sent: sum.forward.plis_sent,
             keyframe_requests_received: sum.forward.keyframe_requests_in,
             data_messages_relayed: sum.data.relayed,
             events_dropped: sum.events_dropped + self.shared.events_dropped.load(Ordering::Relaxed),
-        };
-        for (reason, n) in &mut stats.drops {
-            match reason {
-                crate::fanout::DropReason::SubscriberQueueFull => *n = sum.forward.queue_full,
-                crate::fanout::DropReason::DataChannelDropped => *n = sum.data.dropped,
-                _ => {}
-            }
         }
-        stats
     }
+}
+
+/// Whether a client's candidate is not worth a shard command: the empty end-of-candidates
+/// marker, or an mDNS `.local` address (never resolved; the client's checks then arrive from
+/// its real address, which ICE-lite learns from them).
+pub(crate) fn ignorable_candidate(c: &IceCandidate) -> bool {
+    let s = c.candidate.trim();
+    if s.is_empty() {
+        return true;
+    }
+    let body = s.strip_prefix("candidate:").unwrap_or(s);
+    body.split_whitespace()
+        .nth(4)
+        .is_some_and(|addr| addr.to_ascii_lowercase().ends_with(".local"))
 }
 
 /// Routes one shard's events to their endpoints until the shard thread ends.

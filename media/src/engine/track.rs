@@ -35,9 +35,9 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
 use super::keyframe::{is_keyframe_start, Codec, KeyframeRequester, KeyframeStats};
 use super::leg::{DropReason, Leg, LegId, Outbound, Sent};
 use super::nack_ring::{self, NackRing, NotStored, RingId};
+use super::outage::OutageDetector;
 use super::sender_report::{PublisherClock, SenderReport};
 use super::wire::{Pt, SeqNo, Ssrc};
-use crate::keyframe::OutageDetector;
 
 /// One clear RTP packet of the publisher, parsed once and seen by every leg.
 #[derive(Clone, Copy, Debug)]
@@ -258,7 +258,7 @@ pub struct Track {
     /// Since when at least one leg waits for a keyframe.
     waiting_since: Option<Instant>,
     /// Notices the stream resuming after an outage with packets lost (see `resume_after_outage`
-    /// in `leg.rs`); the same rule as the per-connection engine's.
+    /// in `leg.rs` and `outage.rs`).
     outage: OutageDetector,
     stats: TrackStats,
 }

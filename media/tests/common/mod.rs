@@ -1,8 +1,7 @@
-//! Shared helpers for the media integration tests: routers on private port ranges and full
+//! Shared helpers for the media integration tests: routers on ephemeral ports and full
 //! publish/subscribe exchanges. The browser-like client itself is `media::testing`.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,27 +16,42 @@ pub use media::testing::*;
 
 pub mod engine;
 
-static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(0);
-
-/// A router on 127.0.0.1 with a port range of its own (tests in one binary run in parallel).
+/// A router on 127.0.0.1: one shard on a port the system chooses (tests in one binary run in
+/// parallel, each with its own router).
 pub fn router() -> MediaRouter {
     router_with(|_| {})
 }
 
 pub fn router_with(f: impl FnOnce(&mut MediaConfig)) -> MediaRouter {
     init_logs();
-    let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::Relaxed);
-    // Below the kernel's ephemeral range (32768+ on Linux), so that no client socket bound
-    // to port 0 can take a port a test expects to be free. Each test binary is its own
-    // process; spread binaries by pid, and routers of one binary by block.
-    let base = 20000 + (std::process::id() % 12) as u16 * 1000 + (block % 10) * 100;
     let mut cfg = MediaConfig {
-        port_min: base,
-        port_max: base + 99,
+        shards: 1,
+        udp_port: 0,
         ..MediaConfig::default()
     };
     f(&mut cfg);
-    MediaRouter::new(cfg)
+    MediaRouter::start(cfg).expect("a shard binds an ephemeral port on 127.0.0.1")
+}
+
+/// The router's counters once `ok` holds for them: the shards publish their traffic counters
+/// every `engine::runtime::SNAPSHOT_INTERVAL`. Panics with the last snapshot after [`WAIT`].
+pub async fn stats_when(
+    router: &MediaRouter,
+    what: &str,
+    ok: impl Fn(&media::MediaStats) -> bool,
+) -> media::MediaStats {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = router.stats();
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An events channel whose receiver is drained into a buffer the test can inspect.

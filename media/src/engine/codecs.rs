@@ -1,11 +1,11 @@
 //! Codec vocabulary: the codec set every peer connection registers, a small model of SDP media
-//! sections, and per-leg payload-type mapping.
+//! sections, and the checks every client offer passes before rtc sees it.
 //!
 //! Owns: [`registered_codecs`] (what the SFU passes through unchanged), [`MediaSection`] /
-//! [`CodecInfo`] (parsed from offers and from our own answers), [`same_codec`] (codec identity
-//! across legs, by MIME, clock rate and the fmtp parameters that change the bitstream) and
-//! [`PtMap`] (publisher payload type → payload type negotiated on one subscriber leg). Pure: no
-//! I/O, no peer connections.
+//! [`CodecInfo`] (parsed from offers), [`same_codec`] (codec identity across legs, by MIME,
+//! clock rate and the fmtp parameters that change the bitstream) and [`check_offer`] (the
+//! validation `MediaRouter::publish` and `subscribe` start with). Pure: no I/O, no peer
+//! connections.
 
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -80,23 +80,6 @@ impl CodecInfo {
         )
     }
 
-    pub(crate) fn has_feedback(&self, fb: &str) -> bool {
-        self.rtcp_feedback
-            .iter()
-            .any(|f| f.eq_ignore_ascii_case(fb))
-    }
-
-    /// The webrtc-rs codec description (MIME type `kind/name`).
-    pub(crate) fn to_rtc_codec(&self, kind: Kind) -> RTCRtpCodec {
-        RTCRtpCodec {
-            mime_type: format!("{}/{}", kind.as_str(), self.name),
-            clock_rate: self.clock_rate,
-            channels: self.channels,
-            sdp_fmtp_line: self.fmtp.clone(),
-            rtcp_feedback: vec![],
-        }
-    }
-
     /// From a webrtc-rs codec description (as returned by `RtpSender::get_parameters`).
     pub(crate) fn from_rtc(p: &RTCRtpCodecParameters) -> Self {
         let mime = &p.rtp_codec.mime_type;
@@ -157,6 +140,38 @@ pub(crate) fn check_complexity(sd: &SessionDescription) -> Result<(), String> {
         return Err("too many formats and attributes".to_owned());
     }
     Ok(())
+}
+
+/// The validation every client offer passes before rtc sees it: parseable SDP, not too costly
+/// ([`check_complexity`]), at least one media section, every section with a mid, ICE
+/// credentials for every section in use. Returns the parsed sections; `Err` is a short,
+/// client-safe reason.
+pub(crate) fn check_offer(offer: &str) -> Result<Vec<MediaSection>, String> {
+    let parsed = SessionDescription::unmarshal(&mut std::io::Cursor::new(offer.as_bytes()))
+        .map_err(|_| "unparseable SDP".to_owned())?;
+    check_complexity(&parsed)?;
+    let sections = media_sections(&parsed);
+    if sections.is_empty() {
+        return Err("no media section".to_owned());
+    }
+    if sections
+        .iter()
+        .any(|s| s.mid.as_deref().unwrap_or("").is_empty())
+    {
+        return Err("media section without mid".to_owned());
+    }
+    if parsed.attribute("ice-ufrag").is_none()
+        && sections.iter().any(|s| {
+            !s.rejected
+                && parsed
+                    .media_descriptions
+                    .iter()
+                    .all(|m| m.attribute("ice-ufrag").is_none())
+        })
+    {
+        return Err("no ICE credentials".to_owned());
+    }
+    Ok(sections)
 }
 
 /// Parses the media sections of a session description.
@@ -255,38 +270,6 @@ pub(crate) fn same_codec(a: &CodecInfo, b: &CodecInfo) -> bool {
     }
 }
 
-/// Publisher payload type → payload type of the same codec on one subscriber leg.
-#[derive(Clone, Debug)]
-pub(crate) struct PtMap {
-    map: [u8; 128],
-}
-
-const NO_PT: u8 = 0xFF;
-
-impl PtMap {
-    /// Maps every codec of `from` to the first codec of `to` that is [`same_codec`].
-    pub(crate) fn build(from: &[CodecInfo], to: &[CodecInfo]) -> Self {
-        let mut map = [NO_PT; 128];
-        for f in from {
-            if let Some(t) = to.iter().find(|t| same_codec(f, t)) {
-                if let Some(slot) = map.get_mut(usize::from(f.payload_type)) {
-                    *slot = t.payload_type;
-                }
-            }
-        }
-        Self { map }
-    }
-
-    /// The subscriber-leg payload type for a publisher payload type.
-    #[inline]
-    pub(crate) fn get(&self, pt: u8) -> Option<u8> {
-        match self.map.get(usize::from(pt)) {
-            Some(&NO_PT) | None => None,
-            Some(&v) => Some(v),
-        }
-    }
-}
-
 fn feedback() -> Vec<RTCPFeedback> {
     [("nack", ""), ("nack", "pli"), ("ccm", "fir")]
         .iter()
@@ -381,13 +364,6 @@ pub(crate) fn register(me: &mut MediaEngine) -> rtc::shared::error::Result<()> {
     Ok(())
 }
 
-/// Whether we can forward a codec with this encoding name.
-pub(crate) fn is_supported(c: &CodecInfo) -> bool {
-    registered_codecs()
-        .iter()
-        .any(|(r, _)| same_codec(&CodecInfo::from_rtc(r), c))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,24 +380,19 @@ mod tests {
     }
 
     #[test]
-    fn pt_map_by_codec() {
-        let from = [
-            c(96, "VP8", ""),
-            c(111, "opus", ""),
-            c(102, "H264", "packetization-mode=1;profile-level-id=42e01f"),
-        ];
-        let to = [
-            c(120, "VP8", ""),
-            c(109, "opus", "stereo=1"),
-            c(126, "H264", "profile-level-id=42001f;packetization-mode=1"),
-            c(97, "H264", "profile-level-id=42001f"),
-        ];
-        let m = PtMap::build(&from, &to);
-        assert_eq!(m.get(96), Some(120));
-        assert_eq!(m.get(111), Some(109));
-        assert_eq!(m.get(102), Some(126));
-        assert_eq!(m.get(97), None);
-        assert_eq!(m.get(200), None);
+    fn codecs_are_the_same_by_name_and_bitstream_parameters() {
+        let h264 = c(102, "H264", "packetization-mode=1;profile-level-id=42e01f");
+        assert!(same_codec(&c(96, "VP8", ""), &c(120, "VP8", "")));
+        assert!(same_codec(&c(111, "opus", ""), &c(109, "opus", "stereo=1")));
+        assert!(same_codec(
+            &h264,
+            &c(126, "H264", "profile-level-id=42001f;packetization-mode=1")
+        ));
+        assert!(!same_codec(
+            &h264,
+            &c(97, "H264", "profile-level-id=42001f")
+        ));
+        assert!(!same_codec(&c(96, "VP8", ""), &c(98, "VP9", "")));
     }
 
     #[test]
