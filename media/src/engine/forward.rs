@@ -7,8 +7,9 @@
 //!  shard.poll_event() ──▶ Forwarder::handle_event ──▶ (other events back to the owner)
 //!        TrackOpen (publisher)  → a Track
 //!        subscriber answered    → its sources' tracks primed (keyframe asked ahead)
-//!        Connected (subscriber) → SRTP keys captured → sealer → its legs attached (video
-//!                                 `attach_delay` later: from a recent stored keyframe, or asking)
+//!        Connected (subscriber) → SRTP keys captured → sealer → its legs attached; a video leg
+//!                                 still waiting `attach_delay` later starts at a recent stored
+//!                                 keyframe (or one is asked)
 //!          (loopback publisher: the same, for its own legs)
 //!        RtpIn                  → Track::on_rtp → per leg: copy + rewrite → seal → transmit queue
 //!        RtcpIn (subscriber)    → NACK → on_nack (retransmission, same queue); PLI/FIR →
@@ -89,12 +90,11 @@ pub struct ForwardConfig {
     pub path_refresh: Duration,
     /// Sender SSRC of the PLIs sent to publishers.
     pub rtcp_ssrc: Ssrc,
-    /// How long after a subscriber's DTLS completes its video legs attach (audio legs attach
-    /// at once). SRTP sent right behind our last DTLS flight can reach a client that reads both
-    /// in one batch and installs its keys only after the batch: what came before is dropped,
-    /// and a dropped keyframe (a joining video leg starts with one, see [`Track::add_leg`])
-    /// costs a new request. Video lost meanwhile costs nothing: the leg would wait for a
-    /// keyframe anyway, and a recent one is sent with everything after it.
+    /// How long after a subscriber's DTLS completes a video leg still waiting for a keyframe
+    /// is sent the newest stored one ([`Track::start_leg`]; live media flows at once). SRTP
+    /// sent right behind our last DTLS flight can reach a client that reads both in one batch
+    /// and installs its keys only after the batch: what came before is dropped, and a dropped
+    /// keyframe costs a new request.
     pub attach_delay: Duration,
     /// Minimum time between two keyframe requests sent for one publisher track (roomd's
     /// `--keyframe-interval-ms`).
@@ -195,7 +195,7 @@ struct Sub {
     path: Option<(SocketAddr, SocketAddr)>,
     transport_seq: u16,
     epoch: Instant,
-    /// When its video legs may attach (set at its first `Connected`:
+    /// When its waiting video legs are started (set at its first `Connected`:
     /// [`ForwardConfig::attach_delay`]).
     attach_at: Option<Instant>,
     legs: Vec<SubLeg>,
@@ -253,8 +253,8 @@ pub struct Forwarder {
     scratch: Vec<u8>,
     reports: Vec<(LegId, SenderReport)>,
     next_path_refresh: Option<Instant>,
-    /// The earliest [`Sub::attach_at`] still to come.
-    next_attach: Option<Instant>,
+    /// Waiting video legs to start: (when, subscriber, track).
+    starts: Vec<(Instant, PeerId, TrackKey)>,
     /// The earliest track timer, cached (never later than the truth; may be earlier, which
     /// only costs a wake-up): recomputed in full on timeouts and on rare events, lowered by the
     /// RTP hot path for the one track it touched.
@@ -280,7 +280,7 @@ impl Forwarder {
             tx,
             reports: Vec::new(),
             next_path_refresh: None,
-            next_attach: None,
+            starts: Vec::new(),
             tracks_timeout: None,
             stats: ForwardStats::default(),
         }
@@ -591,16 +591,11 @@ impl Forwarder {
     /// Attaches every leg whose subscriber is ready and whose track is open (a video leg may
     /// be sent a stored keyframe at once, see [`Track::add_leg`]).
     fn attach_pending(&mut self, now: Instant) {
-        // Found first, attached after: attaching may send, which borrows the subscribers.
-        let mut ready = Vec::new();
-        self.next_attach = None;
-        for (sid, sub) in &self.subs {
+        for (sid, sub) in &mut self.subs {
             if sub.sealer.is_none() || sub.path.is_none() {
                 continue;
             }
-            // Video legs wait for `attach_at` (they start with a keyframe); audio does not.
-            let video_due = sub.attach_at.is_none_or(|at| at <= now);
-            for (i, l) in sub.legs.iter().enumerate() {
+            for l in &mut sub.legs {
                 if l.attached.is_some() {
                     continue;
                 }
@@ -608,27 +603,40 @@ impl Forwarder {
                 else {
                     continue;
                 };
-                let Some(t) = self.tracks.get(&key) else {
+                let Some(t) = self.tracks.get_mut(&key) else {
                     continue;
                 };
-                let Some(track) = t.track.as_ref() else {
+                let Some(track) = t.track.as_mut() else {
                     continue;
                 };
-                if t.kind == MediaKind::Video && !video_due {
-                    if let Some(at) = sub.attach_at {
-                        self.next_attach = Some(self.next_attach.map_or(at, |n| n.min(at)));
-                    }
-                    continue;
-                }
                 if track.leg(LegId(sid.0)).is_some() {
                     // One leg per subscriber and track.
                     continue;
                 }
                 let config = leg_config(t.kind, &t.codecs, &t.extmap, l, track.ring().capacity());
-                ready.push((*sid, i, key, config));
+                let leg = Leg::new(LegId(sid.0), &config, now);
+                if leg.is_waiting_for_keyframe() {
+                    let due = sub.attach_at.map_or(now, |at| at.max(now));
+                    self.starts.push((due, *sid, key));
+                }
+                track.add_leg(leg, now);
+                l.attached = Some(key);
+                self.leg_by_ssrc.insert((*sid, l.sent.ssrc.0), key);
             }
         }
-        for (sid, i, key, config) in ready {
+        self.start_due(now);
+    }
+
+    /// Starts the waiting legs whose time has come (see [`Track::start_leg`]).
+    fn start_due(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.starts.len() {
+            let (due, sid, key) = self.starts[i];
+            if due > now {
+                i += 1;
+                continue;
+            }
+            self.starts.swap_remove(i);
             let Some(track) = self.tracks.get_mut(&key).and_then(|t| t.track.as_mut()) else {
                 continue;
             };
@@ -638,11 +646,7 @@ impl Forwarder {
                 now,
                 stats: &mut self.stats,
             };
-            track.add_leg(Leg::new(LegId(sid.0), &config, now), now, &mut egress);
-            if let Some(l) = self.subs.get_mut(&sid).and_then(|s| s.legs.get_mut(i)) {
-                l.attached = Some(key);
-                self.leg_by_ssrc.insert((sid, l.sent.ssrc.0), key);
-            }
+            track.start_leg(LegId(sid.0), now, &mut egress);
         }
     }
 
@@ -814,7 +818,7 @@ impl Forwarder {
         [
             self.tracks_timeout,
             self.next_path_refresh.filter(|_| !self.subs.is_empty()),
-            self.next_attach,
+            self.starts.iter().map(|s| s.0).min(),
         ]
         .into_iter()
         .flatten()
@@ -841,9 +845,8 @@ impl Forwarder {
             }
             self.attach_pending(now);
             self.next_path_refresh = Some(now + self.config.path_refresh);
-        } else if self.next_attach.is_some_and(|t| t <= now) {
-            self.attach_pending(now);
         }
+        self.start_due(now);
         self.poll_keyframes(shard, now);
         self.poll_sender_reports(shard, now);
         self.recompute_timeout();

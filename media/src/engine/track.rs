@@ -14,10 +14,10 @@
 //! - [`Track::prime`] when a subscription to the track is created (before its transport is
 //!   up): a keyframe is asked for at once, so that it is on its way while ICE and DTLS run.
 //! - [`Track::add_leg`] once the subscriber's transport can carry media (DTLS done, SRTP keys
-//!   captured): a video leg starts at the newest keyframe still in the ring if it is recent
-//!   (the keyframe and every packet since are sent to it at once, see [`Track::add_leg`]);
-//!   otherwise it waits for the next one, which is requested. [`Track::remove_leg`] when the
-//!   subscription ends.
+//!   captured): a video leg waits for a keyframe; one is requested unless a recent one is in
+//!   the ring. [`Track::start_leg`] a moment later: a leg still waiting is sent the newest
+//!   stored keyframe and every packet since, if recent and complete, or a keyframe is
+//!   requested. [`Track::remove_leg`] when the subscription ends.
 //! - [`Track::on_rtp`] for every clear RTP packet of the publisher's media SSRC,
 //!   [`Track::on_rtx`] for its RTX SSRC (unwrapped in place, then the same).
 //! - [`Track::on_nack`] for a generic NACK (RFC 4585) whose media SSRC is a leg's SSRC;
@@ -217,7 +217,7 @@ pub struct TrackStats {
     pub sender_reports_out: u64,
     /// Resumptions after an outage with packets lost (gated legs rebased, keyframe asked).
     pub outages: u64,
-    /// Joining legs started at a stored keyframe (see [`Track::add_leg`]).
+    /// Joining legs started at a stored keyframe (see [`Track::start_leg`]).
     pub replays: u64,
     /// Packets sent by those starts.
     pub replayed: u64,
@@ -307,53 +307,43 @@ impl Track {
     }
 
     /// Adds (or replaces, by id) a leg whose transport is up, at `now`. A leg waiting for a
-    /// keyframe starts at once if the newest keyframe arrived at most
-    /// [`TrackConfig::keyframe_replay`] ago and it and every packet after it are still in the
-    /// ring: they are sent to the leg now, through `egress`, as if they were arriving (the
-    /// subscriber's jitter buffer absorbs the burst of at most that much media). Otherwise it
-    /// waits for the next keyframe, which is requested.
-    pub fn add_leg(&mut self, mut leg: Leg, now: Instant, egress: &mut impl Egress) {
+    /// keyframe gets one requested, unless a recent one is in the ring for
+    /// [`start_leg`](Self::start_leg) to send.
+    pub fn add_leg(&mut self, mut leg: Leg, now: Instant) {
         self.legs.retain(|l| l.id() != leg.id());
-        if leg.is_waiting_for_keyframe() && self.replay_keyframe(&mut leg, now, egress) {
-            leg.take_keyframe_request();
-        }
-        if leg.take_keyframe_request() {
+        if leg.take_keyframe_request() && self.replay_span(now).is_none() {
             self.keyframes.request(now);
         }
         self.legs.push(leg);
         self.update_waiting(now);
     }
 
-    /// Sends the newest keyframe and everything after it from the ring to `leg`, if all of it
-    /// is there and recent. `true`: the leg no longer waits for a keyframe.
-    fn replay_keyframe(&mut self, leg: &mut Leg, now: Instant, egress: &mut impl Egress) -> bool {
-        let (Some(k), Some((ssrc, newest))) = (self.last_keyframe, self.newest) else {
-            return false;
+    /// Starts leg `id` if it still waits for a keyframe: when the newest keyframe arrived at
+    /// most [`TrackConfig::keyframe_replay`] ago and it and every packet after it are still in
+    /// the ring, they are sent to the leg now, through `egress`, as if they were arriving (the
+    /// subscriber's jitter buffer absorbs the burst of at most that much media); otherwise a
+    /// keyframe is requested. Called a moment after [`add_leg`](Self::add_leg), once the
+    /// subscriber surely has its keys (see the forwarder's `attach_delay`).
+    pub fn start_leg(&mut self, id: LegId, now: Instant, egress: &mut impl Egress) {
+        let Some(i) = self.legs.iter().position(|l| l.id() == id) else {
+            return;
         };
-        if self.keyframe_replay.is_zero()
-            || k.ssrc != ssrc
-            || now.saturating_duration_since(k.arrived) > self.keyframe_replay
-        {
-            return false;
+        if !self.legs[i].is_waiting_for_keyframe() {
+            return;
         }
-        let Ok(span) = u16::try_from(newest.since(k.seq)) else {
-            return false;
+        let Some((from, span)) = self.replay_span(now) else {
+            self.keyframes.request(now);
+            return;
         };
-        if usize::from(span) >= self.ring.capacity() {
-            return false;
-        }
-        let stored = |seq: SeqNo| {
-            let id = self.ring.find(ssrc, seq)?;
-            Some((id, self.ring.get(id, seq, now).ok()?))
-        };
-        // All or nothing: a hole would leave the subscriber a frame it cannot complete.
-        if (0..=span).any(|i| stored(k.seq.wrapping_add(i)).is_none()) {
-            return false;
-        }
-        let id = leg.id();
+        let leg = &mut self.legs[i];
         let mut sent = 0u64;
-        for i in 0..=span {
-            let Some((ring_id, bytes)) = stored(k.seq.wrapping_add(i)) else {
+        for k in 0..=span {
+            let seq = from.wrapping_add(k);
+            let Some((ring_id, bytes)) = self
+                .ring
+                .find(self.newest.map_or(Ssrc(0), |n| n.0), seq)
+                .and_then(|rid| Some((rid, self.ring.get(rid, seq, now).ok()?)))
+            else {
                 break;
             };
             let Some(mut p) = SourcePacket::parse(bytes) else {
@@ -368,12 +358,39 @@ impl Track {
                 sent += 1;
             }
         }
-        self.stats.replayed += sent;
         let started = !leg.is_waiting_for_keyframe();
+        self.stats.replayed += sent;
         if started {
             self.stats.replays += 1;
+        } else {
+            self.keyframes.request(now);
         }
-        started
+        self.update_waiting(now);
+    }
+
+    /// Where a replay would start (the newest keyframe) and how many packets follow it, if it
+    /// is recent and it and all of them are in the ring.
+    fn replay_span(&self, now: Instant) -> Option<(SeqNo, u16)> {
+        let (k, (ssrc, newest)) = (self.last_keyframe?, self.newest?);
+        if self.keyframe_replay.is_zero()
+            || k.ssrc != ssrc
+            || now.saturating_duration_since(k.arrived) > self.keyframe_replay
+        {
+            return None;
+        }
+        let span = u16::try_from(newest.since(k.seq)).ok()?;
+        if usize::from(span) >= self.ring.capacity() {
+            return None;
+        }
+        // All or nothing: a hole would leave the subscriber a frame it cannot complete.
+        let stored = |seq: SeqNo| {
+            self.ring
+                .find(ssrc, seq)
+                .is_some_and(|id| self.ring.get(id, seq, now).is_ok())
+        };
+        (0..=span)
+            .all(|i| stored(k.seq.wrapping_add(i)))
+            .then_some((k.seq, span))
     }
 
     /// Removes a leg; returns it.
@@ -877,8 +894,8 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(video_leg(1, 100, t0), t0, &mut eg);
-        track.add_leg(video_leg(2, 500, t0), t0, &mut eg);
+        track.add_leg(video_leg(1, 100, t0), t0);
+        track.add_leg(video_leg(2, 500, t0), t0);
         assert!(track.poll_keyframe_request(t0), "joining legs ask once");
         assert!(!track.poll_keyframe_request(t0));
 
@@ -915,7 +932,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(video_leg(1, 100, t0), t0, &mut eg);
+        track.add_leg(video_leg(1, 100, t0), t0);
         assert!(track.poll_keyframe_request(t0));
         track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
         track.on_rtp(&pkt(SRC, 2, VP8_DELTA), t0, &mut eg).unwrap();
@@ -1007,7 +1024,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(stamped_leg(1, false, t0), t0, &mut eg);
+        track.add_leg(stamped_leg(1, false, t0), t0);
         let mut first = Vec::new();
         for (i, seq) in (10u16..20).enumerate() {
             eg.abs = 1000 + i as u32; // our send time moves on
@@ -1049,7 +1066,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(stamped_leg(1, true, t0), t0, &mut eg);
+        track.add_leg(stamped_leg(1, true, t0), t0);
         eg.abs = 0x12_3456;
         track.on_rtp(&ext_pkt(10, VP8_KEY), t0, &mut eg).unwrap();
         track.on_rtp(&ext_pkt(11, VP8_DELTA), t0, &mut eg).unwrap();
@@ -1096,7 +1113,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(video_leg(1, 100, t0), t0, &mut eg);
+        track.add_leg(video_leg(1, 100, t0), t0);
         // Source:  1:key 2 [3 congested] 4 5:key 6 [7 lost upstream] 8 9:padding-only 10
         // Output:  100   101               (skipped, waiting) 102 103 [104] 105 (none) 106
         track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
@@ -1168,7 +1185,7 @@ mod tests {
         }];
         c.history = 64;
         c.max_retransmits = 2;
-        track.add_leg(Leg::new(LegId(1), &c, t0), t0, &mut eg);
+        track.add_leg(Leg::new(LegId(1), &c, t0), t0);
         for seq in 0..40u16 {
             track
                 .on_rtp(&pkt(SRC, seq, VP8_DELTA), t0, &mut eg)
@@ -1216,7 +1233,7 @@ mod tests {
             subscriber: Pt(96),
             rtx: None,
         }];
-        track.add_leg(Leg::new(LegId(1), &c, t0), t0, &mut eg);
+        track.add_leg(Leg::new(LegId(1), &c, t0), t0);
         track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
         track.on_sender_report(Ssrc(SRC), 5 << 32, 0, t0);
         let mut srs = Vec::new();
@@ -1243,8 +1260,8 @@ mod tests {
         let mut track = Track::new(&cfg);
         let mut eg = Rec::new();
         assert_eq!(track.poll_timeout(), None);
-        track.add_leg(video_leg(1, 0, t0), t0, &mut eg);
-        track.add_leg(video_leg(2, 0, t0), t0, &mut eg);
+        track.add_leg(video_leg(1, 0, t0), t0);
+        track.add_leg(video_leg(2, 0, t0), t0);
         assert_eq!(track.poll_timeout(), Some(t0));
         assert!(track.poll_keyframe_request(t0));
         // A subscriber's PLI 100 ms later waits for the 500 ms interval.
@@ -1259,7 +1276,7 @@ mod tests {
         assert_eq!(track.keyframe_stats().satisfied_before_sending, 1);
         assert_eq!(track.poll_timeout(), None);
         // A third leg joins; its request goes out at the end of the interval only.
-        track.add_leg(video_leg(3, 0, t(300)), t(300), &mut eg);
+        track.add_leg(video_leg(3, 0, t(300)), t(300));
         assert!(!track.poll_keyframe_request(t(300)));
         assert!(track.poll_keyframe_request(t(500)));
         // No keyframe comes: leg 3 still waits, so we ask again after the retry time (1 s).
@@ -1288,8 +1305,12 @@ mod tests {
         for (seq, payload) in [(1, VP8_DELTA), (2, VP8_KEY), (3, VP8_MORE), (4, VP8_DELTA)] {
             assert_eq!(track.on_rtp(&pkt(SRC, seq, payload), t(50), &mut eg), Ok(0));
         }
-        // Its transport is up 100 ms later: the keyframe and what followed go out at once.
-        track.add_leg(video_leg(1, 700, t(150)), t(150), &mut eg);
+        // Its transport is up 100 ms later: nothing to ask, and a moment later the keyframe and
+        // what followed go out at once.
+        track.add_leg(video_leg(1, 700, t(150)), t(150));
+        assert!(!track.poll_keyframe_request(t(150)), "nothing to ask");
+        assert!(eg.take().is_empty());
+        track.start_leg(LegId(1), t(160), &mut eg);
         let out = eg.take();
         assert_eq!(
             out.iter()
@@ -1299,7 +1320,7 @@ mod tests {
             "from the keyframe on, renumbered without a gap"
         );
         assert!(!track.leg(LegId(1)).unwrap().is_waiting_for_keyframe());
-        assert!(!track.poll_keyframe_request(t(150)), "nothing to ask");
+        assert!(!track.poll_keyframe_request(t(160)), "nothing to ask");
         assert_eq!(track.poll_timeout(), None);
         assert_eq!((track.stats().replays, track.stats().replayed), (1, 3));
         // Live packets follow on.
@@ -1310,7 +1331,8 @@ mod tests {
         assert_eq!(eg.seqs(LegId(1)), [703]);
 
         // A keyframe older than the replay age (500 ms): the next leg waits and asks.
-        track.add_leg(video_leg(2, 0, t(700)), t(700), &mut eg);
+        track.add_leg(video_leg(2, 0, t(700)), t(700));
+        track.start_leg(LegId(2), t(700), &mut eg);
         assert!(eg.take().is_empty());
         assert!(track.leg(LegId(2)).unwrap().is_waiting_for_keyframe());
         assert!(track.poll_keyframe_request(t(700)));
@@ -1323,7 +1345,8 @@ mod tests {
             .on_rtp(&pkt(SRC, 12, VP8_DELTA), t(800), &mut eg)
             .unwrap();
         eg.take();
-        track.add_leg(video_leg(3, 0, t(810)), t(810), &mut eg);
+        track.add_leg(video_leg(3, 0, t(810)), t(810));
+        track.start_leg(LegId(3), t(810), &mut eg);
         assert!(eg.take().is_empty());
         assert!(track.leg(LegId(3)).unwrap().is_waiting_for_keyframe());
         assert_eq!(track.stats().replays, 1);
@@ -1355,9 +1378,9 @@ mod tests {
             rtx: None,
         }];
         c.first_timestamp = 5_000;
-        track.add_leg(Leg::new(LegId(1), &c, t0), t0, &mut eg);
+        track.add_leg(Leg::new(LegId(1), &c, t0), t0);
         c.ssrc = Ssrc(8);
-        track.add_leg(Leg::new(LegId(2), &c, t0), t0, &mut eg);
+        track.add_leg(Leg::new(LegId(2), &c, t0), t0);
         // Source packet 10 has timestamp 30000; leg 1 maps it to 5000: offset −25000.
         // Leg 2 is congested and sends nothing.
         eg.full.insert(LegId(2));
@@ -1417,7 +1440,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(video_leg(1, 100, t0), t0, &mut eg);
+        track.add_leg(video_leg(1, 100, t0), t0);
         track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
         track.on_rtp(&pkt(SRC, 3, VP8_MORE), t0, &mut eg).unwrap();
         assert_eq!(eg.seqs(LegId(1)), [100, 102]);
@@ -1465,7 +1488,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = vp8_track();
         let mut eg = Rec::new();
-        track.add_leg(video_leg(1, 0, t0), t0, &mut eg);
+        track.add_leg(video_leg(1, 0, t0), t0);
         track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg).unwrap();
         assert_eq!(
             track.on_rtp(&pkt(SRC, 1, VP8_KEY), t0, &mut eg),
