@@ -280,6 +280,7 @@ fn forwarder_allocates_nothing_per_packet() {
             format!("198.51.100.1:{}", 40_000 + i)
                 .parse()
                 .expect("addr"),
+            rtc::shared::TransportProtocol::UDP,
         );
     }
     let _ = fw.handle_event(

@@ -185,7 +185,18 @@ fn codec(kind: RtpCodecKind, n: Numbering) -> RTCRtpCodecParameters {
 }
 
 impl Client {
+    /// A client on UDP (127.0.0.1).
     pub async fn new(numbering: Numbering) -> Client {
+        Self::build(numbering, false).await
+    }
+
+    /// A client without any UDP socket: its only way to the router is ICE-TCP (an active
+    /// connection to the router's passive TCP candidate).
+    pub async fn tcp_only(numbering: Numbering) -> Client {
+        Self::build(numbering, true).await
+    }
+
+    async fn build(numbering: Numbering, tcp_only: bool) -> Client {
         let mut me = MediaEngine::default();
         me.register_codec(codec(RtpCodecKind::Video, numbering), RtpCodecKind::Video)
             .expect("register VP8 (static codec description)");
@@ -209,12 +220,18 @@ impl Client {
             channels: ch_tx,
             candidates: cand_tx,
         });
+        let (udp, tcp) = if tcp_only {
+            (vec![], vec!["127.0.0.1:0"])
+        } else {
+            (vec!["127.0.0.1:0"], vec![])
+        };
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(me)
             .with_interceptor_registry(registry)
             .with_setting_engine(se)
             .with_handler(handler)
-            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .with_udp_addrs(udp)
+            .with_tcp_addrs(tcp)
             .build()
             .await
             .expect("client peer connection builds on 127.0.0.1");
