@@ -154,27 +154,32 @@ pub async fn serve(
 /// and a warning when HTTP is reachable from other machines while media announces only a
 /// loopback address (their calls would connect signaling but get no media).
 fn announce(config: &Config, http: std::net::SocketAddr) {
-    let media = config.public_ip.unwrap_or(config.media_ip);
+    let announced = if config.public_ips.is_empty() {
+        vec![config.media_ip]
+    } else {
+        config.public_ips.clone()
+    };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         %http,
-        media_ip = %media,
+        media_ip = %config.media_ip,
+        announced = ?announced,
         engine = ?config.media_engine,
         udp_ports = %match config.media_engine {
             config::MediaEngine::PerConnection => {
                 format!("{}-{}", config.rtc_port_min, config.rtc_port_max)
             }
             config::MediaEngine::Sharded => format!(
-                "{} + one per shard",
+                "{} + one per shard (UDP, and TCP for ICE-TCP)",
                 config.rtc_udp_port
             ),
         },
         "roomd starting"
     );
-    if !http.ip().is_loopback() && media.is_loopback() {
+    if !http.ip().is_loopback() && announced.iter().all(std::net::IpAddr::is_loopback) {
         tracing::warn!(
             %http,
-            media_ip = %media,
+            announced = ?announced,
             "HTTP is reachable from other machines but media announces a loopback address: \
              remote clients will get no media; set --media-ip (and --public-ip behind NAT)"
         );

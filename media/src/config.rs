@@ -10,8 +10,9 @@ use std::time::Duration;
 pub struct MediaConfig {
     /// Local address the peer connections bind to and announce as host candidates.
     pub bind_ip: IpAddr,
-    /// Address announced instead of `bind_ip` (1:1 NAT), if any.
-    pub public_ip: Option<IpAddr>,
+    /// Addresses announced instead of `bind_ip` (1:1 NAT; several: e.g. IPv4 and IPv6), if any.
+    /// The per-connection engine announces the first only.
+    pub public_ips: Vec<IpAddr>,
     /// Lowest UDP port of the pool used for peer connections (inclusive).
     pub port_min: u16,
     /// Highest UDP port of the pool used for peer connections (inclusive).
@@ -43,7 +44,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             bind_ip: IpAddr::from([127, 0, 0, 1]),
-            public_ip: None,
+            public_ips: Vec::new(),
             port_min: 40000,
             port_max: 40999,
             keyframe_request_interval: Duration::from_millis(500),

@@ -299,7 +299,7 @@ impl MediaRouter {
                 &engine::sharded::ShardedConfig {
                     shards: config.shards,
                     bind_ip: config.bind_ip,
-                    public_ip: config.public_ip,
+                    public_ips: config.public_ips.clone(),
                     udp_port: config.udp_port,
                     connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 },
@@ -565,9 +565,12 @@ impl MediaRouter {
         session::set_offer(&partial.session, desc)
             .await
             .map_err(PublishError::Negotiation)?;
-        let answer = session::answer(&partial.session, self.inner.factory.config.public_ip)
-            .await
-            .map_err(PublishError::Negotiation)?;
+        let answer = session::answer(
+            &partial.session,
+            self.inner.factory.config.public_ips.first().copied(),
+        )
+        .await
+        .map_err(PublishError::Negotiation)?;
 
         let cfg = &self.inner.factory.config;
         let mut hubs = Vec::new();
@@ -798,9 +801,12 @@ impl MediaRouter {
                 debug!(endpoint = endpoint.0, error = %e, "cannot force sendonly");
             }
         }
-        let answer = session::answer(&partial.session, self.inner.factory.config.public_ip)
-            .await
-            .map_err(SubscribeError::Negotiation)?;
+        let answer = session::answer(
+            &partial.session,
+            self.inner.factory.config.public_ips.first().copied(),
+        )
+        .await
+        .map_err(SubscribeError::Negotiation)?;
 
         let mut attached = 0usize;
         for (hi, track, ssrc, transceiver) in planned {

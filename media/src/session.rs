@@ -359,7 +359,7 @@ impl SessionFactory {
                 gathered: gathered_tx,
                 connected: connected_tx,
                 first_mid: first_mid.clone(),
-                public_ip: self.config.public_ip,
+                public_ip: self.config.public_ips.first().copied(),
                 hooks: Arc::clone(&hooks),
             });
             let addr = SocketAddr::new(self.config.bind_ip, lease.port());
@@ -414,7 +414,7 @@ impl SessionFactory {
                 CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_256_Cbc_Sha,
                 CipherSuiteId::Tls_Ecdhe_Ecdsa_With_ChaCha20_Poly1305_Sha256,
             ]);
-        if let Some(public) = self.config.public_ip {
+        if let Some(public) = self.config.public_ips.first().copied() {
             se = se.with_nat_1to1_ips(vec![public.to_string()], RTCIceCandidateType::Host);
         }
 

@@ -80,9 +80,10 @@ pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 pub struct RuntimeConfig {
     /// Address to bind the UDP socket to.
     pub bind: SocketAddr,
-    /// Address announced in candidates (`None`: the bound address; required when binding a
+    /// Addresses announced in candidates, one host candidate each (empty: the bound address;
+    /// required when binding a
     /// wildcard address). Port 0 announces this IP with the bound port.
-    pub announced: Option<SocketAddr>,
+    pub announced: Vec<SocketAddr>,
     /// Capacity of the command queue.
     pub commands: usize,
     /// Capacity of the event queue.
@@ -107,11 +108,62 @@ pub struct RuntimeConfig {
 /// (~90 ms of a shard forwarding 40,000 packets a second).
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
+/// Whether a socket bound to `addr` is dual-stack: the IPv6 wildcard `::` also takes IPv4
+/// (as v4-mapped addresses, which the loop turns back into IPv4 ones and back).
+pub(crate) fn dual_stack(addr: SocketAddr) -> bool {
+    matches!(addr, SocketAddr::V6(v6) if v6.ip().is_unspecified())
+}
+
+/// The announced addresses of a shard bound to `local`: `wanted` with port 0 replaced by the
+/// bound port, or `local` itself when none is wanted. An address of a family the socket cannot
+/// serve is refused (IPv6 needs a socket bound to `::` or an IPv6 address; IPv4 with IPv6 needs
+/// `::`, which is dual-stack).
+fn announced_addrs(wanted: &[SocketAddr], local: SocketAddr) -> io::Result<Vec<SocketAddr>> {
+    if wanted.is_empty() {
+        return Ok(vec![local]);
+    }
+    wanted
+        .iter()
+        .map(|a| {
+            let a = if a.port() == 0 {
+                SocketAddr::new(a.ip(), local.port())
+            } else {
+                *a
+            };
+            if a.is_ipv4() == local.is_ipv4() || dual_stack(local) {
+                Ok(a)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "cannot announce {} on a socket bound to {local}: bind the media IP `::` \
+                         to serve IPv4 and IPv6",
+                        a.ip()
+                    ),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// An address as the socket's family wants it: IPv4 becomes v4-mapped IPv6 on an IPv6 socket.
+fn wire_addr(socket: SocketAddr, addr: SocketAddr) -> SocketAddr {
+    match (socket, addr) {
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+            SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => addr,
+    }
+}
+
 /// Binds the shard's UDP socket with the buffers asked for (kept at the kernel's size when it
-/// refuses: a smaller buffer only costs drops under bursts).
+/// refuses: a smaller buffer only costs drops under bursts); `::` is bound dual-stack.
 fn bind(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!dual_stack(addr))?;
+    }
     if let Err(e) = socket.set_recv_buffer_size(buffer) {
         tracing::warn!(error = %e, "shard socket: SO_RCVBUF not set");
     }
@@ -128,7 +180,7 @@ impl RuntimeConfig {
         let shard = ShardConfig::new(bind);
         Self {
             bind,
-            announced: None,
+            announced: Vec::new(),
             commands: 256,
             events: 1024,
             max_wait: Duration::from_millis(10),
@@ -231,7 +283,7 @@ enum Command {
 pub struct ShardRuntime {
     commands: tokio::sync::mpsc::Sender<Command>,
     local: SocketAddr,
-    announced: SocketAddr,
+    announced: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     snapshot: Arc<Mutex<RuntimeStats>>,
@@ -243,13 +295,12 @@ impl ShardRuntime {
         let (socket, tcp) = bind_both(&config)?;
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
-        let announced = match config.announced {
-            Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), local.port()),
-            Some(a) => a,
-            None => local,
-        };
+        let announced = announced_addrs(&config.announced, local)?;
         let mut shard_config = ShardConfig::new(local);
-        shard_config.addrs = vec![ShardAddr { local, announced }];
+        shard_config.addrs = announced
+            .iter()
+            .map(|&announced| ShardAddr { local, announced })
+            .collect();
         shard_config.ice = config.ice;
         shard_config.connect_timeout = config.connect_timeout;
         shard_config.ice_tcp = tcp.is_some();
@@ -297,9 +348,14 @@ impl ShardRuntime {
         self.local
     }
 
-    /// The announced address.
+    /// The first announced address.
     pub fn announced_addr(&self) -> SocketAddr {
-        self.announced
+        self.announced[0]
+    }
+
+    /// Every announced address.
+    pub fn announced_addrs(&self) -> &[SocketAddr] {
+        &self.announced
     }
 
     /// Room for one command, waiting while the queue is full (backpressure: the shard drains
@@ -479,12 +535,20 @@ impl BatchIo {
     }
 }
 
-/// A socket address as std's type (IPv4 or IPv6; other families: `None`).
+/// A socket address as std's type (IPv4 or IPv6; a v4-mapped IPv6 address, as a dual-stack
+/// socket reports IPv4 senders, as IPv4; other families: `None`).
 fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
         return Some(SocketAddr::V4((*v4).into()));
     }
-    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
+        .map(canonical)
+}
+
+/// A v4-mapped IPv6 socket address as the IPv4 one it stands for.
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 struct State {
@@ -805,7 +869,8 @@ impl State {
                 .take_while(|d| d.protocol == TransportProtocol::UDP);
             for (iov, d) in iovs.iter_mut().zip(udp) {
                 *iov = [IoSlice::new(d.bytes)];
-                io.send_addrs.push(Some(SockaddrStorage::from(d.dest)));
+                io.send_addrs
+                    .push(Some(SockaddrStorage::from(wire_addr(self.local, d.dest))));
                 k += 1;
             }
             let sent = sendmmsg(
@@ -874,7 +939,10 @@ impl State {
     }
 
     fn send_to(&mut self, bytes: &[u8], dest: SocketAddr) {
-        let ok = self.socket.send_to(bytes, dest).is_ok();
+        let ok = self
+            .socket
+            .send_to(bytes, wire_addr(self.local, dest))
+            .is_ok();
         self.count_send(ok);
     }
 

@@ -449,11 +449,12 @@ impl Shard {
             protocol,
         } = tuple;
         self.stats.datagrams_in += 1;
-        let Some(announced) = self
-            .config
-            .addrs
-            .iter()
-            .find(|a| a.local == local)
+        // The announced address of the packet's family on that socket (a dual-stack socket
+        // serves an IPv4 and an IPv6 one), else its first.
+        let on_socket = || self.config.addrs.iter().filter(|a| a.local == local);
+        let Some(announced) = on_socket()
+            .find(|a| a.announced.is_ipv4() == from.is_ipv4())
+            .or_else(|| on_socket().next())
             .map(|a| a.announced)
         else {
             self.stats.unknown_local += 1;

@@ -53,8 +53,9 @@ pub struct ShardedConfig {
     pub shards: usize,
     /// Address the sockets bind to.
     pub bind_ip: IpAddr,
-    /// Address announced in candidates instead of `bind_ip` (1:1 NAT).
-    pub public_ip: Option<IpAddr>,
+    /// Addresses announced in candidates instead of `bind_ip` (1:1 NAT; IPv4 and IPv6 together
+    /// need `bind_ip` `::`).
+    pub public_ips: Vec<IpAddr>,
     /// UDP port of the first shard; shard `i` binds `udp_port + i`. 0: ports chosen by the
     /// system (tests).
     pub udp_port: u16,
@@ -143,7 +144,11 @@ impl ShardedEngine {
             let mut rc = RuntimeConfig::new(SocketAddr::new(config.bind_ip, port));
             rc.connect_timeout = config.connect_timeout;
             // Port 0: the bound port (see `RuntimeConfig::announced`).
-            rc.announced = config.public_ip.map(|ip| SocketAddr::new(ip, port));
+            rc.announced = config
+                .public_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect();
             let (runtime, events) = ShardRuntime::spawn(rc)?;
             let shared2 = Arc::clone(&shared);
             std::thread::Builder::new()

@@ -144,7 +144,8 @@ impl TcpTransport {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
+            // `::` is dual-stack, as the shard's UDP socket.
+            socket.set_only_v6(!super::runtime::dual_stack(addr))?;
         }
         socket.bind(&addr.into())?;
         socket.listen(128)?;
@@ -207,7 +208,11 @@ impl TcpTransport {
                 let _ = stream.shutdown(Shutdown::Both);
                 continue;
             }
-            let local = stream.local_addr().unwrap_or(self.local);
+            // The listener's address (as the UDP socket's, possibly a wildcard) names the
+            // shard address; the client's is unique per connection. IPv4 clients of a
+            // dual-stack listener come as v4-mapped addresses: as IPv4.
+            let local = self.local;
+            let remote = super::runtime::canonical(remote);
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
