@@ -20,6 +20,7 @@ mod drain;
 mod ice_servers;
 mod limits;
 mod metrics;
+mod notify;
 mod room_handle;
 mod rooms;
 mod server;
@@ -129,9 +130,23 @@ pub async fn serve(
             drain::drain(&state).await;
         }
     };
+    if let Some(every) = notify::watchdog_interval() {
+        let stop = state.lifecycle.stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => notify::send("WATCHDOG=1"),
+                    () = stop.cancelled() => break,
+                }
+            }
+        });
+    }
     let served = match tls {
         None => {
             tracing::info!(addr = %listener.local_addr()?, "roomd listening (http, ws)");
+            // HTTP is bound (by the caller) and the media engine's sockets by `AppState::new`.
+            notify::send("READY=1");
             axum::serve(nodelay(listener), router)
                 .with_graceful_shutdown(drained)
                 .await
@@ -140,6 +155,7 @@ pub async fn serve(
             tracing::info!(addr = %listener.local_addr()?, "roomd listening (https, wss)");
             // The TLS listener sets TCP_NODELAY itself; tap_io only lends it `ConnectInfo`.
             let listener = tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
+            notify::send("READY=1");
             axum::serve(listener, router)
                 .with_graceful_shutdown(drained)
                 .await
