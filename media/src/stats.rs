@@ -40,6 +40,16 @@ pub struct MediaStats {
     pub data_messages_relayed: u64,
     /// Media events dropped because an endpoint's event queue was full.
     pub events_dropped: u64,
+    /// Sharded engine: ICE-TCP connections open now.
+    pub ice_tcp_connections: u64,
+    /// Sharded engine: ICE-TCP connections accepted since start.
+    pub ice_tcp_accepted: u64,
+    /// Sharded engine: ICE-TCP connections closed without an authenticated STUN request, or
+    /// refused past the per-shard bound.
+    pub ice_tcp_rejected: u64,
+    /// Sharded engine: packets not sent on an ICE-TCP connection (its write buffer full, or the
+    /// connection gone).
+    pub ice_tcp_dropped: u64,
 }
 
 impl MediaStats {
@@ -94,6 +104,11 @@ impl Counters {
             keyframe_requests_received: self.keyframe_requests_received.load(Ordering::Relaxed),
             data_messages_relayed: self.data_messages_relayed.load(Ordering::Relaxed),
             events_dropped: self.events_dropped.load(Ordering::Relaxed),
+            // The per-connection engine has no ICE-TCP.
+            ice_tcp_connections: 0,
+            ice_tcp_accepted: 0,
+            ice_tcp_rejected: 0,
+            ice_tcp_dropped: 0,
         }
     }
 

@@ -846,6 +846,11 @@ scenario('ice-tcp', async (ctx) => {
     const dropped = [...table.matchAll(/udp dport \S+ counter packets (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
     ctx.note(`UDP datagrams to roomd's media ports dropped during the call: ${dropped}`);
     if (!(dropped > 0)) throw new Error(`no UDP to the media ports was dropped, the rule did not apply: ${table}`);
+    // roomd's side: the four peer connections came in over its ICE-TCP listener.
+    const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    const gauge = (name) => Number((metrics.match(new RegExp(`^${name} (\\d+)$`, 'm')) || [])[1]);
+    ctx.note(`roomd: ${gauge('roomd_ice_tcp_connections')} ICE-TCP connections open, ${gauge('roomd_ice_tcp_accepted_total')} accepted, ${gauge('roomd_ice_tcp_dropped_total')} packets dropped`);
+    if (!(gauge('roomd_ice_tcp_connections') >= 4)) throw new Error(`roomd reports fewer than 4 ICE-TCP connections:\n${metrics}`);
   } finally {
     try {
       nft(`delete table inet ${ICE_TCP_TABLE}\n`);

@@ -438,6 +438,10 @@ impl ShardedEngine {
             sum.data.dropped += s.data.dropped;
             sum.datagrams_sent += s.datagrams_sent;
             sum.events_dropped += s.events_dropped;
+            sum.tcp.open += s.tcp.open;
+            sum.tcp.accepted += s.tcp.accepted;
+            sum.tcp.refused += s.tcp.refused + s.tcp.unauthenticated;
+            sum.tcp.dropped_full += s.tcp.dropped_full + s.tcp.dropped_no_connection;
         }
         let mut stats = MediaStats {
             peer_connections: publishers + subscribers,
@@ -456,6 +460,10 @@ impl ShardedEngine {
             keyframe_requests_received: sum.forward.keyframe_requests_in,
             data_messages_relayed: sum.data.relayed,
             events_dropped: sum.events_dropped + self.shared.events_dropped.load(Ordering::Relaxed),
+            ice_tcp_connections: sum.tcp.open as u64,
+            ice_tcp_accepted: sum.tcp.accepted,
+            ice_tcp_rejected: sum.tcp.refused,
+            ice_tcp_dropped: sum.tcp.dropped_full,
         };
         for (reason, n) in &mut stats.drops {
             match reason {
