@@ -149,11 +149,35 @@ async fn a_client_with_only_tcp_publishes_and_subscribes() {
         assert_eq!(seen.packets, want, "{kind}: every packet over TCP");
         assert_eq!(seen.corrupt, 0, "{kind}: payload bytes intact");
     }
+    let during = router.stats();
+    assert!(
+        during.ice_tcp_connections >= 2 && during.ice_tcp_dropped == 0,
+        "both clients on ICE-TCP, nothing dropped: {during:?}"
+    );
     router.release(EndpointKey(2)).await;
     router.release(EndpointKey(1)).await;
     assert_idle(&router);
+    // Released peers' connections are closed by the server, before the clients close theirs.
+    wait_stats(&router, |s| s.ice_tcp_connections == 0).await;
     publisher.close().await;
     subscriber.close().await;
+}
+
+/// Waits (bounded) until the router's counters, republished by each shard every 100 ms,
+/// satisfy `ok`.
+async fn wait_stats(router: &MediaRouter, ok: impl Fn(&media::MediaStats) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = router.stats();
+        if ok(&s) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "counters never got there: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A Binding request as a browser sends it over ICE-TCP, framed (RFC 4571).
