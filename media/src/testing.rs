@@ -201,6 +201,11 @@ impl Client {
         Self::build(numbering, vec![], vec!["127.0.0.1:0"]).await
     }
 
+    /// [`Client::tcp_only`] over IPv6 (::1).
+    pub async fn tcp_only_ipv6(numbering: Numbering) -> Client {
+        Self::build(numbering, vec![], vec!["[::1]:0"]).await
+    }
+
     async fn build(numbering: Numbering, udp: Vec<&'static str>, tcp: Vec<&'static str>) -> Client {
         let mut me = MediaEngine::default();
         me.register_codec(codec(RtpCodecKind::Video, numbering), RtpCodecKind::Video)

@@ -53,15 +53,18 @@ fn sdp_attr<'a>(sdp: &'a str, name: &str) -> &'a str {
 
 /// Applies the router's answer and the candidates it trickled for `key`, as a room client does
 /// with `iceCandidate` events (webrtc-rs clients, like browsers, open their ICE-TCP connections
-/// to trickled passive candidates), then waits for the connection.
+/// to trickled passive candidates), until the passive TCP candidate on `ip`; then waits for the
+/// connection.
 async fn apply_and_connect(
     client: &Client,
     answer: String,
     key: EndpointKey,
     events: &mut mpsc::Receiver<MediaEvent>,
+    ip: &str,
 ) {
     client.apply_answer(answer).await;
     let mut tcp = 0;
+    let want = format!(" {ip} ");
     while tcp == 0 {
         let ev = tokio::time::timeout(WAIT, events.recv())
             .await
@@ -73,7 +76,10 @@ async fn apply_and_connect(
         } = ev
         {
             if endpoint == key && !candidate.candidate.is_empty() {
-                tcp += usize::from(candidate.candidate.contains("tcptype passive"));
+                tcp += usize::from(
+                    candidate.candidate.contains("tcptype passive")
+                        && candidate.candidate.contains(&want),
+                );
                 client
                     .pc
                     .add_ice_candidate(to_init(&candidate))
@@ -113,7 +119,7 @@ async fn a_client_with_only_tcp_publishes_and_subscribes() {
             .any(|l| l.contains(" udp ") && l.contains(&format!(" {} typ host", tcp.port()))),
         "UDP and TCP candidates share the shard's port number:\n{answer}"
     );
-    apply_and_connect(&publisher, answer, EndpointKey(1), &mut ev_rx).await;
+    apply_and_connect(&publisher, answer, EndpointKey(1), &mut ev_rx, "127.0.0.1").await;
 
     let mut subscriber = Client::tcp_only(CHROME).await;
     subscriber.add_recv(RtpCodecKind::Audio).await;
@@ -123,7 +129,7 @@ async fn a_client_with_only_tcp_publishes_and_subscribes() {
         .subscribe(EndpointKey(2), EndpointKey(1), offer, ev_tx.clone())
         .await
         .expect("subscribe");
-    apply_and_connect(&subscriber, answer, EndpointKey(2), &mut ev_rx).await;
+    apply_and_connect(&subscriber, answer, EndpointKey(2), &mut ev_rx, "127.0.0.1").await;
 
     let sender = tokio::spawn(async move {
         tokio::join!(
@@ -255,4 +261,55 @@ async fn raw_stun_over_tcp_is_answered_only_with_valid_integrity() {
     );
     router.release(EndpointKey(1)).await;
     client.close().await;
+}
+
+/// ICE-TCP over IPv6 and IPv4 on one dual-stack shard: a TCP-only client on ::1 publishes, a
+/// TCP-only client on 127.0.0.1 subscribes, both to the same port number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_tcp_over_ipv6_and_ipv4_on_a_dual_stack_shard() {
+    init_logs();
+    let router = MediaRouter::start(MediaConfig {
+        engine: EngineKind::Sharded,
+        shards: 1,
+        udp_port: 0,
+        bind_ip: "::".parse().expect("ip"),
+        public_ips: vec!["127.0.0.1".parse().expect("ip"), "::1".parse().expect("ip")],
+        ..MediaConfig::default()
+    })
+    .expect("a dual-stack shard on an ephemeral port");
+    let (ev_tx, mut ev_rx) = events();
+
+    let publisher = Client::tcp_only_ipv6(CHROME).await;
+    let video = publisher
+        .add_send_track(RtpCodecKind::Video, VIDEO_SSRC, false)
+        .await;
+    let offer = publisher.offer(true).await;
+    let answer = router
+        .publish(EndpointKey(1), offer, false, ev_tx.clone())
+        .await
+        .expect("publish");
+    apply_and_connect(&publisher, answer, EndpointKey(1), &mut ev_rx, "::1").await;
+
+    let mut subscriber = Client::tcp_only(CHROME).await;
+    subscriber.add_recv(RtpCodecKind::Video).await;
+    let offer = subscriber.offer(true).await;
+    let answer = router
+        .subscribe(EndpointKey(2), EndpointKey(1), offer, ev_tx.clone())
+        .await
+        .expect("subscribe");
+    apply_and_connect(&subscriber, answer, EndpointKey(2), &mut ev_rx, "127.0.0.1").await;
+
+    let sender = tokio::spawn(async move {
+        send_packets(&video, VIDEO_SSRC, CHROME.vp8, 1000, 200, PACE).await;
+    });
+    let mut rx = read_track(subscriber.next_track().await);
+    sender.await.expect("sender task");
+    let seen = wait_packets(&mut rx, 200, WAIT).await;
+    assert_eq!(seen.packets, 200, "every packet, IPv6 TCP in, IPv4 TCP out");
+    assert_eq!(seen.corrupt, 0);
+    assert!(router.stats().ice_tcp_connections >= 2);
+    router.release(EndpointKey(2)).await;
+    router.release(EndpointKey(1)).await;
+    publisher.close().await;
+    subscriber.close().await;
 }
