@@ -59,9 +59,12 @@ pub struct Config {
     /// Local IP address the media peer connections bind to and announce.
     #[arg(long, env = "ROOMD_MEDIA_IP", default_value = "127.0.0.1")]
     pub media_ip: IpAddr,
-    /// Public IP to announce instead of `--media-ip` (1:1 NAT).
-    #[arg(long, env = "ROOMD_PUBLIC_IP")]
-    pub public_ip: Option<IpAddr>,
+    /// Public IP to announce instead of `--media-ip` (1:1 NAT); repeat the flag (or separate
+    /// with commas) to announce several, e.g. an IPv4 and an IPv6 address. Announcing an IPv6
+    /// and an IPv4 address on the sharded engine needs `--media-ip ::` (one dual-stack socket
+    /// per shard).
+    #[arg(long = "public-ip", env = "ROOMD_PUBLIC_IP", value_delimiter = ',')]
+    pub public_ips: Vec<IpAddr>,
     /// STUN/TURN server URLs handed to browsers by `GET /iceServers` (comma-separated or
     /// repeated), e.g. `turn:turn.example.org:3478?transport=udp`, for clients that cannot reach
     /// the media ports directly. roomd itself needs none.
@@ -199,7 +202,7 @@ impl Config {
     pub fn media(&self) -> media::MediaConfig {
         media::MediaConfig {
             bind_ip: self.media_ip,
-            public_ip: self.public_ip,
+            public_ips: self.public_ips.clone(),
             keyframe_request_interval: Duration::from_millis(self.keyframe_interval_ms),
             shards: self.media_shards.map_or_else(
                 || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -273,6 +276,16 @@ mod tests {
     fn flags_override_defaults() {
         let c = Config::parse_from(["roomd", "--port", "9000", "--public-ip", "203.0.113.9"]);
         assert_eq!(c.port, 9000);
-        assert_eq!(c.media().public_ip, Some(IpAddr::from([203, 0, 113, 9])));
+        assert_eq!(c.media().public_ips, vec![IpAddr::from([203, 0, 113, 9])]);
+        let both = Config::parse_from([
+            "roomd",
+            "--public-ip",
+            "203.0.113.9",
+            "--public-ip",
+            "2001:db8::9",
+        ]);
+        let comma = Config::parse_from(["roomd", "--public-ip", "203.0.113.9,2001:db8::9"]);
+        assert_eq!(both.public_ips.len(), 2);
+        assert_eq!(both.public_ips, comma.public_ips);
     }
 }

@@ -70,7 +70,7 @@ const KEYS: &[(&str, &str, &str, Kind)] = &[
     ("server", "tls_cert", "tls_cert", Kind::Text),
     ("server", "tls_key", "tls_key", Kind::Text),
     ("rtc", "media_ip", "media_ip", Kind::Text),
-    ("rtc", "public_ip", "public_ip", Kind::Text),
+    ("rtc", "public_ips", "public_ips", Kind::List),
     ("rtc", "shards", "media_shards", Kind::Number),
     ("rtc", "udp_port", "rtc_udp_port", Kind::Number),
     (
@@ -153,6 +153,10 @@ const KEYS: &[(&str, &str, &str, Kind)] = &[
         Kind::Text,
     ),
 ];
+
+/// Keys read for compatibility but not printed by `--print-config`: `rtc.public_ip` (one
+/// address) became the list `rtc.public_ips`.
+const ALIASES: &[(&str, &str, &str, Kind)] = &[("rtc", "public_ip", "public_ips", Kind::Text)];
 
 /// A configuration that cannot be used; the message names the file key or flag at fault.
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +258,7 @@ impl Config {
             push("tls-key", k.display().to_string());
         }
         push("media-ip", self.media_ip.to_string());
-        if let Some(ip) = self.public_ip {
+        for ip in &self.public_ips {
             push("public-ip", ip.to_string());
         }
         if let Some(n) = self.media_shards {
@@ -341,6 +345,7 @@ fn file_values(text: &str) -> Result<Vec<(&'static str, Vec<String>)>, ConfigErr
     let table: toml::Table = text
         .parse()
         .map_err(|e| ConfigError(format!("config file is not valid TOML: {e}")))?;
+    let command = Config::command();
     let mut out = Vec::new();
     for (section, body) in &table {
         let toml::Value::Table(body) = body else {
@@ -349,8 +354,10 @@ fn file_values(text: &str) -> Result<Vec<(&'static str, Vec<String>)>, ConfigErr
             )));
         };
         for (key, value) in body {
-            let Some((_, _, field, kind)) =
-                KEYS.iter().find(|(s, k, _, _)| s == section && k == key)
+            let Some((_, _, field, kind)) = KEYS
+                .iter()
+                .chain(ALIASES)
+                .find(|(s, k, _, _)| s == section && k == key)
             else {
                 if let Some((_, _, why)) = REMOVED_KEYS
                     .iter()
@@ -364,7 +371,14 @@ fn file_values(text: &str) -> Result<Vec<(&'static str, Vec<String>)>, ConfigErr
                     "config file: unknown key `{section}.{key}`"
                 )));
             };
-            let flag = format!("--{}", field.replace('_', "-"));
+            // The flag's own name (a field may be named apart from its flag: `public_ips` is
+            // `--public-ip`, repeatable).
+            let long = command
+                .get_arguments()
+                .find(|a| a.get_id() == *field)
+                .and_then(|a| a.get_long())
+                .map_or_else(|| field.replace('_', "-"), str::to_owned);
+            let flag = format!("--{long}");
             let wrong = |want: &str| {
                 ConfigError(format!(
                     "config file: `{section}.{key}` must be {want}, not {value}"
@@ -433,6 +447,27 @@ mod tests {
         assert_eq!(c.max_rooms, 10_000, "untouched keys keep their default");
         let c = Config::load(["roomd", "--config", p, "--port", "9200"]).expect("valid");
         assert_eq!(c.port, 9200, "a flag wins over the file");
+    }
+
+    /// `rtc.public_ips` takes several addresses; the former `rtc.public_ip` (one) still reads,
+    /// and `--print-config` writes the list.
+    #[test]
+    fn public_ips_is_a_list_and_public_ip_still_reads() {
+        let (path, _rm) = write("[rtc]\npublic_ips = [\"203.0.113.9\", \"2001:db8::9\"]\n");
+        let c = Config::load(["roomd", "--config", path.to_str().expect("utf-8")]).expect("valid");
+        let want: Vec<std::net::IpAddr> = vec![
+            "203.0.113.9".parse().expect("ip"),
+            "2001:db8::9".parse().expect("ip"),
+        ];
+        assert_eq!(c.public_ips, want);
+        let printed = c.to_toml();
+        assert!(
+            printed.contains("public_ips = [\"203.0.113.9\", \"2001:db8::9\"]"),
+            "{printed}"
+        );
+        let (old, _rm2) = write("[rtc]\npublic_ip = \"203.0.113.9\"\n");
+        let c = Config::load(["roomd", "--config", old.to_str().expect("utf-8")]).expect("valid");
+        assert_eq!(c.public_ips, want[..1]);
     }
 
     /// Unknown keys and wrong types are refused with the key's name.

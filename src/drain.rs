@@ -40,6 +40,7 @@ impl Lifecycle {
 pub(crate) async fn drain(state: &AppState) {
     let life = &state.lifecycle;
     life.draining.store(true, Ordering::Relaxed);
+    crate::notify::send("STOPPING=1");
     let timeout = state.config.drain_timeout();
     tracing::info!(
         rooms = state.rooms.names().len(),

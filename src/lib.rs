@@ -20,6 +20,7 @@ mod drain;
 mod ice_servers;
 mod limits;
 mod metrics;
+mod notify;
 mod room_handle;
 mod rooms;
 mod server;
@@ -129,9 +130,23 @@ pub async fn serve(
             drain::drain(&state).await;
         }
     };
+    if let Some(every) = notify::watchdog_interval() {
+        let stop = state.lifecycle.stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => notify::send("WATCHDOG=1"),
+                    () = stop.cancelled() => break,
+                }
+            }
+        });
+    }
     let served = match tls {
         None => {
             tracing::info!(addr = %listener.local_addr()?, "roomd listening (http, ws)");
+            // HTTP is bound (by the caller) and the media engine's sockets by `AppState::new`.
+            notify::send("READY=1");
             axum::serve(nodelay(listener), router)
                 .with_graceful_shutdown(drained)
                 .await
@@ -140,6 +155,7 @@ pub async fn serve(
             tracing::info!(addr = %listener.local_addr()?, "roomd listening (https, wss)");
             // The TLS listener sets TCP_NODELAY itself; tap_io only lends it `ConnectInfo`.
             let listener = tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
+            notify::send("READY=1");
             axum::serve(listener, router)
                 .with_graceful_shutdown(drained)
                 .await
@@ -154,25 +170,33 @@ pub async fn serve(
 /// and a warning when HTTP is reachable from other machines while media announces only a
 /// loopback address (their calls would connect signaling but get no media).
 fn announce(config: &Config, http: std::net::SocketAddr) {
-    let media = config.public_ip.unwrap_or(config.media_ip);
+    let announced = if config.public_ips.is_empty() {
+        vec![config.media_ip]
+    } else {
+        config.public_ips.clone()
+    };
     let shards = config.media().shards;
     let first = usize::from(config.rtc_udp_port);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         %http,
-        media_ip = %media,
+        media_ip = %config.media_ip,
+        announced = ?announced,
         shards,
         udp_ports = %if first == 0 {
             "chosen by the system".to_owned()
         } else {
-            format!("{first}-{}", first + shards.max(1) - 1)
+            format!(
+                "{first}-{} (UDP, and TCP for ICE-TCP)",
+                first + shards.max(1) - 1
+            )
         },
         "roomd starting"
     );
-    if !http.ip().is_loopback() && media.is_loopback() {
+    if !http.ip().is_loopback() && announced.iter().all(std::net::IpAddr::is_loopback) {
         tracing::warn!(
             %http,
-            media_ip = %media,
+            announced = ?announced,
             "HTTP is reachable from other machines but media announces a loopback address: \
              remote clients will get no media; set --media-ip (and --public-ip behind NAT)"
         );

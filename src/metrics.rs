@@ -307,6 +307,30 @@ pub(crate) fn render(
         "Media events dropped on a full queue.",
         media.events_dropped,
     );
+    metric(
+        "roomd_ice_tcp_connections",
+        "gauge",
+        "ICE-TCP connections open (sharded engine).",
+        media.ice_tcp_connections,
+    );
+    metric(
+        "roomd_ice_tcp_accepted_total",
+        "counter",
+        "ICE-TCP connections accepted.",
+        media.ice_tcp_accepted,
+    );
+    metric(
+        "roomd_ice_tcp_rejected_total",
+        "counter",
+        "ICE-TCP connections closed unauthenticated or refused over the per-shard bound.",
+        media.ice_tcp_rejected,
+    );
+    metric(
+        "roomd_ice_tcp_dropped_total",
+        "counter",
+        "Packets not sent on an ICE-TCP connection (write buffer full or connection gone).",
+        media.ice_tcp_dropped,
+    );
     let _ = writeln!(
         out,
         "# HELP roomd_room_limit_refusals_total Room requests refused by a room limit.\n\

@@ -15,6 +15,8 @@
 //! root (network namespaces), iproute2, nftables, Debian's chromium and tests/browser's npm
 //! packages.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
@@ -28,75 +30,6 @@ use tokio::process::Command;
 /// start-up; the scenario aborts itself at 60 s).
 const BOUND: Duration = Duration::from_secs(120);
 const NETNS_PREFIX: &str = "roomd-outage-";
-
-/// Runs a command to completion; its stdout, or a panic naming it.
-fn run(program: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace of this test; removed, with every process in it, when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let name = format!("{NETNS_PREFIX}{}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Kills the processes inside `name` (only ours can be there) and deletes it.
-    fn remove(name: &str) {
-        let pids = std::process::Command::new("ip")
-            .args(["netns", "pids", name])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for pid in pids.split_whitespace() {
-            if pid.chars().all(|c| c.is_ascii_digit()) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", pid])
-                    .status();
-            }
-        }
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "delete", name])
-            .status();
-    }
-
-    /// Namespaces of earlier runs whose test process no longer exists.
-    fn remove_stale() {
-        let list = run("ip", &["netns", "list"]);
-        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            let Some(pid) = name.strip_prefix(NETNS_PREFIX) else {
-                continue;
-            };
-            if !Path::new("/proc").join(pid).exists() {
-                eprintln!("removing stale network namespace {name}");
-                Netns::remove(name);
-            }
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        Netns::remove(&self.name);
-    }
-}
 
 /// Copies `from` line by line to stderr (past libtest's capture) and into `log`, until every
 /// writer has closed it.
@@ -138,8 +71,7 @@ async fn picture_recovers_within_2_s_after_a_3_s_media_outage() {
         "prerequisites missing ({missing:?}): run `bash tests/browser/setup.sh` (or `bash tests/run.sh`)"
     );
 
-    Netns::remove_stale();
-    let ns = Netns::create();
+    let ns = common::netns::Netns::create(NETNS_PREFIX);
     let started = Instant::now();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name, "node", "run.mjs", "--bin"])

@@ -116,6 +116,12 @@ fn the_unit_has_the_settings_an_operator_relies_on() {
     );
     assert_eq!(service("Restart"), "on-failure");
     assert_eq!(service("KillSignal"), "SIGTERM");
+    // roomd speaks sd_notify (READY=1, STOPPING=1, WATCHDOG=1): see the notify test below.
+    assert_eq!(service("Type"), "notify");
+    assert!(
+        seconds(service("WatchdogSec")) >= 10,
+        "a watchdog, not a hair trigger"
+    );
     // roomd drains on SIGTERM for up to the drain timeout, then flushes for up to 2 × 5 s
     // (src/drain.rs); a shorter stop timeout would SIGKILL calls still in progress.
     let drain = int(&config, "drain", "timeout_secs");
@@ -279,6 +285,94 @@ async fn the_example_config_starts_roomd_and_it_becomes_ready() {
         .status()
         .expect("run kill");
     assert!(sent.success(), "kill -TERM {pid}");
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("an idle roomd exits promptly on SIGTERM")
+        .expect("wait for roomd");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// The next datagram on the notify socket (bounded wait).
+async fn notification(socket: &tokio::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
+        .await
+        .expect("a notification in time")
+        .expect("receive a notification");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// `Type=notify`: under a service manager (`NOTIFY_SOCKET`, here a datagram socket of the
+/// test's) roomd says `READY=1` once HTTP and media listen — `/readyz` answers by then — and
+/// `STOPPING=1` when SIGTERM starts the drain; with `WATCHDOG_USEC` it pings `WATCHDOG=1`.
+#[tokio::test]
+async fn roomd_notifies_systemd_ready_watchdog_and_stopping() {
+    let dir = std::env::temp_dir().join(format!(
+        "roomd-notify-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Remove(dir.clone());
+    let path = dir.join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+    let mut child = roomd(&[
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--media-ip",
+        "127.0.0.1",
+        "--rtc-udp-port",
+        "0",
+    ])
+    .env("NOTIFY_SOCKET", &path)
+    // A 2 s watchdog: pings every second.
+    .env("WATCHDOG_USEC", "2000000")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("start roomd");
+    let next = || notification(&socket);
+    // The watchdog may ping before READY: it starts with the server.
+    let mut first = next().await;
+    while first == "WATCHDOG=1" {
+        first = next().await;
+    }
+    assert_eq!(first, "READY=1");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(
+        http_request(addr, "GET", "/readyz", &[]).await,
+        (200, "ready".to_owned()),
+        "ready means serving"
+    );
+    assert_eq!(
+        next().await,
+        "WATCHDOG=1",
+        "the watchdog pings while running"
+    );
+    let pid = child.id().expect("pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM {pid}");
+    let mut after = next().await;
+    while after == "WATCHDOG=1" {
+        after = next().await;
+    }
+    assert_eq!(after, "STOPPING=1");
     let status = tokio::time::timeout(WAIT, child.wait())
         .await
         .expect("an idle roomd exits promptly on SIGTERM")

@@ -272,7 +272,7 @@ fn forwarder_allocates_nothing_per_packet() {
                 publisher,
                 mid: Mid("1".into()),
             }],
-            now,
+            t0,
         );
         fw.install_keys(sub, &keys).expect("keys");
         fw.set_path(
@@ -281,6 +281,7 @@ fn forwarder_allocates_nothing_per_packet() {
             format!("198.51.100.1:{}", 40_000 + i)
                 .parse()
                 .expect("addr"),
+            rtc::shared::TransportProtocol::UDP,
         );
     }
     let _ = fw.handle_event(

@@ -11,8 +11,9 @@ use std::time::Duration;
 pub struct MediaConfig {
     /// Local address the shards' UDP sockets bind to (and announce, without `public_ip`).
     pub bind_ip: IpAddr,
-    /// Address announced in candidates instead of `bind_ip` (1:1 NAT), if any.
-    pub public_ip: Option<IpAddr>,
+    /// Addresses announced in candidates instead of `bind_ip` (1:1 NAT; several: e.g. IPv4 and
+    /// IPv6), if any.
+    pub public_ips: Vec<IpAddr>,
     /// Minimum time between two keyframe requests sent to one publisher track.
     pub keyframe_request_interval: Duration,
     /// Number of shards: threads, each with one UDP socket for all its peer connections.
@@ -32,7 +33,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             bind_ip: IpAddr::from([127, 0, 0, 1]),
-            public_ip: None,
+            public_ips: Vec::new(),
             keyframe_request_interval: Duration::from_millis(500),
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             udp_port: 40000,

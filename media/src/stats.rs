@@ -54,6 +54,16 @@ pub struct MediaStats {
     pub data_messages_relayed: u64,
     /// Media events dropped because an endpoint's event queue was full.
     pub events_dropped: u64,
+    /// Sharded engine: ICE-TCP connections open now.
+    pub ice_tcp_connections: u64,
+    /// Sharded engine: ICE-TCP connections accepted since start.
+    pub ice_tcp_accepted: u64,
+    /// Sharded engine: ICE-TCP connections closed without an authenticated STUN request, or
+    /// refused past the per-shard bound.
+    pub ice_tcp_rejected: u64,
+    /// Sharded engine: packets not sent on an ICE-TCP connection (its write buffer full, or the
+    /// connection gone).
+    pub ice_tcp_dropped: u64,
 }
 
 impl MediaStats {

@@ -185,7 +185,28 @@ fn codec(kind: RtpCodecKind, n: Numbering) -> RTCRtpCodecParameters {
 }
 
 impl Client {
+    /// A client on UDP (127.0.0.1).
     pub async fn new(numbering: Numbering) -> Client {
+        Self::build(numbering, vec!["127.0.0.1:0"], vec![]).await
+    }
+
+    /// A client on UDP over IPv6 only (::1).
+    pub async fn ipv6(numbering: Numbering) -> Client {
+        Self::build(numbering, vec!["[::1]:0"], vec![]).await
+    }
+
+    /// A client without any UDP socket: its only way to the router is ICE-TCP (an active
+    /// connection to the router's passive TCP candidate).
+    pub async fn tcp_only(numbering: Numbering) -> Client {
+        Self::build(numbering, vec![], vec!["127.0.0.1:0"]).await
+    }
+
+    /// [`Client::tcp_only`] over IPv6 (::1).
+    pub async fn tcp_only_ipv6(numbering: Numbering) -> Client {
+        Self::build(numbering, vec![], vec!["[::1]:0"]).await
+    }
+
+    async fn build(numbering: Numbering, udp: Vec<&'static str>, tcp: Vec<&'static str>) -> Client {
         let mut me = MediaEngine::default();
         me.register_codec(codec(RtpCodecKind::Video, numbering), RtpCodecKind::Video)
             .expect("register VP8 (static codec description)");
@@ -214,10 +235,11 @@ impl Client {
             .with_interceptor_registry(registry)
             .with_setting_engine(se)
             .with_handler(handler)
-            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .with_udp_addrs(udp)
+            .with_tcp_addrs(tcp)
             .build()
             .await
-            .expect("client peer connection builds on 127.0.0.1");
+            .expect("client peer connection builds on loopback");
         Client {
             pc: Arc::new(pc),
             gathered,

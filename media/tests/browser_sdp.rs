@@ -349,7 +349,7 @@ async fn release_during_negotiation_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_ip_is_announced_instead_of_bind_ip() {
-    let router = router_with(|c| c.public_ip = Some("203.0.113.7".parse().expect("literal IP")));
+    let router = router_with(|c| c.public_ips = vec!["203.0.113.7".parse().expect("literal IP")]);
     let (ev_tx, mut ev_rx) = events();
     let answer = router
         .publish(EndpointKey(1), chrome_offer("sendonly", true), false, ev_tx)

@@ -1142,3 +1142,83 @@ fn ipv4_and_ipv6_addresses_on_one_shard() {
     assert_eq!((pb.announced, pb.remote), (v6, sim.clients[b].addr));
     assert_eq!(sim.shard.local_of(pb.announced), v6);
 }
+
+/// ICE-TCP in the sans-IO shard: the answer has a passive TCP candidate on the shard's port; a
+/// Binding request arriving as a frame of a TCP connection is answered on that connection (a
+/// transmit stamped TCP to the client's TCP address) only when its MESSAGE-INTEGRITY verifies,
+/// and the connection then belongs to the peer.
+#[test]
+fn stun_over_an_ice_tcp_connection_is_answered_only_with_valid_integrity() {
+    use media::engine::demux::{DropReason, FiveTuple};
+    use rtc::shared::TransportProtocol;
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::fingerprint::FINGERPRINT;
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{Message, Setter, TransactionId, BINDING_REQUEST, BINDING_SUCCESS};
+    use rtc::stun::textattrs::TextAttribute;
+
+    let now = Instant::now();
+    let mut config = ShardConfig::new(addr(SHARD));
+    config.ice_tcp = true;
+    let mut shard = Shard::new(config, now).expect("shard");
+    let offer = chrome_like_offer("sendonly");
+    let answer = shard
+        .add_publisher(PeerId(1), &offer, false, now)
+        .expect("publisher")
+        .sdp;
+    let port = addr(SHARD).port();
+    assert!(
+        answer.contains(&format!(" {port} typ host tcptype passive")),
+        "{answer}"
+    );
+    let attr = |sdp: &str, name: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim_end().strip_prefix(name).map(str::to_owned))
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let username = format!(
+        "{}:{}",
+        attr(&answer, "a=ice-ufrag:"),
+        attr(&offer, "a=ice-ufrag:")
+    );
+    let request = |pwd: &str| {
+        let crypto = rtc::crypto::default_provider().expect("crypto");
+        let mut m = Message::new();
+        let setters: Vec<Box<dyn Setter + '_>> = vec![
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(TextAttribute::new(ATTR_USERNAME, username.clone())),
+            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                pwd.to_owned(),
+                crypto.crypto(),
+            )),
+            Box::new(FINGERPRINT),
+        ];
+        m.build(&setters).expect("build");
+        m.raw
+    };
+    while shard.poll_transmit().is_some() {}
+
+    let spoofer = FiveTuple::tcp(addr(SHARD), addr("203.0.113.66:50001"));
+    assert!(!shard.handle_packet(now, spoofer, &request("not-the-password-at-all")));
+    assert!(shard.poll_transmit().is_none(), "bad integrity: no answer");
+    assert_eq!(shard.stats().drops.get(DropReason::BadIntegrity), 1);
+    assert!(shard.tuples(PeerId(1)).is_empty());
+
+    let client = FiveTuple::tcp(addr(SHARD), addr("198.51.100.7:50002"));
+    assert!(shard.handle_packet(now, client, &request(&attr(&answer, "a=ice-pwd:"))));
+    let t = shard.poll_transmit().expect("an answer");
+    assert_eq!(
+        (t.protocol, t.dest),
+        (TransportProtocol::TCP, client.remote),
+        "answered on the connection"
+    );
+    let mut m = Message::new();
+    m.unmarshal_binary(&t.bytes).expect("STUN");
+    assert_eq!(m.typ, BINDING_SUCCESS);
+    assert_eq!(shard.tuples(PeerId(1)), &[client]);
+    // A closed connection is forgotten: nothing more is routed from it.
+    shard.forget_tuple(&client);
+    assert!(shard.tuples(PeerId(1)).is_empty());
+    assert!(!shard.handle_packet(now, client, &[0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]));
+}

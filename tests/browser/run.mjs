@@ -805,6 +805,61 @@ scenario('turn-relay', async (ctx) => {
   }
 }, { optIn: true });
 
+// A 2-person call whose UDP to and from roomd's media ports is dropped from the start (an
+// nftables rule in this run's own network namespace), so the only way in is ICE-TCP: the
+// browsers connect to the passive TCP candidate roomd announces on each shard's port number.
+// Every peer connection must decode media and have selected a TCP pair whose remote end is a
+// roomd media port. Opt-in, and only with --netns and --bin (tests/browser_ice_tcp.rs).
+const ICE_TCP_TABLE = 'roomd_ice_tcp';
+
+scenario('ice-tcp', async (ctx) => {
+  if (!netns || !serverBin) throw new Error('ice-tcp needs --netns (a network namespace of its own) and --bin (roomd started by the harness)');
+  const [lo, hi] = RTC_PORTS;
+  nft(`table inet ${ICE_TCP_TABLE} {
+  chain out {
+    type filter hook output priority 0; policy accept;
+    udp sport ${lo}-${hi} counter drop
+    udp dport ${lo}-${hi} counter drop
+  }
+}
+`);
+  try {
+    const room = uniqueRoom('icetcp');
+    const [a, b] = ctx.track(await open(['tcp-a', 'tcp-b']));
+    await a.join(room);
+    await b.join(room);
+    await Promise.all([expectMedia(a, ['tcp-b']), expectMedia(b, ['tcp-a'])]);
+    for (const p of [a, b]) {
+      const pairs = await p.page.evaluate(selectedPairsInPage);
+      const what = JSON.stringify(pairs);
+      if (pairs.length !== 2) throw new Error(`${p.name}: expected a publisher and a subscription, got ${what}`);
+      for (const x of pairs) {
+        const port = x.remote && Number(x.remote.address.split(':').pop());
+        if (x.state !== 'succeeded' || x.local.protocol !== 'tcp' || x.remote.protocol !== 'tcp' || !(port >= lo && port <= hi)) {
+          throw new Error(`${p.name} ${x.name}: selected pair is not TCP to a roomd media port: ${what}`);
+        }
+      }
+      ctx.note(`${p.name}: ${pairs.map((x) => `${x.name} ${x.local.protocol} ${x.local.address} → ${x.remote.protocol} ${x.remote.type} ${x.remote.address}`).join('; ')}`);
+    }
+    // The browsers did try UDP (their checks to roomd's UDP candidates were dropped).
+    const table = execFileSync('nft', ['list', 'table', 'inet', ICE_TCP_TABLE]).toString();
+    const dropped = [...table.matchAll(/udp dport \S+ counter packets (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+    ctx.note(`UDP datagrams to roomd's media ports dropped during the call: ${dropped}`);
+    if (!(dropped > 0)) throw new Error(`no UDP to the media ports was dropped, the rule did not apply: ${table}`);
+    // roomd's side: the four peer connections came in over its ICE-TCP listener.
+    const metrics = await (await fetch(`${baseUrl}/metrics`)).text();
+    const gauge = (name) => Number((metrics.match(new RegExp(`^${name} (\\d+)$`, 'm')) || [])[1]);
+    ctx.note(`roomd: ${gauge('roomd_ice_tcp_connections')} ICE-TCP connections open, ${gauge('roomd_ice_tcp_accepted_total')} accepted, ${gauge('roomd_ice_tcp_dropped_total')} packets dropped`);
+    if (!(gauge('roomd_ice_tcp_connections') >= 4)) throw new Error(`roomd reports fewer than 4 ICE-TCP connections:\n${metrics}`);
+  } finally {
+    try {
+      nft(`delete table inet ${ICE_TCP_TABLE}\n`);
+    } catch {
+      // Not there: nothing to remove (the namespace goes with the run anyway).
+    }
+  }
+}, { optIn: true });
+
 // ------------------------------------------------------------------------------------------
 // Main.
 // ------------------------------------------------------------------------------------------

@@ -187,11 +187,21 @@ async fn trickle(ws: &mut Client, peer: &mut testing::Client, endpoint_name: &st
             .await;
         assert!(r.get("result").is_some(), "onIceCandidate refused: {r}");
     }
-    // The server's: at least one iceCandidate event for this endpoint, applied.
-    let ev = ws
-        .notification_where("iceCandidate", |p| p["endpointName"] == endpoint_name)
-        .await;
-    apply_candidate(peer, &ev["params"]).await;
+    // The server's: its iceCandidate events for this endpoint, applied until a UDP one was
+    // (the server trickles UDP first, then ICE-TCP; these clients only do UDP, and an endpoint
+    // republished under the same name may still have the former one's TCP candidate pending).
+    loop {
+        let ev = ws
+            .notification_where("iceCandidate", |p| p["endpointName"] == endpoint_name)
+            .await;
+        apply_candidate(peer, &ev["params"]).await;
+        if ev["params"]["candidate"]
+            .as_str()
+            .is_some_and(|c| c.contains(" udp "))
+        {
+            break;
+        }
+    }
 }
 
 pub async fn apply_candidate(peer: &testing::Client, params: &Value) {

@@ -54,6 +54,15 @@ impl FiveTuple {
             protocol: TransportProtocol::UDP,
         }
     }
+
+    /// An ICE-TCP connection's tuple.
+    pub fn tcp(local: SocketAddr, remote: SocketAddr) -> Self {
+        Self {
+            local,
+            remote,
+            protocol: TransportProtocol::TCP,
+        }
+    }
 }
 
 /// Why a datagram was not routed to any peer.
@@ -219,6 +228,15 @@ impl Demux {
     /// The tuples a peer owns, least recently authenticated first.
     pub fn tuples(&self, peer: PeerId) -> &[FiveTuple] {
         self.peers.get(&peer).map_or(&[], |e| e.tuples.as_slice())
+    }
+
+    /// Forgets one tuple (a closed ICE-TCP connection); its owner keeps its other tuples.
+    pub fn forget(&mut self, tuple: &FiveTuple) {
+        if let Some(peer) = self.by_tuple.remove(tuple) {
+            if let Some(e) = self.peers.get_mut(&peer) {
+                e.tuples.retain(|t| t != tuple);
+            }
+        }
     }
 
     /// The peer owning a tuple.

@@ -60,6 +60,7 @@ use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport as RtcSenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::marshal::Marshal;
+use rtc::shared::TransportProtocol;
 
 use super::keyframe::Codec;
 use super::leg::{
@@ -154,14 +155,18 @@ pub struct ForwardStats {
     pub key_errors: u64,
 }
 
-/// A sealed datagram to send.
+/// A sealed datagram to send (over TCP: one frame on the (local, dest) connection).
 #[derive(Debug)]
 pub struct Datagram<'a> {
     /// The socket address to send from.
     pub local: SocketAddr,
     pub dest: SocketAddr,
+    pub protocol: TransportProtocol,
     pub bytes: &'a [u8],
 }
+
+/// Where a subscriber's datagrams go: (local socket address, client address, transport).
+type SubPath = (SocketAddr, SocketAddr, TransportProtocol);
 
 type TrackKey = u64;
 
@@ -191,8 +196,7 @@ struct Sub {
     sealer: Option<SrtpSealer>,
     /// Its keys could not be read (final: its legs never attach).
     keys_failed: bool,
-    /// (local socket address, client address).
-    path: Option<(SocketAddr, SocketAddr)>,
+    path: Option<SubPath>,
     transport_seq: u16,
     epoch: Instant,
     /// When its waiting video legs are started (set at its first `Connected`:
@@ -206,7 +210,7 @@ struct TxQueue {
     free: Vec<Vec<u8>>,
     /// The buffer last handed to a leg (reused if the leg did not commit).
     current: Option<Vec<u8>>,
-    queue: VecDeque<(SocketAddr, SocketAddr, Vec<u8>, usize)>,
+    queue: VecDeque<(SubPath, Vec<u8>, usize)>,
     cap: usize,
     size: usize,
 }
@@ -430,9 +434,15 @@ impl Forwarder {
     }
 
     /// Sets a subscriber's path (done from the shard on `Connected` and periodically).
-    pub fn set_path(&mut self, peer: PeerId, local: SocketAddr, dest: SocketAddr) {
+    pub fn set_path(
+        &mut self,
+        peer: PeerId,
+        local: SocketAddr,
+        dest: SocketAddr,
+        protocol: TransportProtocol,
+    ) {
         if let Some(sub) = self.subs.get_mut(&peer) {
-            sub.path = Some((local, dest));
+            sub.path = Some((local, dest, protocol));
         }
     }
 
@@ -546,7 +556,7 @@ impl Forwarder {
     fn on_connected(&mut self, shard: &mut Shard, peer: PeerId, now: Instant) {
         if let Ok(path) = shard.path(peer) {
             let local = shard.local_of(path.announced);
-            self.set_path(peer, local, path.remote);
+            self.set_path(peer, local, path.remote, path.protocol);
         }
         if let Some(sub) = self.subs.get_mut(&peer) {
             sub.attach_at.get_or_insert(now + self.config.attach_delay);
@@ -831,7 +841,7 @@ impl Forwarder {
             let mut unready = Vec::new();
             for (id, sub) in &mut self.subs {
                 if let Ok(path) = shard.path(*id) {
-                    sub.path = Some((shard.local_of(path.announced), path.remote));
+                    sub.path = Some((shard.local_of(path.announced), path.remote, path.protocol));
                 }
                 if sub.sealer.is_none() && !sub.keys_failed {
                     unready.push(*id);
@@ -865,16 +875,17 @@ impl Forwarder {
         self.tx
             .queue
             .front()
-            .map(|(local, dest, buf, len)| Datagram {
+            .map(|((local, dest, protocol), buf, len)| Datagram {
                 local: *local,
                 dest: *dest,
+                protocol: *protocol,
                 bytes: &buf[..*len],
             })
     }
 
     /// Drops the datagram [`Forwarder::peek_transmit`] gave (its buffer goes back to the pool).
     pub fn pop_transmit(&mut self) {
-        if let Some((_, _, buf, _)) = self.tx.queue.pop_front() {
+        if let Some((_, buf, _)) = self.tx.queue.pop_front() {
             self.tx.free.push(buf);
         }
     }
@@ -885,9 +896,10 @@ impl Forwarder {
         self.tx
             .queue
             .iter()
-            .map(|(local, dest, buf, len)| Datagram {
+            .map(|((local, dest, protocol), buf, len)| Datagram {
                 local: *local,
                 dest: *dest,
+                protocol: *protocol,
                 bytes: &buf[..*len],
             })
     }
@@ -948,7 +960,7 @@ impl Egress for Out<'_> {
         let Some(sub) = self.subs.get_mut(&PeerId(leg.0)) else {
             return;
         };
-        let (Some(sealer), Some((local, dest))) = (sub.sealer.as_mut(), sub.path) else {
+        let (Some(sealer), Some(path)) = (sub.sealer.as_mut(), sub.path) else {
             return;
         };
         let Some(mut buf) = self.tx.current.take() else {
@@ -965,7 +977,7 @@ impl Egress for Out<'_> {
                 if sent.kind != SendKind::Media {
                     self.stats.retransmitted += 1;
                 }
-                self.tx.queue.push_back((local, dest, buf, n));
+                self.tx.queue.push_back((path, buf, n));
             }
             Err(_) => {
                 self.stats.seal_errors += 1;

@@ -15,8 +15,9 @@
 //!   the queue of sealed datagrams, RTCP (NACK, PLI/FIR, RR, SR) both ways.
 //! - `data`: a shard's data-channel relay: publishers' messages to their subscribers' channels,
 //!   bounded by each channel's SCTP backlog.
-//! - `runtime`: a shard thread: one UDP socket, the shard, its forwarder and its data relay,
-//!   bounded command and event queues.
+//! - `tcp`: a shard's ICE-TCP listener and connections: RFC 4571 framing, bounded write buffers.
+//! - `runtime`: a shard thread: one UDP socket and the ICE-TCP listener on its port number, the
+//!   shard, its forwarder and its data relay, bounded command and event queues.
 //! - `sharded`: the engine behind `MediaRouter`: shard threads, the endpoint table, event
 //!   dispatch.
 //! - `track`: a publisher track, where publisher and subscribers meet: ring, legs, keyframes, SRs.
@@ -41,5 +42,6 @@ pub mod sender_report;
 pub mod shard;
 pub mod sharded;
 pub mod srtp;
+pub mod tcp;
 pub mod track;
 pub mod wire;

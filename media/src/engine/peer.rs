@@ -13,9 +13,12 @@
 //! message it sends on them ([`ShardEvent::ChannelOpen`] / [`ShardEvent::ChannelClose`] /
 //! [`ShardEvent::DataIn`]); what is relayed where is `data.rs`'s business.
 //!
-//! Every peer connection answers; roomd never offers. The answer always carries one host
-//! candidate per announced address of the shard (the same candidates are also reported for
-//! trickle) and `a=end-of-candidates`.
+//! Every peer connection answers; roomd never offers. The answer always carries one UDP host
+//! candidate per announced address of the shard and, with ICE-TCP, one passive TCP host
+//! candidate (RFC 6544, same port number) per announced address (the same candidates are also
+//! reported for trickle), and `a=end-of-candidates`. rtc pairs a TCP request with the passive
+//! candidate and stamps everything it then sends on that pair with the TCP transport
+//! protocol; the driver frames it (RFC 4571).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use rtc::crypto::RTCCryptoProvider;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{
     Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry, Slot,
     StreamInfo, TaggedPacket, TwccReceiverBuilder,
@@ -40,6 +44,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+    RTCIceProtocol,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
@@ -50,6 +55,7 @@ use rtc::rtp_transceiver::{
     RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
 };
 use rtc::sansio::Protocol;
+use rtc::shared::TransportProtocol;
 
 use super::codecs::{
     media_sections, registered_codecs, same_codec, CodecInfo, Direction, Kind, MediaSection,
@@ -353,6 +359,8 @@ pub(crate) struct PeerFactory {
     pub(crate) certificate: RTCCertificate,
     /// Announced addresses, one host candidate each, in priority order.
     pub(crate) announced: Vec<SocketAddr>,
+    /// Also a passive TCP host candidate per announced address (ICE-TCP).
+    pub(crate) ice_tcp: bool,
     pub(crate) ice: IceTimeouts,
     pub(crate) registry: RegistryFn,
     /// The registered codecs, as [`CodecInfo`] (computed once: offers are checked against it).
@@ -404,12 +412,16 @@ impl PeerFactory {
             .map_err(|e| rtc_err("peer connection", e))
     }
 
-    /// The host candidates of the shard, `candidate:`-prefixed.
+    /// The host candidates of the shard, `candidate:`-prefixed: UDP for every announced
+    /// address first, then (ICE-TCP) passive TCP ones, which rtc already ranks lower.
     pub(crate) fn candidates(&self) -> Result<Vec<String>, NegotiationError> {
-        self.announced
+        let udp = self.announced.iter().map(|a| host_candidate(*a));
+        let tcp = self
+            .announced
             .iter()
-            .map(|a| host_candidate(*a).map(|c| c.candidate))
-            .collect()
+            .filter(|_| self.ice_tcp)
+            .map(|a| tcp_passive_candidate(*a));
+        udp.chain(tcp).map(|c| c.map(|c| c.candidate)).collect()
     }
 
     /// Builds a publisher peer connection and answers `offer`. With `loopback`, every
@@ -532,9 +544,12 @@ impl PeerFactory {
             .map_err(|e| rtc_err("cannot create answer", e))?;
         pc.set_local_description(now, answer)
             .map_err(|e| rtc_err("cannot apply answer", e))?;
-        for a in &self.announced {
-            pc.add_local_candidate(host_candidate(*a)?)
-                .map_err(|e| rtc_err("local candidate", e))?;
+        for candidate in self.candidates()? {
+            pc.add_local_candidate(RTCIceCandidateInit {
+                candidate,
+                ..Default::default()
+            })
+            .map_err(|e| rtc_err("local candidate", e))?;
         }
         pc.add_local_candidate(RTCIceCandidateInit::default())
             .map_err(|e| rtc_err("end of candidates", e))?;
@@ -735,15 +750,31 @@ fn mid_of_receiver(pc: &mut RTCPeerConnection, receiver: RTCRtpReceiverId) -> Op
 
 /// A host candidate for `addr` (UDP, component 1).
 pub(crate) fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, NegotiationError> {
+    candidate(addr, "udp", TcpType::Unspecified)
+}
+
+/// A passive ICE-TCP host candidate for `addr` (RFC 6544: the client connects to it; rtc gives
+/// it the TCP local preference, below UDP's).
+pub(crate) fn tcp_passive_candidate(
+    addr: SocketAddr,
+) -> Result<RTCIceCandidateInit, NegotiationError> {
+    candidate(addr, "tcp", TcpType::Passive)
+}
+
+fn candidate(
+    addr: SocketAddr,
+    network: &str,
+    tcp_type: TcpType,
+) -> Result<RTCIceCandidateInit, NegotiationError> {
     let cand = CandidateHostConfig {
         base_config: CandidateConfig {
-            network: "udp".to_owned(),
+            network: network.to_owned(),
             address: addr.ip().to_string(),
             port: addr.port(),
             component: 1,
             ..Default::default()
         },
-        ..Default::default()
+        tcp_type,
     }
     .new_candidate_host()
     .map_err(|e| rtc_err("host candidate", e))?;
@@ -917,12 +948,14 @@ pub enum PeerState {
     Failed,
 }
 
-/// Where datagrams to a peer go: the shard socket to send from and the client's address.
+/// Where datagrams to a peer go: the shard socket to send from, the client's address and the
+/// transport (UDP, or the client's ICE-TCP connection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Path {
     /// The shard's *announced* local address of the selected pair.
     pub announced: SocketAddr,
     pub remote: SocketAddr,
+    pub protocol: TransportProtocol,
 }
 
 /// One peer connection and the shard's bookkeeping about it.
@@ -1015,9 +1048,15 @@ impl Peer {
         let sock = |c: &RTCIceCandidate| -> Option<SocketAddr> {
             Some(SocketAddr::new(c.address.parse().ok()?, c.port))
         };
+        let protocol = if pair.local().protocol == RTCIceProtocol::Tcp {
+            TransportProtocol::TCP
+        } else {
+            TransportProtocol::UDP
+        };
         Some(Path {
             announced: sock(pair.local())?,
             remote: sock(pair.remote())?,
+            protocol,
         })
     }
 
@@ -1035,6 +1074,7 @@ impl Peer {
             transmits.push_back(Transmit {
                 local: local_of(msg.transport.local_addr),
                 dest: msg.transport.peer_addr,
+                protocol: msg.transport.transport_protocol,
                 bytes: msg.message,
             });
         }
@@ -1186,6 +1226,14 @@ a=mid:2\r\n"
             c6.candidate.contains(" 2001:db8::1 3478 typ host"),
             "{}",
             c6.candidate
+        );
+        let t = tcp_passive_candidate("192.0.2.1:3478".parse().expect("addr")).expect("candidate");
+        assert!(
+            t.candidate.contains(" tcp ")
+                && t.candidate
+                    .ends_with(" 192.0.2.1 3478 typ host tcptype passive"),
+            "{}",
+            t.candidate
         );
     }
 }

@@ -1,6 +1,7 @@
-//! A shard thread: one UDP socket, one [`Shard`], its [`Forwarder`] and its [`DataRelay`],
-//! driven by a plain std loop; signaling talks to it through a bounded command queue and hears
-//! from it through a bounded event queue.
+//! A shard thread: one UDP socket, the ICE-TCP listener on the same port number and its
+//! connections (`tcp.rs`), one [`Shard`], its [`Forwarder`] and its [`DataRelay`], driven by a
+//! plain std loop; signaling talks to it through a bounded command queue and hears from it
+//! through a bounded event queue.
 //!
 //! ```text
 //!  ShardRuntime (any thread) ──try_send──▶ [commands, bounded] ──▶ shard thread ──▶ UDP socket
@@ -8,15 +9,18 @@
 //!  owner ◀── [events, bounded] ◀── Connected / Disconnected / Failed / TrackOpen / LocalCandidate
 //! ```
 //!
-//! The loop: take every queued command; block in `recvmmsg` (up to [`BATCH`] datagrams, the
-//! first awaited with a read timeout set to the earlier of the shard's and the forwarder's
-//! next timer, capped at [`RuntimeConfig::max_wait`], which is also the worst-case latency of
-//! a command: std has no way to wake a thread blocked on a socket other than a datagram, so
-//! the loop wakes up at least that often — 100 wake-ups a second at the default 10 ms); feed
-//! the datagrams; run due timers; route events through the forwarder, then the data relay;
-//! send what the shard
-//! queued (`send_to`: handshakes and RTCP, few) and the forwarder's datagrams in batches of
-//! [`BATCH`] per `sendmmsg` (nix's safe wrappers; this crate has no unsafe code). The socket's
+//! The loop: take every queued command; wait in `poll(2)` on the UDP socket, the TCP listener
+//! and every TCP connection, with a timeout set to the earliest of the shard's, the
+//! forwarder's and the TCP connections' next timer, capped at [`RuntimeConfig::max_wait`],
+//! which is also the worst-case latency of a command (nothing wakes a thread blocked in
+//! `poll` but its descriptors, so the loop wakes up at least that often — 100 wake-ups a
+//! second at the default 10 ms); read up to [`BATCH`] datagrams in one non-blocking
+//! `recvmmsg`, accept TCP connections and read their RFC 4571 frames; feed the datagrams and
+//! frames; run due timers; route events through the forwarder, then the data relay; send what
+//! the shard queued (`send_to`: handshakes and RTCP, few) and the forwarder's datagrams in
+//! batches of [`BATCH`] per `sendmmsg` (nix's safe wrappers; this crate has no unsafe code);
+//! a packet whose path is an ICE-TCP connection goes into that connection's bounded write
+//! buffer instead (full: dropped and counted, see `tcp.rs`). The socket's
 //! kernel buffers are enlarged ([`RuntimeConfig::socket_buffer`]): with the default (~200 kB,
 //! some 90 datagrams of video) a shard thread descheduled for ~20 ms at 5,000 packets/s in
 //! dropped input (0–5 % on this shared 2-core machine in `engine_e2e`).
@@ -41,7 +45,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -49,6 +53,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
@@ -58,6 +63,8 @@ use super::data::{DataRelay, DataStats, DEFAULT_MAX_BACKLOG};
 use super::forward::{ForwardConfig, ForwardStats, Forwarder, Source};
 use super::peer::{IceTimeouts, OutTrack, PeerId, PublisherAnswer, SubscriberAnswer};
 use super::shard::{Shard, ShardAddr, ShardConfig, ShardError, ShardEvent, ShardStats};
+use super::tcp::{TcpStats, TcpToken, TcpTransport};
+use rtc::shared::TransportProtocol;
 
 /// What the runtime reports: the shard's events other than media and data (`Connected`,
 /// `Disconnected`, `Failed`, `TrackOpen`, `LocalCandidate`; RTP, RTCP and data-channel events
@@ -73,9 +80,10 @@ pub const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(100);
 pub struct RuntimeConfig {
     /// Address to bind the UDP socket to.
     pub bind: SocketAddr,
-    /// Address announced in candidates (`None`: the bound address; required when binding a
+    /// Addresses announced in candidates, one host candidate each (empty: the bound address;
+    /// required when binding a
     /// wildcard address). Port 0 announces this IP with the bound port.
-    pub announced: Option<SocketAddr>,
+    pub announced: Vec<SocketAddr>,
     /// Capacity of the command queue.
     pub commands: usize,
     /// Capacity of the event queue.
@@ -91,17 +99,71 @@ pub struct RuntimeConfig {
     pub socket_buffer: usize,
     /// Bound of each subscriber data channel's unacknowledged bytes (see `data.rs`).
     pub data_backlog: usize,
+    /// ICE-TCP: listen on TCP on the UDP socket's address and port and announce a passive TCP
+    /// candidate there too.
+    pub ice_tcp: bool,
 }
 
 /// The default [`RuntimeConfig::socket_buffer`]: 4 MiB, some 3,500 datagrams of 1,200 bytes
 /// (~90 ms of a shard forwarding 40,000 packets a second).
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
+/// Whether a socket bound to `addr` is dual-stack: the IPv6 wildcard `::` also takes IPv4
+/// (as v4-mapped addresses, which the loop turns back into IPv4 ones and back).
+pub(crate) fn dual_stack(addr: SocketAddr) -> bool {
+    matches!(addr, SocketAddr::V6(v6) if v6.ip().is_unspecified())
+}
+
+/// The announced addresses of a shard bound to `local`: `wanted` with port 0 replaced by the
+/// bound port, or `local` itself when none is wanted. An address of a family the socket cannot
+/// serve is refused (IPv6 needs a socket bound to `::` or an IPv6 address; IPv4 with IPv6 needs
+/// `::`, which is dual-stack).
+fn announced_addrs(wanted: &[SocketAddr], local: SocketAddr) -> io::Result<Vec<SocketAddr>> {
+    if wanted.is_empty() {
+        return Ok(vec![local]);
+    }
+    wanted
+        .iter()
+        .map(|a| {
+            let a = if a.port() == 0 {
+                SocketAddr::new(a.ip(), local.port())
+            } else {
+                *a
+            };
+            if a.is_ipv4() == local.is_ipv4() || dual_stack(local) {
+                Ok(a)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "cannot announce {} on a socket bound to {local}: bind the media IP `::` \
+                         to serve IPv4 and IPv6",
+                        a.ip()
+                    ),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// An address as the socket's family wants it: IPv4 becomes v4-mapped IPv6 on an IPv6 socket.
+fn wire_addr(socket: SocketAddr, addr: SocketAddr) -> SocketAddr {
+    match (socket, addr) {
+        (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+            SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => addr,
+    }
+}
+
 /// Binds the shard's UDP socket with the buffers asked for (kept at the kernel's size when it
-/// refuses: a smaller buffer only costs drops under bursts).
+/// refuses: a smaller buffer only costs drops under bursts); `::` is bound dual-stack.
 fn bind(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!dual_stack(addr))?;
+    }
     if let Err(e) = socket.set_recv_buffer_size(buffer) {
         tracing::warn!(error = %e, "shard socket: SO_RCVBUF not set");
     }
@@ -118,7 +180,7 @@ impl RuntimeConfig {
         let shard = ShardConfig::new(bind);
         Self {
             bind,
-            announced: None,
+            announced: Vec::new(),
             commands: 256,
             events: 1024,
             max_wait: Duration::from_millis(10),
@@ -127,8 +189,36 @@ impl RuntimeConfig {
             forward: ForwardConfig::default(),
             socket_buffer: SOCKET_BUFFER,
             data_backlog: DEFAULT_MAX_BACKLOG,
+            ice_tcp: true,
         }
     }
+}
+
+/// Tries with a system-chosen port before giving up on an ICE-TCP listener on the UDP port's
+/// number (port 0: the number the system gave the UDP socket may be taken on TCP).
+const TCP_PORT_ATTEMPTS: usize = 16;
+
+/// Binds the UDP socket and, with `ice_tcp`, the TCP listener on the same address and port.
+fn bind_both(config: &RuntimeConfig) -> io::Result<(UdpSocket, Option<TcpTransport>)> {
+    let mut last = None;
+    for _ in 0..TCP_PORT_ATTEMPTS {
+        let socket = bind(config.bind, config.socket_buffer)?;
+        if !config.ice_tcp {
+            return Ok((socket, None));
+        }
+        match TcpTransport::bind(socket.local_addr()?) {
+            Ok(tcp) => return Ok((socket, Some(tcp))),
+            // A fixed port: nothing to retry.
+            Err(e) if config.bind.port() != 0 => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("ICE-TCP listener on {}: {e}", config.bind),
+                ))
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no port for ICE-TCP")))
 }
 
 /// Why a command was not accepted.
@@ -147,6 +237,8 @@ pub struct RuntimeStats {
     pub forward: ForwardStats,
     pub data: DataStats,
     pub datagrams_sent: u64,
+    /// ICE-TCP connections (all zero without ICE-TCP).
+    pub tcp: TcpStats,
     pub send_errors: u64,
     pub recv_errors: u64,
     pub events_dropped: u64,
@@ -191,7 +283,7 @@ enum Command {
 pub struct ShardRuntime {
     commands: tokio::sync::mpsc::Sender<Command>,
     local: SocketAddr,
-    announced: SocketAddr,
+    announced: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     snapshot: Arc<Mutex<RuntimeStats>>,
@@ -200,17 +292,18 @@ pub struct ShardRuntime {
 impl ShardRuntime {
     /// Binds the socket and starts the thread; returns the handle and the event queue.
     pub fn spawn(config: RuntimeConfig) -> io::Result<(ShardRuntime, Receiver<RuntimeEvent>)> {
-        let socket = bind(config.bind, config.socket_buffer)?;
+        let (socket, tcp) = bind_both(&config)?;
+        socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
-        let announced = match config.announced {
-            Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), local.port()),
-            Some(a) => a,
-            None => local,
-        };
+        let announced = announced_addrs(&config.announced, local)?;
         let mut shard_config = ShardConfig::new(local);
-        shard_config.addrs = vec![ShardAddr { local, announced }];
+        shard_config.addrs = announced
+            .iter()
+            .map(|&announced| ShardAddr { local, announced })
+            .collect();
         shard_config.ice = config.ice;
         shard_config.connect_timeout = config.connect_timeout;
+        shard_config.ice_tcp = tcp.is_some();
         let mut shard = Shard::new(shard_config, Instant::now())
             .map_err(|e| io::Error::other(e.to_string()))?;
         let forwarder = Forwarder::new(config.forward.clone());
@@ -223,6 +316,7 @@ impl ShardRuntime {
             snapshot: Arc::clone(&snapshot),
             published: Instant::now(),
             socket,
+            tcp,
             local,
             shard,
             forwarder,
@@ -230,7 +324,7 @@ impl ShardRuntime {
             events: event_tx,
             stats: RuntimeStats::default(),
             max_wait: config.max_wait.max(Duration::from_millis(1)),
-            timeout_set: None,
+            tcp_ready: Vec::new(),
         };
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -254,9 +348,14 @@ impl ShardRuntime {
         self.local
     }
 
-    /// The announced address.
+    /// The first announced address.
     pub fn announced_addr(&self) -> SocketAddr {
-        self.announced
+        self.announced[0]
+    }
+
+    /// Every announced address.
+    pub fn announced_addrs(&self) -> &[SocketAddr] {
+        &self.announced
     }
 
     /// Room for one command, waiting while the queue is full (backpressure: the shard drains
@@ -436,12 +535,20 @@ impl BatchIo {
     }
 }
 
-/// A socket address as std's type (IPv4 or IPv6; other families: `None`).
+/// A socket address as std's type (IPv4 or IPv6; a v4-mapped IPv6 address, as a dual-stack
+/// socket reports IPv4 senders, as IPv4; other families: `None`).
 fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
         return Some(SocketAddr::V4((*v4).into()));
     }
-    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
+        .map(canonical)
+}
+
+/// A v4-mapped IPv6 socket address as the IPv4 one it stands for.
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 struct State {
@@ -449,6 +556,8 @@ struct State {
     /// When `snapshot` was last written.
     published: Instant,
     socket: UdpSocket,
+    /// The ICE-TCP listener and connections (`None`: ICE-TCP off).
+    tcp: Option<TcpTransport>,
     local: SocketAddr,
     shard: Shard,
     forwarder: Forwarder,
@@ -456,8 +565,8 @@ struct State {
     events: SyncSender<RuntimeEvent>,
     stats: RuntimeStats,
     max_wait: Duration,
-    /// The read timeout last set on the socket (changed only when it must be).
-    timeout_set: Option<Duration>,
+    /// TCP entries `poll` found ready (reused).
+    tcp_ready: Vec<(TcpToken, PollFlags)>,
 }
 
 impl State {
@@ -471,8 +580,13 @@ impl State {
             }
             self.pump(Instant::now());
             self.flush(&mut io);
-            self.arm_timeout(Instant::now());
-            let n = self.recv_batch(&mut io);
+            let udp_ready = self.wait(Instant::now());
+            self.serve_tcp(&mut io);
+            let n = if udp_ready {
+                self.recv_batch(&mut io)
+            } else {
+                0
+            };
             if n > 0 {
                 let now = Instant::now();
                 for i in 0..n {
@@ -499,6 +613,12 @@ impl State {
             if self.forwarder.poll_timeout().is_some_and(|t| t <= now) {
                 self.forwarder.handle_timeout(&mut self.shard, now);
             }
+            if let Some(tcp) = self.tcp.as_mut() {
+                if tcp.poll_timeout().is_some_and(|t| t <= now) {
+                    tcp.handle_timeout(now);
+                }
+            }
+            self.forget_closed_tcp();
             self.pump(now);
             self.flush(&mut io);
             if now.duration_since(self.published) >= SNAPSHOT_INTERVAL {
@@ -514,28 +634,111 @@ impl State {
             shard: self.shard.stats(),
             forward: self.forwarder.stats(),
             data: self.data.stats(),
+            tcp: self.tcp_stats(),
             ..self.stats
         };
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = current;
     }
 
-    /// Sets the socket's read timeout to the next timer (capped), in whole milliseconds, only
-    /// when it has to wake earlier than the current setting or the setting is far too early.
-    fn arm_timeout(&mut self, now: Instant) {
-        let next = [self.shard.poll_timeout(), self.forwarder.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
+    fn tcp_stats(&self) -> TcpStats {
+        self.tcp
+            .as_ref()
+            .map(TcpTransport::stats)
+            .unwrap_or_default()
+    }
+
+    /// Waits in `poll(2)` until the UDP socket or a TCP descriptor is ready or the next timer
+    /// (capped at `max_wait`, in whole milliseconds, at least 1) is due. Returns whether the
+    /// UDP socket is readable; the ready TCP entries are left in `tcp_ready`.
+    fn wait(&mut self, now: Instant) -> bool {
+        let next = [
+            self.shard.poll_timeout(),
+            self.forwarder.poll_timeout(),
+            self.tcp.as_ref().and_then(TcpTransport::poll_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let wait = next
             .map_or(self.max_wait, |t| t.saturating_duration_since(now))
             .min(self.max_wait);
-        let wait = Duration::from_millis(wait.as_millis().max(1) as u64);
-        let change = match self.timeout_set {
-            None => true,
-            Some(cur) => wait < cur || wait > cur + Duration::from_millis(5),
+        let millis = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
+        self.tcp_ready.clear();
+        // One small allocation per wake-up (not per packet): the set borrows the descriptors.
+        let mut fds = vec![PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        let mut tokens = Vec::new();
+        if let Some(tcp) = self.tcp.as_ref() {
+            tcp.poll_fds(&mut fds, &mut tokens);
+        }
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) => false,
+            Ok(_) => {
+                let ready = |fd: &PollFd<'_>| fd.revents().unwrap_or(PollFlags::empty());
+                for (fd, token) in fds[1..].iter().zip(&tokens) {
+                    let r = ready(fd);
+                    if !r.is_empty() {
+                        self.tcp_ready.push((*token, r));
+                    }
+                }
+                !ready(&fds[0]).is_empty()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Accepts, reads and writes the TCP entries `wait` found ready; each frame read goes to
+    /// the shard as a packet of its connection's 5-tuple.
+    fn serve_tcp(&mut self, io: &mut BatchIo) {
+        if self.tcp_ready.is_empty() {
+            return;
+        }
+        let ready = std::mem::take(&mut self.tcp_ready);
+        for &(token, flags) in &ready {
+            let now = Instant::now();
+            let Some(tcp) = self.tcp.as_mut() else {
+                break;
+            };
+            match token {
+                TcpToken::Listener => tcp.accept(now),
+                TcpToken::Conn(id) => {
+                    if flags.contains(PollFlags::POLLOUT) {
+                        tcp.flush(Some(id));
+                    }
+                    if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                    {
+                        let shard = &mut self.shard;
+                        tcp.read(id, |tuple, frame| shard.handle_packet(now, tuple, frame));
+                        self.pump(now);
+                        if self.forwarder.queued() >= BATCH {
+                            self.flush(io);
+                        }
+                    }
+                }
+            }
+        }
+        self.tcp_ready = ready;
+        self.forget_closed_tcp();
+    }
+
+    /// Tells the address table about ICE-TCP connections that closed.
+    fn forget_closed_tcp(&mut self) {
+        if let Some(tcp) = self.tcp.as_mut() {
+            for tuple in tcp.take_closed() {
+                self.shard.forget_tuple(&tuple);
+            }
+        }
+    }
+
+    /// Closes a removed peer's ICE-TCP connections (after what is queued on them, e.g. its
+    /// DTLS close alert, is written).
+    fn close_tcp_of(&mut self, peer: PeerId) {
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
         };
-        if change && self.socket.set_read_timeout(Some(wait)).is_ok() {
-            self.timeout_set = Some(wait);
+        for t in self.shard.tuples(peer) {
+            if t.protocol == TransportProtocol::TCP {
+                tcp.close(t.local, t.remote);
+            }
         }
     }
 
@@ -591,6 +794,7 @@ impl State {
             Command::Remove { id, reply } => {
                 self.forwarder.remove(id, now);
                 self.data.remove(id);
+                self.close_tcp_of(id);
                 self.shard.remove(id);
                 // A released peer is gone from the counters when `release` returns.
                 self.publish_snapshot(now);
@@ -601,6 +805,7 @@ impl State {
                     shard: self.shard.stats(),
                     forward: self.forwarder.stats(),
                     data: self.data.stats(),
+                    tcp: self.tcp_stats(),
                     ..self.stats
                 });
             }
@@ -622,7 +827,7 @@ impl State {
             fd,
             &mut io.recv_headers,
             iovs.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
+            MsgFlags::MSG_DONTWAIT,
             None,
         ) {
             Ok(msgs) => {
@@ -642,17 +847,35 @@ impl State {
     }
 
     /// Sends the forwarder's queue, [`BATCH`] datagrams per `sendmmsg`. A datagram the kernel
-    /// refuses is dropped and counted (`send_errors`), never retried.
+    /// refuses is dropped and counted (`send_errors`), never retried. Packets on ICE-TCP paths
+    /// go to their connections' write buffers, which are then written.
     fn flush(&mut self, io: &mut BatchIo) {
         let fd = self.socket.as_raw_fd();
         let no_cmsgs: [ControlMessage<'_>; 0] = [];
         while self.forwarder.queued() > 0 {
+            if let Some(d) = self
+                .forwarder
+                .peek_transmit()
+                .filter(|d| d.protocol == TransportProtocol::TCP)
+            {
+                match self.tcp.as_mut() {
+                    Some(tcp) => tcp.send(d.local, d.dest, d.bytes),
+                    None => self.stats.send_errors += 1,
+                }
+                self.forwarder.pop_transmit();
+                continue;
+            }
             io.send_addrs.clear();
             let mut iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|_| [IoSlice::new(&[])]);
             let mut k = 0;
-            for (iov, d) in iovs.iter_mut().zip(self.forwarder.transmits()) {
+            let udp = self
+                .forwarder
+                .transmits()
+                .take_while(|d| d.protocol == TransportProtocol::UDP);
+            for (iov, d) in iovs.iter_mut().zip(udp) {
                 *iov = [IoSlice::new(d.bytes)];
-                io.send_addrs.push(Some(SockaddrStorage::from(d.dest)));
+                io.send_addrs
+                    .push(Some(SockaddrStorage::from(wire_addr(self.local, d.dest))));
                 k += 1;
             }
             let sent = sendmmsg(
@@ -675,6 +898,9 @@ impl State {
                 }
             }
         }
+        if let Some(tcp) = self.tcp.as_mut() {
+            tcp.flush(None);
+        }
     }
 
     /// Routes events through the forwarder and sends what the shard queued, until quiet (the
@@ -693,6 +919,7 @@ impl State {
                 if let ShardEvent::Failed { peer, .. } = ev {
                     self.forwarder.remove(peer, now);
                     self.data.remove(peer);
+                    self.close_tcp_of(peer);
                     self.shard.remove(peer);
                 }
                 if let Err(TrySendError::Full(_)) = self.events.try_send(ev) {
@@ -701,7 +928,14 @@ impl State {
             }
             while let Some(t) = self.shard.poll_transmit() {
                 progressed = true;
-                self.send_to(&t.bytes, t.dest);
+                if t.protocol == TransportProtocol::TCP {
+                    match self.tcp.as_mut() {
+                        Some(tcp) => tcp.send(t.local, t.dest, &t.bytes),
+                        None => self.stats.send_errors += 1,
+                    }
+                } else {
+                    self.send_to(&t.bytes, t.dest);
+                }
             }
             if !progressed {
                 break;
@@ -710,7 +944,10 @@ impl State {
     }
 
     fn send_to(&mut self, bytes: &[u8], dest: SocketAddr) {
-        let ok = self.socket.send_to(bytes, dest).is_ok();
+        let ok = self
+            .socket
+            .send_to(bytes, wire_addr(self.local, dest))
+            .is_ok();
         self.count_send(ok);
     }
 

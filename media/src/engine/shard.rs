@@ -35,8 +35,14 @@
 //!   sections, each with a sent track of ours ([`PublisherAnswer::loopback`]); the shard only
 //!   negotiates it, the forwarding layer sends the media back (as to a subscriber).
 //!
+//! - ICE-TCP ([`ShardConfig::ice_tcp`]): peers also offer a passive TCP candidate on each
+//!   address. The driver owns the TCP connections and their RFC 4571 framing; it feeds each
+//!   frame with [`Shard::handle_packet`] and [`TransportProtocol::TCP`], and sends the
+//!   transmits stamped TCP on the connection of their (local, dest) pair. The address table
+//!   treats a TCP connection as one more 5-tuple: the same authentication rule applies.
+//!
 //! Not (yet) here: track changes on renegotiation (only ICE restart), simulcast by rid
-//! (`TrackOpen.rid` is reported, nothing else), ICE-TCP, and the I/O loop itself.
+//! (`TrackOpen.rid` is reported, nothing else), and the I/O loop itself.
 //!
 //! Owns [`Shard`], [`ShardConfig`], [`ShardAddr`], [`ShardEvent`], [`Transmit`],
 //! [`FailReason`], [`ShardError`], [`ShardStats`].
@@ -85,6 +91,8 @@ pub struct ShardConfig {
     pub max_paths_per_peer: usize,
     /// Interceptor chain per role.
     pub registry: RegistryFn,
+    /// Announce a passive TCP candidate per address too (the driver accepts the connections).
+    pub ice_tcp: bool,
 }
 
 impl ShardConfig {
@@ -99,15 +107,18 @@ impl ShardConfig {
             connect_timeout: Duration::from_secs(20),
             max_paths_per_peer: DEFAULT_MAX_ADDRS_PER_PEER,
             registry: default_registry,
+            ice_tcp: false,
         }
     }
 }
 
-/// A datagram to send: from the socket bound to `local`, to `dest`.
+/// A datagram to send: from the socket bound to `local`, to `dest`; over TCP, one frame on the
+/// connection between the two.
 #[derive(Debug)]
 pub struct Transmit {
     pub local: SocketAddr,
     pub dest: SocketAddr,
+    pub protocol: TransportProtocol,
     pub bytes: BytesMut,
 }
 
@@ -254,6 +265,7 @@ impl Shard {
         let factory = PeerFactory {
             certificate,
             announced: config.addrs.iter().map(|a| a.announced).collect(),
+            ice_tcp: config.ice_tcp,
             ice: config.ice,
             registry: config.registry,
             supported: supported_codecs(),
@@ -411,6 +423,7 @@ impl Shard {
             self.transmits.push_back(Transmit {
                 local: local_of(addrs, msg.transport.local_addr),
                 dest: msg.transport.peer_addr,
+                protocol: msg.transport.transport_protocol,
                 bytes: msg.message,
             });
         }
@@ -424,26 +437,40 @@ impl Shard {
         from: SocketAddr,
         data: &[u8],
     ) {
+        self.handle_packet(now, FiveTuple::udp(local, from), data);
+    }
+
+    /// Feeds one packet: a UDP datagram, or one RFC 4571 frame of an ICE-TCP connection
+    /// (`tuple.local` is the connection's local address, `tuple.remote` the client's). Returns
+    /// whether it reached a peer connection; a TCP connection whose first frame does not (not
+    /// an authenticated Binding request) should be closed by the driver.
+    pub fn handle_packet(&mut self, now: Instant, tuple: FiveTuple, data: &[u8]) -> bool {
+        let FiveTuple {
+            local,
+            remote: from,
+            protocol,
+        } = tuple;
         self.stats.datagrams_in += 1;
-        let Some(announced) = self
-            .config
-            .addrs
-            .iter()
-            .find(|a| a.local == local)
+        // The announced address of the packet's family on that socket (a dual-stack socket
+        // serves an IPv4 and an IPv6 one), else its first.
+        let on_socket = || self.config.addrs.iter().filter(|a| a.local == local);
+        let Some(announced) = on_socket()
+            .find(|a| a.announced.is_ipv4() == from.is_ipv4())
+            .or_else(|| on_socket().next())
             .map(|a| a.announced)
         else {
             self.stats.unknown_local += 1;
-            return;
+            return false;
         };
-        let Ok(routed) = self.demux.route(FiveTuple::udp(local, from), data) else {
-            return;
+        let Ok(routed) = self.demux.route(tuple, data) else {
+            return false;
         };
         let Some(peer) = self.peers.get_mut(&routed.peer) else {
-            return;
+            return false;
         };
         if peer.state == PeerState::Failed {
             // Terminal: the owner is removing it; a late client must not revive it.
-            return;
+            return false;
         }
         self.stats.datagrams_routed += 1;
         let msg = TaggedBytesMut {
@@ -451,7 +478,7 @@ impl Shard {
             transport: TransportContext {
                 local_addr: announced,
                 peer_addr: from,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: protocol,
                 ecn: None,
             },
             message: BytesMut::from(data),
@@ -466,6 +493,17 @@ impl Shard {
             }
         }
         self.after_input(routed.peer, now, false);
+        true
+    }
+
+    /// The 5-tuples the address table gives to a peer (its UDP paths and TCP connections).
+    pub fn tuples(&self, id: PeerId) -> &[FiveTuple] {
+        self.demux.tuples(id)
+    }
+
+    /// Forgets a 5-tuple (an ICE-TCP connection that closed): nothing more is routed from it.
+    pub fn forget_tuple(&mut self, tuple: &FiveTuple) {
+        self.demux.forget(tuple);
     }
 
     /// The next datagram to send.
@@ -546,6 +584,7 @@ impl Shard {
         self.transmits.push_back(Transmit {
             local: local_of(&self.config.addrs, path.announced),
             dest: path.remote,
+            protocol: path.protocol,
             bytes,
         });
         Ok(())

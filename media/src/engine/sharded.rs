@@ -131,7 +131,11 @@ impl ShardedEngine {
             rc.connect_timeout = config.connect_timeout;
             rc.forward.keyframe_interval = config.keyframe_request_interval;
             // Port 0: the bound port (see `RuntimeConfig::announced`).
-            rc.announced = config.public_ip.map(|ip| SocketAddr::new(ip, port));
+            rc.announced = config
+                .public_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect();
             let (runtime, events) = ShardRuntime::spawn(rc)?;
             let shared2 = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -418,6 +422,10 @@ impl ShardedEngine {
             sum.data.dropped += s.data.dropped;
             sum.datagrams_sent += s.datagrams_sent;
             sum.events_dropped += s.events_dropped;
+            sum.tcp.open += s.tcp.open;
+            sum.tcp.accepted += s.tcp.accepted;
+            sum.tcp.refused += s.tcp.refused + s.tcp.unauthenticated;
+            sum.tcp.dropped_full += s.tcp.dropped_full + s.tcp.dropped_no_connection;
         }
         MediaStats {
             peer_connections: publishers + subscribers,
@@ -441,6 +449,10 @@ impl ShardedEngine {
             keyframe_requests_received: sum.forward.keyframe_requests_in,
             data_messages_relayed: sum.data.relayed,
             events_dropped: sum.events_dropped + self.shared.events_dropped.load(Ordering::Relaxed),
+            ice_tcp_connections: sum.tcp.open as u64,
+            ice_tcp_accepted: sum.tcp.accepted,
+            ice_tcp_rejected: sum.tcp.refused,
+            ice_tcp_dropped: sum.tcp.dropped_full,
         }
     }
 }
