@@ -14,6 +14,7 @@ mod config_file;
 
 mod admin;
 mod bridge;
+pub mod cluster;
 mod connection;
 mod demo;
 mod drain;

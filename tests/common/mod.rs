@@ -20,6 +20,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod browser;
 pub mod peer;
+pub mod redis_server;
 pub mod tls;
 
 /// The longest any single expected event may take.
