@@ -42,6 +42,7 @@ fn keeper(c: Claims) -> (Keeper, mpsc::Receiver<(String, Loss)>, CancellationTok
         Arc::new(move |room: &str, loss| {
             let _ = tx.try_send((room.to_owned(), loss));
         }),
+        Arc::new(|_: &str| true),
     );
     let stop = CancellationToken::new();
     tokio::spawn(keeper.clone().run(stop.clone()));

@@ -52,9 +52,14 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 end
 ";
 
-/// KEYS[1] = room; ARGV[1] = node. `{1, owner}` or `{2, quarantine ms left}`.
+/// KEYS[1] = room; ARGV[1] = node. `{1, owner}` or `{2, quarantine ms left}`. A claim by the
+/// owner itself extends the key like a renewal, so that its new deadline holds.
 const CLAIM: &str = r"
 local owner = redis.call('GET', KEYS[1])
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, owner}
+end
 if owner then return {1, owner} end
 local wait = redis.call('PTTL', KEYS[3])
 if wait > 0 then return {2, tostring(wait)} end
@@ -254,14 +259,35 @@ impl Claims {
 
 /// Called when this node must stop serving a room it owned (`roomClosed` to its members).
 pub type OnLoss = Arc<dyn Fn(&str, Loss) + Send + Sync>;
+/// Whether this node is serving a room of that name right now.
+pub type IsLive = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// An owned room: until when, and for how many renewal rounds no room of that name was live.
+#[derive(Clone, Copy, Debug)]
+struct Owned {
+    deadline: Instant,
+    idle_rounds: u8,
+}
+
+/// Rounds a claimed room may have no live room here before its claim is released: two, so that
+/// a claim made just before a round (its room about to be created) is never released.
+const IDLE_ROUNDS_TO_RELEASE: u8 = 2;
 
 /// This node's owned rooms and their deadlines, kept alive by [`Keeper::run`].
+///
+/// Claims are released by the keeper, not when a room empties: a room that empties and is
+/// joined again at once must not lose the claim its new incarnation relies on. A room with no
+/// live room here for [`IDLE_ROUNDS_TO_RELEASE`] rounds is released; until then joins through
+/// other nodes still come here and recreate it. Claims and releases take one lock, so a release
+/// never deletes a claim made after its decision.
 #[derive(Clone)]
 pub struct Keeper {
     claims: Claims,
-    owned: Arc<Mutex<HashMap<String, Instant>>>,
+    owned: Arc<Mutex<HashMap<String, Owned>>>,
+    serial: Arc<tokio::sync::Mutex<()>>,
     changed: Arc<Notify>,
     on_loss: OnLoss,
+    is_live: IsLive,
 }
 
 impl std::fmt::Debug for Keeper {
@@ -273,13 +299,16 @@ impl std::fmt::Debug for Keeper {
 }
 
 impl Keeper {
-    /// A keeper of `claims`' rooms, calling `on_loss` for each room it gives up.
-    pub fn new(claims: Claims, on_loss: OnLoss) -> Self {
+    /// A keeper of `claims`' rooms, calling `on_loss` for each room it gives up and asking
+    /// `is_live` whether a claimed room still runs here.
+    pub fn new(claims: Claims, on_loss: OnLoss, is_live: IsLive) -> Self {
         Self {
             claims,
             owned: Arc::default(),
+            serial: Arc::default(),
             changed: Arc::default(),
             on_loss,
+            is_live,
         }
     }
 
@@ -288,16 +317,21 @@ impl Keeper {
         &self.claims
     }
 
-    fn owned(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+    fn owned(&self) -> MutexGuard<'_, HashMap<String, Owned>> {
         // The map stays consistent at every step; a panic elsewhere does not invalidate it.
         self.owned.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Claims `room`; when this node wins it is kept alive from now on.
     pub async fn claim(&self, room: &str) -> Result<Claim, ClusterError> {
+        let _serial = self.serial.lock().await;
         let claim = self.claims.claim(room).await?;
         if let Claim::Mine { deadline } = claim {
-            self.owned().insert(room.to_owned(), deadline);
+            let owned = Owned {
+                deadline,
+                idle_rounds: 0,
+            };
+            self.owned().insert(room.to_owned(), owned);
             self.changed.notify_one();
         }
         Ok(claim)
@@ -313,8 +347,9 @@ impl Keeper {
         self.owned().keys().cloned().collect()
     }
 
-    /// Stops keeping `room` and deletes its claim (the room emptied).
+    /// Stops keeping `room` and deletes its claim at once (the room is known to be gone).
     pub async fn release(&self, room: &str) -> Result<bool, ClusterError> {
+        let _serial = self.serial.lock().await;
         self.owned().remove(room);
         self.claims.release(room).await
     }
@@ -340,7 +375,7 @@ impl Keeper {
     pub async fn run(self, stop: CancellationToken) {
         let mut next_round = Instant::now() + self.claims.renew_interval();
         loop {
-            let earliest = self.owned().values().min().copied();
+            let earliest = self.owned().values().map(|o| o.deadline).min();
             let wake = earliest.map_or(next_round, |d| d.min(next_round));
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -351,7 +386,7 @@ impl Keeper {
             let expired: Vec<String> = self
                 .owned()
                 .iter()
-                .filter(|(_, d)| **d <= now)
+                .filter(|(_, o)| o.deadline <= now)
                 .map(|(r, _)| r.clone())
                 .collect();
             for room in expired {
@@ -359,15 +394,42 @@ impl Keeper {
             }
             if now >= next_round {
                 next_round = now + self.claims.renew_interval();
+                self.release_idle().await;
                 self.round().await;
+            }
+        }
+    }
+
+    /// Counts the rounds each owned room had no live room here; releases those idle long
+    /// enough.
+    async fn release_idle(&self) {
+        let _serial = self.serial.lock().await;
+        let mut idle = Vec::new();
+        for (room, owned) in self.owned().iter_mut() {
+            if (self.is_live)(room) {
+                owned.idle_rounds = 0;
+            } else {
+                owned.idle_rounds = owned.idle_rounds.saturating_add(1);
+                if owned.idle_rounds >= IDLE_ROUNDS_TO_RELEASE {
+                    idle.push(room.clone());
+                }
+            }
+        }
+        for room in idle {
+            self.owned().remove(&room);
+            if let Err(e) = self.claims.release(&room).await {
+                tracing::debug!(room, "cluster: release failed (the claim expires): {e}");
             }
         }
     }
 
     /// One renewal of every owned room, each bounded by its own deadline.
     async fn round(&self) {
-        let rooms: Vec<(String, Instant)> =
-            self.owned().iter().map(|(r, d)| (r.clone(), *d)).collect();
+        let rooms: Vec<(String, Instant)> = self
+            .owned()
+            .iter()
+            .map(|(r, o)| (r.clone(), o.deadline))
+            .collect();
         let renewals = rooms.into_iter().map(|(room, deadline)| async move {
             match tokio::time::timeout_at(deadline, self.claims.renew(&room)).await {
                 Err(_elapsed) => self.lose(&room, Loss::Deadline),
@@ -375,8 +437,8 @@ impl Keeper {
                 Ok(Ok(Renewal::Taken(owner))) => self.lose(&room, Loss::Taken(owner)),
                 Ok(Ok(Renewal::Renewed { deadline } | Renewal::Recreated { deadline })) => {
                     let kept = match self.owned().get_mut(&room) {
-                        Some(d) => {
-                            *d = deadline;
+                        Some(o) => {
+                            o.deadline = deadline;
                             true
                         }
                         None => false,
