@@ -81,7 +81,8 @@ fn refusal(
     Some(refused)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Byte equality in time independent of where the inputs differ (secrets).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

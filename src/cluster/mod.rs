@@ -22,6 +22,9 @@
 pub mod claims;
 pub mod registry;
 
+pub(crate) mod node;
+pub(crate) mod relay;
+
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

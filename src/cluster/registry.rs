@@ -115,6 +115,22 @@ impl Registry {
         Ok(())
     }
 
+    /// Node `id`'s record, if it is alive.
+    pub async fn node(&self, id: &str) -> Result<Option<NodeInfo>, ClusterError> {
+        let mut redis = self.redis.clone();
+        let record: Option<String> = redis::cmd("GET")
+            .arg(self.keys.node(id))
+            .query_async(&mut redis)
+            .await?;
+        record
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| ClusterError::Malformed {
+                key: self.keys.node(id),
+                detail: e.to_string(),
+            })
+    }
+
     /// Every live node's record, in id order. Ids without a record are pruned from the set;
     /// an unreadable record is skipped (logged), it never hides the others.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {

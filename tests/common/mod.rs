@@ -55,6 +55,10 @@ pub async fn start_server_with(mut config: roomd::Config) -> Server {
     let addr = listener
         .local_addr()
         .expect("bound listener has an address");
+    if config.redis_url.is_some() && config.cluster_internal_url.is_none() {
+        // Cluster tests: other nodes reach this one where it really listens.
+        config.cluster_internal_url = Some(format!("http://{addr}"));
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let shutdown = async move {

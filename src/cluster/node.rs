@@ -1,0 +1,212 @@
+//! Cluster mode wired into one server: this node's registration, its claims (kept by a
+//! [`Keeper`] whose losses close the room), and the placement of a join — here, or relayed to
+//! the node that owns (or should own) the room. Built only with `--redis-url`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use signaling::room::Input;
+
+use super::claims::{Claim, Claims, Keeper, Loss};
+use super::registry::{NodeInfo, NodeState, Registry};
+use super::{connect, ClusterError, Keys};
+use crate::drain::Lifecycle;
+use crate::rooms::Directory;
+use crate::Config;
+
+/// Where a join goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// This node serves the room.
+    Local,
+    /// Relay the client to this node's relay URL.
+    Remote { node: String, relay_url: String },
+    /// No node can take it now; the text says why.
+    Unavailable(String),
+}
+
+/// This node's part of the cluster.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    keeper: Keeper,
+    registry: Registry,
+    me: NodeInfo,
+    secret: String,
+    directory: Arc<Directory>,
+}
+
+/// The header carrying the cluster secret on the relay link.
+pub(crate) const SECRET_HEADER: &str = "x-roomd-cluster-secret";
+/// The header carrying the relayed client's own address (for logs and per-IP limits).
+pub(crate) const CLIENT_HEADER: &str = "x-roomd-client";
+/// The relay endpoint every node serves in cluster mode.
+pub(crate) const RELAY_PATH: &str = "/cluster/relay";
+
+impl Cluster {
+    /// Starts cluster mode if `--redis-url` is set: connects (lazily) to Redis, registers this
+    /// node every third of the TTL, keeps its claims, until `lifecycle.stop`.
+    pub(crate) fn start(
+        config: &Config,
+        http: SocketAddr,
+        directory: Arc<Directory>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Result<Option<Arc<Self>>, ClusterError> {
+        let Some(url) = &config.redis_url else {
+            return Ok(None);
+        };
+        let ttl = Duration::from_millis(config.cluster_claim_ttl_ms);
+        let redis = connect(url, ttl / 4)?;
+        let keys = Keys::new(config.cluster_key_prefix.clone());
+        let id = config
+            .cluster_node_id
+            .clone()
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        let internal_url = config.cluster_internal_url.clone().unwrap_or_else(|| {
+            let host = SocketAddr::new(config.media_ip, http.port());
+            format!("http://{host}")
+        });
+        let me = NodeInfo {
+            id: id.clone(),
+            internal_url,
+            media_addresses: vec![config.public_ip.unwrap_or(config.media_ip)],
+            state: NodeState::Serving,
+            rooms: 0,
+            participants: 0,
+        };
+        let claims = Claims::new(redis.clone(), keys.clone(), id, ttl);
+        let closer = Arc::clone(&directory);
+        let on_loss = Arc::new(move |room: &str, loss: Loss| {
+            tracing::warn!(
+                room,
+                ?loss,
+                "cluster: closing a room this node may no longer own"
+            );
+            if let Some(handle) = closer.get(room) {
+                tokio::spawn(async move {
+                    let _ = handle.tx.send(Input::Close).await;
+                });
+            }
+        });
+        let live = Arc::clone(&directory);
+        let is_live = Arc::new(move |room: &str| live.get(room).is_some_and(|h| !h.is_closed()));
+        let keeper = Keeper::new(claims, on_loss, is_live);
+        let cluster = Arc::new(Self {
+            keeper: keeper.clone(),
+            registry: Registry::new(redis, keys, ttl),
+            me,
+            secret: config.cluster_secret.clone().unwrap_or_default(),
+            directory,
+        });
+        tracing::info!(node = %cluster.me.id, internal_url = %cluster.me.internal_url, "cluster mode");
+        tokio::spawn(keeper.run(lifecycle.stop.clone()));
+        tokio::spawn(Arc::clone(&cluster).register(lifecycle));
+        Ok(Some(cluster))
+    }
+
+    /// The secret a relay link must present.
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Writes this node's record every third of the TTL (draining once the drain began) and
+    /// removes it when the process stops.
+    async fn register(self: Arc<Self>, lifecycle: Arc<Lifecycle>) {
+        let stop = lifecycle.stop.clone();
+        loop {
+            let mut info = self.me.clone();
+            info.rooms = self.keeper.rooms().len() as u64;
+            info.participants = self.directory.participants() as u64;
+            if lifecycle.is_draining() {
+                info.state = NodeState::Draining;
+            }
+            if let Err(e) = self.registry.publish(&info).await {
+                tracing::warn!("cluster: cannot register this node: {e}");
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(self.registry.refresh_interval()) => {}
+            }
+        }
+        let _ = self.registry.unpublish(&self.me.id).await;
+    }
+
+    /// Where a join of `room` goes. `relayed`: the join came over a relay link from another
+    /// node, which already chose this one; it is served here or refused, never relayed again.
+    pub(crate) async fn place(&self, room: &str, relayed: bool) -> Placement {
+        let live_here = self.directory.get(room).is_some_and(|h| !h.is_closed());
+        if live_here && self.keeper.owns(room) {
+            return Placement::Local;
+        }
+        if relayed {
+            return match self.claim_here(room).await {
+                Ok(None) => Placement::Local,
+                Ok(Some(owner)) => Placement::Unavailable(format!(
+                    "room '{room}' moved to node {owner} meanwhile; join again"
+                )),
+                Err(e) => Placement::Unavailable(e.to_string()),
+            };
+        }
+        match self.choose(room).await {
+            Ok(placement) => placement,
+            Err(e) => Placement::Unavailable(e.to_string()),
+        }
+    }
+
+    async fn choose(&self, room: &str) -> Result<Placement, ClusterError> {
+        let owner = match self.keeper.claims().owner(room).await? {
+            Some(owner) => Some(owner),
+            None => match self.registry.least_loaded(&self.me.id).await? {
+                Some(node) if node.id != self.me.id => {
+                    return Ok(Self::remote(node));
+                }
+                _ => None,
+            },
+        };
+        let owner = match owner {
+            Some(owner) if owner != self.me.id => owner,
+            _ => match self.claim_here(room).await? {
+                None => return Ok(Placement::Local),
+                Some(owner) => owner,
+            },
+        };
+        match self.registry.node(&owner).await? {
+            Some(node) => Ok(Self::remote(node)),
+            None => Ok(Placement::Unavailable(format!(
+                "node {owner} holding room '{room}' is not registered (stopping?); join again"
+            ))),
+        }
+    }
+
+    /// Claims `room` for this node: `None` when it is ours, else its owner. Waits out the
+    /// quarantine after Redis lost its data (at most one TTL) once.
+    async fn claim_here(&self, room: &str) -> Result<Option<String>, ClusterError> {
+        for _ in 0..2 {
+            match self.keeper.claim(room).await? {
+                Claim::Mine { .. } => return Ok(None),
+                Claim::Other(owner) => return Ok(Some(owner)),
+                Claim::Recovering(wait) => {
+                    tracing::info!(room, ?wait, "cluster: Redis recovering; the join waits");
+                    tokio::time::sleep(wait.min(self.keeper.claims().ttl())).await;
+                }
+            }
+        }
+        Err(ClusterError::Malformed {
+            key: room.to_owned(),
+            detail: "still recovering after one claim TTL".into(),
+        })
+    }
+
+    fn remote(node: NodeInfo) -> Placement {
+        let base = node.internal_url.trim_end_matches('/');
+        let relay_url = match base.split_once("://") {
+            Some(("https", rest)) => format!("wss://{rest}{RELAY_PATH}"),
+            Some((_, rest)) => format!("ws://{rest}{RELAY_PATH}"),
+            None => format!("ws://{base}{RELAY_PATH}"),
+        };
+        Placement::Remote {
+            node: node.id,
+            relay_url,
+        }
+    }
+}
