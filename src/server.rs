@@ -174,7 +174,10 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
 }
 
 async fn all_rooms(State(state): State<Arc<AppState>>) -> Json<Vec<String>> {
-    Json(state.rooms.names())
+    match &state.cluster {
+        Some(cluster) => Json(cluster.all_rooms().await),
+        None => Json(state.rooms.names()),
+    }
 }
 
 async fn update_speaker_interval(State(state): State<Arc<AppState>>) -> Json<i64> {

@@ -203,6 +203,7 @@ fn node(id: &str, participants: u64, state: NodeState) -> NodeInfo {
         state,
         rooms: 1,
         participants,
+        room_names: vec![format!("room-of-{id}")],
     }
 }
 

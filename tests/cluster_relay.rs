@@ -123,3 +123,120 @@ async fn a_relayed_client_whose_socket_drops_leaves_after_the_grace_period() {
         json!({"id": "d"})
     );
 }
+
+/// Polls `f` until it returns `Some`, at most [`common::WAIT`]: for state that other nodes
+/// publish on their own schedule (a third of the claim TTL here).
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn get_all_rooms_lists_every_nodes_rooms_on_every_node() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let n2 = node(&redis, "n2", "127.0.0.2").await;
+    let mut on1 = n1.client().await;
+    on1.join("one", "u1").await;
+    let mut on2 = n2.client().await;
+    on2.join("two", "u2").await;
+    // A room of n2 joined only through a relay from n1 is listed too.
+    let mut owner = n2.client().await;
+    owner.join("three", "u3").await;
+    let mut relayed = n1.client().await;
+    relayed.join("three", "u4").await;
+    let all = json!(["one", "three", "two"]);
+    for server in [&n1, &n2] {
+        eventually("every room listed on every node", || async {
+            let (status, rooms) = server.get("/getAllRooms").await;
+            (status == 200 && rooms == all).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A node as a real process, so that it can be SIGKILLed.
+async fn node_process(
+    redis: &RedisServer,
+    id: &str,
+    media_ip: &str,
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_roomd"))
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--rtc-udp-port", "0", "--media-ip", media_ip, "--no-demo"])
+        .args([
+            "--redis-url",
+            &redis.url(),
+            "--cluster-secret",
+            "test-secret",
+        ])
+        .args(["--cluster-node-id", id, "--cluster-claim-ttl-ms", "1500"])
+        .args(["--cluster-internal-url", &format!("http://{addr}")])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start roomd");
+    eventually("the node process listens", || async {
+        tokio::net::TcpStream::connect(addr).await.ok().map(drop)
+    })
+    .await;
+    (child, addr)
+}
+
+#[tokio::test]
+async fn when_the_owner_dies_relayed_clients_get_room_closed_and_the_room_is_placed_again() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let (mut n3, n3_addr) = node_process(&redis, "n3", "127.0.0.3").await;
+    let mut b = common::Client::connect(&format!("ws://{n3_addr}/room")).await;
+    b.join("R", "b").await;
+    let mut a = n1.client().await;
+    assert_eq!(names(&a.join("R", "a").await), ["b"]);
+
+    let killed = tokio::time::Instant::now();
+    n3.kill().await.expect("SIGKILL the owner");
+    let ev = a.notification("roomClosed").await;
+    assert_eq!(ev["params"], json!({"room": "R"}));
+    let close = a.closed().await;
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1011));
+    assert!(
+        killed.elapsed() < std::time::Duration::from_millis(1500),
+        "within the TTL"
+    );
+
+    // Until the dead owner's claim expires a join is refused with a clear error; then the
+    // room is placed again (here, on n1, the only node left) and works.
+    let mut c = n1.client().await;
+    let deadline = killed + std::time::Duration::from_millis(1500 * 3);
+    let joined = loop {
+        let r = c.call("joinRoom", json!({"user": "c", "room": "R"})).await;
+        if r.get("result").is_some() {
+            break r;
+        }
+        let (code, message) = common::error_of(&r);
+        assert_eq!(code, 204, "{message}");
+        assert!(message.contains("Cannot place the room"), "{message}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "R never placed again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(names(&joined).is_empty(), "a new room: {joined}");
+    let mut d = n1.client().await;
+    assert_eq!(names(&d.join("R", "d").await), ["c"]);
+}

@@ -73,6 +73,7 @@ impl Cluster {
             state: NodeState::Serving,
             rooms: 0,
             participants: 0,
+            room_names: Vec::new(),
         };
         let claims = Claims::new(redis.clone(), keys.clone(), id, ttl);
         let closer = Arc::clone(&directory);
@@ -117,6 +118,7 @@ impl Cluster {
             let mut info = self.me.clone();
             info.rooms = self.keeper.rooms().len() as u64;
             info.participants = self.directory.participants() as u64;
+            info.room_names = self.directory.names();
             if lifecycle.is_draining() {
                 info.state = NodeState::Draining;
             }
@@ -129,6 +131,25 @@ impl Cluster {
             }
         }
         let _ = self.registry.unpublish(&self.me.id).await;
+    }
+
+    /// Every node's rooms with participants (`/getAllRooms`): this node's as they are, the
+    /// others' as of their last record (at most a third of the TTL old). If Redis cannot be
+    /// asked, this node's alone.
+    pub(crate) async fn all_rooms(&self) -> Vec<String> {
+        let mut names = self.directory.names();
+        match self.registry.nodes().await {
+            Ok(nodes) => names.extend(
+                nodes
+                    .into_iter()
+                    .filter(|n| n.id != self.me.id)
+                    .flat_map(|n| n.room_names),
+            ),
+            Err(e) => tracing::warn!("cluster: /getAllRooms lists this node's rooms only: {e}"),
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Where a join of `room` goes. `relayed`: the join came over a relay link from another

@@ -39,6 +39,10 @@ pub struct NodeInfo {
     pub rooms: u64,
     /// Participants in those rooms: the load placement compares.
     pub participants: u64,
+    /// Its rooms that have participants, as of the record (for the cluster-wide
+    /// `/getAllRooms`).
+    #[serde(default)]
+    pub room_names: Vec<String>,
 }
 
 /// KEYS[1] = node record, KEYS[2] = boot, KEYS[3] = quarantine, KEYS[4] = nodes set;
