@@ -256,6 +256,7 @@ async fn serve<R, W, E>(
         let RelayStart { link, room, first } = relay;
         let stop = conn.state.lifecycle.stop.clone();
         let timeout = conn.state.config.write_timeout();
+        let heartbeat = Duration::from_millis(conn.state.config.cluster_claim_ttl_ms) / 3;
         let ended = crate::cluster::relay::run(
             &mut stream,
             &mut sink,
@@ -264,6 +265,7 @@ async fn serve<R, W, E>(
             &room,
             conn.watchdog,
             timeout,
+            heartbeat,
             stop,
         )
         .await;

@@ -240,3 +240,32 @@ async fn when_the_owner_dies_relayed_clients_get_room_closed_and_the_room_is_pla
     let mut d = n1.client().await;
     assert_eq!(names(&d.join("R", "d").await), ["c"]);
 }
+
+#[tokio::test]
+async fn an_owner_that_hangs_without_closing_tcp_is_noticed_by_the_relay_heartbeat() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let (n3, n3_addr) = node_process(&redis, "n3", "127.0.0.3").await;
+    let mut b = common::Client::connect(&format!("ws://{n3_addr}/room")).await;
+    b.join("R", "b").await;
+    let mut a = n1.client().await;
+    assert_eq!(names(&a.join("R", "a").await), ["b"]);
+
+    // SIGSTOP: the process keeps its sockets open but answers nothing, like a vanished host.
+    let pid = n3.id().expect("running").to_string();
+    let stopped = tokio::time::Instant::now();
+    let ok = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -STOP {pid}");
+    let ev = a.notification("roomClosed").await;
+    assert_eq!(ev["params"], json!({"room": "R"}));
+    let within = stopped.elapsed();
+    assert!(
+        within < std::time::Duration::from_millis(1500 * 3 / 2),
+        "heartbeat noticed the hung owner in {within:?} (TTL 1.5 s)"
+    );
+    drop(n3); // SIGKILL (kill_on_drop) ends the stopped process too.
+}

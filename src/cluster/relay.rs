@@ -78,7 +78,9 @@ pub(crate) enum RelayEnd {
 }
 
 /// Moves frames between the client (`stream`/`sink`) and the owner (`link`), starting with
-/// `first` (the join and any request queued behind it), until either side ends.
+/// `first` (the join and any request queued behind it), until either side ends. The link is
+/// pinged every `heartbeat`; when nothing at all came from the owner for two of them (a
+/// machine gone without closing TCP, a hung process), the owner counts as lost.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run<R, W, E>(
     stream: &mut R,
@@ -88,6 +90,7 @@ pub(crate) async fn run<R, W, E>(
     room: &str,
     mut watchdog: Option<(Duration, Instant)>,
     write_timeout: Duration,
+    heartbeat: Duration,
     stop: CancellationToken,
 ) -> RelayEnd
 where
@@ -101,9 +104,21 @@ where
             return lost(sink, room, write_timeout).await;
         }
     }
+    let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
     loop {
         let deadline = watchdog.map(|(_, d)| d);
         tokio::select! {
+            _ = beat.tick() => {
+                if heard.elapsed() >= heartbeat * 2 {
+                    tracing::warn!(room, "cluster: the room's node stopped answering the relay link");
+                    return lost(sink, room, write_timeout).await;
+                }
+                if link.send(Upstream::Ping(Default::default())).await.is_err() {
+                    return lost(sink, room, write_timeout).await;
+                }
+            }
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
                     if let Some(pong) = ping(text.as_str(), &mut watchdog) {
@@ -121,7 +136,7 @@ where
                 }
                 Some(Ok(_)) => {}
             },
-            frame = link.next() => match frame {
+            frame = link.next() => match frame.inspect(|_| heard = Instant::now()) {
                 Some(Ok(Upstream::Text(text))) => {
                     if !write(sink, Message::Text(text.as_str().into()), write_timeout).await {
                         let _ = link.close(None).await;
