@@ -355,7 +355,10 @@ impl Connection {
             return self.abuse_check(frames);
         }
         match protocol::parse(&request.method, &request.params) {
-            Ok(Method::Transport(t)) => self.on_transport(id, t, &request.params, frames).await,
+            Ok(Method::Transport(t)) => {
+                self.on_transport(id, t, &request.params, text, frames)
+                    .await
+            }
             Ok(Method::Room(r)) => {
                 if self.queue.len() >= MAX_QUEUED_REQUESTS {
                     let msg = "Too many requests in flight";
@@ -426,6 +429,7 @@ impl Connection {
         id: Id,
         t: TransportRequest,
         params: &jsonrpc::Params,
+        raw: &str,
         frames: &mut Vec<Frame>,
     ) -> Step {
         match t {
@@ -448,12 +452,17 @@ impl Connection {
                             self.adopt(session).await;
                             jsonrpc::encode_result(id, Value::from("reconnection successful"), &sid)
                         }
-                        None => jsonrpc::encode_error(
-                            id,
-                            jsonrpc::RECONNECTION_ERROR,
-                            "reconnection error",
-                            None,
-                        ),
+                        None => {
+                            if self.relay_to_session(&sid, raw).await {
+                                return Step::Continue; // The holder answers it.
+                            }
+                            jsonrpc::encode_error(
+                                id,
+                                jsonrpc::RECONNECTION_ERROR,
+                                "reconnection error",
+                                None,
+                            )
+                        }
                     },
                     None => {
                         let session = self.session();
@@ -484,6 +493,38 @@ impl Connection {
                 Step::End(End::Finished)
             }
         }
+    }
+
+    /// Cluster mode: a `connect` for a session held by another node becomes a relay to that
+    /// node, starting with this `connect` frame. Whether it did.
+    async fn relay_to_session(&mut self, sid: &str, raw: &str) -> bool {
+        let Some(cluster) = self.state.cluster.clone() else {
+            return false;
+        };
+        if self.relayed {
+            return false;
+        }
+        let Some((url, room)) = cluster.session_home(sid).await else {
+            return false;
+        };
+        let link = match crate::cluster::relay::connect(&url, cluster.secret(), self.peer).await {
+            Ok(link) => link,
+            Err(why) => {
+                tracing::warn!(%why, "reconnection refused: the session's node is unreachable");
+                return false;
+            }
+        };
+        tracing::info!(%room, client = ?self.peer, "reconnection relayed to the session's node");
+        if let Some(session) = self.session.take() {
+            self.state.sessions.remove(&session.id);
+            let _ = session.detach(self.generation);
+        }
+        self.relay = Some(RelayStart {
+            link: Box::new(link),
+            room,
+            first: vec![raw.to_owned()],
+        });
+        true
     }
 
     /// Takes over an existing session (`connect` with its id).
@@ -559,6 +600,9 @@ impl Connection {
                     .request(done.method, done.sent.elapsed());
                 if ok {
                     self.log_success(done.method);
+                    if done.method == "joinRoom" {
+                        self.publish_session();
+                    }
                 }
                 self.pump(frames).await;
             }
@@ -591,6 +635,16 @@ impl Connection {
             }
         }
         Step::Continue
+    }
+
+    /// Cluster mode: tells the session directory that this node holds the session now.
+    fn publish_session(&self) {
+        let (Some(cluster), Some(session)) = (&self.state.cluster, &self.session) else {
+            return;
+        };
+        if let signaling::room::Membership::In { room, .. } = session.membership().view() {
+            cluster.session_joined(&session.id.0, room);
+        }
     }
 
     /// One `info` line per successful join, leave, publish and subscribe, with room, user,

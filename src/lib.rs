@@ -114,6 +114,7 @@ pub async fn serve(
         &state.config,
         http,
         Arc::clone(&state.rooms),
+        Arc::clone(&state.sessions),
         Arc::clone(&state.lifecycle),
     )
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

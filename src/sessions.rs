@@ -281,6 +281,18 @@ impl Sessions {
     pub(crate) fn len(&self) -> usize {
         lock(&self.map).len()
     }
+
+    /// Every session that is in a room, with the room's name (cluster mode's session
+    /// directory publishes them).
+    pub(crate) fn in_rooms(&self) -> Vec<(SessionId, String)> {
+        lock(&self.map)
+            .values()
+            .filter_map(|s| {
+                let room = lock(&s.inner).membership.room().map(|r| r.name.to_string());
+                room.map(|room| (s.id.clone(), room))
+            })
+            .collect()
+    }
 }
 
 /// 130 random bits written in base 32 with digits `[0-9a-v]`, like `BigInteger(130, rnd)

@@ -269,3 +269,79 @@ async fn an_owner_that_hangs_without_closing_tcp_is_noticed_by_the_relay_heartbe
     );
     drop(n3); // SIGKILL (kill_on_drop) ends the stopped process too.
 }
+
+#[tokio::test]
+async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
+    let redis = RedisServer::start().await;
+    let grace = |id: &str, ip: &str| roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some("test-secret".into()),
+        cluster_node_id: Some(id.into()),
+        cluster_claim_ttl_ms: 1500,
+        reconnection_grace_ms: 10_000,
+        media_ip: ip.parse().expect("an IP"),
+        ..Default::default()
+    };
+    let n1 = start_server_with(grace("n1", "127.0.0.1")).await;
+    let n2 = start_server_with(grace("n2", "127.0.0.2")).await;
+    let mut b = n2.client().await;
+    b.join("R", "b").await;
+
+    // a joins directly on the owner n2, then its socket drops and it reconnects through n1.
+    let mut a = n2.client().await;
+    let sid = a.join("R", "a").await["result"]["sessionId"].clone();
+    assert_eq!(
+        b.notification("participantJoined").await["params"],
+        json!({"id": "a"})
+    );
+    a.drop_connection().await;
+    let mut a = n1.client().await;
+    let r = a.call("connect", json!({"sessionId": sid})).await;
+    assert_eq!(r["result"]["sessionId"], sid, "{r}");
+    let sent = a
+        .call(
+            "sendMessage",
+            json!({"message": "back", "userMessage": "a", "roomMessage": "R"}),
+        )
+        .await;
+    assert!(sent.get("result").is_some(), "{sent}");
+    let msg = b.notification("sendMessage").await;
+    assert_eq!(msg["params"]["message"], "back");
+
+    // Relayed through n1 from the start, then reconnecting through n1 again: same session.
+    let mut c = n1.client().await;
+    let sid = c.join("R", "c").await["result"]["sessionId"].clone();
+    assert_eq!(
+        b.notification("participantJoined").await["params"],
+        json!({"id": "c"})
+    );
+    c.drop_connection().await;
+    let mut c = n1.client().await;
+    let r = c.call("connect", json!({"sessionId": sid})).await;
+    assert_eq!(r["result"]["sessionId"], sid, "{r}");
+    let sent = c
+        .call(
+            "sendMessage",
+            json!({"message": "c too", "userMessage": "c", "roomMessage": "R"}),
+        )
+        .await;
+    assert!(sent.get("result").is_some(), "{sent}");
+    assert_eq!(
+        b.notification("sendMessage").await["params"]["message"],
+        "c too"
+    );
+    b.room_barrier().await;
+    assert!(
+        !b.take_pending()
+            .iter()
+            .any(|m| m["method"] == "participantLeft"),
+        "nobody left: both reconnected within the grace period"
+    );
+
+    // An unknown session is refused as by a single server.
+    let mut x = n1.client().await;
+    let r = x
+        .call("connect", json!({"sessionId": "nosuchsession"}))
+        .await;
+    assert_eq!(common::error_of(&r).1, "reconnection error");
+}

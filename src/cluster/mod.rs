@@ -9,6 +9,7 @@
 //! | --- | --- | --- | --- |
 //! | `room:<name>` | owner node id | the owner: `SET NX PX`, renewed by a compare-and-pexpire script, released by compare-and-delete | claim TTL |
 //! | `node:<id>` | JSON [`registry::NodeInfo`] | that node, every third of the TTL | claim TTL |
+//! | `session:<id>` | JSON [`sessions::SessionRecord`] | the node holding a session in a room, every third of the TTL | claim TTL |
 //! | `nodes` | set of node ids | nodes on registration; stale ids pruned by readers | none |
 //! | `boot` | `1` | the first script that runs on an empty Redis | none (lost with Redis's data) |
 //! | `quarantine` | `1` | the same script, at the same moment | claim TTL |
@@ -21,6 +22,7 @@
 
 pub mod claims;
 pub mod registry;
+pub mod sessions;
 
 pub(crate) mod node;
 pub(crate) mod relay;
@@ -62,6 +64,11 @@ impl Keys {
     /// The registration of node `id`.
     pub fn node(&self, id: &str) -> String {
         format!("{}node:{id}", self.prefix)
+    }
+
+    /// The record of session `id` (which node holds it).
+    pub fn session(&self, id: &str) -> String {
+        format!("{}session:{id}", self.prefix)
     }
 
     /// The set of registered node ids.

@@ -10,9 +10,11 @@ use signaling::room::Input;
 
 use super::claims::{Claim, Claims, Keeper, Loss};
 use super::registry::{NodeInfo, NodeState, Registry};
+use super::sessions::SessionDirectory;
 use super::{connect, ClusterError, Keys};
 use crate::drain::Lifecycle;
 use crate::rooms::Directory;
+use crate::sessions::Sessions;
 use crate::Config;
 
 /// Where a join goes.
@@ -31,9 +33,11 @@ pub(crate) enum Placement {
 pub(crate) struct Cluster {
     keeper: Keeper,
     registry: Registry,
+    session_directory: SessionDirectory,
     me: NodeInfo,
     secret: String,
     directory: Arc<Directory>,
+    sessions: Arc<Sessions>,
 }
 
 /// The header carrying the cluster secret on the relay link.
@@ -50,6 +54,7 @@ impl Cluster {
         config: &Config,
         http: SocketAddr,
         directory: Arc<Directory>,
+        sessions: Arc<Sessions>,
         lifecycle: Arc<Lifecycle>,
     ) -> Result<Option<Arc<Self>>, ClusterError> {
         let Some(url) = &config.redis_url else {
@@ -94,10 +99,12 @@ impl Cluster {
         let keeper = Keeper::new(claims, on_loss, is_live);
         let cluster = Arc::new(Self {
             keeper: keeper.clone(),
-            registry: Registry::new(redis, keys, ttl),
+            registry: Registry::new(redis.clone(), keys.clone(), ttl),
+            session_directory: SessionDirectory::new(redis, keys, ttl),
             me,
             secret: config.cluster_secret.clone().unwrap_or_default(),
             directory,
+            sessions,
         });
         tracing::info!(node = %cluster.me.id, internal_url = %cluster.me.internal_url, "cluster mode");
         tokio::spawn(keeper.run(lifecycle.stop.clone()));
@@ -125,12 +132,53 @@ impl Cluster {
             if let Err(e) = self.registry.publish(&info).await {
                 tracing::warn!("cluster: cannot register this node: {e}");
             }
+            let held: Vec<(String, String)> = self
+                .sessions
+                .in_rooms()
+                .into_iter()
+                .map(|(id, room)| (id.0, room))
+                .collect();
+            if let Err(e) = self.session_directory.publish(&self.me.id, &held).await {
+                tracing::warn!("cluster: cannot publish this node's sessions: {e}");
+            }
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(self.registry.refresh_interval()) => {}
             }
         }
         let _ = self.registry.unpublish(&self.me.id).await;
+    }
+
+    /// A session joined `room` here: published at once, so that a reconnection through another
+    /// node finds it before the next periodic refresh.
+    pub(crate) fn session_joined(self: &Arc<Self>, session: &str, room: &str) {
+        let me = Arc::clone(self);
+        let held = vec![(session.to_owned(), room.to_owned())];
+        tokio::spawn(async move {
+            if let Err(e) = me.session_directory.publish(&me.me.id, &held).await {
+                tracing::warn!("cluster: cannot publish a session: {e}");
+            }
+        });
+    }
+
+    /// Where a `connect` for a session this node does not know goes: the relay URL of the node
+    /// holding it and its room, or `None` (unknown anywhere, or held here).
+    pub(crate) async fn session_home(&self, session: &str) -> Option<(String, String)> {
+        let record = match self.session_directory.lookup(session).await {
+            Ok(Some(record)) if record.node != self.me.id => record,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!("cluster: session directory unavailable: {e}");
+                return None;
+            }
+        };
+        match self.registry.node(&record.node).await {
+            Ok(Some(node)) => match Self::remote(node) {
+                Placement::Remote { relay_url, .. } => Some((relay_url, record.room)),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// Every node's rooms with participants (`/getAllRooms`): this node's as they are, the
