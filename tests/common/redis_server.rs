@@ -69,6 +69,11 @@ impl RedisServer {
         }
     }
 
+    /// Starts an empty server again on the same port after [`RedisServer::kill`].
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
     /// Kills the server and starts an empty one on the same port.
     pub async fn restart(&mut self) {
         self.kill().await;
