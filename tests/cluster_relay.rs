@@ -345,3 +345,49 @@ async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
         .await;
     assert_eq!(common::error_of(&r).1, "reconnection error");
 }
+
+#[tokio::test]
+async fn thirty_clients_on_three_nodes_in_five_rooms_each_learn_of_every_other_once() {
+    let redis = RedisServer::start().await;
+    let nodes = [
+        node(&redis, "n1", "127.0.0.1").await,
+        node(&redis, "n2", "127.0.0.2").await,
+        node(&redis, "n3", "127.0.0.3").await,
+    ];
+    let mut clients = Vec::new();
+    for k in 0..30 {
+        let room = format!("room{}", k % 5);
+        let user = format!("u{k}");
+        let mut c = nodes[k % 3].client().await;
+        let joined = c.join(&room, &user).await;
+        clients.push((room, user, c, names(&joined)));
+    }
+    for (room, user, c, listed) in &mut clients {
+        c.room_barrier().await;
+        let mut learnt = listed.clone();
+        learnt.extend(
+            c.take_pending()
+                .into_iter()
+                .filter(|m| m["method"] == "participantJoined")
+                .map(|m| m["params"]["id"].as_str().expect("id").to_owned()),
+        );
+        learnt.sort();
+        let mut expected: Vec<String> = (0..30)
+            .filter(|k| format!("room{}", k % 5) == *room && format!("u{k}") != *user)
+            .map(|k| format!("u{k}"))
+            .collect();
+        expected.sort();
+        assert_eq!(
+            learnt, expected,
+            "{user} in {room}: every other participant exactly once"
+        );
+    }
+    let all = json!(["room0", "room1", "room2", "room3", "room4"]);
+    for server in &nodes {
+        eventually("every node lists the five rooms", || async {
+            let (status, rooms) = server.get("/getAllRooms").await;
+            (status == 200 && rooms == all).then_some(())
+        })
+        .await;
+    }
+}
