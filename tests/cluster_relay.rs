@@ -391,3 +391,39 @@ async fn thirty_clients_on_three_nodes_in_five_rooms_each_learn_of_every_other_o
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_draining_node_keeps_its_rooms_and_sends_new_ones_to_a_serving_node() {
+    let redis = RedisServer::start().await;
+    let config = roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some("test-secret".into()),
+        cluster_node_id: Some("n1".into()),
+        cluster_claim_ttl_ms: 1500,
+        drain_timeout_secs: 60,
+        ..Default::default()
+    };
+    let n1 = start_server_with(config).await;
+    let n2 = node(&redis, "n2", "127.0.0.2").await;
+    let mut keep = n1.client().await;
+    assert!(names(&keep.join("kept", "k").await).is_empty());
+    let n1_addr = n1.addr;
+    drop(n1); // The stop signal: n1 drains (its room keeps it alive).
+    eventually("n1 is draining", || async {
+        (common::http_request(n1_addr, "GET", "/readyz", &[]).await.0 == 503).then_some(())
+    })
+    .await;
+
+    // A new room asked of n1 is placed on n2 (relayed), not refused.
+    let mut a = common::Client::connect(&format!("ws://{n1_addr}/room")).await;
+    assert!(names(&a.join("fresh", "a").await).is_empty());
+    let mut b = n2.client().await;
+    assert_eq!(
+        names(&b.join("fresh", "b").await),
+        ["a"],
+        "fresh lives on n2"
+    );
+    // The draining node's own room still takes joins.
+    let mut k2 = common::Client::connect(&format!("ws://{n1_addr}/room")).await;
+    assert_eq!(names(&k2.join("kept", "k2").await), ["k"]);
+}

@@ -38,6 +38,7 @@ pub(crate) struct Cluster {
     secret: String,
     directory: Arc<Directory>,
     sessions: Arc<Sessions>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 /// The header carrying the cluster secret on the relay link.
@@ -105,6 +106,7 @@ impl Cluster {
             secret: config.cluster_secret.clone().unwrap_or_default(),
             directory,
             sessions,
+            lifecycle: Arc::clone(&lifecycle),
         });
         tracing::info!(node = %cluster.me.id, internal_url = %cluster.me.internal_url, "cluster mode");
         tokio::spawn(keeper.run(lifecycle.stop.clone()));
@@ -225,6 +227,19 @@ impl Cluster {
     async fn choose(&self, room: &str) -> Result<Placement, ClusterError> {
         let owner = match self.keeper.claims().owner(room).await? {
             Some(owner) => Some(owner),
+            None if self.lifecycle.is_draining() => {
+                // Draining: new rooms go elsewhere at once, before this node's record says so.
+                let others = self
+                    .registry
+                    .nodes()
+                    .await?
+                    .into_iter()
+                    .filter(|n| n.id != self.me.id && n.state == NodeState::Serving);
+                return Ok(match others.min_by_key(|n| (n.participants, n.rooms)) {
+                    Some(node) => Self::remote(node),
+                    None => Placement::Unavailable("no serving node for a new room".into()),
+                });
+            }
             None => match self.registry.least_loaded(&self.me.id).await? {
                 Some(node) if node.id != self.me.id => {
                     return Ok(Self::remote(node));
