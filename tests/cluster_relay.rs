@@ -427,3 +427,41 @@ async fn a_draining_node_keeps_its_rooms_and_sends_new_ones_to_a_serving_node() 
     let mut k2 = common::Client::connect(&format!("ws://{n1_addr}/room")).await;
     assert_eq!(names(&k2.join("kept", "k2").await), ["k"]);
 }
+
+#[tokio::test]
+async fn admin_actions_on_any_node_reach_the_room_owner() {
+    let redis = RedisServer::start().await;
+    let admin = |id: &str, ip: &str| roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some("test-secret".into()),
+        cluster_node_id: Some(id.into()),
+        cluster_claim_ttl_ms: 1500,
+        admin_token: Some("tok".into()),
+        media_ip: ip.parse().expect("an IP"),
+        ..Default::default()
+    };
+    let n1 = start_server_with(admin("n1", "127.0.0.1")).await;
+    let n2 = start_server_with(admin("n2", "127.0.0.2")).await;
+    let mut b = n2.client().await;
+    b.join("R", "b").await;
+    let mut a = n1.client().await;
+    a.join("R", "a").await;
+    b.notification("participantJoined").await;
+
+    // Evict b (a direct participant of n2) through n1's admin API.
+    assert_eq!(
+        n1.admin_post("/admin/rooms/R/participants/b/evict", "tok")
+            .await,
+        200
+    );
+    b.notification("participantEvicted").await;
+    let ev = a.notification("participantLeft").await;
+    assert_eq!(ev["params"], json!({"name": "b"}));
+    // A wrong token is refused by the owner as it would be directly.
+    assert_eq!(n1.admin_post("/admin/rooms/R/close", "nope").await, 401);
+    // Close R through n1: its relayed participant a hears roomClosed from the owner.
+    assert_eq!(n1.admin_post("/close?room=R", "tok").await, 200);
+    let ev = a.notification("roomClosed").await;
+    assert_eq!(ev["params"], json!({"room": "R"}));
+    assert_eq!(n1.admin_post("/admin/rooms/nosuch/close", "tok").await, 404);
+}

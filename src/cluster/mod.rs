@@ -24,6 +24,7 @@ pub mod claims;
 pub mod registry;
 pub mod sessions;
 
+pub(crate) mod forward;
 pub(crate) mod node;
 pub(crate) mod relay;
 

@@ -183,6 +183,16 @@ impl Cluster {
         }
     }
 
+    /// The internal URL of the node owning `room` when that is another node (admin actions
+    /// are forwarded there); `None` when it is this node, nobody, or unknown.
+    pub(crate) async fn owner_elsewhere(&self, room: &str) -> Option<String> {
+        let owner = self.keeper.claims().owner(room).await.ok()??;
+        if owner == self.me.id {
+            return None;
+        }
+        Some(self.registry.node(&owner).await.ok()??.internal_url)
+    }
+
     /// Every node's rooms with participants (`/getAllRooms`): this node's as they are, the
     /// others' as of their last record (at most a third of the TTL old). If Redis cannot be
     /// asked, this node's alone.
