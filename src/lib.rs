@@ -95,6 +95,8 @@ pub async fn serve(
         ),
         _ => None,
     };
+    cluster::node::Cluster::validate(&config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let ice = ice_servers::IceServers::from_config(&config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     announce(&config, listener.local_addr()?);

@@ -465,3 +465,36 @@ async fn admin_actions_on_any_node_reach_the_room_owner() {
     assert_eq!(ev["params"], json!({"room": "R"}));
     assert_eq!(n1.admin_post("/admin/rooms/nosuch/close", "tok").await, 404);
 }
+
+#[tokio::test]
+async fn the_relay_endpoint_needs_the_cluster_secret_and_cluster_mode() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let url = format!("ws://{}/cluster/relay", n1.addr);
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 403),
+        "{refused:?}"
+    );
+    let single = common::start_server().await;
+    let url = format!("ws://{}/cluster/relay", single.addr);
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 404),
+        "{refused:?}"
+    );
+    // Cluster mode with an empty secret does not start.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let config = roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some(String::new()),
+        rtc_udp_port: 0,
+        ..Default::default()
+    };
+    let err = roomd::serve(config, listener, std::future::pending())
+        .await
+        .expect_err("an empty cluster secret is refused");
+    assert!(err.to_string().contains("cluster-secret"), "{err}");
+}

@@ -38,6 +38,9 @@ pub enum ClusterError {
     /// Redis refused, timed out or is unreachable.
     #[error("cluster directory unavailable: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Cluster mode is configured unusably.
+    #[error("cluster configuration: {0}")]
+    Config(String),
     /// A stored record is not what roomd writes (another program or version wrote the key).
     #[error("cluster record {key} is malformed: {detail}")]
     Malformed { key: String, detail: String },

@@ -61,6 +61,8 @@ impl Cluster {
         let Some(url) = &config.redis_url else {
             return Ok(None);
         };
+        Self::validate(config)?;
+        let secret = config.cluster_secret.clone().unwrap_or_default();
         let ttl = Duration::from_millis(config.cluster_claim_ttl_ms);
         let redis = connect(url, ttl / 4)?;
         let keys = Keys::new(config.cluster_key_prefix.clone());
@@ -103,7 +105,7 @@ impl Cluster {
             registry: Registry::new(redis.clone(), keys.clone(), ttl),
             session_directory: SessionDirectory::new(redis, keys, ttl),
             me,
-            secret: config.cluster_secret.clone().unwrap_or_default(),
+            secret,
             directory,
             sessions,
             lifecycle: Arc::clone(&lifecycle),
@@ -112,6 +114,25 @@ impl Cluster {
         tokio::spawn(keeper.run(lifecycle.stop.clone()));
         tokio::spawn(Arc::clone(&cluster).register(lifecycle));
         Ok(Some(cluster))
+    }
+
+    /// Refuses a cluster configuration that cannot work, before anything is started.
+    pub(crate) fn validate(config: &Config) -> Result<(), ClusterError> {
+        if config.redis_url.is_none() {
+            return Ok(());
+        }
+        if config
+            .cluster_secret
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+        {
+            // Without it any process reaching the port could pose as a node on /cluster/relay.
+            return Err(ClusterError::Config(
+                "--redis-url needs a non-empty --cluster-secret".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The secret a relay link must present.
