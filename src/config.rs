@@ -213,6 +213,10 @@ pub struct Config {
     /// Redis).
     #[arg(long, env = "ROOMD_CLUSTER_KEY_PREFIX", default_value = "roomd:")]
     pub cluster_key_prefix: String,
+    /// Cluster mode: this node owns no rooms; it accepts clients and relays each to the
+    /// room's node (a signaling edge, e.g. close to the load balancer).
+    #[arg(long, env = "ROOMD_CLUSTER_RELAY_ONLY")]
+    pub cluster_relay_only: bool,
 }
 
 impl Default for Config {

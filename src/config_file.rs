@@ -150,6 +150,7 @@ const KEYS: &[(&str, &str, &str, Kind)] = &[
         Kind::Number,
     ),
     ("cluster", "key_prefix", "cluster_key_prefix", Kind::Text),
+    ("cluster", "relay_only", "cluster_relay_only", Kind::Flag),
 ];
 
 /// A configuration that cannot be used; the message names the file key or flag at fault.
@@ -341,6 +342,9 @@ impl Config {
             self.cluster_claim_ttl_ms.to_string(),
         );
         push("cluster-key-prefix", self.cluster_key_prefix.clone());
+        if self.cluster_relay_only {
+            a.push("--cluster-relay-only".into());
+        }
         if self.no_demo {
             a.push("--no-demo".into());
         }

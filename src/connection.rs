@@ -87,6 +87,8 @@ struct Connection {
     relayed: bool,
     /// Set when a join goes to another node: this connection becomes a relay.
     relay: Option<RelayStart>,
+    /// On a relay link: the id the relaying node gave the client's session.
+    preset_session: Option<String>,
 }
 
 /// What the relay needs to take over the socket.
@@ -119,22 +121,24 @@ pub(crate) async fn run_connection<R, W, E>(
     W: Sink<Message> + Unpin,
     E: Display,
 {
-    serve(stream, sink, state, generation, peer, false).await;
+    serve(stream, sink, state, generation, peer, None).await;
 }
 
-/// Serves a relay link from another node (cluster mode) carrying the client at `client`.
+/// Serves a relay link from another node (cluster mode) carrying the client at `client`,
+/// whose session that node named `session`.
 pub(crate) async fn run_relayed_connection<R, W, E>(
     stream: R,
     sink: W,
     state: Arc<AppState>,
     generation: u64,
     client: std::net::SocketAddr,
+    session: Option<String>,
 ) where
     R: Stream<Item = Result<Message, E>> + Unpin,
     W: Sink<Message> + Unpin,
     E: Display,
 {
-    serve(stream, sink, state, generation, Some(client), true).await;
+    serve(stream, sink, state, generation, Some(client), Some(session)).await;
 }
 
 async fn serve<R, W, E>(
@@ -143,7 +147,8 @@ async fn serve<R, W, E>(
     state: Arc<AppState>,
     generation: u64,
     peer: Option<std::net::SocketAddr>,
-    relayed: bool,
+    // `Some` on a relay link, with the session id the relaying node chose, if any.
+    relayed: Option<Option<String>>,
 ) where
     R: Stream<Item = Result<Message, E>> + Unpin,
     W: Sink<Message> + Unpin,
@@ -167,8 +172,9 @@ async fn serve<R, W, E>(
         watchdog: None,
         rate,
         peer,
-        relayed,
+        relayed: relayed.is_some(),
         relay: None,
+        preset_session: relayed.flatten(),
     };
     let end = loop {
         let deadline = conn.watchdog.map(|(_, d)| d);
@@ -507,13 +513,14 @@ impl Connection {
         let Some((url, room)) = cluster.session_home(sid).await else {
             return false;
         };
-        let link = match crate::cluster::relay::connect(&url, cluster.secret(), self.peer).await {
-            Ok(link) => link,
-            Err(why) => {
-                tracing::warn!(%why, "reconnection refused: the session's node is unreachable");
-                return false;
-            }
-        };
+        let link =
+            match crate::cluster::relay::connect(&url, cluster.secret(), self.peer, None).await {
+                Ok(link) => link,
+                Err(why) => {
+                    tracing::warn!(%why, "reconnection refused: the session's node is unreachable");
+                    return false;
+                }
+            };
         tracing::info!(%room, client = ?self.peer, "reconnection relayed to the session's node");
         if let Some(session) = self.session.take() {
             self.state.sessions.remove(&session.id);
@@ -569,7 +576,10 @@ impl Connection {
         if let Some(session) = &self.session {
             return Arc::clone(session);
         }
-        let session = self.state.sessions.create();
+        let session = match self.preset_session.take() {
+            Some(id) => self.state.sessions.create_as(id),
+            None => self.state.sessions.create(),
+        };
         session.attach(self.conn());
         self.session = Some(Arc::clone(&session));
         session
@@ -725,9 +735,16 @@ impl Connection {
             Placement::Local => Ok(()),
             Placement::Unavailable(why) => Err(Dispatch::Unavailable(why)),
             Placement::Remote { node, relay_url } => {
-                let link = crate::cluster::relay::connect(&relay_url, cluster.secret(), self.peer)
-                    .await
-                    .map_err(Dispatch::Unavailable)?;
+                // The owner gives the client's session the id this node already gave it.
+                let sid = self.session.as_ref().map(|s| s.id.0.clone());
+                let link = crate::cluster::relay::connect(
+                    &relay_url,
+                    cluster.secret(),
+                    self.peer,
+                    sid.as_deref(),
+                )
+                .await
+                .map_err(Dispatch::Unavailable)?;
                 tracing::info!(room = name, %node, client = ?self.peer, "join relayed");
                 // This node's session never enters a room: forgotten now, the owner's is used.
                 if let Some(session) = self.session.take() {

@@ -137,6 +137,10 @@ async fn relay_upgrade(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<SocketAddr>().ok())
         .unwrap_or(node);
+    let session = headers
+        .get(crate::cluster::node::SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let Ok(permit) = state.connections.admit(peer.ip()) else {
         state.counters.refused_total.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections").into_response();
@@ -152,7 +156,7 @@ async fn relay_upgrade(
             let tasks = state.lifecycle.tasks.clone();
             tasks
                 .track_future(run_relayed_connection(
-                    stream, sink, state, generation, peer,
+                    stream, sink, state, generation, peer, session,
                 ))
                 .await;
         })
@@ -173,10 +177,13 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     }
 }
 
-async fn all_rooms(State(state): State<Arc<AppState>>) -> Json<Vec<String>> {
+/// The rooms with participants; in cluster mode every node's, except when another node asks
+/// (then this node's own).
+async fn all_rooms(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Json<Vec<String>> {
+    let asked_by_a_node = headers.contains_key(crate::cluster::forward::FORWARDED_HEADER);
     match &state.cluster {
-        Some(cluster) => Json(cluster.all_rooms().await),
-        None => Json(state.rooms.names()),
+        Some(cluster) if !asked_by_a_node => Json(cluster.all_rooms().await),
+        _ => Json(state.rooms.names()),
     }
 }
 

@@ -239,6 +239,23 @@ impl Sessions {
         }
     }
 
+    /// Creates a session with the id `id` chose elsewhere (cluster mode: the relaying node's,
+    /// so that the client keeps the id it was given), or with a fresh id if `id` is taken here.
+    pub(crate) fn create_as(&self, id: String) -> Arc<Session> {
+        let mut map = lock(&self.map);
+        let id = SessionId(id);
+        if map.contains_key(&id) {
+            drop(map);
+            return self.create();
+        }
+        let session = Arc::new(Session {
+            id: id.clone(),
+            inner: Mutex::new(SessionState::default()),
+        });
+        map.insert(id, Arc::clone(&session));
+        session
+    }
+
     pub(crate) fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
         lock(&self.map).get(id).cloned()
     }

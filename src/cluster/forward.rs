@@ -1,6 +1,7 @@
-//! Admin actions on a room owned by another node: the request is repeated, with its
-//! `Authorization`, on the owner's HTTP port, and the owner's answer is returned as is. A
-//! forwarded request carries [`FORWARDED_HEADER`] and is never forwarded again.
+//! HTTP requests to another node: admin actions on a room it owns (repeated with their
+//! `Authorization`, its answer returned as is) and its own room list for `/getAllRooms`. A
+//! forwarded request carries [`FORWARDED_HEADER`]: it is never forwarded again, and
+//! `/getAllRooms` then answers the node's own rooms only.
 
 use std::time::Duration;
 
@@ -22,15 +23,21 @@ pub(crate) async fn post(
     path_and_query: &str,
     authorization: Option<&str>,
 ) -> Result<(u16, Bytes), String> {
-    tokio::time::timeout(
-        FORWARD_TIMEOUT,
-        post_now(base, path_and_query, authorization),
-    )
-    .await
-    .map_err(|_| format!("{base} did not answer in time"))?
+    let request = send(hyper::Method::POST, base, path_and_query, authorization);
+    tokio::time::timeout(FORWARD_TIMEOUT, request)
+        .await
+        .map_err(|_| format!("{base} did not answer in time"))?
 }
 
-async fn post_now(
+/// GETs `path` from the node at `base`, within `timeout`.
+pub(crate) async fn get(base: &str, path: &str, timeout: Duration) -> Result<(u16, Bytes), String> {
+    tokio::time::timeout(timeout, send(hyper::Method::GET, base, path, None))
+        .await
+        .map_err(|_| format!("{base} did not answer in time"))?
+}
+
+async fn send(
+    method: hyper::Method,
     base: &str,
     path_and_query: &str,
     authorization: Option<&str>,
@@ -46,7 +53,9 @@ async fn post_now(
         .await
         .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
     tokio::spawn(connection);
-    let mut request = Request::post(path_and_query)
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path_and_query)
         .header(hyper::header::HOST, authority)
         .header(FORWARDED_HEADER, "1");
     if let Some(auth) = authorization {

@@ -39,12 +39,16 @@ pub(crate) struct Cluster {
     directory: Arc<Directory>,
     sessions: Arc<Sessions>,
     lifecycle: Arc<Lifecycle>,
+    /// `--cluster-relay-only`: never owns a room.
+    relay_only: bool,
 }
 
 /// The header carrying the cluster secret on the relay link.
 pub(crate) const SECRET_HEADER: &str = "x-roomd-cluster-secret";
 /// The header carrying the relayed client's own address (for logs and per-IP limits).
 pub(crate) const CLIENT_HEADER: &str = "x-roomd-client";
+/// The header carrying the session id the relaying node gave the client (the owner uses it).
+pub(crate) const SESSION_HEADER: &str = "x-roomd-session";
 /// The relay endpoint every node serves in cluster mode.
 pub(crate) const RELAY_PATH: &str = "/cluster/relay";
 
@@ -109,6 +113,7 @@ impl Cluster {
             directory,
             sessions,
             lifecycle: Arc::clone(&lifecycle),
+            relay_only: config.cluster_relay_only,
         });
         tracing::info!(node = %cluster.me.id, internal_url = %cluster.me.internal_url, "cluster mode");
         tokio::spawn(keeper.run(lifecycle.stop.clone()));
@@ -151,6 +156,8 @@ impl Cluster {
             info.room_names = self.directory.names();
             if lifecycle.is_draining() {
                 info.state = NodeState::Draining;
+            } else if self.relay_only {
+                info.state = NodeState::RelayOnly;
             }
             if let Err(e) = self.registry.publish(&info).await {
                 tracing::warn!("cluster: cannot register this node: {e}");
@@ -214,19 +221,32 @@ impl Cluster {
         Some(self.registry.node(&owner).await.ok()??.internal_url)
     }
 
-    /// Every node's rooms with participants (`/getAllRooms`): this node's as they are, the
-    /// others' as of their last record (at most a third of the TTL old). If Redis cannot be
-    /// asked, this node's alone.
+    /// Every node's rooms with participants (`/getAllRooms`): this node's as they are, every
+    /// other live node's as it answers now (its own `/getAllRooms`, asked in parallel), or as
+    /// of its last record (at most a third of the TTL old) when it does not answer in time.
+    /// If Redis cannot be asked, this node's alone.
     pub(crate) async fn all_rooms(&self) -> Vec<String> {
         let mut names = self.directory.names();
-        match self.registry.nodes().await {
-            Ok(nodes) => names.extend(
-                nodes
-                    .into_iter()
-                    .filter(|n| n.id != self.me.id)
-                    .flat_map(|n| n.room_names),
-            ),
-            Err(e) => tracing::warn!("cluster: /getAllRooms lists this node's rooms only: {e}"),
+        let nodes = match self.registry.nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!("cluster: /getAllRooms lists this node's rooms only: {e}");
+                Vec::new()
+            }
+        };
+        let timeout = self.keeper.claims().ttl() / 4;
+        let asked = nodes
+            .into_iter()
+            .filter(|n| n.id != self.me.id)
+            .map(|n| async move {
+                let live = super::forward::get(&n.internal_url, "/getAllRooms", timeout).await;
+                match live.map(|(status, body)| (status, serde_json::from_slice(&body))) {
+                    Ok((200, Ok(rooms))) => rooms,
+                    _ => n.room_names,
+                }
+            });
+        for rooms in futures_util::future::join_all(asked).await {
+            names.extend::<Vec<String>>(rooms);
         }
         names.sort();
         names.dedup();
@@ -258,8 +278,9 @@ impl Cluster {
     async fn choose(&self, room: &str) -> Result<Placement, ClusterError> {
         let owner = match self.keeper.claims().owner(room).await? {
             Some(owner) => Some(owner),
-            None if self.lifecycle.is_draining() => {
+            None if self.lifecycle.is_draining() || self.relay_only => {
                 // Draining: new rooms go elsewhere at once, before this node's record says so.
+                // Relay-only: they always do.
                 let others = self
                     .registry
                     .nodes()

@@ -22,6 +22,9 @@ pub enum NodeState {
     Serving,
     /// Shutting down: keeps its rooms, takes no new ones.
     Draining,
+    /// Owns no rooms (`--cluster-relay-only`): relays its clients to the rooms' nodes.
+    #[serde(rename = "relay-only")]
+    RelayOnly,
 }
 
 /// One node's registry record.

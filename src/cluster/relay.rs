@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message as Upstream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use super::node::{CLIENT_HEADER, SECRET_HEADER};
+use super::node::{CLIENT_HEADER, SECRET_HEADER, SESSION_HEADER};
 
 /// An open link to a room's owner.
 pub(crate) type Link = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -41,6 +41,7 @@ pub(crate) async fn connect(
     url: &str,
     secret: &str,
     client: Option<SocketAddr>,
+    session: Option<&str>,
 ) -> Result<Link, String> {
     let mut request = url
         .into_client_request()
@@ -49,6 +50,9 @@ pub(crate) async fn connect(
     let secret =
         HeaderValue::from_str(secret).map_err(|_| "cluster secret is not a header value")?;
     headers.insert(SECRET_HEADER, secret);
+    if let Some(v) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(SESSION_HEADER, v);
+    }
     if let Some(client) = client {
         if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
             headers.insert(CLIENT_HEADER, v);
