@@ -11,7 +11,7 @@ use common::redis_server::RedisServer;
 use common::{start_server_with, Server};
 use serde_json::json;
 
-const TTL_MS: u64 = 1500;
+const TTL_MS: u64 = 3000;
 
 async fn node(redis: &RedisServer, id: &str, media_ip: &str) -> Server {
     start_server_with(roomd::Config {

@@ -8,13 +8,17 @@ use common::redis_server::RedisServer;
 use common::{start_server_with, Server};
 use serde_json::{json, Value};
 
+/// The claim TTL of these clusters: short for quick tests, long enough that a loaded machine
+/// does not miss renewals (which would close rooms, by design).
+const TTL_MS: u64 = 3000;
+
 /// A node of the test cluster announcing media on `media_ip` (all of 127/8 is loopback).
 async fn node(redis: &RedisServer, id: &str, media_ip: &str) -> Server {
     let config = roomd::Config {
         redis_url: Some(redis.url()),
         cluster_secret: Some("test-secret".into()),
         cluster_node_id: Some(id.into()),
-        cluster_claim_ttl_ms: 1500,
+        cluster_claim_ttl_ms: TTL_MS,
         reconnection_grace_ms: 1000,
         media_ip: media_ip.parse().expect("an IP"),
         ..Default::default()
@@ -184,7 +188,12 @@ async fn node_process(
             "--cluster-secret",
             "test-secret",
         ])
-        .args(["--cluster-node-id", id, "--cluster-claim-ttl-ms", "1500"])
+        .args([
+            "--cluster-node-id",
+            id,
+            "--cluster-claim-ttl-ms",
+            &TTL_MS.to_string(),
+        ])
         .args(["--cluster-internal-url", &format!("http://{addr}")])
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -214,14 +223,14 @@ async fn when_the_owner_dies_relayed_clients_get_room_closed_and_the_room_is_pla
     let close = a.closed().await;
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1011));
     assert!(
-        killed.elapsed() < std::time::Duration::from_millis(1500),
+        killed.elapsed() < std::time::Duration::from_millis(TTL_MS),
         "within the TTL"
     );
 
     // Until the dead owner's claim expires a join is refused with a clear error; then the
     // room is placed again (here, on n1, the only node left) and works.
     let mut c = n1.client().await;
-    let deadline = killed + std::time::Duration::from_millis(1500 * 3);
+    let deadline = killed + std::time::Duration::from_millis(TTL_MS * 3);
     let joined = loop {
         let r = c.call("joinRoom", json!({"user": "c", "room": "R"})).await;
         if r.get("result").is_some() {
@@ -264,8 +273,8 @@ async fn an_owner_that_hangs_without_closing_tcp_is_noticed_by_the_relay_heartbe
     assert_eq!(ev["params"], json!({"room": "R"}));
     let within = stopped.elapsed();
     assert!(
-        within < std::time::Duration::from_millis(1500 * 3 / 2),
-        "heartbeat noticed the hung owner in {within:?} (TTL 1.5 s)"
+        within < std::time::Duration::from_millis(TTL_MS * 3 / 2),
+        "heartbeat noticed the hung owner in {within:?} (TTL {TTL_MS} ms)"
     );
     drop(n3); // SIGKILL (kill_on_drop) ends the stopped process too.
 }
@@ -277,7 +286,7 @@ async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
         redis_url: Some(redis.url()),
         cluster_secret: Some("test-secret".into()),
         cluster_node_id: Some(id.into()),
-        cluster_claim_ttl_ms: 1500,
+        cluster_claim_ttl_ms: TTL_MS,
         reconnection_grace_ms: 10_000,
         media_ip: ip.parse().expect("an IP"),
         ..Default::default()
@@ -399,7 +408,7 @@ async fn a_draining_node_keeps_its_rooms_and_sends_new_ones_to_a_serving_node() 
         redis_url: Some(redis.url()),
         cluster_secret: Some("test-secret".into()),
         cluster_node_id: Some("n1".into()),
-        cluster_claim_ttl_ms: 1500,
+        cluster_claim_ttl_ms: TTL_MS,
         drain_timeout_secs: 60,
         ..Default::default()
     };
@@ -435,7 +444,7 @@ async fn admin_actions_on_any_node_reach_the_room_owner() {
         redis_url: Some(redis.url()),
         cluster_secret: Some("test-secret".into()),
         cluster_node_id: Some(id.into()),
-        cluster_claim_ttl_ms: 1500,
+        cluster_claim_ttl_ms: TTL_MS,
         admin_token: Some("tok".into()),
         media_ip: ip.parse().expect("an IP"),
         ..Default::default()
