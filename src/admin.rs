@@ -12,6 +12,9 @@
 //! | POST | `/admin/rooms/{room}/participants/{name}/unpublish` | its publication released, `participantUnpublished` to everyone |
 //! | POST | `/close?room=R` | the Kurento demo's close (same as `/admin/rooms/R/close`) |
 //!
+//! In cluster mode an action on a room owned by another node is forwarded to that node
+//! (`cluster/forward.rs`) and its answer returned; `GET /admin/rooms` lists this node's rooms.
+//!
 //! Owns authentication of admin requests and their JSON; what each action does to a room is the
 //! room state machine's (`Input::Close`, `Input::Evict`, `Input::ForceUnpublish`).
 
@@ -20,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
@@ -81,7 +84,8 @@ fn refusal(
     Some(refused)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Byte equality in time independent of where the inputs differ (secrets).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -95,6 +99,38 @@ fn busy() -> Response {
         Json(json!({ "error": "room busy or closing; retry" })),
     )
         .into_response()
+}
+
+/// Cluster mode: the owner's answer to this same request when `room` lives on another node
+/// (and the request was not itself forwarded); `None` to act here.
+async fn on_owner(
+    state: &AppState,
+    room: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let cluster = state.cluster.as_ref()?;
+    if live_room(state, room).is_some()
+        || headers.contains_key(crate::cluster::forward::FORWARDED_HEADER)
+    {
+        return None;
+    }
+    let base = cluster.owner_elsewhere(room).await?;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    Some(
+        match crate::cluster::forward::post(&base, path, auth).await {
+            Ok((status, body)) => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+            Err(why) => (StatusCode::BAD_GATEWAY, Json(json!({ "error": why }))).into_response(),
+        },
+    )
 }
 
 fn live_room(state: &AppState, name: &str) -> Option<RoomHandle> {
@@ -149,11 +185,15 @@ async fn close(state: &AppState, name: &str) -> Response {
 async fn close_room(
     State(state): State<Arc<AppState>>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Response {
     if let Some(refused) = refusal(&state, Method::POST, &method, &headers) {
         return refused;
+    }
+    if let Some(answer) = on_owner(&state, &room, &uri, &headers).await {
+        return answer;
     }
     close(&state, &room).await
 }
@@ -162,6 +202,7 @@ async fn close_room(
 async fn legacy_close(
     State(state): State<Arc<AppState>>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
@@ -171,6 +212,9 @@ async fn legacy_close(
     let Some(name) = query.get("room") else {
         return StatusCode::BAD_REQUEST.into_response();
     };
+    if let Some(answer) = on_owner(&state, name, &uri, &headers).await {
+        return answer;
+    }
     let resp = close(&state, name).await;
     if resp.status().is_success() {
         StatusCode::OK.into_response()
@@ -182,11 +226,15 @@ async fn legacy_close(
 async fn participant_action(
     State(state): State<Arc<AppState>>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
     Path((room, name, action)): Path<(String, String, String)>,
 ) -> Response {
     if let Some(refused) = refusal(&state, Method::POST, &method, &headers) {
         return refused;
+    }
+    if let Some(answer) = on_owner(&state, &room, &uri, &headers).await {
+        return answer;
     }
     let Some(handle) = live_room(&state, &room) else {
         return not_found("no such room");

@@ -173,6 +173,41 @@ pub struct Config {
     /// Most client ICE candidates per media endpoint; more get 999.
     #[arg(long, env = "ROOMD_MAX_CANDIDATES_PER_ENDPOINT", default_value_t = 100)]
     pub max_candidates_per_endpoint: usize,
+    /// Cluster mode: the Redis holding the node registry and the room directory, e.g.
+    /// `redis://10.0.0.5:6379/0` (README "Several nodes"). Without it roomd is one node and
+    /// connects to no Redis. Needs `--cluster-secret`.
+    #[arg(
+        long,
+        env = "ROOMD_REDIS_URL",
+        hide_env_values = true,
+        requires = "cluster_secret"
+    )]
+    pub redis_url: Option<String>,
+    /// Cluster mode: this node's id in the registry (default: random at each start).
+    #[arg(long, env = "ROOMD_CLUSTER_NODE_ID")]
+    pub cluster_node_id: Option<String>,
+    /// Cluster mode: secret every node presents on the node-to-node relay link; the same on
+    /// every node.
+    #[arg(long, env = "ROOMD_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Cluster mode: base URL other nodes reach this node's HTTP port at, e.g.
+    /// `http://10.0.0.2:8080` (default: `http://<--media-ip>:<bound port>`).
+    #[arg(long, env = "ROOMD_CLUSTER_INTERNAL_URL")]
+    pub cluster_internal_url: Option<String>,
+    /// Cluster mode: lifetime of a room claim and of a node's registration (milliseconds).
+    /// Owners renew every third of it; an owner that could not renew for this long (less a
+    /// tenth) closes its rooms, and a dead node's rooms are free again after it.
+    #[arg(long, env = "ROOMD_CLUSTER_CLAIM_TTL_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(300..))]
+    pub cluster_claim_ttl_ms: u64,
+    /// Cluster mode: prefix of every Redis key roomd writes (several clusters may share one
+    /// Redis).
+    #[arg(long, env = "ROOMD_CLUSTER_KEY_PREFIX", default_value = "roomd:")]
+    pub cluster_key_prefix: String,
+    /// Cluster mode: this node owns no rooms; it accepts clients and relays each to the
+    /// room's node (a signaling edge, e.g. close to the load balancer).
+    #[arg(long, env = "ROOMD_CLUSTER_RELAY_ONLY")]
+    pub cluster_relay_only: bool,
 }
 
 impl Default for Config {

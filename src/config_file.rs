@@ -152,6 +152,23 @@ const KEYS: &[(&str, &str, &str, Kind)] = &[
         "filter_request_param",
         Kind::Text,
     ),
+    ("cluster", "redis_url", "redis_url", Kind::Secret),
+    ("cluster", "node_id", "cluster_node_id", Kind::Text),
+    ("cluster", "secret", "cluster_secret", Kind::Secret),
+    (
+        "cluster",
+        "internal_url",
+        "cluster_internal_url",
+        Kind::Text,
+    ),
+    (
+        "cluster",
+        "claim_ttl_ms",
+        "cluster_claim_ttl_ms",
+        Kind::Number,
+    ),
+    ("cluster", "key_prefix", "cluster_key_prefix", Kind::Text),
+    ("cluster", "relay_only", "cluster_relay_only", Kind::Flag),
 ];
 
 /// Keys read for compatibility but not printed by `--print-config`: `rtc.public_ip` (one
@@ -322,6 +339,24 @@ impl Config {
         );
         push("threshold-speaker", self.threshold_speaker.to_string());
         push("filter-request-param", self.filter_request_param.clone());
+        for (flag, value) in [
+            ("redis-url", &self.redis_url),
+            ("cluster-node-id", &self.cluster_node_id),
+            ("cluster-secret", &self.cluster_secret),
+            ("cluster-internal-url", &self.cluster_internal_url),
+        ] {
+            if let Some(v) = value {
+                push(flag, v.clone());
+            }
+        }
+        push(
+            "cluster-claim-ttl-ms",
+            self.cluster_claim_ttl_ms.to_string(),
+        );
+        push("cluster-key-prefix", self.cluster_key_prefix.clone());
+        if self.cluster_relay_only {
+            a.push("--cluster-relay-only".into());
+        }
         if self.no_demo {
             a.push("--no-demo".into());
         }
@@ -524,5 +559,42 @@ mod tests {
         assert_eq!(back.turn_secret.as_deref(), Some("other"));
         assert_eq!(back.turn_ttl_secs, 86_400);
         assert_eq!(back.max_sdp_bytes, c.max_sdp_bytes);
+    }
+
+    /// The `[cluster]` section: the Redis URL and the secret are redacted when printed, the
+    /// Redis URL cannot come without the secret, and no Redis is configured by default.
+    #[test]
+    fn cluster_section_layers_and_redacts() {
+        assert!(
+            Config::default().redis_url.is_none(),
+            "single node by default"
+        );
+        let (path, _rm) = write(
+            "[cluster]\nredis_url = \"redis://:pw@127.0.0.1:6379/0\"\nsecret = \"c-s3cret\"\n\
+             node_id = \"n1\"\ninternal_url = \"http://10.0.0.2:8080\"\nclaim_ttl_ms = 4000\n",
+        );
+        let p = path.to_str().expect("utf-8 temp path");
+        let c = Config::load(["roomd", "--config", p, "--cluster-node-id", "n2"]).expect("valid");
+        assert_eq!(c.redis_url.as_deref(), Some("redis://:pw@127.0.0.1:6379/0"));
+        assert_eq!(
+            c.cluster_node_id.as_deref(),
+            Some("n2"),
+            "a flag wins over the file"
+        );
+        assert_eq!(c.cluster_claim_ttl_ms, 4000);
+        assert_eq!(c.cluster_key_prefix, "roomd:");
+        let text = c.to_toml();
+        assert!(
+            !text.contains("pw@") && !text.contains("c-s3cret"),
+            "{text}"
+        );
+        assert!(
+            text.contains("internal_url = \"http://10.0.0.2:8080\""),
+            "{text}"
+        );
+        let (path, _rm2) = write("[cluster]\nredis_url = \"redis://127.0.0.1\"\n");
+        let err = Config::load(["roomd", "--config", path.to_str().expect("utf-8")])
+            .expect_err("a Redis URL without a cluster secret is refused");
+        assert!(err.to_string().contains("cluster-secret"), "{err}");
     }
 }

@@ -28,6 +28,7 @@ use signaling::RoomError;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use crate::cluster::node::Placement;
 use crate::sessions::{Conn, Detached, Outbound, Session, OUTBOUND_CAPACITY};
 use crate::AppState;
 
@@ -59,6 +60,9 @@ enum End {
     Dropped,
     /// `leaveRoom` or `closeSession`: the session is already gone.
     Finished,
+    /// The session's room lives on another node and the socket was relayed there; this
+    /// node's session (never in a room here) is forgotten.
+    Relayed,
 }
 
 struct Connection {
@@ -70,12 +74,29 @@ struct Connection {
     session: Option<Arc<Session>>,
     /// The room request waiting for its answer.
     in_flight: Option<InFlight>,
-    queue: VecDeque<(Id, ClientRequest)>,
+    /// Each with its frame's text in cluster mode (a join relayed to another node takes the
+    /// requests queued behind it along verbatim).
+    queue: VecDeque<(Id, ClientRequest, Option<String>)>,
     /// (interval, deadline) once the first ping arrived.
     watchdog: Option<(Duration, Instant)>,
     rate: RateLimit,
     /// The client's address, for logs.
     peer: Option<std::net::SocketAddr>,
+    /// A link from another node relaying its client (`/cluster/relay`): joins are served here
+    /// or refused, never relayed again.
+    relayed: bool,
+    /// Set when a join goes to another node: this connection becomes a relay.
+    relay: Option<RelayStart>,
+    /// On a relay link: the id the relaying node gave the client's session.
+    preset_session: Option<String>,
+}
+
+/// What the relay needs to take over the socket.
+struct RelayStart {
+    link: Box<crate::cluster::relay::Link>,
+    room: String,
+    /// The join and the requests queued behind it, verbatim.
+    first: Vec<String>,
 }
 
 /// A room request sent to a room and not answered yet.
@@ -90,11 +111,44 @@ struct InFlight {
 
 /// Serves one WebSocket (its frame stream and sink) until it closes.
 pub(crate) async fn run_connection<R, W, E>(
+    stream: R,
+    sink: W,
+    state: Arc<AppState>,
+    generation: u64,
+    peer: Option<std::net::SocketAddr>,
+) where
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    W: Sink<Message> + Unpin,
+    E: Display,
+{
+    serve(stream, sink, state, generation, peer, None).await;
+}
+
+/// Serves a relay link from another node (cluster mode) carrying the client at `client`,
+/// whose session that node named `session`.
+pub(crate) async fn run_relayed_connection<R, W, E>(
+    stream: R,
+    sink: W,
+    state: Arc<AppState>,
+    generation: u64,
+    client: std::net::SocketAddr,
+    session: Option<String>,
+) where
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    W: Sink<Message> + Unpin,
+    E: Display,
+{
+    serve(stream, sink, state, generation, Some(client), Some(session)).await;
+}
+
+async fn serve<R, W, E>(
     mut stream: R,
     mut sink: W,
     state: Arc<AppState>,
     generation: u64,
     peer: Option<std::net::SocketAddr>,
+    // `Some` on a relay link, with the session id the relaying node chose, if any.
+    relayed: Option<Option<String>>,
 ) where
     R: Stream<Item = Result<Message, E>> + Unpin,
     W: Sink<Message> + Unpin,
@@ -118,6 +172,9 @@ pub(crate) async fn run_connection<R, W, E>(
         watchdog: None,
         rate,
         peer,
+        relayed: relayed.is_some(),
+        relay: None,
+        preset_session: relayed.flatten(),
     };
     let end = loop {
         let deadline = conn.watchdog.map(|(_, d)| d);
@@ -196,9 +253,30 @@ pub(crate) async fn run_connection<R, W, E>(
         }
         match step {
             Step::End(end) => break end,
+            Step::Continue if conn.relay.is_some() => break End::Relayed,
             Step::Continue => {}
         }
     };
+    if let (End::Relayed, Some(relay)) = (&end, conn.relay.take()) {
+        // The room lives on another node: from now on this task only moves frames.
+        let RelayStart { link, room, first } = relay;
+        let stop = conn.state.lifecycle.stop.clone();
+        let timeout = conn.state.config.write_timeout();
+        let heartbeat = Duration::from_millis(conn.state.config.cluster_claim_ttl_ms) / 3;
+        let ended = crate::cluster::relay::run(
+            &mut stream,
+            &mut sink,
+            link,
+            first,
+            &room,
+            conn.watchdog,
+            timeout,
+            heartbeat,
+            stop,
+        )
+        .await;
+        tracing::debug!(room, ?ended, client = ?conn.peer, "relayed connection ended");
+    }
     // The close handshake gets a short bound: after a stuck write there is nothing to wait for.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
     conn.finish(end).await;
@@ -216,6 +294,21 @@ enum Event<E> {
 enum Step {
     Continue,
     End(End),
+}
+
+/// What became of one room request.
+enum Dispatch {
+    /// Sent to the room with this serial; its answer comes from there.
+    Sent(u32),
+    /// Answered here with this error.
+    Answer(RoomError),
+    /// A join no node can take now (cluster mode); the text says why.
+    Unavailable(String),
+    /// A join relayed to the room's node over `link`.
+    Relay {
+        link: Box<crate::cluster::relay::Link>,
+        room: String,
+    },
 }
 
 enum Frame {
@@ -268,7 +361,10 @@ impl Connection {
             return self.abuse_check(frames);
         }
         match protocol::parse(&request.method, &request.params) {
-            Ok(Method::Transport(t)) => self.on_transport(id, t, &request.params, frames).await,
+            Ok(Method::Transport(t)) => {
+                self.on_transport(id, t, &request.params, text, frames)
+                    .await
+            }
             Ok(Method::Room(r)) => {
                 if self.queue.len() >= MAX_QUEUED_REQUESTS {
                     let msg = "Too many requests in flight";
@@ -280,7 +376,8 @@ impl Connection {
                     )));
                     return Step::Continue;
                 }
-                self.queue.push_back((id, r));
+                let raw = self.state.cluster.is_some().then(|| text.to_owned());
+                self.queue.push_back((id, r, raw));
                 self.pump(frames).await;
                 Step::Continue
             }
@@ -338,6 +435,7 @@ impl Connection {
         id: Id,
         t: TransportRequest,
         params: &jsonrpc::Params,
+        raw: &str,
         frames: &mut Vec<Frame>,
     ) -> Step {
         match t {
@@ -360,12 +458,17 @@ impl Connection {
                             self.adopt(session).await;
                             jsonrpc::encode_result(id, Value::from("reconnection successful"), &sid)
                         }
-                        None => jsonrpc::encode_error(
-                            id,
-                            jsonrpc::RECONNECTION_ERROR,
-                            "reconnection error",
-                            None,
-                        ),
+                        None => {
+                            if self.relay_to_session(&sid, raw).await {
+                                return Step::Continue; // The holder answers it.
+                            }
+                            jsonrpc::encode_error(
+                                id,
+                                jsonrpc::RECONNECTION_ERROR,
+                                "reconnection error",
+                                None,
+                            )
+                        }
                     },
                     None => {
                         let session = self.session();
@@ -396,6 +499,39 @@ impl Connection {
                 Step::End(End::Finished)
             }
         }
+    }
+
+    /// Cluster mode: a `connect` for a session held by another node becomes a relay to that
+    /// node, starting with this `connect` frame. Whether it did.
+    async fn relay_to_session(&mut self, sid: &str, raw: &str) -> bool {
+        let Some(cluster) = self.state.cluster.clone() else {
+            return false;
+        };
+        if self.relayed {
+            return false;
+        }
+        let Some((url, room)) = cluster.session_home(sid).await else {
+            return false;
+        };
+        let link =
+            match crate::cluster::relay::connect(&url, cluster.secret(), self.peer, None).await {
+                Ok(link) => link,
+                Err(why) => {
+                    tracing::warn!(%why, "reconnection refused: the session's node is unreachable");
+                    return false;
+                }
+            };
+        tracing::info!(%room, client = ?self.peer, "reconnection relayed to the session's node");
+        if let Some(session) = self.session.take() {
+            self.state.sessions.remove(&session.id);
+            let _ = session.detach(self.generation);
+        }
+        self.relay = Some(RelayStart {
+            link: Box::new(link),
+            room,
+            first: vec![raw.to_owned()],
+        });
+        true
     }
 
     /// Takes over an existing session (`connect` with its id).
@@ -440,7 +576,10 @@ impl Connection {
         if let Some(session) = &self.session {
             return Arc::clone(session);
         }
-        let session = self.state.sessions.create();
+        let session = match self.preset_session.take() {
+            Some(id) => self.state.sessions.create_as(id),
+            None => self.state.sessions.create(),
+        };
         session.attach(self.conn());
         self.session = Some(Arc::clone(&session));
         session
@@ -471,6 +610,9 @@ impl Connection {
                     .request(done.method, done.sent.elapsed());
                 if ok {
                     self.log_success(done.method);
+                    if done.method == "joinRoom" {
+                        self.publish_session();
+                    }
                 }
                 self.pump(frames).await;
             }
@@ -505,6 +647,16 @@ impl Connection {
         Step::Continue
     }
 
+    /// Cluster mode: tells the session directory that this node holds the session now.
+    fn publish_session(&self) {
+        let (Some(cluster), Some(session)) = (&self.state.cluster, &self.session) else {
+            return;
+        };
+        if let signaling::room::Membership::In { room, .. } = session.membership().view() {
+            cluster.session_joined(&session.id.0, room);
+        }
+    }
+
     /// One `info` line per successful join, leave, publish and subscribe, with room, user,
     /// session and client address (what an operator greps for).
     fn log_success(&self, method: &'static str) {
@@ -529,12 +681,12 @@ impl Connection {
     /// Dispatches queued room requests until one goes to a room (and must be waited for).
     async fn pump(&mut self, frames: &mut Vec<Frame>) {
         while self.in_flight.is_none() {
-            let Some((id, request)) = self.queue.pop_front() else {
+            let Some((id, request, raw)) = self.queue.pop_front() else {
                 return;
             };
             let method = request.method();
             match self.dispatch(id, request).await {
-                Ok(room_serial) => {
+                Dispatch::Sent(room_serial) => {
                     self.in_flight = Some(InFlight {
                         id,
                         room_serial,
@@ -542,9 +694,23 @@ impl Connection {
                         sent: Instant::now(),
                     })
                 }
-                Err(err) => {
+                Dispatch::Answer(err) => {
                     let frame = self.error_frame(id, &err);
                     frames.push(Frame::Text(frame));
+                }
+                Dispatch::Unavailable(why) => {
+                    tracing::warn!(%why, client = ?self.peer, "join refused: no node for the room");
+                    let code = RoomError::TooManyRooms.code();
+                    let msg = format!("Cannot place the room: {why}");
+                    frames.push(Frame::Text(jsonrpc::encode_error(id, code, &msg, None)));
+                }
+                Dispatch::Relay { link, room } => {
+                    let first = std::iter::once(raw)
+                        .chain(self.queue.drain(..).map(|(_, _, raw)| raw))
+                        .flatten()
+                        .collect();
+                    self.relay = Some(RelayStart { link, room, first });
+                    return;
                 }
             }
         }
@@ -552,7 +718,48 @@ impl Connection {
 
     /// Sends one room request where `signaling::room::route` says (returning the room's
     /// serial), or answers it here.
-    async fn dispatch(&mut self, id: Id, request: ClientRequest) -> Result<u32, RoomError> {
+    async fn dispatch(&mut self, id: Id, request: ClientRequest) -> Dispatch {
+        match self.dispatch_here(id, request).await {
+            Ok(serial) => Dispatch::Sent(serial),
+            Err(Dispatch::Answer(err)) => Dispatch::Answer(err),
+            Err(other) => other,
+        }
+    }
+
+    /// Where a join goes in cluster mode: `Ok` here, `Err` with the relay or the refusal.
+    async fn place(&mut self, name: &str) -> Result<(), Dispatch> {
+        let Some(cluster) = self.state.cluster.clone() else {
+            return Ok(());
+        };
+        match cluster.place(name, self.relayed).await {
+            Placement::Local => Ok(()),
+            Placement::Unavailable(why) => Err(Dispatch::Unavailable(why)),
+            Placement::Remote { node, relay_url } => {
+                // The owner gives the client's session the id this node already gave it.
+                let sid = self.session.as_ref().map(|s| s.id.0.clone());
+                let link = crate::cluster::relay::connect(
+                    &relay_url,
+                    cluster.secret(),
+                    self.peer,
+                    sid.as_deref(),
+                )
+                .await
+                .map_err(Dispatch::Unavailable)?;
+                tracing::info!(room = name, %node, client = ?self.peer, "join relayed");
+                // This node's session never enters a room: forgotten now, the owner's is used.
+                if let Some(session) = self.session.take() {
+                    self.state.sessions.remove(&session.id);
+                    let _ = session.detach(self.generation);
+                }
+                Err(Dispatch::Relay {
+                    link: Box::new(link),
+                    room: name.to_owned(),
+                })
+            }
+        }
+    }
+
+    async fn dispatch_here(&mut self, id: Id, request: ClientRequest) -> Result<u32, Dispatch> {
         let session = self.session();
         let membership = session.membership();
         let decision = route(&session.id, membership.view(), &request);
@@ -562,18 +769,19 @@ impl Connection {
             request,
         };
         match decision {
-            Route::Answer(err) => Err(err),
+            Route::Answer(err) => Err(Dispatch::Answer(err)),
             Route::Member => {
                 let room = membership.room().cloned();
                 match room {
                     Some(room) if room.tx.send(input).await.is_ok() => Ok(room.serial),
                     // The room task is gone (its removal reaches us through the registry).
-                    _ => Err(RoomError::NoParticipant {
+                    _ => Err(Dispatch::Answer(RoomError::NoParticipant {
                         session: session.id.0.clone(),
-                    }),
+                    })),
                 }
             }
             Route::Join(name) => {
+                self.place(&name).await?;
                 // A room that just emptied refuses new inputs; the directory then has a new one.
                 for _ in 0..8 {
                     let handle = self
@@ -583,7 +791,7 @@ impl Connection {
                         .map_err(|no_room| {
                             let err = no_room.error();
                             self.state.counters.room_error(&err);
-                            err
+                            Dispatch::Answer(err)
                         })?;
                     match handle.tx.send(input).await {
                         Ok(()) => return Ok(handle.serial),
@@ -598,7 +806,10 @@ impl Connection {
                     } => user,
                     _ => String::new(),
                 };
-                Err(RoomError::RoomClosing { user, room: name })
+                Err(Dispatch::Answer(RoomError::RoomClosing {
+                    user,
+                    room: name,
+                }))
             }
         }
     }
@@ -606,7 +817,7 @@ impl Connection {
     /// After the socket closed: start the grace period, or forget the session.
     async fn finish(self, end: End) {
         let Some(session) = self.session else { return };
-        if end == End::Finished {
+        if end != End::Dropped {
             return;
         }
         let Detached::Now(room) = session.detach(self.generation) else {

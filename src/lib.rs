@@ -14,6 +14,7 @@ mod config_file;
 
 mod admin;
 mod bridge;
+pub mod cluster;
 mod connection;
 mod demo;
 mod drain;
@@ -41,6 +42,8 @@ struct AppState {
     counters: Arc<limits::Counters>,
     lifecycle: Arc<drain::Lifecycle>,
     latencies: Arc<metrics::Latencies>,
+    /// Cluster mode (`--redis-url`); `None` on a single node.
+    cluster: Option<Arc<cluster::node::Cluster>>,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ impl AppState {
             counters,
             lifecycle,
             latencies,
+            cluster: None,
         })
     }
 }
@@ -92,6 +96,8 @@ pub async fn serve(
         ),
         _ => None,
     };
+    cluster::node::Cluster::validate(&config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let ice = ice_servers::IceServers::from_config(&config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     announce(&config, listener.local_addr()?);
@@ -105,7 +111,17 @@ pub async fn serve(
         })?),
         None => None,
     };
-    let state = Arc::new(AppState::new(config)?);
+    let http = listener.local_addr()?;
+    let mut state = AppState::new(config)?;
+    state.cluster = cluster::node::Cluster::start(
+        &state.config,
+        http,
+        Arc::clone(&state.rooms),
+        Arc::clone(&state.sessions),
+        Arc::clone(&state.lifecycle),
+    )
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let state = Arc::new(state);
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "metrics listening");
         let router = server::metrics_router(Arc::clone(&state));

@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::connection::run_connection;
+use crate::connection::{run_connection, run_relayed_connection};
 use crate::limits::Refusal;
 use crate::AppState;
 
@@ -30,6 +30,7 @@ static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/room", get(ws_upgrade))
+        .route(crate::cluster::node::RELAY_PATH, get(relay_upgrade))
         .route("/getAllRooms", any(all_rooms))
         .route("/getUpdateSpeakerInterval", any(update_speaker_interval))
         .route("/getThresholdSpeaker", any(threshold_speaker))
@@ -110,6 +111,57 @@ async fn ws_upgrade(
         })
 }
 
+/// `/cluster/relay`: another node relays one client of a room this node owns (or should own).
+/// Served as an ordinary connection, except that a join there is never relayed again. Needs
+/// cluster mode and the cluster secret (404 / 403 otherwise); the per-IP limit counts the
+/// relayed client's own address.
+async fn relay_upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(node): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(cluster) = &state.cluster else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let given = headers
+        .get(crate::cluster::node::SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !crate::admin::constant_time_eq(given, cluster.secret().as_bytes()) {
+        tracing::warn!(%node, "relay link refused: bad cluster secret");
+        return (StatusCode::FORBIDDEN, "Bad cluster secret").into_response();
+    }
+    let peer = headers
+        .get(crate::cluster::node::CLIENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<SocketAddr>().ok())
+        .unwrap_or(node);
+    let session = headers
+        .get(crate::cluster::node::SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Ok(permit) = state.connections.admit(peer.ip()) else {
+        state.counters.refused_total.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections").into_response();
+    };
+    let max = state.config.max_message_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(WS_READ_BUFFER)
+        .on_upgrade(move |socket| async move {
+            let _permit = permit; // Held for the connection's life.
+            let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
+            let (sink, stream) = socket.split();
+            let tasks = state.lifecycle.tasks.clone();
+            tasks
+                .track_future(run_relayed_connection(
+                    stream, sink, state, generation, peer, session,
+                ))
+                .await;
+        })
+}
+
 /// Whether the request's `Origin` may open `/room`: any when no list is configured; with a
 /// list, only those (a request without `Origin`, i.e. not from a browser, is let through).
 fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
@@ -125,8 +177,14 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     }
 }
 
-async fn all_rooms(State(state): State<Arc<AppState>>) -> Json<Vec<String>> {
-    Json(state.rooms.names())
+/// The rooms with participants; in cluster mode every node's, except when another node asks
+/// (then this node's own).
+async fn all_rooms(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Json<Vec<String>> {
+    let asked_by_a_node = headers.contains_key(crate::cluster::forward::FORWARDED_HEADER);
+    match &state.cluster {
+        Some(cluster) if !asked_by_a_node => Json(cluster.all_rooms().await),
+        _ => Json(state.rooms.names()),
+    }
 }
 
 async fn update_speaker_interval(State(state): State<Arc<AppState>>) -> Json<i64> {

@@ -239,6 +239,23 @@ impl Sessions {
         }
     }
 
+    /// Creates a session with the id `id` chose elsewhere (cluster mode: the relaying node's,
+    /// so that the client keeps the id it was given), or with a fresh id if `id` is taken here.
+    pub(crate) fn create_as(&self, id: String) -> Arc<Session> {
+        let mut map = lock(&self.map);
+        let id = SessionId(id);
+        if map.contains_key(&id) {
+            drop(map);
+            return self.create();
+        }
+        let session = Arc::new(Session {
+            id: id.clone(),
+            inner: Mutex::new(SessionState::default()),
+        });
+        map.insert(id, Arc::clone(&session));
+        session
+    }
+
     pub(crate) fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
         lock(&self.map).get(id).cloned()
     }
@@ -280,6 +297,18 @@ impl Sessions {
 
     pub(crate) fn len(&self) -> usize {
         lock(&self.map).len()
+    }
+
+    /// Every session that is in a room, with the room's name (cluster mode's session
+    /// directory publishes them).
+    pub(crate) fn in_rooms(&self) -> Vec<(SessionId, String)> {
+        lock(&self.map)
+            .values()
+            .filter_map(|s| {
+                let room = lock(&s.inner).membership.room().map(|r| r.name.to_string());
+                room.map(|room| (s.id.clone(), room))
+            })
+            .collect()
     }
 }
 

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the browser tests' prerequisites (Debian's chromium, the npm
-# packages of tests/browser) when missing, then runs every Rust test, the headless-browser
-# end-to-end suite (tests/browser.rs) included.
+# packages of tests/browser) and Debian's redis-server (for the cluster tests) when missing,
+# then runs every Rust test, the headless-browser end-to-end suite (tests/browser.rs) included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/browser/setup.sh
+# The cluster tests (tests/cluster_*.rs) start their own redis-server on a free loopback port.
+if ! command -v redis-server >/dev/null; then
+  echo "run.sh: installing Debian's redis-server"
+  if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
 cargo test --workspace --locked "$@"

@@ -21,6 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub mod browser;
 pub mod netns;
 pub mod peer;
+pub mod redis_server;
 pub mod tls;
 
 /// The longest any single expected event may take.
@@ -30,7 +31,15 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Server {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// With [`THROUGH_RELAY`]: the Redis and the node owning the rooms behind this one.
+    behind: Option<Box<(redis_server::RedisServer, Server)>>,
 }
+
+/// When this environment variable is set, every server the tests start is a cluster: a
+/// relay-only node (the one the tests talk to) in front of a node that owns every room, with
+/// their own redis-server. `ROOMD_TEST_THROUGH_RELAY=1 cargo test --test ws_rooms` runs a
+/// signaling suite through the relay (conformance of relayed and direct connections).
+pub const THROUGH_RELAY: &str = "ROOMD_TEST_THROUGH_RELAY";
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -46,8 +55,48 @@ pub async fn start_server() -> Server {
 }
 
 /// Starts roomd with `config` on an ephemeral port of 127.0.0.1 (the sharded media engine's
-/// UDP ports too: tests of one binary run in parallel).
-pub async fn start_server_with(mut config: roomd::Config) -> Server {
+/// UDP ports too: tests of one binary run in parallel); behind a relay node with
+/// [`THROUGH_RELAY`].
+pub async fn start_server_with(config: roomd::Config) -> Server {
+    if std::env::var_os(THROUGH_RELAY).is_none() || config.redis_url.is_some() {
+        return start_one(config).await;
+    }
+    let redis = redis_server::RedisServer::start().await;
+    let clustered = |id: &str, relay_only: bool| roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some("test-secret".into()),
+        cluster_node_id: Some(id.into()),
+        cluster_relay_only: relay_only,
+        cluster_claim_ttl_ms: 3000,
+        ..config.clone()
+    };
+    let owner = start_one(clustered("owner", false)).await;
+    let mut edge = start_one(clustered("edge", true)).await;
+    // Ready when the owner is registered and a fresh Redis's quarantine of new claims is over.
+    let mut redis_conn = ::redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("the test's redis-server accepts connections");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ready: (bool, bool) = ::redis::pipe()
+            .exists("roomd:node:owner")
+            .exists("roomd:quarantine")
+            .query(&mut redis_conn)
+            .expect("redis-server answers");
+        if ready == (true, false) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    edge.behind = Some(Box::new((redis, owner)));
+    edge
+}
+
+async fn start_one(mut config: roomd::Config) -> Server {
     config.rtc_udp_port = 0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -55,6 +104,10 @@ pub async fn start_server_with(mut config: roomd::Config) -> Server {
     let addr = listener
         .local_addr()
         .expect("bound listener has an address");
+    if config.redis_url.is_some() && config.cluster_internal_url.is_none() {
+        // Cluster tests: other nodes reach this one where it really listens.
+        config.cluster_internal_url = Some(format!("http://{addr}"));
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let shutdown = async move {
@@ -67,6 +120,7 @@ pub async fn start_server_with(mut config: roomd::Config) -> Server {
     Server {
         addr,
         stop: Some(stop),
+        behind: None,
     }
 }
 

@@ -1,0 +1,105 @@
+//! Cluster mode (`--redis-url`): several roomd nodes behind one address, coordinated through one
+//! Redis. Owns the Redis key layout, the connection to Redis, and the two records kept there:
+//! the node registry ([`registry`]) and the room directory with its fail-stop claims
+//! ([`claims`]). Without `--redis-url` nothing here is built and no Redis is contacted.
+//!
+//! Key layout (every key under `--cluster-key-prefix`, `roomd:` by default):
+//!
+//! | key | value | written by | lifetime |
+//! | --- | --- | --- | --- |
+//! | `room:<name>` | owner node id | the owner: `SET NX PX`, renewed by a compare-and-pexpire script, released by compare-and-delete | claim TTL |
+//! | `node:<id>` | JSON [`registry::NodeInfo`] | that node, every third of the TTL | claim TTL |
+//! | `session:<id>` | JSON [`sessions::SessionRecord`] | the node holding a session in a room, every third of the TTL | claim TTL |
+//! | `nodes` | set of node ids | nodes on registration; stale ids pruned by readers | none |
+//! | `boot` | `1` | the first script that runs on an empty Redis | none (lost with Redis's data) |
+//! | `quarantine` | `1` | the same script, at the same moment | claim TTL |
+//!
+//! `boot` missing means Redis lost its data (a restart without persistence, a failover to an
+//! empty replica, a flush): owners of rooms may still be running and will recreate their claims
+//! at their next renewal, so for one claim TTL (`quarantine`) no node may create a claim that
+//! did not exist; after it every former owner has either recreated its claim or stopped its
+//! rooms by its own deadline ([`claims`] explains why this keeps one owner per room).
+
+pub mod claims;
+pub mod registry;
+pub mod sessions;
+
+pub(crate) mod forward;
+pub(crate) mod node;
+pub(crate) mod relay;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// A Redis operation of the cluster that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Redis refused, timed out or is unreachable.
+    #[error("cluster directory unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Cluster mode is configured unusably.
+    #[error("cluster configuration: {0}")]
+    Config(String),
+    /// A stored record is not what roomd writes (another program or version wrote the key).
+    #[error("cluster record {key} is malformed: {detail}")]
+    Malformed { key: String, detail: String },
+}
+
+/// The names of roomd's Redis keys under one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `roomd:`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The claim of room `name`.
+    pub fn room(&self, name: &str) -> String {
+        format!("{}room:{name}", self.prefix)
+    }
+
+    /// The registration of node `id`.
+    pub fn node(&self, id: &str) -> String {
+        format!("{}node:{id}", self.prefix)
+    }
+
+    /// The record of session `id` (which node holds it).
+    pub fn session(&self, id: &str) -> String {
+        format!("{}session:{id}", self.prefix)
+    }
+
+    /// The set of registered node ids.
+    pub fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    /// Present as long as Redis kept its data since roomd first wrote to it.
+    pub fn boot(&self) -> String {
+        format!("{}boot", self.prefix)
+    }
+
+    /// Present for one claim TTL after Redis was found without its data.
+    pub fn quarantine(&self) -> String {
+        format!("{}quarantine", self.prefix)
+    }
+}
+
+/// A connection to the cluster's Redis that reconnects by itself. It connects lazily: a node
+/// starts (and serves its single-node duties) while Redis is down. Every command gives up after
+/// `timeout`, so that an unreachable Redis is an error and never a wait past a claim deadline.
+pub fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, ClusterError> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(timeout);
+    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+}

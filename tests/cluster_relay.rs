@@ -1,0 +1,509 @@
+//! Cluster mode end to end: two roomd servers sharing one `redis-server`, a room owned by one
+//! node, a client of it connected to the other and relayed there (`src/cluster/relay.rs`).
+
+mod common;
+
+use common::peer;
+use common::redis_server::RedisServer;
+use common::{start_server_with, Server};
+use serde_json::{json, Value};
+
+/// The claim TTL of these clusters: short for quick tests, long enough that a loaded machine
+/// does not miss renewals (which would close rooms, by design).
+const TTL_MS: u64 = 3000;
+
+/// A node of the test cluster announcing media on `media_ip` (all of 127/8 is loopback).
+async fn node(redis: &RedisServer, id: &str, media_ip: &str) -> Server {
+    let config = roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some("test-secret".into()),
+        cluster_node_id: Some(id.into()),
+        cluster_claim_ttl_ms: TTL_MS,
+        reconnection_grace_ms: 1000,
+        media_ip: media_ip.parse().expect("an IP"),
+        ..Default::default()
+    };
+    start_server_with(config).await
+}
+
+/// The distinct addresses of the `a=candidate` lines of an SDP.
+fn candidate_addresses(sdp: &str) -> Vec<String> {
+    let mut addresses: Vec<String> = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter_map(|c| c.split_whitespace().nth(4).map(str::to_owned))
+        .collect();
+    addresses.dedup();
+    addresses
+}
+
+fn names(join: &Value) -> Vec<String> {
+    join["result"]["value"]
+        .as_array()
+        .expect("joinRoom lists the room's participants")
+        .iter()
+        .map(|p| p["id"].as_str().expect("participant id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_on_another_node_is_relayed_to_the_owner_for_signaling_and_media() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let n2 = node(&redis, "n2", "127.0.0.2").await;
+
+    // b creates R on n2 (a node places an unowned room on itself when it is as idle as any).
+    let mut b = n2.client().await;
+    assert!(names(&b.join("R", "b").await).is_empty());
+    let b_pub = peer::publish(&mut b, "b", false, false).await;
+    assert_eq!(candidate_addresses(&b_pub.answer), ["127.0.0.2"]);
+
+    // a connects to n1 and joins R: relayed to n2, whose participants it sees.
+    let mut a = n1.client().await;
+    let joined = a.join("R", "a").await;
+    assert_eq!(names(&joined), ["b"]);
+    let a_session = joined["result"]["sessionId"].clone();
+    let ev = b.notification("participantJoined").await;
+    assert_eq!(ev["params"], json!({"id": "a"}));
+
+    // ping is answered by n1 itself, with the session id the client echoes.
+    let pong = a
+        .call("ping", json!({"interval": 3000, "sessionId": a_session}))
+        .await;
+    assert_eq!(pong["result"]["value"], "pong");
+
+    // Media through the relay: the answers carry the owner's address, and ICE connects there.
+    let a_pub = peer::publish(&mut a, "a", false, false).await;
+    assert_eq!(candidate_addresses(&a_pub.answer), ["127.0.0.2"]);
+    let ev = b.notification("participantPublished").await;
+    assert_eq!(ev["params"]["id"], "a");
+    let a_sub = peer::subscribe(&mut a, "b").await;
+    assert_eq!(candidate_addresses(&a_sub.answer), ["127.0.0.2"]);
+
+    // Each learnt of the other once: nothing more about a is pending at b after a barrier.
+    b.room_barrier().await;
+    a.room_barrier().await;
+    let joined_again = b
+        .take_pending()
+        .into_iter()
+        .filter(|m| m["method"] == "participantJoined")
+        .count();
+    assert_eq!(joined_again, 0, "participantJoined about a delivered once");
+    assert!(!a
+        .take_pending()
+        .iter()
+        .any(|m| m["method"] == "participantJoined"));
+
+    // leaveRoom through the relay.
+    let left = a.call("leaveRoom", json!({})).await;
+    assert!(left.get("result").is_some(), "{left}");
+    let ev = b.notification("participantLeft").await;
+    assert_eq!(ev["params"], json!({"name": "a"}));
+    drop((a_pub, a_sub, b_pub));
+}
+
+#[tokio::test]
+async fn a_relayed_client_whose_socket_drops_leaves_after_the_grace_period() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let n2 = node(&redis, "n2", "127.0.0.2").await;
+    let mut b = n2.client().await;
+    b.join("R", "b").await;
+    let mut c = n1.client().await;
+    assert_eq!(names(&c.join("R", "c").await), ["b"]);
+    assert_eq!(
+        b.notification("participantJoined").await["params"],
+        json!({"id": "c"})
+    );
+    c.drop_connection().await;
+    let ev = b.notification("participantLeft").await;
+    assert_eq!(ev["params"], json!({"name": "c"}));
+
+    // The room stays on n2: a join through n1 again is relayed there.
+    let mut d = n1.client().await;
+    assert_eq!(names(&d.join("R", "d").await), ["b"]);
+    assert_eq!(
+        b.notification("participantJoined").await["params"],
+        json!({"id": "d"})
+    );
+}
+
+/// Polls `f` until it returns `Some`, at most [`common::WAIT`]: for state that other nodes
+/// publish on their own schedule (a third of the claim TTL here).
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn get_all_rooms_lists_every_nodes_rooms_on_every_node() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let n2 = node(&redis, "n2", "127.0.0.2").await;
+    let mut on1 = n1.client().await;
+    on1.join("one", "u1").await;
+    let mut on2 = n2.client().await;
+    on2.join("two", "u2").await;
+    // A room of n2 joined only through a relay from n1 is listed too.
+    let mut owner = n2.client().await;
+    owner.join("three", "u3").await;
+    let mut relayed = n1.client().await;
+    relayed.join("three", "u4").await;
+    let all = json!(["one", "three", "two"]);
+    for server in [&n1, &n2] {
+        eventually("every room listed on every node", || async {
+            let (status, rooms) = server.get("/getAllRooms").await;
+            (status == 200 && rooms == all).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A node as a real process, so that it can be SIGKILLed.
+async fn node_process(
+    redis: &RedisServer,
+    id: &str,
+    media_ip: &str,
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_roomd"))
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--rtc-udp-port", "0", "--media-ip", media_ip, "--no-demo"])
+        .args([
+            "--redis-url",
+            &redis.url(),
+            "--cluster-secret",
+            "test-secret",
+        ])
+        .args([
+            "--cluster-node-id",
+            id,
+            "--cluster-claim-ttl-ms",
+            &TTL_MS.to_string(),
+        ])
+        .args(["--cluster-internal-url", &format!("http://{addr}")])
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start roomd");
+    eventually("the node process listens", || async {
+        tokio::net::TcpStream::connect(addr).await.ok().map(drop)
+    })
+    .await;
+    (child, addr)
+}
+
+#[tokio::test]
+async fn when_the_owner_dies_relayed_clients_get_room_closed_and_the_room_is_placed_again() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let (mut n3, n3_addr) = node_process(&redis, "n3", "127.0.0.3").await;
+    let mut b = common::Client::connect(&format!("ws://{n3_addr}/room")).await;
+    b.join("R", "b").await;
+    let mut a = n1.client().await;
+    assert_eq!(names(&a.join("R", "a").await), ["b"]);
+
+    let killed = tokio::time::Instant::now();
+    n3.kill().await.expect("SIGKILL the owner");
+    let ev = a.notification("roomClosed").await;
+    assert_eq!(ev["params"], json!({"room": "R"}));
+    let close = a.closed().await;
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1011));
+    assert!(
+        killed.elapsed() < std::time::Duration::from_millis(TTL_MS),
+        "within the TTL"
+    );
+
+    // Until the dead owner's claim expires a join is refused with a clear error; then the
+    // room is placed again (here, on n1, the only node left) and works.
+    let mut c = n1.client().await;
+    let deadline = killed + std::time::Duration::from_millis(TTL_MS * 3);
+    let joined = loop {
+        let r = c.call("joinRoom", json!({"user": "c", "room": "R"})).await;
+        if r.get("result").is_some() {
+            break r;
+        }
+        let (code, message) = common::error_of(&r);
+        assert_eq!(code, 204, "{message}");
+        assert!(message.contains("Cannot place the room"), "{message}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "R never placed again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(names(&joined).is_empty(), "a new room: {joined}");
+    let mut d = n1.client().await;
+    assert_eq!(names(&d.join("R", "d").await), ["c"]);
+}
+
+#[tokio::test]
+async fn an_owner_that_hangs_without_closing_tcp_is_noticed_by_the_relay_heartbeat() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let (n3, n3_addr) = node_process(&redis, "n3", "127.0.0.3").await;
+    let mut b = common::Client::connect(&format!("ws://{n3_addr}/room")).await;
+    b.join("R", "b").await;
+    let mut a = n1.client().await;
+    assert_eq!(names(&a.join("R", "a").await), ["b"]);
+
+    // SIGSTOP: the process keeps its sockets open but answers nothing, like a vanished host.
+    let pid = n3.id().expect("running").to_string();
+    let stopped = tokio::time::Instant::now();
+    let ok = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -STOP {pid}");
+    let ev = a.notification("roomClosed").await;
+    assert_eq!(ev["params"], json!({"room": "R"}));
+    let within = stopped.elapsed();
+    assert!(
+        within < std::time::Duration::from_millis(TTL_MS * 3 / 2),
+        "heartbeat noticed the hung owner in {within:?} (TTL {TTL_MS} ms)"
+    );
+    drop(n3); // SIGKILL (kill_on_drop) ends the stopped process too.
+}
+
+#[tokio::test]
+async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
+    let redis = RedisServer::start().await;
+    let grace = |id: &str, ip: &str| roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some("test-secret".into()),
+        cluster_node_id: Some(id.into()),
+        cluster_claim_ttl_ms: TTL_MS,
+        reconnection_grace_ms: 10_000,
+        media_ip: ip.parse().expect("an IP"),
+        ..Default::default()
+    };
+    let n1 = start_server_with(grace("n1", "127.0.0.1")).await;
+    let n2 = start_server_with(grace("n2", "127.0.0.2")).await;
+    let mut b = n2.client().await;
+    b.join("R", "b").await;
+
+    // a joins directly on the owner n2, then its socket drops and it reconnects through n1.
+    let mut a = n2.client().await;
+    let sid = a.join("R", "a").await["result"]["sessionId"].clone();
+    assert_eq!(
+        b.notification("participantJoined").await["params"],
+        json!({"id": "a"})
+    );
+    a.drop_connection().await;
+    let mut a = n1.client().await;
+    let r = a.call("connect", json!({"sessionId": sid})).await;
+    assert_eq!(r["result"]["sessionId"], sid, "{r}");
+    let sent = a
+        .call(
+            "sendMessage",
+            json!({"message": "back", "userMessage": "a", "roomMessage": "R"}),
+        )
+        .await;
+    assert!(sent.get("result").is_some(), "{sent}");
+    let msg = b.notification("sendMessage").await;
+    assert_eq!(msg["params"]["message"], "back");
+
+    // Relayed through n1 from the start, then reconnecting through n1 again: same session.
+    let mut c = n1.client().await;
+    let sid = c.join("R", "c").await["result"]["sessionId"].clone();
+    assert_eq!(
+        b.notification("participantJoined").await["params"],
+        json!({"id": "c"})
+    );
+    c.drop_connection().await;
+    let mut c = n1.client().await;
+    let r = c.call("connect", json!({"sessionId": sid})).await;
+    assert_eq!(r["result"]["sessionId"], sid, "{r}");
+    let sent = c
+        .call(
+            "sendMessage",
+            json!({"message": "c too", "userMessage": "c", "roomMessage": "R"}),
+        )
+        .await;
+    assert!(sent.get("result").is_some(), "{sent}");
+    assert_eq!(
+        b.notification("sendMessage").await["params"]["message"],
+        "c too"
+    );
+    b.room_barrier().await;
+    assert!(
+        !b.take_pending()
+            .iter()
+            .any(|m| m["method"] == "participantLeft"),
+        "nobody left: both reconnected within the grace period"
+    );
+
+    // An unknown session is refused as by a single server.
+    let mut x = n1.client().await;
+    let r = x
+        .call("connect", json!({"sessionId": "nosuchsession"}))
+        .await;
+    assert_eq!(common::error_of(&r).1, "reconnection error");
+}
+
+#[tokio::test]
+async fn thirty_clients_on_three_nodes_in_five_rooms_each_learn_of_every_other_once() {
+    let redis = RedisServer::start().await;
+    let nodes = [
+        node(&redis, "n1", "127.0.0.1").await,
+        node(&redis, "n2", "127.0.0.2").await,
+        node(&redis, "n3", "127.0.0.3").await,
+    ];
+    let mut clients = Vec::new();
+    for k in 0..30 {
+        let room = format!("room{}", k % 5);
+        let user = format!("u{k}");
+        let mut c = nodes[k % 3].client().await;
+        let joined = c.join(&room, &user).await;
+        clients.push((room, user, c, names(&joined)));
+    }
+    for (room, user, c, listed) in &mut clients {
+        c.room_barrier().await;
+        let mut learnt = listed.clone();
+        learnt.extend(
+            c.take_pending()
+                .into_iter()
+                .filter(|m| m["method"] == "participantJoined")
+                .map(|m| m["params"]["id"].as_str().expect("id").to_owned()),
+        );
+        learnt.sort();
+        let mut expected: Vec<String> = (0..30)
+            .filter(|k| format!("room{}", k % 5) == *room && format!("u{k}") != *user)
+            .map(|k| format!("u{k}"))
+            .collect();
+        expected.sort();
+        assert_eq!(
+            learnt, expected,
+            "{user} in {room}: every other participant exactly once"
+        );
+    }
+    let all = json!(["room0", "room1", "room2", "room3", "room4"]);
+    for server in &nodes {
+        eventually("every node lists the five rooms", || async {
+            let (status, rooms) = server.get("/getAllRooms").await;
+            (status == 200 && rooms == all).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_draining_node_keeps_its_rooms_and_sends_new_ones_to_a_serving_node() {
+    let redis = RedisServer::start().await;
+    let config = roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some("test-secret".into()),
+        cluster_node_id: Some("n1".into()),
+        cluster_claim_ttl_ms: TTL_MS,
+        drain_timeout_secs: 60,
+        ..Default::default()
+    };
+    let n1 = start_server_with(config).await;
+    let n2 = node(&redis, "n2", "127.0.0.2").await;
+    let mut keep = n1.client().await;
+    assert!(names(&keep.join("kept", "k").await).is_empty());
+    let n1_addr = n1.addr;
+    drop(n1); // The stop signal: n1 drains (its room keeps it alive).
+    eventually("n1 is draining", || async {
+        (common::http_request(n1_addr, "GET", "/readyz", &[]).await.0 == 503).then_some(())
+    })
+    .await;
+
+    // A new room asked of n1 is placed on n2 (relayed), not refused.
+    let mut a = common::Client::connect(&format!("ws://{n1_addr}/room")).await;
+    assert!(names(&a.join("fresh", "a").await).is_empty());
+    let mut b = n2.client().await;
+    assert_eq!(
+        names(&b.join("fresh", "b").await),
+        ["a"],
+        "fresh lives on n2"
+    );
+    // The draining node's own room still takes joins.
+    let mut k2 = common::Client::connect(&format!("ws://{n1_addr}/room")).await;
+    assert_eq!(names(&k2.join("kept", "k2").await), ["k"]);
+}
+
+#[tokio::test]
+async fn admin_actions_on_any_node_reach_the_room_owner() {
+    let redis = RedisServer::start().await;
+    let admin = |id: &str, ip: &str| roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some("test-secret".into()),
+        cluster_node_id: Some(id.into()),
+        cluster_claim_ttl_ms: TTL_MS,
+        admin_token: Some("tok".into()),
+        media_ip: ip.parse().expect("an IP"),
+        ..Default::default()
+    };
+    let n1 = start_server_with(admin("n1", "127.0.0.1")).await;
+    let n2 = start_server_with(admin("n2", "127.0.0.2")).await;
+    let mut b = n2.client().await;
+    b.join("R", "b").await;
+    let mut a = n1.client().await;
+    a.join("R", "a").await;
+    b.notification("participantJoined").await;
+
+    // Evict b (a direct participant of n2) through n1's admin API.
+    assert_eq!(
+        n1.admin_post("/admin/rooms/R/participants/b/evict", "tok")
+            .await,
+        200
+    );
+    b.notification("participantEvicted").await;
+    let ev = a.notification("participantLeft").await;
+    assert_eq!(ev["params"], json!({"name": "b"}));
+    // A wrong token is refused by the owner as it would be directly.
+    assert_eq!(n1.admin_post("/admin/rooms/R/close", "nope").await, 401);
+    // Close R through n1: its relayed participant a hears roomClosed from the owner.
+    assert_eq!(n1.admin_post("/close?room=R", "tok").await, 200);
+    let ev = a.notification("roomClosed").await;
+    assert_eq!(ev["params"], json!({"room": "R"}));
+    assert_eq!(n1.admin_post("/admin/rooms/nosuch/close", "tok").await, 404);
+}
+
+#[tokio::test]
+async fn the_relay_endpoint_needs_the_cluster_secret_and_cluster_mode() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let url = format!("ws://{}/cluster/relay", n1.addr);
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 403),
+        "{refused:?}"
+    );
+    let single = common::start_server().await;
+    let url = format!("ws://{}/cluster/relay", single.addr);
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 404),
+        "{refused:?}"
+    );
+    // Cluster mode with an empty secret does not start.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let config = roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some(String::new()),
+        rtc_udp_port: 0,
+        ..Default::default()
+    };
+    let err = roomd::serve(config, listener, std::future::pending())
+        .await
+        .expect_err("an empty cluster secret is refused");
+    assert!(err.to_string().contains("cluster-secret"), "{err}");
+}
