@@ -81,7 +81,11 @@ impl Cluster {
         let me = NodeInfo {
             id: id.clone(),
             internal_url,
-            media_addresses: vec![config.public_ip.unwrap_or(config.media_ip)],
+            media_addresses: if config.public_ips.is_empty() {
+                vec![config.media_ip]
+            } else {
+                config.public_ips.clone()
+            },
             state: NodeState::Serving,
             rooms: 0,
             participants: 0,
