@@ -36,13 +36,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::codecs::{check_offer, Kind};
 use super::forward::subscription_of;
 use super::peer::{NegotiationError, PeerId, PublisherAnswer};
-use super::runtime::{RuntimeConfig, RuntimeError, RuntimeEvent, RuntimeStats, ShardRuntime};
+use super::runtime::{CommandSlot, RuntimeConfig, RuntimeEvent, RuntimeStats, ShardRuntime};
 use super::shard::{FailReason, ShardError};
 use crate::{
     DropReason, EndpointKey, IceCandidate, MediaConfig, MediaEvent, MediaStats, PublishError,
@@ -218,6 +218,30 @@ impl ShardedEngine {
         }
     }
 
+    /// Sends one negotiation command to `shard` (waiting for room in its queue) and waits for
+    /// the answer; on any failure the reservation `token` of `key` is given back.
+    async fn negotiate<T>(
+        &self,
+        key: EndpointKey,
+        token: u64,
+        shard: usize,
+        send: impl FnOnce(CommandSlot<'_>) -> oneshot::Receiver<Result<T, ShardError>>,
+    ) -> Result<T, Refusal> {
+        let result = match self.runtimes[shard].reserve().await {
+            Ok(slot) => match send(slot).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(Refusal::from(e)),
+                Err(_) => Err(Refusal::Unavailable),
+            },
+            // Only `Stopped` is possible when waiting for room.
+            Err(_) => Err(Refusal::Unavailable),
+        };
+        if result.is_err() {
+            self.unreserve(key, token);
+        }
+        result
+    }
+
     /// See [`crate::MediaRouter::publish`].
     pub async fn publish(
         &self,
@@ -231,24 +255,11 @@ impl ShardedEngine {
         let token = self
             .reserve(key, shard, Role::Publisher(None), events)
             .ok_or(PublishError::AlreadyExists)?;
-        let reply = match self.runtimes[shard].reserve().await {
-            Ok(slot) => slot.publish(PeerId(key.0), offer, loopback),
-            Err(e) => {
-                self.unreserve(key, token);
-                return Err(runtime_to_publish(e));
-            }
-        };
-        let answer = match reply.await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
-                self.unreserve(key, token);
-                return Err(shard_to_publish(e));
-            }
-            Err(_) => {
-                self.unreserve(key, token);
-                return Err(PublishError::Unavailable);
-            }
-        };
+        let answer = self
+            .negotiate(key, token, shard, |slot| {
+                slot.publish(PeerId(key.0), offer, loopback)
+            })
+            .await?;
         let sdp = answer.sdp.clone();
         if !self.commit(key, token, Some(answer)) {
             self.remove_peer(shard, key).await;
@@ -290,24 +301,11 @@ impl ShardedEngine {
             &format!("roomd-{}", publisher.0),
         );
         let wanted = tracks.len();
-        let reply = match self.runtimes[shard].reserve().await {
-            Ok(slot) => slot.subscribe(PeerId(key.0), PeerId(publisher.0), offer, tracks, sources),
-            Err(e) => {
-                self.unreserve(key, token);
-                return Err(runtime_to_subscribe(e));
-            }
-        };
-        let answer = match reply.await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
-                self.unreserve(key, token);
-                return Err(shard_to_subscribe(e));
-            }
-            Err(_) => {
-                self.unreserve(key, token);
-                return Err(SubscribeError::Unavailable);
-            }
-        };
+        let answer = self
+            .negotiate(key, token, shard, |slot| {
+                slot.subscribe(PeerId(key.0), PeerId(publisher.0), offer, tracks, sources)
+            })
+            .await?;
         let wants_media = sections
             .iter()
             .any(|s| matches!(s.kind, Kind::Audio | Kind::Video) && s.direction.receives());
@@ -542,36 +540,43 @@ fn dispatch(shared: &Shared, events: &std_mpsc::Receiver<RuntimeEvent>) {
     }
 }
 
-fn runtime_to_publish(e: RuntimeError) -> PublishError {
-    match e {
-        RuntimeError::Busy => PublishError::Negotiation("media shard busy".into()),
-        RuntimeError::Stopped => PublishError::Unavailable,
-    }
+/// Why a shard did not answer a publish or subscribe, in the words both errors share.
+enum Refusal {
+    AlreadyExists,
+    InvalidOffer(String),
+    Negotiation(String),
+    Unavailable,
 }
 
-fn runtime_to_subscribe(e: RuntimeError) -> SubscribeError {
-    match e {
-        RuntimeError::Busy => SubscribeError::Negotiation("media shard busy".into()),
-        RuntimeError::Stopped => SubscribeError::Unavailable,
-    }
-}
-
-fn shard_to_publish(e: ShardError) -> PublishError {
-    match e {
-        ShardError::DuplicatePeer(_) | ShardError::UfragTaken => PublishError::AlreadyExists,
-        ShardError::Negotiation(NegotiationError::InvalidOffer(m)) => PublishError::InvalidOffer(m),
-        ShardError::Negotiation(n) => PublishError::Negotiation(n.to_string()),
-        other => PublishError::Negotiation(other.to_string()),
-    }
-}
-
-fn shard_to_subscribe(e: ShardError) -> SubscribeError {
-    match e {
-        ShardError::DuplicatePeer(_) | ShardError::UfragTaken => SubscribeError::AlreadyExists,
-        ShardError::Negotiation(NegotiationError::InvalidOffer(m)) => {
-            SubscribeError::InvalidOffer(m)
+impl From<ShardError> for Refusal {
+    fn from(e: ShardError) -> Self {
+        match e {
+            ShardError::DuplicatePeer(_) | ShardError::UfragTaken => Refusal::AlreadyExists,
+            ShardError::Negotiation(NegotiationError::InvalidOffer(m)) => Refusal::InvalidOffer(m),
+            ShardError::Negotiation(n) => Refusal::Negotiation(n.to_string()),
+            other => Refusal::Negotiation(other.to_string()),
         }
-        ShardError::Negotiation(n) => SubscribeError::Negotiation(n.to_string()),
-        other => SubscribeError::Negotiation(other.to_string()),
+    }
+}
+
+impl From<Refusal> for PublishError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::AlreadyExists => PublishError::AlreadyExists,
+            Refusal::InvalidOffer(m) => PublishError::InvalidOffer(m),
+            Refusal::Negotiation(m) => PublishError::Negotiation(m),
+            Refusal::Unavailable => PublishError::Unavailable,
+        }
+    }
+}
+
+impl From<Refusal> for SubscribeError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::AlreadyExists => SubscribeError::AlreadyExists,
+            Refusal::InvalidOffer(m) => SubscribeError::InvalidOffer(m),
+            Refusal::Negotiation(m) => SubscribeError::Negotiation(m),
+            Refusal::Unavailable => SubscribeError::Unavailable,
+        }
     }
 }
