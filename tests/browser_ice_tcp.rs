@@ -16,11 +16,7 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use tokio::process::Command;
 
 /// The harness run must end within this (Chromium start-up, two joins, ICE over TCP after the
 /// UDP checks fail; the scenario aborts itself at 60 s).
@@ -28,7 +24,6 @@ const BOUND: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_call_over_ice_tcp_when_udp_is_blocked() {
-    let dir = common::browser::harness_dir();
     let nft = ["/usr/sbin/nft", "/sbin/nft"]
         .iter()
         .any(|p| Path::new(p).exists());
@@ -38,59 +33,26 @@ async fn browser_call_over_ice_tcp_when_udp_is_blocked() {
     );
     let ns = common::netns::Netns::create("roomd-icetcp-");
     let started = Instant::now();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "node", "run.mjs", "--bin"])
-        .arg(env!("CARGO_BIN_EXE_roomd"))
-        .args(["--only", "ice-tcp", "--netns"])
+    let output = common::browser::run_harness_in(
+        ns,
+        &[
+            "--bin",
+            env!("CARGO_BIN_EXE_roomd"),
+            "--only",
+            "ice-tcp",
+            "--netns",
+        ],
         // roomd logs every UDP send the rule refuses; its other errors stay visible.
-        .env("RUST_LOG", "error")
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start `ip netns exec … node` (are iproute2 and Node.js installed?)");
-    let log = Arc::new(Mutex::new(String::new()));
-    let pumps: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|o| std::fs::File::from(o.into_owned_fd().expect("stdout pipe"))),
-        child
-            .stderr
-            .take()
-            .map(|o| std::fs::File::from(o.into_owned_fd().expect("stderr pipe"))),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|out| common::browser::pump(out, Arc::clone(&log), Some("ice-tcp")))
-    .collect();
-    let status = match tokio::time::timeout(BOUND, child.wait()).await {
-        Ok(status) => Some(status.expect("wait for the harness")),
-        Err(_) => None,
-    };
-    // Whatever happened, nothing of this run survives it (roomd holds the pipes too: removing
-    // the namespace kills it, which ends the pumps).
-    drop(child);
-    drop(ns);
-    for p in pumps {
-        let _ = p.join();
-    }
-    let output = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        &[("RUST_LOG", "error")],
+        BOUND,
+        "ice-tcp",
+    )
+    .await;
     let _ = writeln!(
         std::io::stderr(),
         "ICE-TCP browser test took {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    match status {
-        None => panic!(
-            "the ice-tcp scenario exceeded {} s; output:\n{output}",
-            BOUND.as_secs()
-        ),
-        Some(s) if !s.success() => panic!("the ice-tcp scenario failed ({s}); output:\n{output}"),
-        Some(_) => {}
-    }
     assert!(
         output.contains("ok   ice-tcp") && output.contains("1 passed, 0 failed"),
         "the ice-tcp scenario reported no success; output:\n{output}"

@@ -58,18 +58,47 @@ pub async fn try_run_harness(
     env: &[(&str, &str)],
     bound: Duration,
 ) -> Result<String, String> {
-    let dir = harness_dir();
-    let mut child = Command::new("node")
-        .arg("run.mjs")
-        .args(args)
+    let mut cmd = Command::new("node");
+    cmd.arg("run.mjs").args(args);
+    run_bounded(cmd, env, bound, "browser", None).await
+}
+
+/// [`run_harness`] inside the network namespace `ns` (roomd, when the harness starts it, and
+/// Chromium run there too). The namespace, with every process still in it, is removed before
+/// the output is judged: roomd inherits the harness's pipes, so only that ends the output.
+pub async fn run_harness_in(
+    ns: super::netns::Netns,
+    args: &[&str],
+    env: &[(&str, &str)],
+    bound: Duration,
+    echo: &'static str,
+) -> String {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, "node", "run.mjs"])
+        .args(args);
+    run_bounded(cmd, env, bound, echo, Some(ns))
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// Runs the harness command `cmd` in the harness directory with `env` added, its output echoed
+/// with `echo` and collected, at most `bound`; then ends `ns` (if any) and judges the run.
+async fn run_bounded(
+    mut cmd: Command,
+    env: &[(&str, &str)],
+    bound: Duration,
+    echo: &'static str,
+    ns: Option<super::netns::Netns>,
+) -> Result<String, String> {
+    let mut child = cmd
         .envs(env.iter().copied())
-        .current_dir(&dir)
+        .current_dir(harness_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("start node (is Node.js installed?)");
+        .expect("start the harness (are Node.js and, for a namespace, iproute2 installed?)");
     let log = Arc::new(Mutex::new(String::new()));
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
@@ -77,12 +106,12 @@ pub async fn try_run_harness(
         pump(
             std::fs::File::from(stdout.into_owned_fd().expect("stdout pipe")),
             Arc::clone(&log),
-            Some("browser"),
+            Some(echo),
         ),
         pump(
             std::fs::File::from(stderr.into_owned_fd().expect("stderr pipe")),
             Arc::clone(&log),
-            Some("browser"),
+            Some(echo),
         ),
     ];
     // Bounded wait; the servers keep running on the test runtime's workers meanwhile.
@@ -93,6 +122,7 @@ pub async fn try_run_harness(
             None
         }
     };
+    drop(ns);
     for p in pumps {
         let _ = p.join();
     }
