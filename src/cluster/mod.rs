@@ -46,6 +46,23 @@ pub enum ClusterError {
     Malformed { key: String, detail: String },
 }
 
+/// The JSON record stored at `key`, if the key exists; a record roomd cannot read is
+/// [`ClusterError::Malformed`].
+async fn get_json<T: serde::de::DeserializeOwned>(
+    redis: &ConnectionManager,
+    key: String,
+) -> Result<Option<T>, ClusterError> {
+    let mut redis = redis.clone();
+    let record: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
+    record
+        .map(|r| serde_json::from_str(&r))
+        .transpose()
+        .map_err(|e| ClusterError::Malformed {
+            key,
+            detail: e.to_string(),
+        })
+}
+
 /// The names of roomd's Redis keys under one prefix.
 #[derive(Clone, Debug)]
 pub struct Keys {

@@ -124,18 +124,7 @@ impl Registry {
 
     /// Node `id`'s record, if it is alive.
     pub async fn node(&self, id: &str) -> Result<Option<NodeInfo>, ClusterError> {
-        let mut redis = self.redis.clone();
-        let record: Option<String> = redis::cmd("GET")
-            .arg(self.keys.node(id))
-            .query_async(&mut redis)
-            .await?;
-        record
-            .map(|r| serde_json::from_str(&r))
-            .transpose()
-            .map_err(|e| ClusterError::Malformed {
-                key: self.keys.node(id),
-                detail: e.to_string(),
-            })
+        super::get_json(&self.redis, self.keys.node(id)).await
     }
 
     /// Every live node's record, in id order. Ids without a record are pruned from the set;

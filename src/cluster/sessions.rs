@@ -76,17 +76,6 @@ impl SessionDirectory {
 
     /// Where session `id` lives, if any node holds it.
     pub async fn lookup(&self, id: &str) -> Result<Option<SessionRecord>, ClusterError> {
-        let mut redis = self.redis.clone();
-        let record: Option<String> = redis::cmd("GET")
-            .arg(self.keys.session(id))
-            .query_async(&mut redis)
-            .await?;
-        record
-            .map(|r| serde_json::from_str(&r))
-            .transpose()
-            .map_err(|e| ClusterError::Malformed {
-                key: self.keys.session(id),
-                detail: e.to_string(),
-            })
+        super::get_json(&self.redis, self.keys.session(id)).await
     }
 }
