@@ -277,6 +277,20 @@ async fn chrome_publish_and_subscribe_offers() {
     assert!(audio.contains("a=ssrc:"), "output SSRC announced: {audio}");
     assert!(!video.contains("a=ssrc:2001"), "not the publisher's SSRC");
     assert!(video.contains("a=rtpmap:96 VP8/90000"), "{video}");
+    // The subscriber's peer connection registers only the publisher's formats: its answer
+    // lists VP8 and opus alone, not every codec both sides know (smaller state per leg).
+    assert!(
+        video.starts_with("m=video 9 UDP/TLS/RTP/SAVPF 96\r\n"),
+        "only the publisher's VP8: {video}"
+    );
+    assert!(
+        !video.contains("VP9") && !video.contains("H264") && !video.contains("AV1"),
+        "{video}"
+    );
+    assert!(
+        audio.starts_with("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"),
+        "only the publisher's opus: {audio}"
+    );
 
     // A sendrecv subscribe offer is still answered send-only.
     let answer = router

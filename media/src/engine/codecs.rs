@@ -356,10 +356,15 @@ pub(crate) fn registered_codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> 
     ]
 }
 
-/// Registers [`registered_codecs`] into `me`.
-pub(crate) fn register(me: &mut MediaEngine) -> rtc::shared::error::Result<()> {
+/// Registers those of [`registered_codecs`] that `keep` accepts into `me`.
+pub(crate) fn register(
+    me: &mut MediaEngine,
+    keep: impl Fn(&CodecInfo) -> bool,
+) -> rtc::shared::error::Result<()> {
     for (c, k) in registered_codecs() {
-        me.register_codec(c, k)?;
+        if keep(&CodecInfo::from_rtc(&c)) {
+            me.register_codec(c, k)?;
+        }
     }
     Ok(())
 }

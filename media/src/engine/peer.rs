@@ -376,14 +376,23 @@ pub(crate) fn supported_codecs() -> Vec<CodecInfo> {
 }
 
 impl PeerFactory {
+    /// A peer connection of `role` with the shard's ICE-lite, DTLS and crypto settings.
+    /// `only`: register just the registered codecs of these formats (a subscriber sends only
+    /// its publishers' codecs); empty: all of them. Each codec registered costs in every
+    /// structure rtc derives from the engine (transceiver codec lists, matched answer, stats),
+    /// so a subscriber with one video and one audio codec holds a fraction of a publisher's.
     fn build(
         &self,
         role: Role,
+        only: &[CodecInfo],
         crypto: Option<Arc<dyn RTCCryptoProvider>>,
         now: Instant,
     ) -> Result<RTCPeerConnection, NegotiationError> {
         let mut media_engine = MediaEngine::default();
-        super::codecs::register(&mut media_engine).map_err(|e| rtc_err("codecs", e))?;
+        super::codecs::register(&mut media_engine, |c| {
+            only.is_empty() || only.iter().any(|o| same_codec(o, c))
+        })
+        .map_err(|e| rtc_err("codecs", e))?;
         // The default set registers its RTCP feedback and header extensions in the engine (the
         // SDP stays what roomd always answered); its chain is replaced by the role's own.
         let _sdp_only = register_default_interceptors(Registry::new(), &mut media_engine)
@@ -435,7 +444,7 @@ impl PeerFactory {
         now: Instant,
     ) -> Result<(Peer, PublisherAnswer), NegotiationError> {
         let (desc, sections) = parse_offer(offer, &self.supported)?;
-        let mut pc = self.build(Role::Publisher, crypto, now)?;
+        let mut pc = self.build(Role::Publisher, &[], crypto, now)?;
         let back = if loopback {
             loopback_tracks(&sections, &self.supported, offer)
         } else {
@@ -489,7 +498,8 @@ impl PeerFactory {
         now: Instant,
     ) -> Result<(Peer, SubscriberAnswer), NegotiationError> {
         let (desc, sections) = parse_offer(offer, &self.supported)?;
-        let mut pc = self.build(Role::Subscriber, crypto, now)?;
+        let formats: Vec<CodecInfo> = tracks.iter().map(|t| t.codec.info()).collect();
+        let mut pc = self.build(Role::Subscriber, &formats, crypto, now)?;
         let mut used = vec![false; sections.len()];
         let mut planned = Vec::new();
         for (ti, t) in tracks.iter().enumerate() {
