@@ -151,7 +151,7 @@ fn bench_seal(c: &mut Criterion) {
                 seq = seq.wrapping_add(1);
                 buf[..n].copy_from_slice(black_box(&clear[..]));
                 buf[2..4].copy_from_slice(&seq.to_be_bytes());
-                black_box(sealer.seal(&mut buf, n).expect("seal"));
+                black_box(sealer.seal(&mut buf, n, 1024).expect("seal"));
             };
             g.bench_function(BenchmarkId::new(format!("in_place-{name}"), len), |b| {
                 b.iter(&mut fast_step)

@@ -969,7 +969,7 @@ impl Egress for Out<'_> {
         let sealed = match sent.kind {
             // Same bytes, same index, same ROC as the first time: the same SRTP packet.
             SendKind::Retransmission => sealer.reseal(&mut buf, sent.len),
-            SendKind::Media | SendKind::Rtx => sealer.seal(&mut buf, sent.len),
+            SendKind::Media | SendKind::Rtx => sealer.seal(&mut buf, sent.len, sent.window),
         };
         match sealed {
             Ok(n) => {

@@ -340,6 +340,9 @@ pub struct Sent {
     pub seq: SeqNo,
     /// What it is.
     pub kind: SendKind,
+    /// How far back the leg may still send on this SSRC (its history): the sealer's window for
+    /// it, so the record of sealed indices is no longer than what can be retransmitted.
+    pub window: u16,
 }
 
 /// Kind of a [`Sent`] packet.
@@ -869,7 +872,14 @@ impl Leg {
             ssrc: self.ssrc,
             seq,
             kind: SendKind::Media,
+            window: self.seal_window(),
         })
+    }
+
+    /// The sealer window of this leg's SSRCs: its history's length (a power of two, at most
+    /// 32,768; the sealer caps it).
+    fn seal_window(&self) -> u16 {
+        u16::try_from(self.history.len()).unwrap_or(u16::MAX)
     }
 
     /// Answers a NACK for output number `seq`: writes the retransmission (RTX if negotiated
@@ -961,6 +971,7 @@ impl Leg {
                     ssrc: rtx_ssrc,
                     seq: self.rtx_seq,
                     kind: SendKind::Rtx,
+                    window: self.seal_window(),
                 };
                 self.rtx_seq = self.rtx_seq.wrapping_add(1);
                 self.stats.rtx_packets += 1;
@@ -992,6 +1003,7 @@ impl Leg {
                     ssrc: self.ssrc,
                     seq: rec.out,
                     kind: SendKind::Retransmission,
+                    window: self.seal_window(),
                 }
             }
         };

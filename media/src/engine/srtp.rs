@@ -34,7 +34,7 @@ use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 pub use capture::{negotiated_profile, KeyCaptureError, SrtpKeyCapture};
-pub use seal::{SealError, SealerError, SrtpSealer};
+pub use seal::{SealError, SealerError, SrtpSealer, MAX_WINDOW, MIN_WINDOW};
 
 /// An SRTP protection profile the fast path implements (RFC 5764 §4.1.2, RFC 7714 §14.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

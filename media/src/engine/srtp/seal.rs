@@ -12,11 +12,15 @@ use super::{
 };
 use crate::engine::wire::Ssrc;
 
-/// How far behind the newest packet index of an SSRC a packet may still be sealed. Sealing the
-/// same index twice would reuse a GCM nonce (and a CM keystream), so the sealer remembers which of
-/// the last `WINDOW` indices it sealed and refuses anything older.
-const WINDOW: u64 = 1024;
-const WINDOW_WORDS: usize = (WINDOW / 64) as usize;
+/// How far behind the newest packet index of an SSRC a packet may still be sealed, at most and
+/// at least. Sealing the same index twice would reuse a GCM nonce (and a CM keystream), so the
+/// sealer remembers which of the last `window` indices of each SSRC it sealed, and with which
+/// tag, and refuses anything older. The window is chosen per SSRC on its first packet: the
+/// sender's own history (a leg never sends or retransmits further back), so an audio leg's 16
+/// packets cost 264 bytes here and a video leg's 512 about 2 kB, not 4.2 kB each.
+pub const MAX_WINDOW: u16 = 1024;
+/// See [`MAX_WINDOW`]; one word of the bitmap.
+pub const MIN_WINDOW: u16 = 64;
 
 /// Why a packet was not sealed. The sealer's state is unchanged after an error.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -42,8 +46,8 @@ pub enum SealError {
         /// 48-bit SRTP packet index (ROC << 16 | SEQ).
         index: u64,
     },
-    /// The packet is more than the sealer's window (1024 packets) older than the newest one of
-    /// its SSRC: whether it was sealed already cannot be told.
+    /// The packet is more than its SSRC's window (at most 1024 packets) behind the newest one
+    /// of that SSRC: whether it was sealed already cannot be told.
     #[error("packet index {index} of SSRC {ssrc:#010x} is too old to seal")]
     TooOld {
         /// SSRC of the packet.
@@ -106,20 +110,24 @@ struct SsrcState {
     ssrc: u32,
     /// Highest packet index sealed (ROC << 16 | SEQ).
     highest: u64,
-    /// Bit `i % WINDOW` set: index `i` (within `WINDOW` of `highest`) was sealed.
-    sealed: [u64; WINDOW_WORDS],
-    /// The first 4 bytes of the tag index `i` was sealed with, at `i % WINDOW`: what
+    /// A power of two in `MIN_WINDOW..=MAX_WINDOW`.
+    window: u64,
+    /// Bit `i % window` set: index `i` (within `window` of `highest`) was sealed.
+    sealed: Box<[u64]>,
+    /// The first 4 bytes of the tag index `i` was sealed with, at `i % window`: what
     /// [`SrtpSealer::reseal`] compares to tell a byte-identical retransmission.
-    tags: [u32; WINDOW as usize],
+    tags: Box<[u32]>,
 }
 
 impl SsrcState {
-    fn new(ssrc: u32, first: u64, tag: u32) -> SsrcState {
+    fn new(ssrc: u32, window: u16, first: u64, tag: u32) -> SsrcState {
+        let window = window.clamp(MIN_WINDOW, MAX_WINDOW).next_power_of_two();
         let mut s = SsrcState {
             ssrc,
             highest: first,
-            sealed: [0; WINDOW_WORDS],
-            tags: [0; WINDOW as usize],
+            window: u64::from(window),
+            sealed: vec![0; usize::from(window / 64)].into_boxed_slice(),
+            tags: vec![0; usize::from(window)].into_boxed_slice(),
         };
         s.mark(first, tag);
         s
@@ -150,7 +158,7 @@ impl SsrcState {
         if index > self.highest {
             return Ok(());
         }
-        if self.highest - index >= WINDOW {
+        if self.highest - index >= self.window {
             return Err(SealError::TooOld {
                 ssrc: self.ssrc,
                 index,
@@ -173,20 +181,20 @@ impl SsrcState {
                 index,
             });
         }
-        if self.highest - index >= WINDOW {
+        if self.highest - index >= self.window {
             return Err(SealError::TooOld {
                 ssrc: self.ssrc,
                 index,
             });
         }
-        Ok(self.tags[(index % WINDOW) as usize])
+        Ok(self.tags[(index % self.window) as usize])
     }
 
     fn commit(&mut self, index: u64, tag: u32) {
         if index > self.highest {
             let ahead = index - self.highest;
-            if ahead >= WINDOW {
-                self.sealed = [0; WINDOW_WORDS];
+            if ahead >= self.window {
+                self.sealed.fill(0);
             } else {
                 for i in self.highest + 1..index {
                     self.unmark(i);
@@ -197,21 +205,21 @@ impl SsrcState {
         self.mark(index, tag);
     }
 
-    fn bit(index: u64) -> (usize, u64) {
-        let slot = index % WINDOW;
+    fn bit(&self, index: u64) -> (usize, u64) {
+        let slot = index % self.window;
         ((slot / 64) as usize, 1u64 << (slot % 64))
     }
     fn mark(&mut self, index: u64, tag: u32) {
-        let (w, b) = Self::bit(index);
+        let (w, b) = self.bit(index);
         self.sealed[w] |= b;
-        self.tags[(index % WINDOW) as usize] = tag;
+        self.tags[(index % self.window) as usize] = tag;
     }
     fn unmark(&mut self, index: u64) {
-        let (w, b) = Self::bit(index);
+        let (w, b) = self.bit(index);
         self.sealed[w] &= !b;
     }
     fn is_marked(&self, index: u64) -> bool {
-        let (w, b) = Self::bit(index);
+        let (w, b) = self.bit(index);
         self.sealed[w] & b != 0
     }
 }
@@ -221,8 +229,9 @@ impl SsrcState {
 /// Built once per peer connection from its local [`MasterKey`] and kept as long as that
 /// connection: a second sealer with the same key would start its rollover counters and its
 /// record of sealed indices afresh. Per SSRC (added on its first packet, the only allocation):
-/// the rollover counter, starting at 0 as in rtc-srtp, and which of the last 1024 indices were
-/// sealed with which tag (about 4.2 kB). No allocation per packet.
+/// the rollover counter, starting at 0 as in rtc-srtp, and which of the last `window` indices
+/// were sealed with which tag (4 bytes and a bit each, [`MAX_WINDOW`] at most). No allocation
+/// per packet.
 ///
 /// Exclusive use: rtc must never send RTP on an SSRC sealed here, or the two contexts would
 /// reuse nonces (see the engine notes).
@@ -327,8 +336,10 @@ impl SrtpSealer {
     /// Encrypts the clear RTP packet `buf[..len]` in place and appends its tag; returns the SRTP
     /// packet's length (`len + overhead()`). `buf` must extend at least `overhead()` bytes past
     /// `len`. Refuses a packet index it sealed already ([`SealError::Reused`]). On error the
-    /// sealer's state is unchanged and nothing in `buf` is fit to send.
-    pub fn seal(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SealError> {
+    /// sealer's state is unchanged and nothing in `buf` is fit to send. `window` is read on the
+    /// SSRC's first packet only: how many indices back its packets may be sealed or resealed
+    /// (clamped to [`MIN_WINDOW`]`..=`[`MAX_WINDOW`], rounded up to a power of two).
+    pub fn seal(&mut self, buf: &mut [u8], len: usize, window: u16) -> Result<usize, SealError> {
         let (header_len, ssrc, seq) = self.parse(buf, len)?;
         let slot = self.ssrcs.iter().position(|s| s.ssrc == ssrc);
         let index = match slot {
@@ -344,7 +355,7 @@ impl SrtpSealer {
         let tag = self.encrypt(buf, len, header_len, ssrc, index)?;
         match slot {
             Some(i) => self.ssrcs[i].commit(index, tag),
-            None => self.ssrcs.push(SsrcState::new(ssrc, index, tag)),
+            None => self.ssrcs.push(SsrcState::new(ssrc, window, index, tag)),
         }
         Ok(len + self.profile.overhead())
     }
@@ -353,8 +364,8 @@ impl SrtpSealer {
     /// be byte for byte the clear packet of the first sealing, and the output then is byte for
     /// byte the first SRTP packet (same nonce, same plaintext: nothing new for an observer).
     /// Checked: if the new tag differs from the first one (other header or payload bytes), the
-    /// output is wiped and [`SealError::ResealMismatch`] returned. Only within the sealer's
-    /// window (the last 1024 indices of the SSRC); the state is never changed.
+    /// output is wiped and [`SealError::ResealMismatch`] returned. Only within the SSRC's
+    /// window (see [`seal`](Self::seal)); the state is never changed.
     pub fn reseal(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SealError> {
         let (header_len, ssrc, seq) = self.parse(buf, len)?;
         let Some(state) = self.ssrcs.iter().find(|s| s.ssrc == ssrc) else {

@@ -88,9 +88,14 @@ fn rtp(seq: u16, ssrc: u32, pt: u8, payload_len: usize, shape: u8) -> Vec<u8> {
 
 /// Seals `clear` with `sealer` in a buffer with exactly the tail room it needs.
 fn seal(sealer: &mut SrtpSealer, clear: &[u8]) -> Result<Vec<u8>, SealError> {
+    seal_in(sealer, clear, MAX_WINDOW)
+}
+
+/// [`seal`] with the SSRC's window (read on its first packet).
+fn seal_in(sealer: &mut SrtpSealer, clear: &[u8], window: u16) -> Result<Vec<u8>, SealError> {
     let mut buf = clear.to_vec();
     buf.resize(clear.len() + sealer.overhead(), 0);
-    let n = sealer.seal(&mut buf, clear.len())?;
+    let n = sealer.seal(&mut buf, clear.len(), window)?;
     buf.truncate(n);
     Ok(buf)
 }
@@ -253,7 +258,7 @@ fn sealer_refuses_to_reuse_an_index_and_keeps_its_state_on_errors() {
     let mut short = clear.clone();
     short.resize(clear.len() + 15, 0);
     assert_eq!(
-        sealer.seal(&mut short, clear.len()),
+        sealer.seal(&mut short, clear.len(), MAX_WINDOW),
         Err(SealError::NoTailRoom {
             needed: 16,
             available: 15
@@ -262,11 +267,17 @@ fn sealer_refuses_to_reuse_an_index_and_keeps_its_state_on_errors() {
     let mut rtcp = clear.clone();
     rtcp[1] = 200; // SR
     rtcp.resize(clear.len() + 16, 0);
-    assert_eq!(sealer.seal(&mut rtcp, clear.len()), Err(SealError::NotRtp));
+    assert_eq!(
+        sealer.seal(&mut rtcp, clear.len(), MAX_WINDOW),
+        Err(SealError::NotRtp)
+    );
     let mut cut = rtp(3001, ssrc, 96, 0, 2);
     cut.truncate(14);
     cut.resize(14 + 16, 0);
-    assert_eq!(sealer.seal(&mut cut, 14), Err(SealError::NotRtp));
+    assert_eq!(
+        sealer.seal(&mut cut, 14, MAX_WINDOW),
+        Err(SealError::NotRtp)
+    );
 
     // None of the refusals moved the state: 3001 seals exactly as rtc-srtp does after the same
     // accepted packets.
@@ -279,6 +290,43 @@ fn sealer_refuses_to_reuse_an_index_and_keeps_its_state_on_errors() {
         send(&mut sealer, 3001).expect("next"),
         &reference.encrypt_rtp(&clear).expect("reference")[..]
     );
+}
+
+#[test]
+fn each_ssrc_keeps_the_window_of_its_first_packet() {
+    let profile = SrtpProfile::AeadAes128Gcm;
+    let key = master(profile, 4);
+    let mut sealer = SrtpSealer::new(profile, &key, ring().crypto()).expect("sealer");
+    let (audio, video) = (0x0A0D_10u32, 0x0B1D_E0u32);
+    // An audio leg's 16 packets of history: the sealer keeps its minimum, 64.
+    for seq in 0..200 {
+        seal_in(&mut sealer, &rtp(seq, audio, 111, 0, 0), 16).expect("audio");
+    }
+    // A video leg's 512; a later packet's window is not read again.
+    for seq in 0..200 {
+        seal_in(&mut sealer, &rtp(seq, video, 96, 0, 0), 512).expect("video");
+    }
+    seal_in(&mut sealer, &rtp(1000, video, 96, 0, 0), 16).expect("jump");
+    // 199 - 135 = 64 behind the newest audio index: outside its window, too old to tell.
+    assert!(matches!(
+        reseal(&mut sealer, &rtp(135, audio, 111, 0, 0)),
+        Err(SealError::TooOld { .. })
+    ));
+    assert!(reseal(&mut sealer, &rtp(136, audio, 111, 0, 0)).is_ok());
+    // 1000 - 500 = 500 behind the newest video index: inside 512 (not 16), but never sealed.
+    assert!(matches!(
+        seal_in(&mut sealer, &rtp(199, video, 96, 0, 0), 512),
+        Err(SealError::TooOld { .. })
+    ));
+    assert!(matches!(
+        reseal(&mut sealer, &rtp(500, video, 96, 0, 0)),
+        Err(SealError::NotSealed { .. })
+    ));
+    seal_in(&mut sealer, &rtp(500, video, 96, 0, 0), 512).expect("late but unseen");
+    assert!(matches!(
+        seal_in(&mut sealer, &rtp(500, video, 96, 0, 0), 512),
+        Err(SealError::Reused { .. })
+    ));
 }
 
 #[test]
@@ -691,7 +739,7 @@ fn send_sealed(
         let len = clear.len() + body.len();
         buf[..clear.len()].copy_from_slice(&clear);
         buf[clear.len()..len].copy_from_slice(&body);
-        let n = sealer.seal(&mut buf, len).expect("seal");
+        let n = sealer.seal(&mut buf, len, MAX_WINDOW).expect("seal");
         client.receive(server_addr, &buf[..n], now);
         received.extend(client.rtp_read());
     }
@@ -752,7 +800,9 @@ fn client_decrypts_the_fast_path(profile: SrtpProfile, dtls_role: RTCDtlsRole) {
         let mut clear = rtp(seq, SERVER_SSRC, pt, 0, 0);
         clear.extend(payload(seq));
         buf[..clear.len()].copy_from_slice(&clear);
-        let n = sealer.seal(&mut buf, clear.len()).expect("seal");
+        let n = sealer
+            .seal(&mut buf, clear.len(), MAX_WINDOW)
+            .expect("seal");
         if seq == lost_seq {
             lost = Some(clear);
         } else {
