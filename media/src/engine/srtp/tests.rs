@@ -297,7 +297,7 @@ fn each_ssrc_keeps_the_window_of_its_first_packet() {
     let profile = SrtpProfile::AeadAes128Gcm;
     let key = master(profile, 4);
     let mut sealer = SrtpSealer::new(profile, &key, ring().crypto()).expect("sealer");
-    let (audio, video) = (0x0A0D_10u32, 0x0B1D_E0u32);
+    let (audio, video) = (0x00A0_D100_u32, 0x00B1_DE00_u32);
     // An audio leg's 16 packets of history: the sealer keeps its minimum, 64.
     for seq in 0..200 {
         seal_in(&mut sealer, &rtp(seq, audio, 111, 0, 0), 16).expect("audio");
