@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/browser/setup.sh
-# The cluster tests (tests/cluster_*.rs) start their own redis-server on a free loopback port.
+# The cluster tests (tests/cluster_*.rs, tests/browser_cluster.rs) start their own redis-server on
+# a free loopback port; tests/cluster_partition.rs, like the namespace browser tests, needs root,
+# iproute2 and nftables (setup.sh installs the last two).
 if ! command -v redis-server >/dev/null; then
   echo "run.sh: installing Debian's redis-server"
   if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi

@@ -7,6 +7,7 @@
 //   node run.mjs --bin ../../target/release/roomd     starts that binary on a free port
 //   options: --only name,name   --screenshot PATH   --list
 //            --netns   this process runs in a network namespace of its own (see media-outage)
+//            --cluster JSON --admin-token T   nodes of a roomd cluster (see cluster-two-nodes)
 //
 // Media assertions read RTCPeerConnection.getStats() in the pages: every expected inbound video
 // must have framesDecoded growing and every inbound audio packetsReceived growing. Every wait
@@ -857,6 +858,65 @@ scenario('ice-tcp', async (ctx) => {
     } catch {
       // Not there: nothing to remove (the namespace goes with the run anyway).
     }
+  }
+}, { optIn: true });
+
+// A call across a cluster (tests/browser_cluster.rs starts it): `--cluster` lists roomd nodes
+// sharing one Redis as JSON [{id, url, media}] (`media`: the address the node announces) and
+// `--admin-token` is their admin token. Two pages open the demo page of two different nodes, so
+// that their /room WebSockets go to different nodes, and join one room. The room lives on one
+// node, its owner, found through every node's `GET /admin/rooms` (the rooms that node serves
+// itself); the other page's node relays that page's signalling there. Both pages must decode
+// each other's media, and every peer connection of both must have selected a pair whose remote
+// candidate is the owner's announced address: media goes to the owner, never through the
+// relaying node. Opt-in.
+const clusterNodes = JSON.parse(opt('cluster') || '[]');
+const adminToken = opt('admin-token') || '';
+
+scenario('cluster-two-nodes', async (ctx) => {
+  if (clusterNodes.length < 2 || !adminToken) throw new Error('cluster-two-nodes needs --cluster (two or more nodes of one cluster) and --admin-token');
+  // The last two nodes; with three, the first one takes no part in the call.
+  const [na, nb] = clusterNodes.slice(-2);
+  const room = uniqueRoom('cluster');
+  const a = ctx.track(await Participant.open('cluster-a', 'demo', undefined, na.url));
+  const b = ctx.track(await Participant.open('cluster-b', 'demo', undefined, nb.url));
+  await a.join(room);
+  await b.join(room);
+  await Promise.all([expectMedia(a, ['cluster-b']), expectMedia(b, ['cluster-a'])]);
+  for (const [p, n] of [[a, na], [b, nb]]) {
+    const ws = `${n.url.replace(/^http/, 'ws')}/room`;
+    if (!p.wsUrls.length || !p.wsUrls.every((u) => u === ws)) throw new Error(`${p.name} should talk to ${n.id} (${ws}) only, opened ${p.wsUrls.join(', ')}`);
+  }
+  // The owner: the one node serving the room, with both participants in it.
+  const serving = [];
+  for (const n of clusterNodes) {
+    const r = await fetch(`${n.url}/admin/rooms`, { headers: { authorization: `Bearer ${adminToken}` } });
+    if (!r.ok) throw new Error(`GET ${n.url}/admin/rooms: HTTP ${r.status}`);
+    const found = (await r.json()).rooms.find((x) => x.room === room);
+    if (found) serving.push({ node: n, participants: found.participants.map((x) => x.name).sort() });
+  }
+  if (serving.length !== 1) throw new Error(`expected one node serving ${room}, found ${JSON.stringify(serving)}`);
+  const [{ node: owner, participants }] = serving;
+  if (participants.join() !== 'cluster-a,cluster-b') throw new Error(`${owner.id} serves ${room} with ${participants.join(', ')}`);
+  const relay = [na, nb].find((n) => n.id !== owner.id);
+  if (!relay || relay.media === owner.media) throw new Error(`no page on a node other than the owner ${owner.id} with an address of its own`);
+  ctx.note(`${room} owned by ${owner.id} (${owner.media}); ${a.name} on ${na.id}, ${b.name} on ${nb.id}: ${relay.id} relays`);
+  // The relaying node holds no media endpoint; the owner holds all four.
+  const endpoints = async (n) => (await (await fetch(`${n.url}/health`)).json()).mediaEndpoints;
+  const [atOwner, atRelay] = [await endpoints(owner), await endpoints(relay)];
+  if (atRelay !== 0 || !(atOwner >= 4)) throw new Error(`media endpoints: ${atOwner} on the owner ${owner.id}, ${atRelay} on the relaying ${relay.id}`);
+  ctx.note(`media endpoints: ${atOwner} on ${owner.id}, ${atRelay} on ${relay.id}`);
+  for (const p of [a, b]) {
+    const pairs = await p.page.evaluate(selectedPairsInPage);
+    const what = JSON.stringify(pairs);
+    if (pairs.length !== 2) throw new Error(`${p.name}: expected a publisher and a subscription, got ${what}`);
+    for (const x of pairs) {
+      const host = x.remote && x.remote.address.replace(/:\d+$/, '');
+      if (x.state !== 'succeeded' || host !== owner.media) {
+        throw new Error(`${p.name} ${x.name}: selected pair does not go to the owner ${owner.id} at ${owner.media}: ${what}`);
+      }
+    }
+    ctx.note(`${p.name}: ${pairs.map((x) => `${x.name} ${x.local.protocol} ${x.local.address} → ${x.remote.type} ${x.remote.address}`).join('; ')}`);
   }
 }, { optIn: true });
 

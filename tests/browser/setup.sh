@@ -25,6 +25,7 @@ fi
 
 # tests/browser_outage.rs runs roomd and Chromium in a network namespace of its own (iproute2's
 # `ip netns`) and cuts their media with an nftables rule there; it cleans up with `kill` (procps).
+# tests/cluster_partition.rs cuts a cluster node off from Redis the same way.
 if ! command -v ip >/dev/null || ! command -v nft >/dev/null || ! command -v kill >/dev/null; then
   echo "setup: installing iproute2, nftables and procps"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

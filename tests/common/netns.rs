@@ -6,6 +6,8 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Runs a command to completion; its stdout, or a panic naming it.
 pub fn run(program: &str, args: &[&str]) -> String {
@@ -75,5 +77,70 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         Netns::remove(&self.name);
+    }
+}
+
+/// Set in the copy of a test that [`rerun_inside`] runs inside a namespace (to its name).
+pub const INSIDE: &str = "ROOMD_TEST_NETNS";
+
+/// Whether this process is such a copy, already inside its own namespace.
+pub fn inside() -> bool {
+    std::env::var_os(INSIDE).is_some()
+}
+
+/// Runs test `name` of this test binary again, alone, inside a new namespace `<prefix><pid>`
+/// (so that everything it starts — servers, clients, nftables rules — lives there and goes with
+/// it), its output streamed to stderr with `echo` as prefix; panics unless it passed within
+/// `bound`. The copy sees [`inside`] true.
+pub async fn rerun_inside(prefix: &str, name: &str, bound: Duration, echo: &'static str) {
+    let ns = Netns::create(prefix);
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut child = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INSIDE, &ns.name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run the test inside the namespace (iproute2 installed?)");
+    let log = Arc::new(Mutex::new(String::new()));
+    let pipes: [std::fs::File; 2] = [
+        child
+            .stdout
+            .take()
+            .and_then(|p| p.into_owned_fd().ok())
+            .expect("stdout pipe")
+            .into(),
+        child
+            .stderr
+            .take()
+            .and_then(|p| p.into_owned_fd().ok())
+            .expect("stderr pipe")
+            .into(),
+    ];
+    let pumps = pipes.map(|p| super::browser::pump(p, Arc::clone(&log), Some(echo)));
+    let status = match tokio::time::timeout(bound, child.wait()).await {
+        Ok(status) => Some(status.expect("wait for the test copy")),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    };
+    // Ends whatever the copy left running in the namespace, and with it the pipes' writers.
+    drop(ns);
+    for p in pumps {
+        let _ = p.join();
+    }
+    let output = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match status {
+        None => panic!("{name} exceeded {} s in its namespace", bound.as_secs()),
+        Some(s) if !s.success() => panic!("{name} failed in its namespace ({s})"),
+        Some(_) => assert!(
+            output.contains("test result: ok. 1 passed"),
+            "{name} did not run in its namespace; output:\n{output}"
+        ),
     }
 }

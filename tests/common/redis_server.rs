@@ -1,5 +1,6 @@
-//! A throw-away `redis-server` for the cluster tests: started on 127.0.0.1 with a free port and
-//! no persistence, restartable empty on the same port, killed when dropped.
+//! A throw-away `redis-server` for the cluster tests: started on 127.0.0.1 (or on several
+//! loopback addresses, so that each node can reach it at an address of its own) with a free port
+//! and no persistence, restartable empty on the same port, killed when dropped.
 
 use std::process::Stdio;
 
@@ -11,29 +12,52 @@ use super::WAIT;
 /// A running `redis-server` (Debian's, `/usr/bin/redis-server`, or the first on `PATH`).
 pub struct RedisServer {
     pub port: u16,
+    /// The addresses it listens on (`bind`), the first one that of [`RedisServer::url`].
+    bind: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it accepts connections.
     pub async fn start() -> Self {
+        Self::start_on(&["127.0.0.1"]).await
+    }
+
+    /// Starts a server listening on each of `addresses` (loopback addresses: all of 127/8 is
+    /// local) at one free port, and waits until it accepts connections.
+    pub async fn start_on(addresses: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let mut server = Self { port, child: None };
+        let bind = addresses.iter().map(|a| (*a).to_owned()).collect();
+        let mut server = Self {
+            port,
+            bind,
+            child: None,
+        };
         server.spawn().await;
         server
     }
 
-    /// `redis://127.0.0.1:<port>/0`.
+    /// `redis://<first address>:<port>/0`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.url_at(&self.bind[0])
+    }
+
+    /// `redis://<address>:<port>/0`, `address` one of those given to [`RedisServer::start_on`].
+    pub fn url_at(&self, address: &str) -> String {
+        assert!(
+            self.bind.iter().any(|a| a == address),
+            "redis-server does not listen on {address}"
+        );
+        format!("redis://{address}:{}/0", self.port)
     }
 
     async fn spawn(&mut self) {
         let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind"])
+            .args(&self.bind)
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
