@@ -765,6 +765,144 @@ fn spoofed_stun_is_dropped_and_cannot_steal_a_connected_peer() {
     assert_eq!(sim.shard.stats().unknown_local, 1);
 }
 
+/// A browser starts DTLS as soon as one of its checks succeeds, which may be before the binding
+/// request that nominates the pair; rtc (ICE-lite) selects a pair only on nomination and drops
+/// anything else until then. The shard keeps such an early ClientHello and hands it to rtc at
+/// the nomination, so it is answered there, not after the browser's DTLS resend timer.
+#[test]
+fn a_client_hello_before_the_nomination_is_answered_at_the_nomination() {
+    use rtc::ice::attributes::control::AttrControlling;
+    use rtc::ice::attributes::priority::PriorityAttr;
+    use rtc::ice::attributes::use_candidate::UseCandidateAttr;
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::fingerprint::FINGERPRINT;
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{Message, Setter, TransactionId, BINDING_REQUEST, BINDING_SUCCESS};
+    use rtc::stun::textattrs::TextAttribute;
+    use rtc::stun::xoraddr::XorMappedAddress;
+
+    let mut sim = Sim::new();
+    let i = sim.join(Kind::Subscriber);
+    let peer = PeerId(i as u64);
+    let client = sim.clients[i].addr;
+    let attr = |sdp: &str, key: &str| {
+        sdp.lines()
+            .find_map(|l| l.trim_end().strip_prefix(key).map(str::to_owned))
+            .expect("ICE credential in the SDP")
+    };
+    let answer = sim.clients[i]
+        .pc
+        .remote_description()
+        .expect("answer")
+        .sdp
+        .clone();
+    let offer = sim.clients[i]
+        .pc
+        .local_description()
+        .expect("offer")
+        .sdp
+        .clone();
+    let (ufrag, pwd) = (attr(&answer, "a=ice-ufrag:"), attr(&answer, "a=ice-pwd:"));
+    let client_ufrag = attr(&offer, "a=ice-ufrag:");
+    let provider = rtc::crypto::default_provider().expect("crypto");
+    let check = |nominate: bool| {
+        let mut setters: Vec<Box<dyn Setter + '_>> = vec![
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(TextAttribute::new(
+                ATTR_USERNAME,
+                format!("{ufrag}:{client_ufrag}"),
+            )),
+            Box::new(AttrControlling(7)),
+            Box::new(PriorityAttr(2_130_706_431)),
+        ];
+        if nominate {
+            setters.push(Box::<UseCandidateAttr>::default());
+        }
+        setters.push(Box::new(
+            MessageIntegrity::new_short_term_integrity_with_provider(
+                pwd.clone(),
+                provider.crypto(),
+            ),
+        ));
+        setters.push(Box::new(FINGERPRINT));
+        let mut m = Message::new();
+        m.build(&setters).expect("binding request");
+        m.raw
+    };
+    let sent = |sim: &mut Sim| -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| sim.shard.poll_transmit())
+            .map(|t| t.bytes.to_vec())
+            .collect()
+    };
+    let is_dtls = |b: &Vec<u8>| matches!(b.first(), Some(20..=63));
+
+    // A check that succeeds but does not nominate: answered, and rtc checks the pair back;
+    // the client answers that check, as a browser does. No pair is selected yet.
+    let now = sim.now;
+    sim.shard
+        .handle_datagram(now, addr(SHARD), client, &check(false));
+    let out = sent(&mut sim);
+    assert!(!out.is_empty() && !out.iter().any(is_dtls), "{out:?}");
+    let client_pwd = attr(&offer, "a=ice-pwd:");
+    for b in out.iter().filter(|b| b.get(..2) == Some(&[0, 1][..])) {
+        let mut request = Message::new();
+        request.raw = b.clone();
+        request.decode().expect("the shard's check");
+        let mut response = Message::new();
+        response
+            .build(&[
+                Box::new(request.transaction_id),
+                Box::new(BINDING_SUCCESS),
+                Box::new(XorMappedAddress {
+                    ip: addr(SHARD).ip(),
+                    port: addr(SHARD).port(),
+                }),
+                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                    client_pwd.clone(),
+                    provider.crypto(),
+                )),
+                Box::new(FINGERPRINT),
+            ])
+            .expect("binding response");
+        sim.shard
+            .handle_datagram(now, addr(SHARD), client, &response.raw);
+    }
+    sent(&mut sim);
+    assert!(
+        sim.shard.path(peer).is_err(),
+        "no pair before the nomination"
+    );
+
+    // The browser's ClientHello right after: nothing to answer yet, but kept.
+    let mut dtls =
+        rtc::dtls::endpoint::Endpoint::new(client, rtc::shared::TransportProtocol::UDP, None);
+    let config = rtc::dtls::config::ConfigBuilder::default()
+        .with_crypto_provider(provider.clone())
+        .with_insecure_skip_verify(true)
+        .build(true, Some(addr(SHARD)))
+        .expect("DTLS client config");
+    dtls.connect(now, addr(SHARD), std::sync::Arc::new(config), None)
+        .expect("ClientHello");
+    let hello = dtls.poll_transmit().expect("ClientHello datagram").message;
+    assert_eq!(hello[0], 22, "a handshake record");
+    sim.shard.handle_datagram(now, addr(SHARD), client, &hello);
+    assert!(sent(&mut sim).iter().all(|b| !is_dtls(b)));
+    assert_eq!(sim.shard.stats().early_dtls_held, 1);
+
+    // The nomination: the pair is selected and the kept ClientHello answered at once, with a
+    // HelloVerifyRequest (handshake type 3), without the client sending it again.
+    sim.shard
+        .handle_datagram(now, addr(SHARD), client, &check(true));
+    let out = sent(&mut sim);
+    assert!(sim.shard.path(peer).is_ok(), "nominated");
+    assert!(
+        out.iter()
+            .any(|b| b.first() == Some(&22) && b.get(13) == Some(&3)),
+        "HelloVerifyRequest sent at the nomination: {out:?}"
+    );
+}
+
 /// The same core behind a real UDP socket on 127.0.0.1 (announced address = bind address): a
 /// thin single-threaded std loop for the shard and one for the client, in real time.
 #[test]

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use rtc::crypto::RTCCryptoProvider;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::tcp_type::TcpType;
@@ -55,7 +56,7 @@ use rtc::rtp_transceiver::{
     RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
 };
 use rtc::sansio::Protocol;
-use rtc::shared::TransportProtocol;
+use rtc::shared::{TransportContext, TransportProtocol};
 
 use super::codecs::{
     media_sections, registered_codecs, same_codec, CodecInfo, Direction, Kind, MediaSection,
@@ -989,6 +990,18 @@ pub(crate) struct Peer {
     pub(crate) heap_at: Option<Instant>,
     /// Fails the peer with [`FailReason::ConnectTimeout`] if not connected by then.
     pub(crate) connect_deadline: Option<Instant>,
+    /// DTLS datagrams that came before ICE selected a pair, in order (at most
+    /// [`EARLY_DTLS_MAX`]; full: the newest is dropped, the browser resends its flight).
+    early_dtls: Vec<(TransportContext, BytesMut)>,
+}
+
+/// Capacity of [`Peer::hold_early_dtls`]: a browser's first flight is one ClientHello,
+/// sometimes sent on two candidate pairs; a few more cover a retransmission.
+pub(crate) const EARLY_DTLS_MAX: usize = 4;
+
+/// Whether `data` is a DTLS record (RFC 7983 demultiplexing: first byte 20..=63).
+pub(crate) fn is_dtls(data: &[u8]) -> bool {
+    matches!(data.first(), Some(20..=63))
 }
 
 impl Peer {
@@ -1016,7 +1029,22 @@ impl Peer {
             deadline: None,
             heap_at: None,
             connect_deadline: None,
+            early_dtls: Vec::new(),
         })
+    }
+
+    /// Keeps a DTLS datagram that came before ICE selected a pair, for
+    /// [`take_early_dtls`](Self::take_early_dtls) once it has; dropped when
+    /// [`EARLY_DTLS_MAX`] are held already.
+    pub(crate) fn hold_early_dtls(&mut self, transport: TransportContext, data: &[u8]) {
+        if self.early_dtls.len() < EARLY_DTLS_MAX {
+            self.early_dtls.push((transport, BytesMut::from(data)));
+        }
+    }
+
+    /// The held DTLS datagrams, oldest first (the peer keeps none after).
+    pub(crate) fn take_early_dtls(&mut self) -> Vec<(TransportContext, BytesMut)> {
+        std::mem::take(&mut self.early_dtls)
     }
 
     /// The selected candidate pair, from rtc (walks to the ICE transport through any

@@ -61,6 +61,8 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::stun::message::is_stun_message;
 
+use super::peer::is_dtls;
+
 use super::demux::{Demux, DropCounts, FiveTuple, DEFAULT_MAX_ADDRS_PER_PEER};
 use super::peer::{
     default_registry, supported_codecs, ChannelId, IceTimeouts, MediaKind, NegotiationError,
@@ -221,6 +223,9 @@ pub struct ShardStats {
     pub unknown_local: u64,
     /// Datagrams rtc refused after routing (bad DTLS/SRTP, stale STUN, ...).
     pub read_errors: u64,
+    /// DTLS datagrams that arrived before ICE selected a pair, kept for rtc until it did
+    /// (see [`Peer::hold_early_dtls`]).
+    pub early_dtls_held: u64,
     /// Peers that timed out before connecting.
     pub connect_timeouts: u64,
     /// Timer wake-ups of individual peers (rtc `handle_timeout` calls): what idle peers cost.
@@ -473,23 +478,46 @@ impl Shard {
             return false;
         }
         self.stats.datagrams_routed += 1;
+        let transport = TransportContext {
+            local_addr: announced,
+            peer_addr: from,
+            transport_protocol: protocol,
+            ecn: None,
+        };
+        let stun = is_stun_message(data);
+        if !stun && peer.path.is_none() && is_dtls(data) {
+            // A browser sends its ClientHello as soon as its own check succeeds, before the
+            // binding request that nominates the pair; rtc drops non-STUN input until a pair
+            // is selected, and the browser would resend only after its DTLS timer (50-100 ms
+            // on every join). The address is authenticated (the demux routed it), so the
+            // datagram is kept until the nomination and handed to rtc then.
+            peer.hold_early_dtls(transport, data);
+            self.stats.early_dtls_held += 1;
+            self.after_input(routed.peer, now, false);
+            return true;
+        }
         let msg = TaggedBytesMut {
             now,
-            transport: TransportContext {
-                local_addr: announced,
-                peer_addr: from,
-                transport_protocol: protocol,
-                ecn: None,
-            },
+            transport,
             message: BytesMut::from(data),
         };
         if peer.pc.handle_read(msg).is_err() {
             self.stats.read_errors += 1;
         }
-        if is_stun_message(data) && peer.state != PeerState::Failed {
+        if stun && peer.state != PeerState::Failed {
             // STUN is where ICE (re)selects a pair; rtc has no event for it.
             if let Some(p) = peer.selected_path() {
                 peer.path = Some(p);
+                for (transport, message) in peer.take_early_dtls() {
+                    let msg = TaggedBytesMut {
+                        now,
+                        transport,
+                        message,
+                    };
+                    if peer.pc.handle_read(msg).is_err() {
+                        self.stats.read_errors += 1;
+                    }
+                }
             }
         }
         self.after_input(routed.peer, now, false);
