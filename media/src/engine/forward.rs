@@ -480,6 +480,10 @@ impl Forwarder {
                 }
             }
         }
+        // A removed subscriber's pending starts, and those of a removed publisher's tracks.
+        let (subs, tracks) = (&self.subs, &self.tracks);
+        self.starts
+            .retain(|(_, sid, key)| subs.contains_key(sid) && tracks.contains_key(key));
         self.recompute_timeout();
     }
 

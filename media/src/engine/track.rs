@@ -331,7 +331,7 @@ impl Track {
         if !self.legs[i].is_waiting_for_keyframe() {
             return;
         }
-        let Some((from, span)) = self.replay_span(now) else {
+        let Some((ssrc, from, span)) = self.replay_span(now) else {
             self.keyframes.request(now);
             return;
         };
@@ -341,7 +341,7 @@ impl Track {
             let seq = from.wrapping_add(k);
             let Some((ring_id, bytes)) = self
                 .ring
-                .find(self.newest.map_or(Ssrc(0), |n| n.0), seq)
+                .find(ssrc, seq)
                 .and_then(|rid| Some((rid, self.ring.get(rid, seq, now).ok()?)))
             else {
                 break;
@@ -368,9 +368,9 @@ impl Track {
         self.update_waiting(now);
     }
 
-    /// Where a replay would start (the newest keyframe) and how many packets follow it, if it
-    /// is recent and it and all of them are in the ring.
-    fn replay_span(&self, now: Instant) -> Option<(SeqNo, u16)> {
+    /// The SSRC a replay would be of, where it would start (the newest keyframe) and how many
+    /// packets follow it, if it is recent and it and all of them are in the ring.
+    fn replay_span(&self, now: Instant) -> Option<(Ssrc, SeqNo, u16)> {
         let (k, (ssrc, newest)) = (self.last_keyframe?, self.newest?);
         if self.keyframe_replay.is_zero()
             || k.ssrc != ssrc
@@ -390,7 +390,7 @@ impl Track {
         };
         (0..=span)
             .all(|i| stored(k.seq.wrapping_add(i)))
-            .then_some((k.seq, span))
+            .then_some((ssrc, k.seq, span))
     }
 
     /// Removes a leg; returns it.
