@@ -90,15 +90,46 @@ async fn run_bounded(
     echo: &'static str,
     ns: Option<super::netns::Netns>,
 ) -> Result<String, String> {
+    cmd.envs(env.iter().copied()).current_dir(harness_dir());
+    let (status, output) = run_logged(
+        cmd,
+        "start the harness (are Node.js and, for a namespace, iproute2 installed?)",
+        bound,
+        echo,
+        ns,
+    )
+    .await;
+    match status {
+        None => Err(format!(
+            "browser harness exceeded {} s and was killed; output:\n{output}",
+            bound.as_secs()
+        )),
+        Some(s) if !s.success() => Err(format!("browser harness failed ({s}); output:\n{output}")),
+        Some(_) if !output.contains(" passed, 0 failed") => Err(format!(
+            "browser harness reported no result line; output:\n{output}"
+        )),
+        Some(_) => Ok(output),
+    }
+}
+
+/// Spawns `cmd` (`what`: the panic message if it cannot start) with its stdout and stderr
+/// piped, echoes and collects their lines, and waits at most `bound` (`None`: killed then).
+/// Then ends `ns` (if any) with every process still in it — which also ends the pipes of
+/// whatever inherited them — and returns the exit status and the collected output.
+pub async fn run_logged(
+    mut cmd: Command,
+    what: &str,
+    bound: Duration,
+    echo: &'static str,
+    ns: Option<super::netns::Netns>,
+) -> (Option<std::process::ExitStatus>, String) {
     let mut child = cmd
-        .envs(env.iter().copied())
-        .current_dir(harness_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("start the harness (are Node.js and, for a namespace, iproute2 installed?)");
+        .expect(what);
     let log = Arc::new(Mutex::new(String::new()));
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
@@ -114,9 +145,9 @@ async fn run_bounded(
             Some(echo),
         ),
     ];
-    // Bounded wait; the servers keep running on the test runtime's workers meanwhile.
+    // Bounded wait; servers of the test keep running on its runtime's workers meanwhile.
     let status = match tokio::time::timeout(bound, child.wait()).await {
-        Ok(status) => Some(status.expect("wait for the harness")),
+        Ok(status) => Some(status.expect("wait for the child")),
         Err(_) => {
             let _ = child.kill().await;
             None
@@ -127,15 +158,5 @@ async fn run_bounded(
         let _ = p.join();
     }
     let output = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    match status {
-        None => Err(format!(
-            "browser harness exceeded {} s and was killed; output:\n{output}",
-            bound.as_secs()
-        )),
-        Some(s) if !s.success() => Err(format!("browser harness failed ({s}); output:\n{output}")),
-        Some(_) if !output.contains(" passed, 0 failed") => Err(format!(
-            "browser harness reported no result line; output:\n{output}"
-        )),
-        Some(_) => Ok(output),
-    }
+    (status, output)
 }

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Runs a command to completion; its stdout, or a panic naming it.
@@ -95,46 +94,21 @@ pub fn inside() -> bool {
 pub async fn rerun_inside(prefix: &str, name: &str, bound: Duration, echo: &'static str) {
     let ns = Netns::create(prefix);
     let exe = std::env::current_exe().expect("the test binary's path");
-    let mut child = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name])
+    let mut cmd = tokio::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
         .arg(exe)
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INSIDE, &ns.name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run the test inside the namespace (iproute2 installed?)");
-    let log = Arc::new(Mutex::new(String::new()));
-    let pipes: [std::fs::File; 2] = [
-        child
-            .stdout
-            .take()
-            .and_then(|p| p.into_owned_fd().ok())
-            .expect("stdout pipe")
-            .into(),
-        child
-            .stderr
-            .take()
-            .and_then(|p| p.into_owned_fd().ok())
-            .expect("stderr pipe")
-            .into(),
-    ];
-    let pumps = pipes.map(|p| super::browser::pump(p, Arc::clone(&log), Some(echo)));
-    let status = match tokio::time::timeout(bound, child.wait()).await {
-        Ok(status) => Some(status.expect("wait for the test copy")),
-        Err(_) => {
-            let _ = child.kill().await;
-            None
-        }
-    };
-    // Ends whatever the copy left running in the namespace, and with it the pipes' writers.
-    drop(ns);
-    for p in pumps {
-        let _ = p.join();
-    }
-    let output = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        .env(INSIDE, &ns.name);
+    // The namespace goes (with whatever the copy left running in it) before the output is
+    // judged.
+    let (status, output) = super::browser::run_logged(
+        cmd,
+        "run the test inside the namespace (iproute2 installed?)",
+        bound,
+        echo,
+        Some(ns),
+    )
+    .await;
     match status {
         None => panic!("{name} exceeded {} s in its namespace", bound.as_secs()),
         Some(s) if !s.success() => panic!("{name} failed in its namespace ({s})"),
