@@ -507,3 +507,77 @@ async fn the_relay_endpoint_needs_the_cluster_secret_and_cluster_mode() {
         .expect_err("an empty cluster secret is refused");
     assert!(err.to_string().contains("cluster-secret"), "{err}");
 }
+
+/// A join that waits on the directory does not hold up the socket: a `ping` sent after it is
+/// answered at once, before the join; a room request sent after the ping still waits for the
+/// join, in order. The wait here is the quarantine of new claims after Redis lost its data
+/// (`claims.rs`), set by the test to a known length.
+#[tokio::test]
+async fn a_ping_is_answered_while_a_join_waits_on_the_directory() {
+    const QUARANTINE_MS: u64 = 2500;
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let mut conn = ::redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("the test's redis-server accepts connections");
+    // n1's first registration marks the Redis as booted; from then on only the test sets the
+    // quarantine.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let booted: bool = ::redis::cmd("EXISTS")
+            .arg("roomd:boot")
+            .query(&mut conn)
+            .expect("redis-server answers");
+        if booted {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n1 never registered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _: () = ::redis::cmd("SET")
+        .arg("roomd:quarantine")
+        .arg("1")
+        .arg("PX")
+        .arg(QUARANTINE_MS)
+        .query(&mut conn)
+        .expect("redis-server answers");
+
+    let mut a = n1.client().await;
+    let sent = tokio::time::Instant::now();
+    let join = a.send("joinRoom", json!({"user": "a", "room": "R"})).await;
+    let ping = a.send("ping", json!({"interval": 3000})).await;
+    let message = a
+        .send(
+            "sendMessage",
+            json!({"message": "m", "userMessage": "a", "roomMessage": "R"}),
+        )
+        .await;
+    let first = a.next_message().await;
+    let ponged = sent.elapsed();
+    assert_eq!(
+        first["id"],
+        json!(ping),
+        "the ping is answered first: {first}"
+    );
+    assert_eq!(first["result"]["value"], "pong", "{first}");
+    let joined = a.next_message().await;
+    let waited = sent.elapsed();
+    assert_eq!(joined["id"], json!(join), "{joined}");
+    assert!(joined.get("result").is_some(), "{joined}");
+    let answered = a.response(message).await;
+    assert!(
+        answered.get("result").is_some(),
+        "sent after the join: {answered}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(QUARANTINE_MS / 2),
+        "the join waited on the directory ({waited:?})"
+    );
+    assert!(
+        ponged * 4 < waited,
+        "pong after {ponged:?}, join after {waited:?}"
+    );
+}

@@ -28,6 +28,20 @@ pub(crate) enum Placement {
     Unavailable(String),
 }
 
+/// Where a client's join or reconnection goes, with the link already open when it goes to
+/// another node.
+pub(crate) enum Directed {
+    /// This node serves it.
+    Here,
+    /// Relayed over `link` to the node serving `room`.
+    There {
+        link: Box<super::relay::Link>,
+        room: String,
+    },
+    /// Nowhere now; the text says why.
+    Refused(String),
+}
+
 /// This node's part of the cluster.
 #[derive(Debug)]
 pub(crate) struct Cluster {
@@ -193,6 +207,66 @@ impl Cluster {
                 tracing::warn!("cluster: cannot publish a session: {e}");
             }
         });
+    }
+
+    /// Whether this node serves `room` right now (live here and claimed): a join needs no
+    /// directory look-up.
+    pub(crate) fn serves(&self, room: &str) -> bool {
+        self.directory.get(room).is_some_and(|h| !h.is_closed()) && self.keeper.owns(room)
+    }
+
+    /// Where a join of `room` goes ([`Cluster::place`]), with the link to the room's node
+    /// opened when that is another node. `client` and `session` are the client's address and
+    /// the session id this node gave it (the owner adopts it). Takes as long as the directory
+    /// and the other node take: run it beside the client's frame loop, never inside it.
+    pub(crate) async fn direct_join(
+        &self,
+        room: &str,
+        relayed: bool,
+        client: Option<SocketAddr>,
+        session: Option<&str>,
+    ) -> Directed {
+        match self.place(room, relayed).await {
+            Placement::Local => Directed::Here,
+            Placement::Unavailable(why) => Directed::Refused(why),
+            Placement::Remote { node, relay_url } => {
+                match super::relay::connect(&relay_url, &self.secret, client, session).await {
+                    Ok(link) => {
+                        tracing::info!(room, %node, ?client, "join relayed");
+                        Directed::There {
+                            link: Box::new(link),
+                            room: room.to_owned(),
+                        }
+                    }
+                    Err(why) => Directed::Refused(why),
+                }
+            }
+        }
+    }
+
+    /// Where a `connect` with session id `session`, unknown to this node, goes: relayed to the
+    /// node holding it, or [`Directed::Here`] (unknown anywhere: answered here) or refused.
+    pub(crate) async fn direct_reconnect(
+        &self,
+        session: &str,
+        client: Option<SocketAddr>,
+    ) -> Directed {
+        let Some((url, room)) = self.session_home(session).await else {
+            return Directed::Here;
+        };
+        match super::relay::connect(&url, &self.secret, client, None).await {
+            Ok(link) => {
+                tracing::info!(%room, ?client, "reconnection relayed to the session's node");
+                Directed::There {
+                    link: Box::new(link),
+                    room,
+                }
+            }
+            Err(why) => {
+                tracing::warn!(%why, "reconnection refused: the session's node is unreachable");
+                Directed::Refused(why)
+            }
+        }
     }
 
     /// Where a `connect` for a session this node does not know goes: the relay URL of the node
