@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::cluster::node::Directed;
+use crate::cluster::relay::RelayEnd;
 use crate::sessions::{Conn, Detached, Outbound, Session, OUTBOUND_CAPACITY};
 use crate::AppState;
 
@@ -106,6 +107,8 @@ struct RelayStart {
     room: String,
     /// The join and the requests queued behind it, verbatim.
     first: Vec<String>,
+    /// The session id the client knows, kept if it joins again out of the owner's room.
+    session: Option<String>,
 }
 
 /// A directory look-up running in its own task, and what its answer is for.
@@ -129,7 +132,11 @@ enum Then {
     },
     /// A `connect` with a session id unknown here: relayed to the node holding the session, or
     /// answered with a reconnection error.
-    Reconnect { id: Id, raw: String },
+    Reconnect {
+        id: Id,
+        raw: String,
+        session: String,
+    },
 }
 
 /// A room request sent to a room and not answered yet.
@@ -211,95 +218,106 @@ async fn serve<R, W, E>(
         held: VecDeque::new(),
         preset_session: relayed.flatten(),
     };
-    let end = loop {
-        let deadline = conn.watchdog.map(|(_, d)| d);
-        let kill = Arc::clone(&conn.kill);
-        let replaced = Arc::clone(&conn.replaced);
-        let stop = conn.state.lifecycle.stop.clone();
-        let event = tokio::select! {
-            frame = stream.next() => Event::Frame(frame),
-            out = rx.recv() => Event::Out(out),
-            () = kill.notified() => Event::Overflow,
-            () = replaced.notified() => Event::Replaced,
-            () = stop.cancelled() => Event::Shutdown,
-            () = sleep_until(deadline) => Event::Watchdog,
-            directed = look_up(&mut conn.pending) => Event::Directed(directed),
-        };
-        let mut frames = Vec::new();
-        let step = match event {
-            Event::Frame(Some(Ok(Message::Text(text)))) => {
-                conn.on_text(text.as_str(), &mut frames).await
-            }
-            Event::Frame(Some(Ok(Message::Close(_)))) | Event::Frame(None) => {
-                Step::End(End::Dropped)
-            }
-            Event::Frame(Some(Err(e))) => {
-                tracing::debug!(error = %e, "websocket read failed");
-                Step::End(End::Dropped)
-            }
-            Event::Frame(Some(Ok(_))) => Step::Continue, // binary, ping, pong: nothing to do
-            Event::Out(Some(out)) => conn.on_outbound(out, &mut frames).await,
-            Event::Out(None) => Step::End(End::Dropped), // unreachable while `conn.tx` lives
-            Event::Directed(directed) => conn.on_directed(directed, &mut frames).await,
-            Event::Overflow => {
-                frames.push(Frame::Close(
-                    CLOSE_TRY_AGAIN_LATER,
-                    "Outbound queue overflow",
-                ));
-                Step::End(End::Dropped)
-            }
-            Event::Replaced => {
-                frames.push(Frame::Close(
-                    CLOSE_NORMAL,
-                    "Session taken over by a new connection",
-                ));
-                Step::End(End::Dropped)
-            }
-            Event::Shutdown => {
-                frames.push(Frame::Close(CLOSE_GOING_AWAY, "Server shutting down"));
-                Step::End(End::Dropped)
-            }
-            Event::Watchdog => {
-                let reason = "Close for not receive ping from client";
-                frames.push(Frame::Close(CLOSE_NORMAL, reason));
-                Step::End(End::Dropped)
-            }
-        };
-        let mut write_failed = false;
-        let write_timeout = conn.state.config.write_timeout();
-        for frame in frames {
-            let msg = match frame {
-                Frame::Text(t) => Message::Text(t.into()),
-                Frame::Close(code, reason) => close(code, reason),
+    let end = 'socket: loop {
+        // Frames held for this task (a join handed back by the relay) are handled first.
+        let mut resume = !conn.held.is_empty();
+        let end = loop {
+            let deadline = conn.watchdog.map(|(_, d)| d);
+            let kill = Arc::clone(&conn.kill);
+            let replaced = Arc::clone(&conn.replaced);
+            let stop = conn.state.lifecycle.stop.clone();
+            let event = if std::mem::take(&mut resume) {
+                Event::Resume
+            } else {
+                tokio::select! {
+                    frame = stream.next() => Event::Frame(frame),
+                    out = rx.recv() => Event::Out(out),
+                    () = kill.notified() => Event::Overflow,
+                    () = replaced.notified() => Event::Replaced,
+                    () = stop.cancelled() => Event::Shutdown,
+                    () = sleep_until(deadline) => Event::Watchdog,
+                    directed = look_up(&mut conn.pending) => Event::Directed(directed),
+                }
             };
-            // A write stuck on a client that does not read is cut short by its timeout, or at
-            // once when the outbound queue overflows meanwhile (the client is too far behind).
-            let written = tokio::select! {
-                r = tokio::time::timeout(write_timeout, sink.send(msg)) => matches!(r, Ok(Ok(()))),
-                () = conn.kill.notified() => false,
+            let mut frames = Vec::new();
+            let step = match event {
+                Event::Frame(Some(Ok(Message::Text(text)))) => {
+                    conn.on_text(text.as_str(), &mut frames).await
+                }
+                Event::Frame(Some(Ok(Message::Close(_)))) | Event::Frame(None) => {
+                    Step::End(End::Dropped)
+                }
+                Event::Frame(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "websocket read failed");
+                    Step::End(End::Dropped)
+                }
+                Event::Frame(Some(Ok(_))) => Step::Continue, // binary, ping, pong: nothing to do
+                Event::Out(Some(out)) => conn.on_outbound(out, &mut frames).await,
+                Event::Out(None) => Step::End(End::Dropped), // unreachable while `conn.tx` lives
+                Event::Directed(directed) => conn.on_directed(directed, &mut frames).await,
+                Event::Resume => conn.replay(&mut frames).await,
+                Event::Overflow => {
+                    frames.push(Frame::Close(
+                        CLOSE_TRY_AGAIN_LATER,
+                        "Outbound queue overflow",
+                    ));
+                    Step::End(End::Dropped)
+                }
+                Event::Replaced => {
+                    frames.push(Frame::Close(
+                        CLOSE_NORMAL,
+                        "Session taken over by a new connection",
+                    ));
+                    Step::End(End::Dropped)
+                }
+                Event::Shutdown => {
+                    frames.push(Frame::Close(CLOSE_GOING_AWAY, "Server shutting down"));
+                    Step::End(End::Dropped)
+                }
+                Event::Watchdog => {
+                    let reason = "Close for not receive ping from client";
+                    frames.push(Frame::Close(CLOSE_NORMAL, reason));
+                    Step::End(End::Dropped)
+                }
             };
-            if !written {
-                write_failed = true;
-                break;
+            let mut write_failed = false;
+            let write_timeout = conn.state.config.write_timeout();
+            for frame in frames {
+                let msg = match frame {
+                    Frame::Text(t) => Message::Text(t.into()),
+                    Frame::Close(code, reason) => close(code, reason),
+                };
+                // A write stuck on a client that does not read is cut short by its timeout, or at
+                // once when the outbound queue overflows meanwhile (the client is too far behind).
+                let written = tokio::select! {
+                    r = tokio::time::timeout(write_timeout, sink.send(msg)) => matches!(r, Ok(Ok(()))),
+                    () = conn.kill.notified() => false,
+                };
+                if !written {
+                    write_failed = true;
+                    break;
+                }
             }
-        }
-        if write_failed {
-            // The socket is stuck or broken: a close frame would wait behind the stuck write.
-            tracing::debug!("websocket write failed, timed out or overflowed");
-            break End::Dropped;
-        }
-        match step {
-            Step::End(end) => break end,
-            Step::Continue if conn.relay.is_some() => break End::Relayed,
-            Step::Continue => {}
-        }
-    };
-    if let (End::Relayed, Some(relay)) = (&end, conn.relay.take()) {
+            if write_failed {
+                // The socket is stuck or broken: a close frame would wait behind the stuck write.
+                tracing::debug!("websocket write failed, timed out or overflowed");
+                break End::Dropped;
+            }
+            match step {
+                Step::End(end) => break end,
+                Step::Continue if conn.relay.is_some() => break End::Relayed,
+                Step::Continue => {}
+            }
+        };
+        let (End::Relayed, Some(relay)) = (&end, conn.relay.take()) else {
+            break end;
+        };
         // The room lives on another node: from now on this task only moves frames.
         let RelayStart {
             link,
             room,
             mut first,
+            session,
         } = relay;
         first.extend(conn.held.drain(..));
         let stop = conn.state.lifecycle.stop.clone();
@@ -318,7 +336,16 @@ async fn serve<R, W, E>(
         )
         .await;
         tracing::debug!(room, ?ended, client = ?conn.peer, "relayed connection ended");
-    }
+        if let RelayEnd::Rejoin { frames, watchdog } = ended {
+            // Out of the owner's room and joining again: placed afresh, under the session id
+            // the client knows.
+            conn.watchdog = watchdog;
+            conn.preset_session = session;
+            conn.held = frames.into();
+            continue 'socket;
+        }
+        break End::Relayed;
+    };
     // The close handshake gets a short bound: after a stuck write there is nothing to wait for.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
     conn.finish(end).await;
@@ -333,6 +360,8 @@ enum Event<E> {
     Watchdog,
     /// The directory look-up under way finished (or its task failed).
     Directed(Result<Directed, tokio::task::JoinError>),
+    /// Frames held for this task are to be handled (after a relay handed the socket back).
+    Resume,
 }
 
 enum Step {
@@ -607,12 +636,14 @@ impl Connection {
             return false;
         }
         let (sid, peer) = (sid.to_owned(), self.peer);
-        let task = tokio::spawn(async move { cluster.direct_reconnect(&sid, peer).await });
+        let asked = sid.clone();
+        let task = tokio::spawn(async move { cluster.direct_reconnect(&asked, peer).await });
         self.pending = Some(Pending {
             task,
             then: Then::Reconnect {
                 id,
                 raw: raw.to_owned(),
+                session: sid,
             },
         });
         true
@@ -665,11 +696,12 @@ impl Connection {
                 frames.push(Frame::Text(jsonrpc::encode_error(id, code, &msg, None)));
             }
             (Then::Join { raw, .. }, Directed::There { link, room }) => {
-                self.start_relay(link, room, raw);
+                let session = self.session.as_ref().map(|s| s.id.0.clone());
+                self.start_relay(link, room, raw, session);
                 return Step::Continue;
             }
-            (Then::Reconnect { raw, .. }, Directed::There { link, room }) => {
-                self.start_relay(link, room, Some(raw));
+            (Then::Reconnect { raw, session, .. }, Directed::There { link, room }) => {
+                self.start_relay(link, room, Some(raw), Some(session));
                 return Step::Continue;
             }
             (Then::Reconnect { id, .. }, Directed::Here | Directed::Refused(_)) => {
@@ -687,12 +719,14 @@ impl Connection {
 
     /// Hands the socket to the relay once this event's frames are written: `first` and the
     /// requests queued behind it go over `link` first (the frames held meanwhile follow).
-    /// This node's session never enters a room: forgotten now, the owner's is used.
+    /// This node's session never enters a room: forgotten now, the owner's is used; the
+    /// client keeps knowing its id as `session`.
     fn start_relay(
         &mut self,
         link: Box<crate::cluster::relay::Link>,
         room: String,
         first: Option<String>,
+        session: Option<String>,
     ) {
         let first = first
             .into_iter()
@@ -702,7 +736,12 @@ impl Connection {
             self.state.sessions.remove(&session.id);
             let _ = session.detach(self.generation);
         }
-        self.relay = Some(RelayStart { link, room, first });
+        self.relay = Some(RelayStart {
+            link,
+            room,
+            first,
+            session,
+        });
     }
 
     /// Takes over an existing session (`connect` with its id).

@@ -581,3 +581,75 @@ async fn a_ping_is_answered_while_a_join_waits_on_the_directory() {
         "pong after {ponged:?}, join after {waited:?}"
     );
 }
+
+/// A relayed client whose room its owner closed, and that joins again on the same socket, is
+/// placed afresh: into a room of its own node (the former owner would refuse it), then, after
+/// that room closed too, into a room of the other node again; it keeps its session id.
+#[tokio::test]
+async fn a_relayed_client_joining_again_after_room_closed_is_placed_afresh() {
+    let redis = RedisServer::start().await;
+    let admin = |id: &str, ip: &str| roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some("test-secret".into()),
+        cluster_node_id: Some(id.into()),
+        cluster_claim_ttl_ms: TTL_MS,
+        admin_token: Some("tok".into()),
+        media_ip: ip.parse().expect("an IP"),
+        ..Default::default()
+    };
+    let n1 = start_server_with(admin("n1", "127.0.0.1")).await;
+    let n2 = start_server_with(admin("n2", "127.0.0.2")).await;
+    let mut b = n2.client().await;
+    b.join("R", "b").await;
+    let mut c = n1.client().await;
+    c.join("S", "c").await;
+    let mut d = n2.client().await;
+    d.join("T", "d").await;
+
+    // a joins R through n1: relayed to n2. R is closed there.
+    let mut a = n1.client().await;
+    let first = a.join("R", "a").await;
+    let sid = first["result"]["sessionId"].clone();
+    assert_eq!(names(&first), ["b"]);
+    assert_eq!(n2.admin_post("/admin/rooms/R/close", "tok").await, 200);
+    assert_eq!(
+        a.notification("roomClosed").await["params"],
+        json!({"room": "R"})
+    );
+
+    // S lives on n1: joined there, not over the link to n2.
+    let joined = a.join("S", "a").await;
+    assert_eq!(names(&joined), ["c"], "{joined}");
+    assert_eq!(
+        joined["result"]["sessionId"], sid,
+        "the client keeps its session id"
+    );
+    assert_eq!(
+        c.notification("participantJoined").await["params"],
+        json!({"id": "a"})
+    );
+    let pong = a.call("ping", json!({"interval": 3000})).await;
+    assert_eq!(pong["result"]["value"], "pong");
+
+    // S closes; T lives on n2: relayed there afresh.
+    assert_eq!(n1.admin_post("/admin/rooms/S/close", "tok").await, 200);
+    a.notification("roomClosed").await;
+    let joined = a.join("T", "a").await;
+    assert_eq!(names(&joined), ["d"], "{joined}");
+    assert_eq!(joined["result"]["sessionId"], sid);
+    assert_eq!(
+        d.notification("participantJoined").await["params"],
+        json!({"id": "a"})
+    );
+    let sent = a
+        .call(
+            "sendMessage",
+            json!({"message": "hi", "userMessage": "a", "roomMessage": "T"}),
+        )
+        .await;
+    assert!(sent.get("result").is_some(), "{sent}");
+    assert_eq!(
+        d.notification("sendMessage").await["params"]["message"],
+        "hi"
+    );
+}
