@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use crate::cluster::node::Directed;
 use crate::cluster::relay::RelayEnd;
+use crate::cluster::{ClusterStats, LinkGauge};
 use crate::sessions::{Conn, Detached, Outbound, Session, OUTBOUND_CAPACITY};
 use crate::AppState;
 
@@ -195,6 +196,12 @@ async fn serve<R, W, E>(
     E: Display,
 {
     let (tx, mut rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    // A relay link of another node is counted as such while it is served.
+    let cluster = state.cluster.clone();
+    let _link_in = cluster
+        .as_ref()
+        .filter(|_| relayed.is_some())
+        .map(|c| LinkGauge::open(&c.stats().links_in));
     let rate = RateLimit::new(
         state.config.requests_per_second,
         state.config.request_burst,
@@ -309,7 +316,7 @@ async fn serve<R, W, E>(
                 Step::Continue => {}
             }
         };
-        let (End::Relayed, Some(relay)) = (&end, conn.relay.take()) else {
+        let (End::Relayed, Some(relay), Some(cluster)) = (&end, conn.relay.take(), &cluster) else {
             break end;
         };
         // The room lives on another node: from now on this task only moves frames.
@@ -333,6 +340,7 @@ async fn serve<R, W, E>(
             timeout,
             heartbeat,
             stop,
+            cluster.stats(),
         )
         .await;
         tracing::debug!(room, ?ended, client = ?conn.peer, "relayed connection ended");
@@ -981,10 +989,17 @@ impl Connection {
                     })),
                 }
             }
-            Route::Join(room) => match &self.state.cluster {
-                Some(cluster) if !cluster.serves(&room) => Err(Dispatch::Place { room, input }),
-                _ => self.join_here(&room, input).await.map_err(Dispatch::Answer),
-            },
+            Route::Join(room) => {
+                if let Some(cluster) = &self.state.cluster {
+                    if !cluster.serves(&room) {
+                        return Err(Dispatch::Place { room, input });
+                    }
+                    if !self.relayed {
+                        ClusterStats::bump(&cluster.stats().placed_local);
+                    }
+                }
+                self.join_here(&room, input).await.map_err(Dispatch::Answer)
+            }
         }
     }
 

@@ -653,3 +653,99 @@ async fn a_relayed_client_joining_again_after_room_closed_is_placed_afresh() {
         "hi"
     );
 }
+
+/// The value of one series (`name` or `name{labels}`) in a `/metrics` text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `/metrics` of a cluster node counts its owned rooms, relay links both ways, relayed frames
+/// and placements; a single server has no cluster series.
+#[tokio::test]
+async fn cluster_metrics_count_rooms_links_frames_and_placements() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let n2 = node(&redis, "n2", "127.0.0.2").await;
+    let mut b = n2.client().await;
+    b.join("R", "b").await;
+    let mut a = n1.client().await;
+    a.join("R", "a").await;
+    let sent = a
+        .call(
+            "sendMessage",
+            json!({"message": "m", "userMessage": "a", "roomMessage": "R"}),
+        )
+        .await;
+    assert!(sent.get("result").is_some(), "{sent}");
+    a.notification("sendMessage").await; // The owner's frames to a are all through now.
+    a.ping().await;
+
+    let m1 = common::http_get_text(n1.addr, "/metrics").await;
+    let m2 = common::http_get_text(n2.addr, "/metrics").await;
+    let at = |m: &str, s: &str| metric(m, s).unwrap_or_else(|| panic!("no {s} in\n{m}"));
+    assert_eq!(
+        at(&m1, "roomd_cluster_placements_total{result=\"relayed\"}"),
+        1.0
+    );
+    assert_eq!(
+        at(&m1, "roomd_cluster_placements_total{result=\"local\"}"),
+        0.0
+    );
+    assert_eq!(at(&m1, "roomd_cluster_relay_links{direction=\"out\"}"), 1.0);
+    assert_eq!(at(&m1, "roomd_cluster_relay_links{direction=\"in\"}"), 0.0);
+    assert_eq!(at(&m1, "roomd_cluster_rooms_owned"), 0.0);
+    // The join and sendMessage went to n2 and their answers came back (the ping did not).
+    assert_eq!(
+        at(
+            &m1,
+            "roomd_cluster_relay_frames_total{direction=\"to_owner\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        at(
+            &m1,
+            "roomd_cluster_relay_frames_total{direction=\"to_client\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        at(&m2, "roomd_cluster_placements_total{result=\"local\"}"),
+        1.0
+    );
+    assert_eq!(at(&m2, "roomd_cluster_relay_links{direction=\"in\"}"), 1.0);
+    assert_eq!(at(&m2, "roomd_cluster_rooms_owned"), 1.0);
+    for m in [&m1, &m2] {
+        assert_eq!(at(m, "roomd_cluster_redis_errors_total"), 0.0);
+        assert_eq!(at(m, "roomd_cluster_claim_renew_failures_total"), 0.0);
+        assert_eq!(
+            at(m, "roomd_cluster_rooms_stopped_total{reason=\"deadline\"}"),
+            0.0
+        );
+        assert_eq!(at(m, "roomd_cluster_relay_links_lost_total"), 0.0);
+    }
+
+    // leaveRoom ends the link on both sides.
+    let left = a.call("leaveRoom", json!({})).await;
+    assert!(left.get("result").is_some(), "{left}");
+    for (server, series) in [
+        (&n1, "roomd_cluster_relay_links{direction=\"out\"}"),
+        (&n2, "roomd_cluster_relay_links{direction=\"in\"}"),
+    ] {
+        eventually("the link is closed", || async {
+            let m = common::http_get_text(server.addr, "/metrics").await;
+            (metric(&m, series) == Some(0.0)).then_some(())
+        })
+        .await;
+    }
+
+    let single = common::start_server().await;
+    let m = common::http_get_text(single.addr, "/metrics").await;
+    assert!(!m.contains("roomd_cluster_"), "{m}");
+}

@@ -11,7 +11,7 @@ use signaling::room::Input;
 use super::claims::{Claim, Claims, Keeper, Loss};
 use super::registry::{NodeInfo, NodeState, Registry};
 use super::sessions::SessionDirectory;
-use super::{connect, ClusterError, Keys};
+use super::{connect, ClusterError, ClusterStats, Keys};
 use crate::drain::Lifecycle;
 use crate::rooms::Directory;
 use crate::sessions::Sessions;
@@ -55,6 +55,7 @@ pub(crate) struct Cluster {
     lifecycle: Arc<Lifecycle>,
     /// `--cluster-relay-only`: never owns a room.
     relay_only: bool,
+    stats: Arc<ClusterStats>,
 }
 
 /// The header carrying the cluster secret on the relay link.
@@ -121,7 +122,8 @@ impl Cluster {
         });
         let live = Arc::clone(&directory);
         let is_live = Arc::new(move |room: &str| live.get(room).is_some_and(|h| !h.is_closed()));
-        let keeper = Keeper::new(claims, on_loss, is_live);
+        let stats = Arc::new(ClusterStats::default());
+        let keeper = Keeper::new(claims, on_loss, is_live).counting(Arc::clone(&stats));
         let cluster = Arc::new(Self {
             keeper: keeper.clone(),
             registry: Registry::new(redis.clone(), keys.clone(), ttl),
@@ -132,6 +134,7 @@ impl Cluster {
             sessions,
             lifecycle: Arc::clone(&lifecycle),
             relay_only: config.cluster_relay_only,
+            stats,
         });
         tracing::info!(node = %cluster.me.id, internal_url = %cluster.me.internal_url, "cluster mode");
         tokio::spawn(keeper.run(lifecycle.stop.clone()));
@@ -163,6 +166,16 @@ impl Cluster {
         &self.secret
     }
 
+    /// This node's cluster counters.
+    pub(crate) fn stats(&self) -> &ClusterStats {
+        &self.stats
+    }
+
+    /// How many rooms this node holds claims of now.
+    pub(crate) fn rooms_owned(&self) -> usize {
+        self.keeper.rooms().len()
+    }
+
     /// Writes this node's record every third of the TTL (draining once the drain began) and
     /// removes it when the process stops.
     async fn register(self: Arc<Self>, lifecycle: Arc<Lifecycle>) {
@@ -178,6 +191,7 @@ impl Cluster {
                 info.state = NodeState::RelayOnly;
             }
             if let Err(e) = self.registry.publish(&info).await {
+                self.stats.failed(&e);
                 tracing::warn!("cluster: cannot register this node: {e}");
             }
             let held: Vec<(String, String)> = self
@@ -187,6 +201,7 @@ impl Cluster {
                 .map(|(id, room)| (id.0, room))
                 .collect();
             if let Err(e) = self.session_directory.publish(&self.me.id, &held).await {
+                self.stats.failed(&e);
                 tracing::warn!("cluster: cannot publish this node's sessions: {e}");
             }
             tokio::select! {
@@ -204,6 +219,7 @@ impl Cluster {
         let held = vec![(session.to_owned(), room.to_owned())];
         tokio::spawn(async move {
             if let Err(e) = me.session_directory.publish(&me.me.id, &held).await {
+                me.stats.failed(&e);
                 tracing::warn!("cluster: cannot publish a session: {e}");
             }
         });
@@ -226,7 +242,7 @@ impl Cluster {
         client: Option<SocketAddr>,
         session: Option<&str>,
     ) -> Directed {
-        match self.place(room, relayed).await {
+        let directed = match self.place(room, relayed).await {
             Placement::Local => Directed::Here,
             Placement::Unavailable(why) => Directed::Refused(why),
             Placement::Remote { node, relay_url } => {
@@ -241,7 +257,16 @@ impl Cluster {
                     Err(why) => Directed::Refused(why),
                 }
             }
+        };
+        if !relayed {
+            // Counted where the client is: a join over a relay link was counted by its node.
+            ClusterStats::bump(match &directed {
+                Directed::Here => &self.stats.placed_local,
+                Directed::There { .. } => &self.stats.placed_relayed,
+                Directed::Refused(_) => &self.stats.placed_refused,
+            });
         }
+        directed
     }
 
     /// Where a `connect` with session id `session`, unknown to this node, goes: relayed to the
@@ -276,6 +301,7 @@ impl Cluster {
             Ok(Some(record)) if record.node != self.me.id => record,
             Ok(_) => return None,
             Err(e) => {
+                self.stats.failed(&e);
                 tracing::warn!("cluster: session directory unavailable: {e}");
                 return None;
             }
@@ -285,18 +311,33 @@ impl Cluster {
                 Placement::Remote { relay_url, .. } => Some((relay_url, record.room)),
                 _ => None,
             },
-            _ => None,
+            Ok(None) => None,
+            Err(e) => {
+                self.stats.failed(&e);
+                None
+            }
         }
     }
 
     /// The internal URL of the node owning `room` when that is another node (admin actions
     /// are forwarded there); `None` when it is this node, nobody, or unknown.
     pub(crate) async fn owner_elsewhere(&self, room: &str) -> Option<String> {
-        let owner = self.keeper.claims().owner(room).await.ok()??;
+        let owner = self
+            .keeper
+            .claims()
+            .owner(room)
+            .await
+            .inspect_err(|e| self.stats.failed(e))
+            .ok()??;
         if owner == self.me.id {
             return None;
         }
-        Some(self.registry.node(&owner).await.ok()??.internal_url)
+        let node = self.registry.node(&owner).await;
+        Some(
+            node.inspect_err(|e| self.stats.failed(e))
+                .ok()??
+                .internal_url,
+        )
     }
 
     /// Every node's rooms with participants (`/getAllRooms`): this node's as they are, every
@@ -308,6 +349,7 @@ impl Cluster {
         let nodes = match self.registry.nodes().await {
             Ok(nodes) => nodes,
             Err(e) => {
+                self.stats.failed(&e);
                 tracing::warn!("cluster: /getAllRooms lists this node's rooms only: {e}");
                 Vec::new()
             }
@@ -344,12 +386,18 @@ impl Cluster {
                 Ok(Some(owner)) => Placement::Unavailable(format!(
                     "room '{room}' moved to node {owner} meanwhile; join again"
                 )),
-                Err(e) => Placement::Unavailable(e.to_string()),
+                Err(e) => {
+                    self.stats.failed(&e);
+                    Placement::Unavailable(e.to_string())
+                }
             };
         }
         match self.choose(room).await {
             Ok(placement) => placement,
-            Err(e) => Placement::Unavailable(e.to_string()),
+            Err(e) => {
+                self.stats.failed(&e);
+                Placement::Unavailable(e.to_string())
+            }
         }
     }
 

@@ -32,6 +32,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use super::node::{CLIENT_HEADER, SECRET_HEADER, SESSION_HEADER};
+use super::{ClusterStats, LinkGauge};
 
 /// An open link to a room's owner.
 pub(crate) type Link = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -210,6 +211,7 @@ pub(crate) async fn run<R, W, E>(
     write_timeout: Duration,
     heartbeat: Duration,
     stop: CancellationToken,
+    stats: &ClusterStats,
 ) -> RelayEnd
 where
     R: Stream<Item = Result<Message, E>> + Unpin,
@@ -217,6 +219,7 @@ where
     E: Display,
 {
     let mut link = *link;
+    let _open = LinkGauge::open(&stats.links_out);
     let mut membership = Membership::default();
     for (i, text) in first.into_iter().enumerate() {
         match classify(&text, &mut watchdog) {
@@ -225,8 +228,9 @@ where
             Inbound::Request(id) => membership.sent(id, i == 0),
             Inbound::Ping(_) | Inbound::Other => {}
         }
+        ClusterStats::bump(&stats.frames_to_owner);
         if link.send(Upstream::text(text)).await.is_err() {
-            return lost(sink, room, write_timeout).await;
+            return lost(sink, room, write_timeout, stats).await;
         }
     }
     let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -252,10 +256,10 @@ where
             _ = beat.tick() => {
                 if heard.elapsed() >= heartbeat * 2 {
                     tracing::warn!(room, "cluster: the room's node stopped answering the relay link");
-                    return lost(sink, room, write_timeout).await;
+                    return lost(sink, room, write_timeout, stats).await;
                 }
                 if link.send(Upstream::Ping(Default::default())).await.is_err() {
-                    return lost(sink, room, write_timeout).await;
+                    return lost(sink, room, write_timeout, stats).await;
                 }
             }
             frame = stream.next() => match frame {
@@ -294,8 +298,9 @@ where
                         Inbound::Request(id) => membership.sent(id, false),
                         Inbound::Ping(_) | Inbound::Other => {}
                     }
+                    ClusterStats::bump(&stats.frames_to_owner);
                     if link.send(Upstream::text(text.as_str())).await.is_err() {
-                        return lost(sink, room, write_timeout).await;
+                        return lost(sink, room, write_timeout, stats).await;
                     }
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
@@ -310,6 +315,7 @@ where
                 }
                 Some(Ok(Upstream::Text(text))) => {
                     membership.heard(text.as_str());
+                    ClusterStats::bump(&stats.frames_to_client);
                     if !write(sink, Message::Text(text.as_str().into()), write_timeout).await {
                         let _ = link.close(None).await;
                         return RelayEnd::Client;
@@ -329,7 +335,7 @@ where
                     return RelayEnd::Owner;
                 }
                 Some(Ok(_)) => {}
-                None | Some(Err(_)) => return lost(sink, room, write_timeout).await,
+                None | Some(Err(_)) => return lost(sink, room, write_timeout, stats).await,
             },
             () = sleep_until(drained_by) => {
                 if rejoin.as_ref().is_some_and(|r| r.closing) {
@@ -355,8 +361,14 @@ where
 }
 
 /// The owner vanished: the client hears `roomClosed`, then its socket is closed.
-async fn lost<W: Sink<Message> + Unpin>(sink: &mut W, room: &str, timeout: Duration) -> RelayEnd {
+async fn lost<W: Sink<Message> + Unpin>(
+    sink: &mut W,
+    room: &str,
+    timeout: Duration,
+    stats: &ClusterStats,
+) -> RelayEnd {
     tracing::warn!(room, "cluster: relay link to the room's node lost");
+    ClusterStats::bump(&stats.links_lost);
     let closed = Notification::RoomClosed {
         room: room.to_owned(),
     };
