@@ -14,7 +14,8 @@
 //!   --smoke        1 round, 20 joins, 4 clients for 1 s; exit 1 unless everything answered
 //! ```
 //!
-//! Plain `cargo bench` (no options) runs `--smoke`. The generator runs on CPU 0, the nodes and
+//! Plain `cargo bench` (no options) runs `--smoke`. `CLUSTER_ROOMD_BIN=<path>` runs another
+//! build of roomd for both nodes (an A/B of two commits). The generator runs on CPU 0, the nodes and
 //! Redis on CPU 1 (`taskset`), so in the relayed mode A and B share one core: the throughput
 //! ratio is then the ratio of CPU spent per request by the server side, and the CPU columns say
 //! how much of it is B's.
@@ -137,7 +138,10 @@ async fn start_node(
     relay_only: bool,
 ) -> Result<(Proc, u16), String> {
     let port = free_port()?;
-    let mut cmd = pinned(env!("CARGO_BIN_EXE_roomd"));
+    // CLUSTER_ROOMD_BIN runs another build of roomd (an A/B of two commits on the same machine).
+    let bin = std::env::var("CLUSTER_ROOMD_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_roomd").to_owned());
+    let mut cmd = pinned(&bin);
     cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--media-ip", "127.0.0.1", "--media-shards", "1"])
         .args(["--rtc-udp-port", "0", "--no-demo"])
@@ -597,7 +601,8 @@ async fn run(o: &Opts) -> Result<(), String> {
     // Per round: ratios relayed ÷ direct.
     let (mut r_join50, mut r_join99, mut r_pub50, mut r_new50, mut r_rps) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut d_join50, mut d_rps, mut b_us) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut d_join50, mut d_rps, mut b_us, mut b_over_a) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     println!();
     println!(
         "round mode     join p50/p99 ms  publish p50/p99 ms  new-room join p50/p99 ms  sendMessage/s  cpu A  cpu B  cpu gen  wait  µs/req A  µs/req B"
@@ -659,6 +664,7 @@ async fn run(o: &Opts) -> Result<(), String> {
             d_join50.push(pct(&d.join, 0.5));
             d_rps.push(dt.rps);
             b_us.push(rt.cpu_b / rt.rps * 1e6);
+            b_over_a.push(rt.cpu_b / rt.cpu_a);
         }
     }
     println!();
@@ -689,6 +695,12 @@ async fn run(o: &Opts) -> Result<(), String> {
     println!(
         "B's CPU per relayed sendMessage: {m:.1} µs ({lo:.1} – {hi:.1}) = {:.0} relayed requests per second per core",
         1e6 / m
+    );
+    // The absolute µs move with the machine and the load's batching; B against A in the same
+    // window does not.
+    let (m, lo, hi) = spread(&b_over_a);
+    println!(
+        "B's CPU ÷ A's CPU in the relayed windows (same requests): {m:.2} ({lo:.2} – {hi:.2})"
     );
     drop((node_b, node_a, redis));
     Ok(())

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as Upstream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,10 @@ pub(crate) type Link = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Longest the link to an owner may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read buffer of the link, as the server's per socket (`server.rs`): tungstenite zeroes the
+/// free part of its read buffer at every read, and at its default of 128 KiB that memset was the
+/// relay's largest single cost (11 % of its CPU per relayed request, BENCHMARKS.md §6).
+const LINK_READ_BUFFER: usize = 16 * 1024;
 /// kurento-jsonrpc's default heartbeat when the first ping carries no interval.
 const DEFAULT_PING_INTERVAL: Duration = Duration::from_millis(20_000);
 /// The watchdog closes a connection after this many intervals without a ping.
@@ -71,13 +76,10 @@ pub(crate) async fn connect(
             headers.insert(CLIENT_HEADER, v);
         }
     }
-    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
-        Ok(Ok((link, _))) => {
-            if let MaybeTlsStream::Plain(tcp) = link.get_ref() {
-                let _ = tcp.set_nodelay(true);
-            }
-            Ok(link)
-        }
+    let config = WebSocketConfig::default().read_buffer_size(LINK_READ_BUFFER);
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok((link, _))) => Ok(link),
         Ok(Err(e)) => Err(format!("cannot reach the room's node at {url}: {e}")),
         Err(_) => Err(format!("the room's node at {url} did not answer in time")),
     }
