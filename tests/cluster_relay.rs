@@ -23,7 +23,44 @@ async fn node(redis: &RedisServer, id: &str, media_ip: &str) -> Server {
         media_ip: media_ip.parse().expect("an IP"),
         ..Default::default()
     };
-    start_server_with(config).await
+    let server = start_server_with(config).await;
+    registered(redis, id).await;
+    server
+}
+
+/// Polls `key` of `redis` until it exists, at most [`common::WAIT`].
+async fn key_exists(redis: &RedisServer, key: &str) {
+    let mut conn = ::redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("the test's redis-server accepts connections");
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let exists: bool = ::redis::cmd("EXISTS")
+            .arg(key)
+            .query(&mut conn)
+            .expect("redis-server answers");
+        if exists {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Until node `id` has written its record (in the background at its start): before that, a
+/// placement does not count it, and a node's first room could go to a node already registered.
+async fn registered(redis: &RedisServer, id: &str) {
+    key_exists(redis, &format!("roomd:node:{id}")).await;
+}
+
+/// Until the session directory names the node holding session `sid` (written in the background
+/// right after its join was answered): a reconnection through another node looks it up there.
+async fn session_published(redis: &RedisServer, sid: &Value) {
+    let sid = sid.as_str().expect("a session id");
+    key_exists(redis, &format!("roomd:session:{sid}")).await;
 }
 
 /// The distinct addresses of the `a=candidate` lines of an SDP.
@@ -293,6 +330,8 @@ async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
     };
     let n1 = start_server_with(grace("n1", "127.0.0.1")).await;
     let n2 = start_server_with(grace("n2", "127.0.0.2")).await;
+    registered(&redis, "n1").await;
+    registered(&redis, "n2").await;
     let mut b = n2.client().await;
     b.join("R", "b").await;
 
@@ -303,6 +342,7 @@ async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
         b.notification("participantJoined").await["params"],
         json!({"id": "a"})
     );
+    session_published(&redis, &sid).await;
     a.drop_connection().await;
     let mut a = n1.client().await;
     let r = a.call("connect", json!({"sessionId": sid})).await;
@@ -324,6 +364,7 @@ async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
         b.notification("participantJoined").await["params"],
         json!({"id": "c"})
     );
+    session_published(&redis, &sid).await;
     c.drop_connection().await;
     let mut c = n1.client().await;
     let r = c.call("connect", json!({"sessionId": sid})).await;
@@ -413,6 +454,7 @@ async fn a_draining_node_keeps_its_rooms_and_sends_new_ones_to_a_serving_node() 
         ..Default::default()
     };
     let n1 = start_server_with(config).await;
+    registered(&redis, "n1").await;
     let n2 = node(&redis, "n2", "127.0.0.2").await;
     let mut keep = n1.client().await;
     assert!(names(&keep.join("kept", "k").await).is_empty());
@@ -451,6 +493,8 @@ async fn admin_actions_on_any_node_reach_the_room_owner() {
     };
     let n1 = start_server_with(admin("n1", "127.0.0.1")).await;
     let n2 = start_server_with(admin("n2", "127.0.0.2")).await;
+    registered(&redis, "n1").await;
+    registered(&redis, "n2").await;
     let mut b = n2.client().await;
     b.join("R", "b").await;
     let mut a = n1.client().await;
@@ -599,6 +643,8 @@ async fn a_relayed_client_joining_again_after_room_closed_is_placed_afresh() {
     };
     let n1 = start_server_with(admin("n1", "127.0.0.1")).await;
     let n2 = start_server_with(admin("n2", "127.0.0.2")).await;
+    registered(&redis, "n1").await;
+    registered(&redis, "n2").await;
     let mut b = n2.client().await;
     b.join("R", "b").await;
     let mut c = n1.client().await;
