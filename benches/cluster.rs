@@ -424,6 +424,34 @@ async fn latencies(
     Ok(out)
 }
 
+/// The parts a relayed join adds, timed alone from the generator (p50 ms of `n` each): a Redis
+/// `GET` round trip (B looks up the room's owner and the owner's record) and a WebSocket
+/// connection (TCP and HTTP upgrade) to A (B opens the link).
+async fn components(redis: u16, a: u16, n: usize) -> Result<(f64, f64), String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{redis}/0"))
+        .map_err(|e| format!("redis client: {e}"))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("redis connection: {e}"))?;
+    let mut gets = Vec::with_capacity(n);
+    let mut connects = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let _: Option<String> = redis::cmd("GET")
+            .arg("roomd:node:a")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        gets.push(ms(t.elapsed()));
+        let t = Instant::now();
+        let c = Client::connect(a).await?;
+        connects.push(ms(t.elapsed()));
+        drop(c);
+    }
+    Ok((pct(&gets, 0.5), pct(&connects, 0.5)))
+}
+
 /// One throughput window.
 struct Throughput {
     rps: f64,
@@ -598,6 +626,10 @@ async fn run(o: &Opts) -> Result<(), String> {
     );
     let offer = make_offer().await;
     let pids = (node_a.pid(), node_b.pid());
+    let (get, connect) = components(redis_port, a, o.joins).await?;
+    println!(
+        "parts of a relayed join, alone from the generator (p50): Redis GET round trip {get:.3} ms, WebSocket connect to A {connect:.3} ms"
+    );
     // Per round: ratios relayed ÷ direct.
     let (mut r_join50, mut r_join99, mut r_pub50, mut r_new50, mut r_rps) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
