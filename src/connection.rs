@@ -6,7 +6,10 @@
 //! 3 × the interval the first ping announced), `connect` rebinding a session, `closeSession`,
 //! the start of the reconnection grace period when the socket drops, the per-connection
 //! request rate limit, and strict FIFO processing of the session's room requests: the next
-//! one is dispatched only when the previous one has been answered. Where a room request goes
+//! one is dispatched only when the previous one has been answered. In cluster mode a join (or a
+//! `connect` for a session unknown here) first asks the directory where it goes; that look-up
+//! runs in a task of its own while this task goes on answering `ping` and holds every other
+//! frame until the answer, so the order of requests is the same as without it. Where a room request goes
 //! is decided by `signaling::room::route`, not here; memberships are written by room drivers
 //! (`rooms.rs`), not here. Generic over the frame stream and sink, so that its races are unit
 //! tested without sockets (see the tests at the end).
@@ -28,7 +31,9 @@ use signaling::RoomError;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use crate::cluster::node::Placement;
+use crate::cluster::node::Directed;
+use crate::cluster::relay::RelayEnd;
+use crate::cluster::{ClusterStats, LinkGauge};
 use crate::sessions::{Conn, Detached, Outbound, Session, OUTBOUND_CAPACITY};
 use crate::AppState;
 
@@ -87,6 +92,12 @@ struct Connection {
     relayed: bool,
     /// Set when a join goes to another node: this connection becomes a relay.
     relay: Option<RelayStart>,
+    /// A directory look-up under way (cluster mode: where a join or a reconnection goes). It
+    /// runs in its own task, so that this one keeps answering `ping` meanwhile.
+    pending: Option<Pending>,
+    /// Frames (other than `ping`) that arrived while `pending` ran, verbatim: handled in order
+    /// once it is done, exactly as if they had arrived then.
+    held: VecDeque<String>,
     /// On a relay link: the id the relaying node gave the client's session.
     preset_session: Option<String>,
 }
@@ -97,6 +108,36 @@ struct RelayStart {
     room: String,
     /// The join and the requests queued behind it, verbatim.
     first: Vec<String>,
+    /// The session id the client knows, kept if it joins again out of the owner's room.
+    session: Option<String>,
+}
+
+/// A directory look-up running in its own task, and what its answer is for.
+struct Pending {
+    task: tokio::task::JoinHandle<Directed>,
+    then: Then,
+}
+
+/// What waits for a directory look-up.
+enum Then {
+    /// A join: sent to a room here, relayed, or refused, by the look-up's answer.
+    Join {
+        id: Id,
+        method: &'static str,
+        input: Input,
+        room: String,
+        /// The join's frame (relayed verbatim when the room lives elsewhere).
+        raw: Option<String>,
+        /// When it was dispatched (its latency includes the look-up).
+        sent: Instant,
+    },
+    /// A `connect` with a session id unknown here: relayed to the node holding the session, or
+    /// answered with a reconnection error.
+    Reconnect {
+        id: Id,
+        raw: String,
+        session: String,
+    },
 }
 
 /// A room request sent to a room and not answered yet.
@@ -155,6 +196,12 @@ async fn serve<R, W, E>(
     E: Display,
 {
     let (tx, mut rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    // A relay link of another node is counted as such while it is served.
+    let cluster = state.cluster.clone();
+    let _link_in = cluster
+        .as_ref()
+        .filter(|_| relayed.is_some())
+        .map(|c| LinkGauge::open(&c.stats().links_in));
     let rate = RateLimit::new(
         state.config.requests_per_second,
         state.config.request_burst,
@@ -174,92 +221,112 @@ async fn serve<R, W, E>(
         peer,
         relayed: relayed.is_some(),
         relay: None,
+        pending: None,
+        held: VecDeque::new(),
         preset_session: relayed.flatten(),
     };
-    let end = loop {
-        let deadline = conn.watchdog.map(|(_, d)| d);
-        let kill = Arc::clone(&conn.kill);
-        let replaced = Arc::clone(&conn.replaced);
-        let stop = conn.state.lifecycle.stop.clone();
-        let event = tokio::select! {
-            frame = stream.next() => Event::Frame(frame),
-            out = rx.recv() => Event::Out(out),
-            () = kill.notified() => Event::Overflow,
-            () = replaced.notified() => Event::Replaced,
-            () = stop.cancelled() => Event::Shutdown,
-            () = sleep_until(deadline) => Event::Watchdog,
-        };
-        let mut frames = Vec::new();
-        let step = match event {
-            Event::Frame(Some(Ok(Message::Text(text)))) => {
-                conn.on_text(text.as_str(), &mut frames).await
-            }
-            Event::Frame(Some(Ok(Message::Close(_)))) | Event::Frame(None) => {
-                Step::End(End::Dropped)
-            }
-            Event::Frame(Some(Err(e))) => {
-                tracing::debug!(error = %e, "websocket read failed");
-                Step::End(End::Dropped)
-            }
-            Event::Frame(Some(Ok(_))) => Step::Continue, // binary, ping, pong: nothing to do
-            Event::Out(Some(out)) => conn.on_outbound(out, &mut frames).await,
-            Event::Out(None) => Step::End(End::Dropped), // unreachable while `conn.tx` lives
-            Event::Overflow => {
-                frames.push(Frame::Close(
-                    CLOSE_TRY_AGAIN_LATER,
-                    "Outbound queue overflow",
-                ));
-                Step::End(End::Dropped)
-            }
-            Event::Replaced => {
-                frames.push(Frame::Close(
-                    CLOSE_NORMAL,
-                    "Session taken over by a new connection",
-                ));
-                Step::End(End::Dropped)
-            }
-            Event::Shutdown => {
-                frames.push(Frame::Close(CLOSE_GOING_AWAY, "Server shutting down"));
-                Step::End(End::Dropped)
-            }
-            Event::Watchdog => {
-                let reason = "Close for not receive ping from client";
-                frames.push(Frame::Close(CLOSE_NORMAL, reason));
-                Step::End(End::Dropped)
-            }
-        };
-        let mut write_failed = false;
-        let write_timeout = conn.state.config.write_timeout();
-        for frame in frames {
-            let msg = match frame {
-                Frame::Text(t) => Message::Text(t.into()),
-                Frame::Close(code, reason) => close(code, reason),
+    let end = 'socket: loop {
+        // Frames held for this task (a join handed back by the relay) are handled first.
+        let mut resume = !conn.held.is_empty();
+        let end = loop {
+            let deadline = conn.watchdog.map(|(_, d)| d);
+            let kill = Arc::clone(&conn.kill);
+            let replaced = Arc::clone(&conn.replaced);
+            let stop = conn.state.lifecycle.stop.clone();
+            let event = if std::mem::take(&mut resume) {
+                Event::Resume
+            } else {
+                tokio::select! {
+                    frame = stream.next() => Event::Frame(frame),
+                    out = rx.recv() => Event::Out(out),
+                    () = kill.notified() => Event::Overflow,
+                    () = replaced.notified() => Event::Replaced,
+                    () = stop.cancelled() => Event::Shutdown,
+                    () = sleep_until(deadline) => Event::Watchdog,
+                    directed = look_up(&mut conn.pending) => Event::Directed(directed),
+                }
             };
-            // A write stuck on a client that does not read is cut short by its timeout, or at
-            // once when the outbound queue overflows meanwhile (the client is too far behind).
-            let written = tokio::select! {
-                r = tokio::time::timeout(write_timeout, sink.send(msg)) => matches!(r, Ok(Ok(()))),
-                () = conn.kill.notified() => false,
+            let mut frames = Vec::new();
+            let step = match event {
+                Event::Frame(Some(Ok(Message::Text(text)))) => {
+                    conn.on_text(text.as_str(), &mut frames).await
+                }
+                Event::Frame(Some(Ok(Message::Close(_)))) | Event::Frame(None) => {
+                    Step::End(End::Dropped)
+                }
+                Event::Frame(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "websocket read failed");
+                    Step::End(End::Dropped)
+                }
+                Event::Frame(Some(Ok(_))) => Step::Continue, // binary, ping, pong: nothing to do
+                Event::Out(Some(out)) => conn.on_outbound(out, &mut frames).await,
+                Event::Out(None) => Step::End(End::Dropped), // unreachable while `conn.tx` lives
+                Event::Directed(directed) => conn.on_directed(directed, &mut frames).await,
+                Event::Resume => conn.replay(&mut frames).await,
+                Event::Overflow => {
+                    frames.push(Frame::Close(
+                        CLOSE_TRY_AGAIN_LATER,
+                        "Outbound queue overflow",
+                    ));
+                    Step::End(End::Dropped)
+                }
+                Event::Replaced => {
+                    frames.push(Frame::Close(
+                        CLOSE_NORMAL,
+                        "Session taken over by a new connection",
+                    ));
+                    Step::End(End::Dropped)
+                }
+                Event::Shutdown => {
+                    frames.push(Frame::Close(CLOSE_GOING_AWAY, "Server shutting down"));
+                    Step::End(End::Dropped)
+                }
+                Event::Watchdog => {
+                    let reason = "Close for not receive ping from client";
+                    frames.push(Frame::Close(CLOSE_NORMAL, reason));
+                    Step::End(End::Dropped)
+                }
             };
-            if !written {
-                write_failed = true;
-                break;
+            let mut write_failed = false;
+            let write_timeout = conn.state.config.write_timeout();
+            for frame in frames {
+                let msg = match frame {
+                    Frame::Text(t) => Message::Text(t.into()),
+                    Frame::Close(code, reason) => close(code, reason),
+                };
+                // A write stuck on a client that does not read is cut short by its timeout, or at
+                // once when the outbound queue overflows meanwhile (the client is too far behind).
+                let written = tokio::select! {
+                    r = tokio::time::timeout(write_timeout, sink.send(msg)) => matches!(r, Ok(Ok(()))),
+                    () = conn.kill.notified() => false,
+                };
+                if !written {
+                    write_failed = true;
+                    break;
+                }
             }
-        }
-        if write_failed {
-            // The socket is stuck or broken: a close frame would wait behind the stuck write.
-            tracing::debug!("websocket write failed, timed out or overflowed");
-            break End::Dropped;
-        }
-        match step {
-            Step::End(end) => break end,
-            Step::Continue if conn.relay.is_some() => break End::Relayed,
-            Step::Continue => {}
-        }
-    };
-    if let (End::Relayed, Some(relay)) = (&end, conn.relay.take()) {
+            if write_failed {
+                // The socket is stuck or broken: a close frame would wait behind the stuck write.
+                tracing::debug!("websocket write failed, timed out or overflowed");
+                break End::Dropped;
+            }
+            match step {
+                Step::End(end) => break end,
+                Step::Continue if conn.relay.is_some() => break End::Relayed,
+                Step::Continue => {}
+            }
+        };
+        let (End::Relayed, Some(relay), Some(cluster)) = (&end, conn.relay.take(), &cluster) else {
+            break end;
+        };
         // The room lives on another node: from now on this task only moves frames.
-        let RelayStart { link, room, first } = relay;
+        let RelayStart {
+            link,
+            room,
+            mut first,
+            session,
+        } = relay;
+        first.extend(conn.held.drain(..));
         let stop = conn.state.lifecycle.stop.clone();
         let timeout = conn.state.config.write_timeout();
         let heartbeat = Duration::from_millis(conn.state.config.cluster_claim_ttl_ms) / 3;
@@ -273,10 +340,20 @@ async fn serve<R, W, E>(
             timeout,
             heartbeat,
             stop,
+            cluster.stats(),
         )
         .await;
         tracing::debug!(room, ?ended, client = ?conn.peer, "relayed connection ended");
-    }
+        if let RelayEnd::Rejoin { frames, watchdog } = ended {
+            // Out of the owner's room and joining again: placed afresh, under the session id
+            // the client knows.
+            conn.watchdog = watchdog;
+            conn.preset_session = session;
+            conn.held = frames.into();
+            continue 'socket;
+        }
+        break End::Relayed;
+    };
     // The close handshake gets a short bound: after a stuck write there is nothing to wait for.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
     conn.finish(end).await;
@@ -289,6 +366,10 @@ enum Event<E> {
     Replaced,
     Shutdown,
     Watchdog,
+    /// The directory look-up under way finished (or its task failed).
+    Directed(Result<Directed, tokio::task::JoinError>),
+    /// Frames held for this task are to be handled (after a relay handed the socket back).
+    Resume,
 }
 
 enum Step {
@@ -302,13 +383,8 @@ enum Dispatch {
     Sent(u32),
     /// Answered here with this error.
     Answer(RoomError),
-    /// A join no node can take now (cluster mode); the text says why.
-    Unavailable(String),
-    /// A join relayed to the room's node over `link`.
-    Relay {
-        link: Box<crate::cluster::relay::Link>,
-        room: String,
-    },
+    /// A join whose room must be looked up in the cluster's directory first.
+    Place { room: String, input: Input },
 }
 
 enum Frame {
@@ -331,6 +407,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// The answer of the directory look-up under way; never, when there is none.
+async fn look_up(pending: &mut Option<Pending>) -> Result<Directed, tokio::task::JoinError> {
+    match pending {
+        Some(p) => (&mut p.task).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Connection {
     async fn on_text(&mut self, text: &str, frames: &mut Vec<Frame>) -> Step {
         let request = match jsonrpc::decode(text) {
@@ -345,7 +429,6 @@ impl Connection {
                 return self.count_against_rate(frames);
             }
         };
-        let id = request.id;
         if !self.rate.allow(Instant::now()) {
             self.state
                 .counters
@@ -353,14 +436,63 @@ impl Connection {
                 .fetch_add(1, Ordering::Relaxed);
             let msg = "Too many requests: slow down";
             frames.push(Frame::Text(jsonrpc::encode_error(
-                id,
+                request.id,
                 TRANSPORT_REFUSED,
                 msg,
                 None,
             )));
             return self.abuse_check(frames);
         }
-        match protocol::parse(&request.method, &request.params) {
+        let method = protocol::parse(&request.method, &request.params);
+        let is_ping = matches!(method, Ok(Method::Transport(TransportRequest::Ping { .. })));
+        if self.pending.is_some() && !is_ping {
+            // The directory is being asked where a join (or reconnection) goes: everything
+            // else waits for its answer, in order; `ping` never waits.
+            if self.held.len() + self.queue.len() >= MAX_QUEUED_REQUESTS {
+                let msg = "Too many requests in flight";
+                frames.push(Frame::Text(jsonrpc::encode_error(
+                    request.id,
+                    TRANSPORT_REFUSED,
+                    msg,
+                    None,
+                )));
+            } else {
+                self.held.push_back(text.to_owned());
+            }
+            return Step::Continue;
+        }
+        self.on_request(request, method, text, frames).await
+    }
+
+    /// Handles the frames held while a directory look-up ran, in order, until one of them
+    /// starts another look-up or a relay (the rest stay held) or ends the connection. Their
+    /// rate was counted when they arrived.
+    async fn replay(&mut self, frames: &mut Vec<Frame>) -> Step {
+        while self.pending.is_none() && self.relay.is_none() {
+            let Some(text) = self.held.pop_front() else {
+                break;
+            };
+            let Decoded::Request(request) = jsonrpc::decode(&text) else {
+                continue; // Only requests are held.
+            };
+            let method = protocol::parse(&request.method, &request.params);
+            if let Step::End(end) = self.on_request(request, method, &text, frames).await {
+                return Step::End(end);
+            }
+        }
+        Step::Continue
+    }
+
+    /// One request, its rate already counted.
+    async fn on_request(
+        &mut self,
+        request: jsonrpc::Request,
+        method: Result<Method, ParseError>,
+        text: &str,
+        frames: &mut Vec<Frame>,
+    ) -> Step {
+        let id = request.id;
+        match method {
             Ok(Method::Transport(t)) => {
                 self.on_transport(id, t, &request.params, text, frames)
                     .await
@@ -459,8 +591,8 @@ impl Connection {
                             jsonrpc::encode_result(id, Value::from("reconnection successful"), &sid)
                         }
                         None => {
-                            if self.relay_to_session(&sid, raw).await {
-                                return Step::Continue; // The holder answers it.
+                            if self.look_up_session(id, &sid, raw) {
+                                return Step::Continue; // Answered when the look-up ends.
                             }
                             jsonrpc::encode_error(
                                 id,
@@ -501,37 +633,123 @@ impl Connection {
         }
     }
 
-    /// Cluster mode: a `connect` for a session held by another node becomes a relay to that
-    /// node, starting with this `connect` frame. Whether it did.
-    async fn relay_to_session(&mut self, sid: &str, raw: &str) -> bool {
+    /// Cluster mode: a `connect` for a session this node does not know asks the directory
+    /// which node holds it (in a task of its own); whether it did. The answer, in
+    /// [`Connection::on_directed`], relays the socket there or refuses the reconnection.
+    fn look_up_session(&mut self, id: Id, sid: &str, raw: &str) -> bool {
         let Some(cluster) = self.state.cluster.clone() else {
             return false;
         };
         if self.relayed {
             return false;
         }
-        let Some((url, room)) = cluster.session_home(sid).await else {
-            return false;
+        let (sid, peer) = (sid.to_owned(), self.peer);
+        let asked = sid.clone();
+        let task = tokio::spawn(async move { cluster.direct_reconnect(&asked, peer).await });
+        self.pending = Some(Pending {
+            task,
+            then: Then::Reconnect {
+                id,
+                raw: raw.to_owned(),
+                session: sid,
+            },
+        });
+        true
+    }
+
+    /// The directory look-up under way answered: its join goes to a room here, is relayed or
+    /// refused; its reconnection is relayed or refused. Then the frames held meanwhile are
+    /// handled.
+    async fn on_directed(
+        &mut self,
+        directed: Result<Directed, tokio::task::JoinError>,
+        frames: &mut Vec<Frame>,
+    ) -> Step {
+        let Some(Pending { then, .. }) = self.pending.take() else {
+            return Step::Continue;
         };
-        let link =
-            match crate::cluster::relay::connect(&url, cluster.secret(), self.peer, None).await {
-                Ok(link) => link,
-                Err(why) => {
-                    tracing::warn!(%why, "reconnection refused: the session's node is unreachable");
-                    return false;
+        let directed = directed.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cluster directory look-up failed");
+            Directed::Refused(format!("directory look-up failed: {e}"))
+        });
+        match (then, directed) {
+            (
+                Then::Join {
+                    id,
+                    method,
+                    input,
+                    room,
+                    sent,
+                    ..
+                },
+                Directed::Here,
+            ) => match self.join_here(&room, input).await {
+                Ok(room_serial) => {
+                    self.in_flight = Some(InFlight {
+                        id,
+                        room_serial,
+                        method,
+                        sent,
+                    });
                 }
-            };
-        tracing::info!(%room, client = ?self.peer, "reconnection relayed to the session's node");
+                Err(err) => {
+                    let frame = self.error_frame(id, &err);
+                    frames.push(Frame::Text(frame));
+                }
+            },
+            (Then::Join { id, .. }, Directed::Refused(why)) => {
+                tracing::warn!(%why, client = ?self.peer, "join refused: no node for the room");
+                let code = RoomError::TooManyRooms.code();
+                let msg = format!("Cannot place the room: {why}");
+                frames.push(Frame::Text(jsonrpc::encode_error(id, code, &msg, None)));
+            }
+            (Then::Join { raw, .. }, Directed::There { link, room }) => {
+                let session = self.session.as_ref().map(|s| s.id.0.clone());
+                self.start_relay(link, room, raw, session);
+                return Step::Continue;
+            }
+            (Then::Reconnect { raw, session, .. }, Directed::There { link, room }) => {
+                self.start_relay(link, room, Some(raw), Some(session));
+                return Step::Continue;
+            }
+            (Then::Reconnect { id, .. }, Directed::Here | Directed::Refused(_)) => {
+                frames.push(Frame::Text(jsonrpc::encode_error(
+                    id,
+                    jsonrpc::RECONNECTION_ERROR,
+                    "reconnection error",
+                    None,
+                )));
+            }
+        }
+        self.pump(frames).await;
+        self.replay(frames).await
+    }
+
+    /// Hands the socket to the relay once this event's frames are written: `first` and the
+    /// requests queued behind it go over `link` first (the frames held meanwhile follow).
+    /// This node's session never enters a room: forgotten now, the owner's is used; the
+    /// client keeps knowing its id as `session`.
+    fn start_relay(
+        &mut self,
+        link: Box<crate::cluster::relay::Link>,
+        room: String,
+        first: Option<String>,
+        session: Option<String>,
+    ) {
+        let first = first
+            .into_iter()
+            .chain(self.queue.drain(..).filter_map(|(_, _, raw)| raw))
+            .collect();
         if let Some(session) = self.session.take() {
             self.state.sessions.remove(&session.id);
             let _ = session.detach(self.generation);
         }
         self.relay = Some(RelayStart {
-            link: Box::new(link),
+            link,
             room,
-            first: vec![raw.to_owned()],
+            first,
+            session,
         });
-        true
     }
 
     /// Takes over an existing session (`connect` with its id).
@@ -680,7 +898,7 @@ impl Connection {
 
     /// Dispatches queued room requests until one goes to a room (and must be waited for).
     async fn pump(&mut self, frames: &mut Vec<Frame>) {
-        while self.in_flight.is_none() {
+        while self.in_flight.is_none() && self.pending.is_none() {
             let Some((id, request, raw)) = self.queue.pop_front() else {
                 return;
             };
@@ -698,72 +916,63 @@ impl Connection {
                     let frame = self.error_frame(id, &err);
                     frames.push(Frame::Text(frame));
                 }
-                Dispatch::Unavailable(why) => {
-                    tracing::warn!(%why, client = ?self.peer, "join refused: no node for the room");
-                    let code = RoomError::TooManyRooms.code();
-                    let msg = format!("Cannot place the room: {why}");
-                    frames.push(Frame::Text(jsonrpc::encode_error(id, code, &msg, None)));
-                }
-                Dispatch::Relay { link, room } => {
-                    let first = std::iter::once(raw)
-                        .chain(self.queue.drain(..).map(|(_, _, raw)| raw))
-                        .flatten()
-                        .collect();
-                    self.relay = Some(RelayStart { link, room, first });
-                    return;
+                Dispatch::Place { room, input } => {
+                    self.place(id, method, input, room, raw);
                 }
             }
         }
     }
 
     /// Sends one room request where `signaling::room::route` says (returning the room's
-    /// serial), or answers it here.
+    /// serial), or answers it here, or hands a join to the cluster's directory.
     async fn dispatch(&mut self, id: Id, request: ClientRequest) -> Dispatch {
         match self.dispatch_here(id, request).await {
             Ok(serial) => Dispatch::Sent(serial),
-            Err(Dispatch::Answer(err)) => Dispatch::Answer(err),
             Err(other) => other,
         }
     }
 
-    /// Where a join goes in cluster mode: `Ok` here, `Err` with the relay or the refusal.
-    async fn place(&mut self, name: &str) -> Result<(), Dispatch> {
+    /// Cluster mode: asks the directory where a join of `room` goes, in a task of its own;
+    /// [`Connection::on_directed`] goes on with its answer.
+    fn place(
+        &mut self,
+        id: Id,
+        method: &'static str,
+        input: Input,
+        room: String,
+        raw: Option<String>,
+    ) {
         let Some(cluster) = self.state.cluster.clone() else {
-            return Ok(());
+            return; // Unreachable: only cluster mode places.
         };
-        match cluster.place(name, self.relayed).await {
-            Placement::Local => Ok(()),
-            Placement::Unavailable(why) => Err(Dispatch::Unavailable(why)),
-            Placement::Remote { node, relay_url } => {
-                // The owner gives the client's session the id this node already gave it.
-                let sid = self.session.as_ref().map(|s| s.id.0.clone());
-                let link = crate::cluster::relay::connect(
-                    &relay_url,
-                    cluster.secret(),
-                    self.peer,
-                    sid.as_deref(),
-                )
+        let relayed = self.relayed;
+        let peer = self.peer;
+        // The owner gives the client's session the id this node already gave it.
+        let session = self.session.as_ref().map(|s| s.id.0.clone());
+        let name = room.clone();
+        let task = tokio::spawn(async move {
+            cluster
+                .direct_join(&name, relayed, peer, session.as_deref())
                 .await
-                .map_err(Dispatch::Unavailable)?;
-                tracing::info!(room = name, %node, client = ?self.peer, "join relayed");
-                // This node's session never enters a room: forgotten now, the owner's is used.
-                if let Some(session) = self.session.take() {
-                    self.state.sessions.remove(&session.id);
-                    let _ = session.detach(self.generation);
-                }
-                Err(Dispatch::Relay {
-                    link: Box::new(link),
-                    room: name.to_owned(),
-                })
-            }
-        }
+        });
+        self.pending = Some(Pending {
+            task,
+            then: Then::Join {
+                id,
+                method,
+                input,
+                room,
+                raw,
+                sent: Instant::now(),
+            },
+        });
     }
 
     async fn dispatch_here(&mut self, id: Id, request: ClientRequest) -> Result<u32, Dispatch> {
         let session = self.session();
         let membership = session.membership();
         let decision = route(&session.id, membership.view(), &request);
-        let mut input = Input::Request {
+        let input = Input::Request {
             session: session.id.clone(),
             id,
             request,
@@ -780,38 +989,50 @@ impl Connection {
                     })),
                 }
             }
-            Route::Join(name) => {
-                self.place(&name).await?;
-                // A room that just emptied refuses new inputs; the directory then has a new one.
-                for _ in 0..8 {
-                    let handle = self
-                        .state
-                        .rooms
-                        .get_or_create(&name, &self.state.room_ctx)
-                        .map_err(|no_room| {
-                            let err = no_room.error();
-                            self.state.counters.room_error(&err);
-                            Dispatch::Answer(err)
-                        })?;
-                    match handle.tx.send(input).await {
-                        Ok(()) => return Ok(handle.serial),
-                        Err(mpsc::error::SendError(back)) => input = back,
+            Route::Join(room) => {
+                if let Some(cluster) = &self.state.cluster {
+                    if !cluster.serves(&room) {
+                        return Err(Dispatch::Place { room, input });
+                    }
+                    if !self.relayed {
+                        ClusterStats::bump(&cluster.stats().placed_local);
                     }
                 }
-                tracing::warn!(room = %name, "could not reach a room for a join");
-                let user = match input {
-                    Input::Request {
-                        request: ClientRequest::JoinRoom { user, .. },
-                        ..
-                    } => user,
-                    _ => String::new(),
-                };
-                Err(Dispatch::Answer(RoomError::RoomClosing {
-                    user,
-                    room: name,
-                }))
+                self.join_here(&room, input).await.map_err(Dispatch::Answer)
             }
         }
+    }
+
+    /// Sends a join to room `name` of this node, created if needed; the room's serial.
+    async fn join_here(&mut self, name: &str, mut input: Input) -> Result<u32, RoomError> {
+        // A room that just emptied refuses new inputs; the directory then has a new one.
+        for _ in 0..8 {
+            let handle = self
+                .state
+                .rooms
+                .get_or_create(name, &self.state.room_ctx)
+                .map_err(|no_room| {
+                    let err = no_room.error();
+                    self.state.counters.room_error(&err);
+                    err
+                })?;
+            match handle.tx.send(input).await {
+                Ok(()) => return Ok(handle.serial),
+                Err(mpsc::error::SendError(back)) => input = back,
+            }
+        }
+        tracing::warn!(room = %name, "could not reach a room for a join");
+        let user = match input {
+            Input::Request {
+                request: ClientRequest::JoinRoom { user, .. },
+                ..
+            } => user,
+            _ => String::new(),
+        };
+        Err(RoomError::RoomClosing {
+            user,
+            room: name.to_owned(),
+        })
     }
 
     /// After the socket closed: start the grace period, or forget the session.

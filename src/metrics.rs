@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use media::MediaStats;
 
+use crate::cluster::ClusterStats;
 use crate::limits::Counters;
 
 /// Room-side gauges sampled at scrape time.
@@ -355,6 +356,89 @@ pub(crate) fn render(
         let _ = writeln!(out, "roomd_rtp_dropped_total{{reason=\"{reason:?}\"}} {n}");
     }
     out
+}
+
+/// One metric family: name, type, help, and its samples as (labels, value).
+type Family<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, u64)]);
+
+/// Appends cluster mode's gauges and counters (only rendered in cluster mode): the rooms this
+/// node owns, its relay links, frames and placements, its claim keeper's failures and Redis
+/// errors.
+pub(crate) fn render_cluster(out: &mut String, rooms_owned: usize, stats: &ClusterStats) {
+    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let families: [Family<'_>; 8] = [
+        (
+            "roomd_cluster_rooms_owned",
+            "gauge",
+            "Rooms whose claim this node holds.",
+            &[("", rooms_owned as u64)],
+        ),
+        (
+            "roomd_cluster_relay_links",
+            "gauge",
+            "Relay links open: out, this node's clients relayed to rooms' owners; in, other nodes' clients relayed here.",
+            &[
+                ("direction=\"out\"", n(&stats.links_out)),
+                ("direction=\"in\"", n(&stats.links_in)),
+            ],
+        ),
+        (
+            "roomd_cluster_relay_frames_total",
+            "counter",
+            "JSON-RPC frames relayed over this node's links (pings answered here are not).",
+            &[
+                ("direction=\"to_owner\"", n(&stats.frames_to_owner)),
+                ("direction=\"to_client\"", n(&stats.frames_to_client)),
+            ],
+        ),
+        (
+            "roomd_cluster_relay_links_lost_total",
+            "counter",
+            "This node's relay links that broke without a close (the owner died or hung).",
+            &[("", n(&stats.links_lost))],
+        ),
+        (
+            "roomd_cluster_placements_total",
+            "counter",
+            "Joins of this node's clients: served here, relayed to another node, or refused (no node could take the room).",
+            &[
+                ("result=\"local\"", n(&stats.placed_local)),
+                ("result=\"relayed\"", n(&stats.placed_relayed)),
+                ("result=\"refused\"", n(&stats.placed_refused)),
+            ],
+        ),
+        (
+            "roomd_cluster_claim_renew_failures_total",
+            "counter",
+            "Room claim renewals that failed or did not answer before the claim's deadline.",
+            &[("", n(&stats.renew_failures))],
+        ),
+        (
+            "roomd_cluster_rooms_stopped_total",
+            "counter",
+            "Rooms this node closed because it could no longer be sure to own them.",
+            &[
+                ("reason=\"deadline\"", n(&stats.stopped_deadline)),
+                ("reason=\"taken\"", n(&stats.stopped_taken)),
+            ],
+        ),
+        (
+            "roomd_cluster_redis_errors_total",
+            "counter",
+            "Redis commands of this node that failed (unreachable, timed out, refused).",
+            &[("", n(&stats.redis_errors))],
+        ),
+    ];
+    for (name, kind, help, samples) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

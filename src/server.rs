@@ -237,12 +237,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         connections: state.connections.open(),
         room_panics: state.rooms.panics.load(Ordering::Relaxed),
     };
-    let body = crate::metrics::render(
+    let mut body = crate::metrics::render(
         &gauges,
         &state.counters,
         &state.latencies,
         &state.room_ctx.bridge.media().stats(),
     );
+    if let Some(cluster) = &state.cluster {
+        crate::metrics::render_cluster(&mut body, cluster.rooms_owned(), cluster.stats());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

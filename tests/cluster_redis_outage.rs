@@ -92,6 +92,30 @@ async fn a_long_redis_outage_closes_rooms_by_their_deadline_and_joins_work_again
         message.starts_with("Cannot place the room: cluster directory unavailable"),
         "{message}"
     );
+    // The node counts what happened.
+    let m = common::http_get_text(n1.addr, "/metrics").await;
+    let at = |series: &str| -> f64 {
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {series} in\n{m}"))
+    };
+    assert_eq!(
+        at("roomd_cluster_rooms_stopped_total{reason=\"deadline\"}"),
+        1.0
+    );
+    assert_eq!(at("roomd_cluster_rooms_owned"), 0.0);
+    assert!(at("roomd_cluster_claim_renew_failures_total") >= 1.0);
+    assert!(at("roomd_cluster_redis_errors_total") >= 1.0);
+    assert_eq!(
+        at("roomd_cluster_placements_total{result=\"refused\"}"),
+        1.0
+    );
 
     redis.start_again().await;
     // The first join waits out the quarantine of an empty Redis inside the server.

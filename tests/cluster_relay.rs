@@ -23,7 +23,44 @@ async fn node(redis: &RedisServer, id: &str, media_ip: &str) -> Server {
         media_ip: media_ip.parse().expect("an IP"),
         ..Default::default()
     };
-    start_server_with(config).await
+    let server = start_server_with(config).await;
+    registered(redis, id).await;
+    server
+}
+
+/// Polls `key` of `redis` until it exists, at most [`common::WAIT`].
+async fn key_exists(redis: &RedisServer, key: &str) {
+    let mut conn = ::redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("the test's redis-server accepts connections");
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let exists: bool = ::redis::cmd("EXISTS")
+            .arg(key)
+            .query(&mut conn)
+            .expect("redis-server answers");
+        if exists {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Until node `id` has written its record (in the background at its start): before that, a
+/// placement does not count it, and a node's first room could go to a node already registered.
+async fn registered(redis: &RedisServer, id: &str) {
+    key_exists(redis, &format!("roomd:node:{id}")).await;
+}
+
+/// Until the session directory names the node holding session `sid` (written in the background
+/// right after its join was answered): a reconnection through another node looks it up there.
+async fn session_published(redis: &RedisServer, sid: &Value) {
+    let sid = sid.as_str().expect("a session id");
+    key_exists(redis, &format!("roomd:session:{sid}")).await;
 }
 
 /// The distinct addresses of the `a=candidate` lines of an SDP.
@@ -293,6 +330,8 @@ async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
     };
     let n1 = start_server_with(grace("n1", "127.0.0.1")).await;
     let n2 = start_server_with(grace("n2", "127.0.0.2")).await;
+    registered(&redis, "n1").await;
+    registered(&redis, "n2").await;
     let mut b = n2.client().await;
     b.join("R", "b").await;
 
@@ -303,6 +342,7 @@ async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
         b.notification("participantJoined").await["params"],
         json!({"id": "a"})
     );
+    session_published(&redis, &sid).await;
     a.drop_connection().await;
     let mut a = n1.client().await;
     let r = a.call("connect", json!({"sessionId": sid})).await;
@@ -324,6 +364,7 @@ async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
         b.notification("participantJoined").await["params"],
         json!({"id": "c"})
     );
+    session_published(&redis, &sid).await;
     c.drop_connection().await;
     let mut c = n1.client().await;
     let r = c.call("connect", json!({"sessionId": sid})).await;
@@ -413,6 +454,7 @@ async fn a_draining_node_keeps_its_rooms_and_sends_new_ones_to_a_serving_node() 
         ..Default::default()
     };
     let n1 = start_server_with(config).await;
+    registered(&redis, "n1").await;
     let n2 = node(&redis, "n2", "127.0.0.2").await;
     let mut keep = n1.client().await;
     assert!(names(&keep.join("kept", "k").await).is_empty());
@@ -451,6 +493,8 @@ async fn admin_actions_on_any_node_reach_the_room_owner() {
     };
     let n1 = start_server_with(admin("n1", "127.0.0.1")).await;
     let n2 = start_server_with(admin("n2", "127.0.0.2")).await;
+    registered(&redis, "n1").await;
+    registered(&redis, "n2").await;
     let mut b = n2.client().await;
     b.join("R", "b").await;
     let mut a = n1.client().await;
@@ -506,4 +550,248 @@ async fn the_relay_endpoint_needs_the_cluster_secret_and_cluster_mode() {
         .await
         .expect_err("an empty cluster secret is refused");
     assert!(err.to_string().contains("cluster-secret"), "{err}");
+}
+
+/// A join that waits on the directory does not hold up the socket: a `ping` sent after it is
+/// answered at once, before the join; a room request sent after the ping still waits for the
+/// join, in order. The wait here is the quarantine of new claims after Redis lost its data
+/// (`claims.rs`), set by the test to a known length.
+#[tokio::test]
+async fn a_ping_is_answered_while_a_join_waits_on_the_directory() {
+    const QUARANTINE_MS: u64 = 2500;
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let mut conn = ::redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("the test's redis-server accepts connections");
+    // n1's first registration marks the Redis as booted; from then on only the test sets the
+    // quarantine.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let booted: bool = ::redis::cmd("EXISTS")
+            .arg("roomd:boot")
+            .query(&mut conn)
+            .expect("redis-server answers");
+        if booted {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n1 never registered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _: () = ::redis::cmd("SET")
+        .arg("roomd:quarantine")
+        .arg("1")
+        .arg("PX")
+        .arg(QUARANTINE_MS)
+        .query(&mut conn)
+        .expect("redis-server answers");
+
+    let mut a = n1.client().await;
+    let sent = tokio::time::Instant::now();
+    let join = a.send("joinRoom", json!({"user": "a", "room": "R"})).await;
+    let ping = a.send("ping", json!({"interval": 3000})).await;
+    let message = a
+        .send(
+            "sendMessage",
+            json!({"message": "m", "userMessage": "a", "roomMessage": "R"}),
+        )
+        .await;
+    let first = a.next_message().await;
+    let ponged = sent.elapsed();
+    assert_eq!(
+        first["id"],
+        json!(ping),
+        "the ping is answered first: {first}"
+    );
+    assert_eq!(first["result"]["value"], "pong", "{first}");
+    let joined = a.next_message().await;
+    let waited = sent.elapsed();
+    assert_eq!(joined["id"], json!(join), "{joined}");
+    assert!(joined.get("result").is_some(), "{joined}");
+    let answered = a.response(message).await;
+    assert!(
+        answered.get("result").is_some(),
+        "sent after the join: {answered}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(QUARANTINE_MS / 2),
+        "the join waited on the directory ({waited:?})"
+    );
+    assert!(
+        ponged * 4 < waited,
+        "pong after {ponged:?}, join after {waited:?}"
+    );
+}
+
+/// A relayed client whose room its owner closed, and that joins again on the same socket, is
+/// placed afresh: into a room of its own node (the former owner would refuse it), then, after
+/// that room closed too, into a room of the other node again; it keeps its session id.
+#[tokio::test]
+async fn a_relayed_client_joining_again_after_room_closed_is_placed_afresh() {
+    let redis = RedisServer::start().await;
+    let admin = |id: &str, ip: &str| roomd::Config {
+        redis_url: Some(redis.url()),
+        cluster_secret: Some("test-secret".into()),
+        cluster_node_id: Some(id.into()),
+        cluster_claim_ttl_ms: TTL_MS,
+        admin_token: Some("tok".into()),
+        media_ip: ip.parse().expect("an IP"),
+        ..Default::default()
+    };
+    let n1 = start_server_with(admin("n1", "127.0.0.1")).await;
+    let n2 = start_server_with(admin("n2", "127.0.0.2")).await;
+    registered(&redis, "n1").await;
+    registered(&redis, "n2").await;
+    let mut b = n2.client().await;
+    b.join("R", "b").await;
+    let mut c = n1.client().await;
+    c.join("S", "c").await;
+    let mut d = n2.client().await;
+    d.join("T", "d").await;
+
+    // a joins R through n1: relayed to n2. R is closed there.
+    let mut a = n1.client().await;
+    let first = a.join("R", "a").await;
+    let sid = first["result"]["sessionId"].clone();
+    assert_eq!(names(&first), ["b"]);
+    assert_eq!(n2.admin_post("/admin/rooms/R/close", "tok").await, 200);
+    assert_eq!(
+        a.notification("roomClosed").await["params"],
+        json!({"room": "R"})
+    );
+
+    // S lives on n1: joined there, not over the link to n2.
+    let joined = a.join("S", "a").await;
+    assert_eq!(names(&joined), ["c"], "{joined}");
+    assert_eq!(
+        joined["result"]["sessionId"], sid,
+        "the client keeps its session id"
+    );
+    assert_eq!(
+        c.notification("participantJoined").await["params"],
+        json!({"id": "a"})
+    );
+    let pong = a.call("ping", json!({"interval": 3000})).await;
+    assert_eq!(pong["result"]["value"], "pong");
+
+    // S closes; T lives on n2: relayed there afresh.
+    assert_eq!(n1.admin_post("/admin/rooms/S/close", "tok").await, 200);
+    a.notification("roomClosed").await;
+    let joined = a.join("T", "a").await;
+    assert_eq!(names(&joined), ["d"], "{joined}");
+    assert_eq!(joined["result"]["sessionId"], sid);
+    assert_eq!(
+        d.notification("participantJoined").await["params"],
+        json!({"id": "a"})
+    );
+    let sent = a
+        .call(
+            "sendMessage",
+            json!({"message": "hi", "userMessage": "a", "roomMessage": "T"}),
+        )
+        .await;
+    assert!(sent.get("result").is_some(), "{sent}");
+    assert_eq!(
+        d.notification("sendMessage").await["params"]["message"],
+        "hi"
+    );
+}
+
+/// The value of one series (`name` or `name{labels}`) in a `/metrics` text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `/metrics` of a cluster node counts its owned rooms, relay links both ways, relayed frames
+/// and placements; a single server has no cluster series.
+#[tokio::test]
+async fn cluster_metrics_count_rooms_links_frames_and_placements() {
+    let redis = RedisServer::start().await;
+    let n1 = node(&redis, "n1", "127.0.0.1").await;
+    let n2 = node(&redis, "n2", "127.0.0.2").await;
+    let mut b = n2.client().await;
+    b.join("R", "b").await;
+    let mut a = n1.client().await;
+    a.join("R", "a").await;
+    let sent = a
+        .call(
+            "sendMessage",
+            json!({"message": "m", "userMessage": "a", "roomMessage": "R"}),
+        )
+        .await;
+    assert!(sent.get("result").is_some(), "{sent}");
+    a.notification("sendMessage").await; // The owner's frames to a are all through now.
+    a.ping().await;
+
+    let m1 = common::http_get_text(n1.addr, "/metrics").await;
+    let m2 = common::http_get_text(n2.addr, "/metrics").await;
+    let at = |m: &str, s: &str| metric(m, s).unwrap_or_else(|| panic!("no {s} in\n{m}"));
+    assert_eq!(
+        at(&m1, "roomd_cluster_placements_total{result=\"relayed\"}"),
+        1.0
+    );
+    assert_eq!(
+        at(&m1, "roomd_cluster_placements_total{result=\"local\"}"),
+        0.0
+    );
+    assert_eq!(at(&m1, "roomd_cluster_relay_links{direction=\"out\"}"), 1.0);
+    assert_eq!(at(&m1, "roomd_cluster_relay_links{direction=\"in\"}"), 0.0);
+    assert_eq!(at(&m1, "roomd_cluster_rooms_owned"), 0.0);
+    // The join and sendMessage went to n2 and their answers came back (the ping did not).
+    assert_eq!(
+        at(
+            &m1,
+            "roomd_cluster_relay_frames_total{direction=\"to_owner\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        at(
+            &m1,
+            "roomd_cluster_relay_frames_total{direction=\"to_client\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        at(&m2, "roomd_cluster_placements_total{result=\"local\"}"),
+        1.0
+    );
+    assert_eq!(at(&m2, "roomd_cluster_relay_links{direction=\"in\"}"), 1.0);
+    assert_eq!(at(&m2, "roomd_cluster_rooms_owned"), 1.0);
+    for m in [&m1, &m2] {
+        assert_eq!(at(m, "roomd_cluster_redis_errors_total"), 0.0);
+        assert_eq!(at(m, "roomd_cluster_claim_renew_failures_total"), 0.0);
+        assert_eq!(
+            at(m, "roomd_cluster_rooms_stopped_total{reason=\"deadline\"}"),
+            0.0
+        );
+        assert_eq!(at(m, "roomd_cluster_relay_links_lost_total"), 0.0);
+    }
+
+    // leaveRoom ends the link on both sides.
+    let left = a.call("leaveRoom", json!({})).await;
+    assert!(left.get("result").is_some(), "{left}");
+    for (server, series) in [
+        (&n1, "roomd_cluster_relay_links{direction=\"out\"}"),
+        (&n2, "roomd_cluster_relay_links{direction=\"in\"}"),
+    ] {
+        eventually("the link is closed", || async {
+            let m = common::http_get_text(server.addr, "/metrics").await;
+            (metric(&m, series) == Some(0.0)).then_some(())
+        })
+        .await;
+    }
+
+    let single = common::start_server().await;
+    let m = common::http_get_text(single.addr, "/metrics").await;
+    assert!(!m.contains("roomd_cluster_"), "{m}");
 }

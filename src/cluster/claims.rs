@@ -41,7 +41,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClusterError, Keys};
+use super::{ClusterError, ClusterStats, Keys};
 
 /// Marks an empty Redis (KEYS[2] = boot, KEYS[3] = quarantine, ARGV[2] = ttl ms). Every script
 /// that may create a claim or a registration starts with it.
@@ -288,6 +288,7 @@ pub struct Keeper {
     changed: Arc<Notify>,
     on_loss: OnLoss,
     is_live: IsLive,
+    stats: Arc<ClusterStats>,
 }
 
 impl std::fmt::Debug for Keeper {
@@ -309,7 +310,14 @@ impl Keeper {
             changed: Arc::default(),
             on_loss,
             is_live,
+            stats: Arc::default(),
         }
+    }
+
+    /// The same keeper, counting its failed renewals and stopped rooms in `stats`.
+    pub fn counting(mut self, stats: Arc<ClusterStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// The directory operations underneath.
@@ -359,6 +367,10 @@ impl Keeper {
             return;
         }
         tracing::warn!(room, ?loss, "cluster: room claim lost, closing the room");
+        ClusterStats::bump(match loss {
+            Loss::Deadline => &self.stats.stopped_deadline,
+            Loss::Taken(_) => &self.stats.stopped_taken,
+        });
         (self.on_loss)(room, loss.clone());
         if loss == Loss::Deadline {
             // Best effort: if Redis answers again, the room is free at once instead of at expiry.
@@ -432,8 +444,15 @@ impl Keeper {
             .collect();
         let renewals = rooms.into_iter().map(|(room, deadline)| async move {
             match tokio::time::timeout_at(deadline, self.claims.renew(&room)).await {
-                Err(_elapsed) => self.lose(&room, Loss::Deadline),
-                Ok(Err(e)) => tracing::warn!(room, "cluster: renewal failed: {e}"),
+                Err(_elapsed) => {
+                    ClusterStats::bump(&self.stats.renew_failures);
+                    self.lose(&room, Loss::Deadline);
+                }
+                Ok(Err(e)) => {
+                    ClusterStats::bump(&self.stats.renew_failures);
+                    self.stats.failed(&e);
+                    tracing::warn!(room, "cluster: renewal failed: {e}");
+                }
                 Ok(Ok(Renewal::Taken(owner))) => self.lose(&room, Loss::Taken(owner)),
                 Ok(Ok(Renewal::Renewed { deadline } | Renewal::Recreated { deadline })) => {
                     let kept = match self.owned().get_mut(&room) {

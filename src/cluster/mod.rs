@@ -28,6 +28,7 @@ pub(crate) mod forward;
 pub(crate) mod node;
 pub(crate) mod relay;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -44,6 +45,66 @@ pub enum ClusterError {
     /// A stored record is not what roomd writes (another program or version wrote the key).
     #[error("cluster record {key} is malformed: {detail}")]
     Malformed { key: String, detail: String },
+}
+
+/// This node's cluster counters (on `/metrics` in cluster mode only), written by the keeper,
+/// the placement and the relay links.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Relay links this node opened to rooms' owners, open now.
+    pub(crate) links_out: AtomicU64,
+    /// Relay links of other nodes served here, open now.
+    pub(crate) links_in: AtomicU64,
+    /// Text frames relayed from clients to owners over this node's links.
+    pub(crate) frames_to_owner: AtomicU64,
+    /// Text frames relayed from owners to clients over this node's links.
+    pub(crate) frames_to_client: AtomicU64,
+    /// This node's links that broke without a close (owner died or hung).
+    pub(crate) links_lost: AtomicU64,
+    /// Joins of this node's clients served here.
+    pub(crate) placed_local: AtomicU64,
+    /// Joins of this node's clients relayed to another node.
+    pub(crate) placed_relayed: AtomicU64,
+    /// Joins of this node's clients no node could take (`Cannot place the room`).
+    pub(crate) placed_refused: AtomicU64,
+    /// Claim renewals that failed or did not answer before the claim's deadline.
+    pub(crate) renew_failures: AtomicU64,
+    /// Rooms this node stopped because no renewal succeeded before the deadline.
+    pub(crate) stopped_deadline: AtomicU64,
+    /// Rooms this node stopped because another node held their claim.
+    pub(crate) stopped_taken: AtomicU64,
+    /// Redis commands of this node that failed (unreachable, timed out, refused).
+    pub(crate) redis_errors: AtomicU64,
+}
+
+impl ClusterStats {
+    /// Counts `e` if Redis failed.
+    pub(crate) fn failed(&self, e: &ClusterError) {
+        if matches!(e, ClusterError::Redis(_)) {
+            self.redis_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds one to `counter`.
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one open relay link in a gauge of [`ClusterStats`] for as long as it lives.
+pub(crate) struct LinkGauge<'a>(&'a AtomicU64);
+
+impl<'a> LinkGauge<'a> {
+    pub(crate) fn open(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for LinkGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The JSON record stored at `key`, if the key exists; a record roomd cannot read is

@@ -11,7 +11,7 @@ use signaling::room::Input;
 use super::claims::{Claim, Claims, Keeper, Loss};
 use super::registry::{NodeInfo, NodeState, Registry};
 use super::sessions::SessionDirectory;
-use super::{connect, ClusterError, Keys};
+use super::{connect, ClusterError, ClusterStats, Keys};
 use crate::drain::Lifecycle;
 use crate::rooms::Directory;
 use crate::sessions::Sessions;
@@ -28,6 +28,20 @@ pub(crate) enum Placement {
     Unavailable(String),
 }
 
+/// Where a client's join or reconnection goes, with the link already open when it goes to
+/// another node.
+pub(crate) enum Directed {
+    /// This node serves it.
+    Here,
+    /// Relayed over `link` to the node serving `room`.
+    There {
+        link: Box<super::relay::Link>,
+        room: String,
+    },
+    /// Nowhere now; the text says why.
+    Refused(String),
+}
+
 /// This node's part of the cluster.
 #[derive(Debug)]
 pub(crate) struct Cluster {
@@ -41,6 +55,7 @@ pub(crate) struct Cluster {
     lifecycle: Arc<Lifecycle>,
     /// `--cluster-relay-only`: never owns a room.
     relay_only: bool,
+    stats: Arc<ClusterStats>,
 }
 
 /// The header carrying the cluster secret on the relay link.
@@ -107,7 +122,8 @@ impl Cluster {
         });
         let live = Arc::clone(&directory);
         let is_live = Arc::new(move |room: &str| live.get(room).is_some_and(|h| !h.is_closed()));
-        let keeper = Keeper::new(claims, on_loss, is_live);
+        let stats = Arc::new(ClusterStats::default());
+        let keeper = Keeper::new(claims, on_loss, is_live).counting(Arc::clone(&stats));
         let cluster = Arc::new(Self {
             keeper: keeper.clone(),
             registry: Registry::new(redis.clone(), keys.clone(), ttl),
@@ -118,6 +134,7 @@ impl Cluster {
             sessions,
             lifecycle: Arc::clone(&lifecycle),
             relay_only: config.cluster_relay_only,
+            stats,
         });
         tracing::info!(node = %cluster.me.id, internal_url = %cluster.me.internal_url, "cluster mode");
         tokio::spawn(keeper.run(lifecycle.stop.clone()));
@@ -149,6 +166,16 @@ impl Cluster {
         &self.secret
     }
 
+    /// This node's cluster counters.
+    pub(crate) fn stats(&self) -> &ClusterStats {
+        &self.stats
+    }
+
+    /// How many rooms this node holds claims of now.
+    pub(crate) fn rooms_owned(&self) -> usize {
+        self.keeper.rooms().len()
+    }
+
     /// Writes this node's record every third of the TTL (draining once the drain began) and
     /// removes it when the process stops.
     async fn register(self: Arc<Self>, lifecycle: Arc<Lifecycle>) {
@@ -164,6 +191,7 @@ impl Cluster {
                 info.state = NodeState::RelayOnly;
             }
             if let Err(e) = self.registry.publish(&info).await {
+                self.stats.failed(&e);
                 tracing::warn!("cluster: cannot register this node: {e}");
             }
             let held: Vec<(String, String)> = self
@@ -173,6 +201,7 @@ impl Cluster {
                 .map(|(id, room)| (id.0, room))
                 .collect();
             if let Err(e) = self.session_directory.publish(&self.me.id, &held).await {
+                self.stats.failed(&e);
                 tracing::warn!("cluster: cannot publish this node's sessions: {e}");
             }
             tokio::select! {
@@ -190,9 +219,79 @@ impl Cluster {
         let held = vec![(session.to_owned(), room.to_owned())];
         tokio::spawn(async move {
             if let Err(e) = me.session_directory.publish(&me.me.id, &held).await {
+                me.stats.failed(&e);
                 tracing::warn!("cluster: cannot publish a session: {e}");
             }
         });
+    }
+
+    /// Whether this node serves `room` right now (live here and claimed): a join needs no
+    /// directory look-up.
+    pub(crate) fn serves(&self, room: &str) -> bool {
+        self.directory.get(room).is_some_and(|h| !h.is_closed()) && self.keeper.owns(room)
+    }
+
+    /// Where a join of `room` goes ([`Cluster::place`]), with the link to the room's node
+    /// opened when that is another node. `client` and `session` are the client's address and
+    /// the session id this node gave it (the owner adopts it). Takes as long as the directory
+    /// and the other node take: run it beside the client's frame loop, never inside it.
+    pub(crate) async fn direct_join(
+        &self,
+        room: &str,
+        relayed: bool,
+        client: Option<SocketAddr>,
+        session: Option<&str>,
+    ) -> Directed {
+        let directed = match self.place(room, relayed).await {
+            Placement::Local => Directed::Here,
+            Placement::Unavailable(why) => Directed::Refused(why),
+            Placement::Remote { node, relay_url } => {
+                match super::relay::connect(&relay_url, &self.secret, client, session).await {
+                    Ok(link) => {
+                        tracing::info!(room, %node, ?client, "join relayed");
+                        Directed::There {
+                            link: Box::new(link),
+                            room: room.to_owned(),
+                        }
+                    }
+                    Err(why) => Directed::Refused(why),
+                }
+            }
+        };
+        if !relayed {
+            // Counted where the client is: a join over a relay link was counted by its node.
+            ClusterStats::bump(match &directed {
+                Directed::Here => &self.stats.placed_local,
+                Directed::There { .. } => &self.stats.placed_relayed,
+                Directed::Refused(_) => &self.stats.placed_refused,
+            });
+        }
+        directed
+    }
+
+    /// Where a `connect` with session id `session`, unknown to this node, goes: relayed to the
+    /// node holding it, or [`Directed::Here`] (unknown anywhere: answered here) or refused.
+    pub(crate) async fn direct_reconnect(
+        &self,
+        session: &str,
+        client: Option<SocketAddr>,
+    ) -> Directed {
+        let Some((url, room)) = self.session_home(session).await else {
+            return Directed::Here;
+        };
+        match super::relay::connect(&url, &self.secret, client, None).await {
+            Ok(link) => {
+                tracing::info!(%room, ?client, "reconnection relayed to the session's node");
+                Directed::There {
+                    link: Box::new(link),
+                    room,
+                }
+            }
+            Err(why) => {
+                tracing::warn!(%why, "reconnection refused: the session's node is unreachable");
+                Directed::Refused(why)
+            }
+        }
     }
 
     /// Where a `connect` for a session this node does not know goes: the relay URL of the node
@@ -202,6 +301,7 @@ impl Cluster {
             Ok(Some(record)) if record.node != self.me.id => record,
             Ok(_) => return None,
             Err(e) => {
+                self.stats.failed(&e);
                 tracing::warn!("cluster: session directory unavailable: {e}");
                 return None;
             }
@@ -211,18 +311,33 @@ impl Cluster {
                 Placement::Remote { relay_url, .. } => Some((relay_url, record.room)),
                 _ => None,
             },
-            _ => None,
+            Ok(None) => None,
+            Err(e) => {
+                self.stats.failed(&e);
+                None
+            }
         }
     }
 
     /// The internal URL of the node owning `room` when that is another node (admin actions
     /// are forwarded there); `None` when it is this node, nobody, or unknown.
     pub(crate) async fn owner_elsewhere(&self, room: &str) -> Option<String> {
-        let owner = self.keeper.claims().owner(room).await.ok()??;
+        let owner = self
+            .keeper
+            .claims()
+            .owner(room)
+            .await
+            .inspect_err(|e| self.stats.failed(e))
+            .ok()??;
         if owner == self.me.id {
             return None;
         }
-        Some(self.registry.node(&owner).await.ok()??.internal_url)
+        let node = self.registry.node(&owner).await;
+        Some(
+            node.inspect_err(|e| self.stats.failed(e))
+                .ok()??
+                .internal_url,
+        )
     }
 
     /// Every node's rooms with participants (`/getAllRooms`): this node's as they are, every
@@ -234,6 +349,7 @@ impl Cluster {
         let nodes = match self.registry.nodes().await {
             Ok(nodes) => nodes,
             Err(e) => {
+                self.stats.failed(&e);
                 tracing::warn!("cluster: /getAllRooms lists this node's rooms only: {e}");
                 Vec::new()
             }
@@ -270,12 +386,18 @@ impl Cluster {
                 Ok(Some(owner)) => Placement::Unavailable(format!(
                     "room '{room}' moved to node {owner} meanwhile; join again"
                 )),
-                Err(e) => Placement::Unavailable(e.to_string()),
+                Err(e) => {
+                    self.stats.failed(&e);
+                    Placement::Unavailable(e.to_string())
+                }
             };
         }
         match self.choose(room).await {
             Ok(placement) => placement,
-            Err(e) => Placement::Unavailable(e.to_string()),
+            Err(e) => {
+                self.stats.failed(&e);
+                Placement::Unavailable(e.to_string())
+            }
         }
     }
 
