@@ -21,7 +21,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{self, NodeProcess};
+use common::cluster::{self, candidate_addresses, NodeProcess};
 use common::peer;
 use common::redis_server::RedisServer;
 use serde_json::{json, Value};
@@ -106,18 +106,6 @@ fn names(join: &Value) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// The distinct addresses of the `a=candidate` lines of an SDP.
-fn candidate_addresses(sdp: &str) -> Vec<String> {
-    let mut addresses: Vec<String> = sdp
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=candidate:"))
-        .filter_map(|c| c.split_whitespace().nth(4).map(str::to_owned))
-        .collect();
-    addresses.sort();
-    addresses.dedup();
-    addresses
 }
 
 async fn partition_scenario() {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::cluster::candidate_addresses;
 use common::peer;
 use common::redis_server::RedisServer;
 use common::{start_server_with, Server};
@@ -61,17 +62,6 @@ async fn registered(redis: &RedisServer, id: &str) {
 async fn session_published(redis: &RedisServer, sid: &Value) {
     let sid = sid.as_str().expect("a session id");
     key_exists(redis, &format!("roomd:session:{sid}")).await;
-}
-
-/// The distinct addresses of the `a=candidate` lines of an SDP.
-fn candidate_addresses(sdp: &str) -> Vec<String> {
-    let mut addresses: Vec<String> = sdp
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=candidate:"))
-        .filter_map(|c| c.split_whitespace().nth(4).map(str::to_owned))
-        .collect();
-    addresses.dedup();
-    addresses
 }
 
 fn names(join: &Value) -> Vec<String> {

@@ -167,3 +167,16 @@ pub async fn wait_ready(redis: &mut ::redis::aio::MultiplexedConnection, ids: &[
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The distinct addresses of the `a=candidate` lines of an SDP, sorted (what a cluster test
+/// compares with the owner's announced address).
+pub fn candidate_addresses(sdp: &str) -> Vec<String> {
+    let mut addresses: Vec<String> = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter_map(|c| c.split_whitespace().nth(4).map(str::to_owned))
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
