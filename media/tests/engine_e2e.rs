@@ -1483,3 +1483,32 @@ fn a_full_command_queue_answers_busy() {
         r.blocking_recv().expect("answered");
     }
 }
+
+/// Queuing a command wakes the shard thread: with a `max_wait` of a minute (the thread would
+/// otherwise sleep in `poll` that long, nothing arriving on its socket), commands are answered
+/// and dropping the runtime stops the thread, each well within the bound of this test.
+#[test]
+fn a_queued_command_wakes_the_shard_thread() {
+    let mut config = RuntimeConfig::new(addr("127.0.0.1:0"));
+    config.max_wait = Duration::from_secs(60);
+    let (rt, _events) = ShardRuntime::spawn(config).expect("runtime");
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime to wait with");
+    for i in 0..3 {
+        let reply = rt.stats().expect("queued");
+        waiter
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), reply).await })
+            .unwrap_or_else(|_| panic!("command {i} not answered within 10 s"))
+            .expect("answered");
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(rt);
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the shard thread stopped within 10 s of the drop");
+}

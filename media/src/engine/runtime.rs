@@ -9,12 +9,11 @@
 //!  owner ◀── [events, bounded] ◀── Connected / Disconnected / Failed / TrackOpen / LocalCandidate
 //! ```
 //!
-//! The loop: take every queued command; wait in `poll(2)` on the UDP socket, the TCP listener
-//! and every TCP connection, with a timeout set to the earliest of the shard's, the
-//! forwarder's and the TCP connections' next timer, capped at [`RuntimeConfig::max_wait`],
-//! which is also the worst-case latency of a command (nothing wakes a thread blocked in
-//! `poll` but its descriptors, so the loop wakes up at least that often — 100 wake-ups a
-//! second at the default 10 ms); read up to [`BATCH`] datagrams in one non-blocking
+//! The loop: take every queued command; wait in `poll(2)` on the UDP socket, the TCP listener,
+//! every TCP connection and an eventfd that queuing a command writes (so a command is taken at
+//! once, not at the next packet or timer), with a timeout set to the earliest of the shard's,
+//! the forwarder's and the TCP connections' next timer, capped at [`RuntimeConfig::max_wait`]
+//! (100 wake-ups a second at the default 10 ms keep the snapshot and the stop flag fresh); read up to [`BATCH`] datagrams in one non-blocking
 //! `recvmmsg`, accept TCP connections and read their RFC 4571 frames; feed the datagrams and
 //! frames; run due timers; route events through the forwarder, then the data relay; send what
 //! the shard queued (`send_to`: handshakes and RTCP, few) and the forwarder's datagrams in
@@ -31,8 +30,7 @@
 //!
 //! Queue policies (data-channel messages: see `data.rs`, bounded per subscriber channel):
 //! - commands: [`ShardRuntime::reserve`] waits for room (backpressure on the caller; the thread
-//!   takes every queued command at each wake-up, so room comes within
-//!   [`RuntimeConfig::max_wait`]); [`ShardRuntime`]'s other methods never block and fail at
+//!   takes every queued command at each wake-up, and each command wakes it); [`ShardRuntime`]'s other methods never block and fail at
 //!   once with [`RuntimeError::Busy`] when the queue is full. Both fail with
 //!   [`RuntimeError::Stopped`] once the thread has ended.
 //! - events: when the owner does not keep up and the queue is full, events are dropped and
@@ -54,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
@@ -88,7 +87,7 @@ pub struct RuntimeConfig {
     pub commands: usize,
     /// Capacity of the event queue.
     pub events: usize,
-    /// Longest the loop blocks in `recv_from` (command latency bound).
+    /// Longest the loop blocks in `poll` when nothing happens (commands wake it at once).
     pub max_wait: Duration,
     pub ice: IceTimeouts,
     pub connect_timeout: Duration,
@@ -279,9 +278,11 @@ enum Command {
     },
 }
 
-/// The handle of a shard thread. Dropping it stops the thread (within `max_wait`) and joins it.
+/// The handle of a shard thread. Dropping it stops the thread (woken at once) and joins it.
 pub struct ShardRuntime {
     commands: tokio::sync::mpsc::Sender<Command>,
+    /// Written after each command is queued: the thread's `poll` returns at once.
+    wake: Arc<EventFd>,
     local: SocketAddr,
     announced: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
@@ -309,6 +310,10 @@ impl ShardRuntime {
         let forwarder = Forwarder::new(config.forward.clone());
         shard.set_crypto_hook(forwarder.crypto_hook());
         let (commands, command_rx) = tokio::sync::mpsc::channel(config.commands.max(1));
+        let wake = Arc::new(EventFd::from_value_and_flags(
+            0,
+            EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+        )?);
         let (event_tx, events) = mpsc::sync_channel(config.events.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let snapshot = Arc::new(Mutex::new(RuntimeStats::default()));
@@ -325,6 +330,7 @@ impl ShardRuntime {
             stats: RuntimeStats::default(),
             max_wait: config.max_wait.max(Duration::from_millis(1)),
             tcp_ready: Vec::new(),
+            wake: Arc::clone(&wake),
         };
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -333,6 +339,7 @@ impl ShardRuntime {
         Ok((
             ShardRuntime {
                 commands,
+                wake,
                 local,
                 announced,
                 stop,
@@ -359,19 +366,19 @@ impl ShardRuntime {
     }
 
     /// Room for one command, waiting while the queue is full (backpressure: the shard drains
-    /// the whole queue at every wake-up, at least every [`RuntimeConfig::max_wait`]).
+    /// the whole queue at every wake-up, and queuing a command wakes it).
     pub async fn reserve(&self) -> Result<CommandSlot<'_>, RuntimeError> {
         self.commands
             .reserve()
             .await
-            .map(CommandSlot)
+            .map(|permit| CommandSlot(permit, &self.wake))
             .map_err(|_| RuntimeError::Stopped)
     }
 
     /// Room for one command, or [`RuntimeError::Busy`] at once when the queue is full.
     pub fn try_reserve(&self) -> Result<CommandSlot<'_>, RuntimeError> {
         match self.commands.try_reserve() {
-            Ok(permit) => Ok(CommandSlot(permit)),
+            Ok(permit) => Ok(CommandSlot(permit, &self.wake)),
             Err(tokio::sync::mpsc::error::TrySendError::Full(())) => Err(RuntimeError::Busy),
             Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => Err(RuntimeError::Stopped),
         }
@@ -432,12 +439,15 @@ impl ShardRuntime {
 
 /// Room for one command in a shard's queue ([`ShardRuntime::reserve`]); each method uses it up
 /// and returns the receiver of the reply.
-pub struct CommandSlot<'a>(tokio::sync::mpsc::Permit<'a, Command>);
+pub struct CommandSlot<'a>(tokio::sync::mpsc::Permit<'a, Command>, &'a EventFd);
 
 impl CommandSlot<'_> {
     fn send<T>(self, make: impl FnOnce(Reply<T>) -> Command) -> oneshot::Receiver<T> {
         let (tx, rx) = oneshot::channel();
         self.0.send(make(tx));
+        // Adds 1 to the eventfd's counter (never near its 2^64 - 2 limit: the thread reads it
+        // to 0 at each wake-up); if it failed anyway, the command waits for `max_wait`.
+        let _ = self.1.write(1);
         rx
     }
 
@@ -502,6 +512,7 @@ impl CommandSlot<'_> {
 impl Drop for ShardRuntime {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self.wake.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -567,6 +578,8 @@ struct State {
     max_wait: Duration,
     /// TCP entries `poll` found ready (reused).
     tcp_ready: Vec<(TcpToken, PollFlags)>,
+    /// Readable when a command was queued since the last wake-up.
+    wake: Arc<EventFd>,
 }
 
 impl State {
@@ -665,7 +678,10 @@ impl State {
         let millis = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
         self.tcp_ready.clear();
         // One small allocation per wake-up (not per packet): the set borrows the descriptors.
-        let mut fds = vec![PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![
+            PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+        ];
         let mut tokens = Vec::new();
         if let Some(tcp) = self.tcp.as_ref() {
             tcp.poll_fds(&mut fds, &mut tokens);
@@ -674,7 +690,11 @@ impl State {
             Ok(0) => false,
             Ok(_) => {
                 let ready = |fd: &PollFd<'_>| fd.revents().unwrap_or(PollFlags::empty());
-                for (fd, token) in fds[1..].iter().zip(&tokens) {
+                if !ready(&fds[1]).is_empty() {
+                    // Back to 0; the commands themselves are taken at the loop's top.
+                    let _ = self.wake.read();
+                }
+                for (fd, token) in fds[2..].iter().zip(&tokens) {
                     let r = ready(fd);
                     if !r.is_empty() {
                         self.tcp_ready.push((*token, r));
