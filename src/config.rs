@@ -100,6 +100,11 @@ pub struct Config {
     /// the system).
     #[arg(long, env = "ROOMD_RTC_UDP_PORT", default_value_t = 40000)]
     pub rtc_udp_port: u16,
+    /// Send every datagram as its own message instead of a client's burst as one message with
+    /// UDP segmentation offload (GSO is used only where the kernel has it, and switched off by
+    /// itself if a device refuses it; this is for measuring, or for a kernel that misbehaves).
+    #[arg(long, env = "ROOMD_NO_UDP_GSO")]
+    pub no_udp_gso: bool,
     /// Minimum time between two keyframe requests to one publisher track (milliseconds).
     #[arg(long, env = "ROOMD_KEYFRAME_INTERVAL_MS", default_value_t = 500)]
     pub keyframe_interval_ms: u64,
@@ -245,6 +250,7 @@ impl Config {
             ),
             udp_port: self.rtc_udp_port,
             connect_timeout: media::DEFAULT_CONNECT_TIMEOUT,
+            udp_gso: !self.no_udp_gso,
         }
     }
 

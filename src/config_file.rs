@@ -73,6 +73,7 @@ const KEYS: &[(&str, &str, &str, Kind)] = &[
     ("rtc", "public_ips", "public_ips", Kind::List),
     ("rtc", "shards", "media_shards", Kind::Number),
     ("rtc", "udp_port", "rtc_udp_port", Kind::Number),
+    ("rtc", "no_udp_gso", "no_udp_gso", Kind::Flag),
     (
         "rtc",
         "keyframe_interval_ms",
@@ -359,6 +360,9 @@ impl Config {
         }
         if self.no_demo {
             a.push("--no-demo".into());
+        }
+        if self.no_udp_gso {
+            a.push("--no-udp-gso".into());
         }
         if self.loopback_remote {
             a.push("--loopback-remote".into());

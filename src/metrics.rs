@@ -332,6 +332,18 @@ pub(crate) fn render(
         "Packets not sent on an ICE-TCP connection (write buffer full or connection gone).",
         media.ice_tcp_dropped,
     );
+    metric(
+        "roomd_udp_datagrams_sent_total",
+        "counter",
+        "UDP datagrams the media shards sent.",
+        media.udp_datagrams_sent,
+    );
+    metric(
+        "roomd_udp_gso_datagrams_total",
+        "counter",
+        "UDP datagrams sent inside a message of several to one client (segmentation offload).",
+        media.udp_gso_datagrams,
+    );
     let _ = writeln!(
         out,
         "# HELP roomd_room_limit_refusals_total Room requests refused by a room limit.\n\

@@ -2,7 +2,8 @@
 //! sender_report}`) allocate nothing per packet: a counting global allocator (`stats_alloc`)
 //! watches a steady-state run of forwarding to several legs (extensions stamped, one leg with
 //! RTX, one congested now and then so that it waits for keyframes), NACKs answered by plain
-//! and RTX retransmissions, keyframe requests, and sender and receiver reports.
+//! and RTX retransmissions, keyframe requests, and sender and receiver reports; nor does the
+//! shard's send path (GSO planning and `sendmmsg`).
 //!
 //! One test in this binary on purpose: the allocator's counters are global.
 
@@ -190,6 +191,7 @@ fn forwarding_retransmitting_and_reporting_allocate_nothing() {
     );
 
     forwarder_allocates_nothing_per_packet();
+    sending_windows_allocates_nothing();
 }
 
 /// The shard-level forwarding path (`media::engine::forward::Forwarder`): `RtpIn` events of a
@@ -376,4 +378,48 @@ fn forwarder_allocates_nothing_per_packet() {
         "forwarder: {forwarded} datagrams sealed, {change:?}, {st:?}"
     );
     println!("forwarder 1 → {SUBS}: {forwarded} sealed datagrams ({bytes} bytes), {change:?}");
+}
+
+/// The shard's send path (`media::engine::udp_send::UdpSender`): windows of 45 sealed-size
+/// datagrams (a frame of 5 packets fanned out to 9 clients) planned into GSO runs and sent
+/// over real UDP on 127.0.0.1. Part of the one test: the counters are global.
+fn sending_windows_allocates_nothing() {
+    use media::engine::udp_send::{gso_supported, UdpSender};
+    use std::net::{SocketAddr, UdpSocket};
+    use std::os::fd::AsRawFd;
+
+    let out = UdpSocket::bind("127.0.0.1:0").expect("bind the sending socket");
+    // Unread receivers: once their buffers are full the kernel drops on their side, the send
+    // itself still succeeds.
+    let receivers: Vec<UdpSocket> = (0..9)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind a receiver"))
+        .collect();
+    let dests: Vec<SocketAddr> = receivers
+        .iter()
+        .map(|r| r.local_addr().expect("bound address"))
+        .collect();
+    let packets: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1_216]).collect();
+    let window: Vec<(SocketAddr, &[u8])> = packets
+        .iter()
+        .flat_map(|p| dests.iter().map(move |d| (*d, &p[..])))
+        .collect();
+    let mut sender = UdpSender::new(gso_supported(&out));
+    for _ in 0..10 {
+        sender.send(out.as_raw_fd(), &window);
+    }
+    let warm = sender.take_stats();
+    assert_eq!(warm.datagrams_sent, 450, "{warm:?}");
+    let region = Region::new(GLOBAL);
+    for _ in 0..200 {
+        sender.send(out.as_raw_fd(), black_box(&window));
+    }
+    let change = region.change();
+    let st = sender.take_stats();
+    assert_eq!(st.datagrams_sent, 200 * 45, "{st:?}");
+    assert_eq!(
+        (change.allocations, change.reallocations),
+        (0, 0),
+        "send path: {st:?}, {change:?}"
+    );
+    println!("send path: {st:?}, {change:?}");
 }

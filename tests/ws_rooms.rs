@@ -408,4 +408,10 @@ async fn metrics_expose_rooms_and_media_counters() {
         text.contains("roomd_rtp_dropped_total{reason=\"SubscriberQueueFull\"}"),
         "{text}"
     );
+    for series in [
+        "# TYPE roomd_udp_datagrams_sent_total counter",
+        "# TYPE roomd_udp_gso_datagrams_total counter",
+    ] {
+        assert!(text.contains(series), "{series}: {text}");
+    }
 }

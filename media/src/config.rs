@@ -1,5 +1,5 @@
 //! Media engine configuration: addresses (bound and announced), the shards and their UDP
-//! ports, keyframe-request pacing and the connect timeout. Queue capacities are constants next
+//! ports, keyframe-request pacing, the connect timeout and the UDP send offload. Queue capacities are constants next
 //! to the queues they size (`engine/runtime.rs`, `engine/forward.rs`), each documented with its
 //! full policy.
 
@@ -24,6 +24,9 @@ pub struct MediaConfig {
     /// Time a new endpoint's peer connection has to connect (ICE + DTLS) before the endpoint
     /// reports [`crate::MediaEvent::Failed`].
     pub connect_timeout: Duration,
+    /// Send a burst of datagrams to one client as one message with UDP segmentation offload
+    /// (`UDP_SEGMENT`, Linux ≥ 4.18) where the kernel takes it; off: one message each.
+    pub udp_gso: bool,
 }
 
 /// Default [`MediaConfig::connect_timeout`].
@@ -38,6 +41,7 @@ impl Default for MediaConfig {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             udp_port: 40000,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            udp_gso: true,
         }
     }
 }

@@ -64,6 +64,11 @@ pub struct MediaStats {
     /// Sharded engine: packets not sent on an ICE-TCP connection (its write buffer full, or the
     /// connection gone).
     pub ice_tcp_dropped: u64,
+    /// UDP datagrams the shards' sockets sent.
+    pub udp_datagrams_sent: u64,
+    /// Of those, datagrams sent inside a message of several to one client (UDP segmentation
+    /// offload).
+    pub udp_gso_datagrams: u64,
 }
 
 impl MediaStats {

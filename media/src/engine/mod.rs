@@ -16,6 +16,8 @@
 //! - `data`: a shard's data-channel relay: publishers' messages to their subscribers' channels,
 //!   bounded by each channel's SCTP backlog.
 //! - `tcp`: a shard's ICE-TCP listener and connections: RFC 4571 framing, bounded write buffers.
+//! - `udp_send`: a shard's batched UDP send: windows of datagrams grouped into `sendmmsg`
+//!   messages, runs to one client as one GSO (`UDP_SEGMENT`) message.
 //! - `runtime`: a shard thread: one UDP socket and the ICE-TCP listener on its port number, the
 //!   shard, its forwarder and its data relay, bounded command and event queues.
 //! - `sharded`: the engine behind `MediaRouter`: shard threads, the endpoint table, event
@@ -44,4 +46,5 @@ pub mod sharded;
 pub mod srtp;
 pub mod tcp;
 pub mod track;
+pub mod udp_send;
 pub mod wire;

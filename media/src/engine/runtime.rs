@@ -17,7 +17,8 @@
 //! `recvmmsg`, accept TCP connections and read their RFC 4571 frames; feed the datagrams and
 //! frames; run due timers; route events through the forwarder, then the data relay; send what
 //! the shard queued (`send_to`: handshakes and RTCP, few) and the forwarder's datagrams in
-//! batches of [`BATCH`] per `sendmmsg` (nix's safe wrappers; this crate has no unsafe code);
+//! windows of up to [`WINDOW`] through the [`UdpSender`] (`sendmmsg`, runs to one client as
+//! one GSO message; nix's safe wrappers; this crate has no unsafe code);
 //! a packet whose path is an ICE-TCP connection goes into that connection's bounded write
 //! buffer instead (full: dropped and counted, see `tcp.rs`). The socket's
 //! kernel buffers are enlarged ([`RuntimeConfig::socket_buffer`]): with the default (~200 kB,
@@ -41,7 +42,7 @@
 //! Owns [`ShardRuntime`], [`CommandSlot`], [`RuntimeConfig`], [`RuntimeError`], [`RuntimeStats`],
 //! [`RuntimeEvent`].
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,9 +54,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::sys::socket::{
-    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
-};
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use tokio::sync::oneshot;
 
 use super::data::{DataRelay, DataStats, DEFAULT_MAX_BACKLOG};
@@ -63,6 +62,7 @@ use super::forward::{ForwardConfig, ForwardStats, Forwarder, Source};
 use super::peer::{IceTimeouts, OutTrack, PeerId, PublisherAnswer, SubscriberAnswer};
 use super::shard::{Shard, ShardAddr, ShardConfig, ShardError, ShardEvent, ShardStats};
 use super::tcp::{TcpStats, TcpToken, TcpTransport};
+use super::udp_send::{gso_supported, UdpSender, WINDOW};
 use rtc::shared::TransportProtocol;
 
 /// What the runtime reports: the shard's events other than media and data (`Connected`,
@@ -101,6 +101,9 @@ pub struct RuntimeConfig {
     /// ICE-TCP: listen on TCP on the UDP socket's address and port and announce a passive TCP
     /// candidate there too.
     pub ice_tcp: bool,
+    /// Send runs of datagrams to one client as one message with UDP segmentation offload
+    /// when the kernel has it (`udp_send.rs`).
+    pub udp_gso: bool,
 }
 
 /// The default [`RuntimeConfig::socket_buffer`]: 4 MiB, some 3,500 datagrams of 1,200 bytes
@@ -189,6 +192,7 @@ impl RuntimeConfig {
             socket_buffer: SOCKET_BUFFER,
             data_backlog: DEFAULT_MAX_BACKLOG,
             ice_tcp: true,
+            udp_gso: true,
         }
     }
 }
@@ -236,6 +240,10 @@ pub struct RuntimeStats {
     pub forward: ForwardStats,
     pub data: DataStats,
     pub datagrams_sent: u64,
+    /// Messages of several datagrams to one client sent with UDP segmentation offload, and the
+    /// datagrams in them (`udp_send.rs`).
+    pub gso_messages: u64,
+    pub gso_datagrams: u64,
     /// ICE-TCP connections (all zero without ICE-TCP).
     pub tcp: TcpStats,
     pub send_errors: u64,
@@ -317,7 +325,9 @@ impl ShardRuntime {
         let (event_tx, events) = mpsc::sync_channel(config.events.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let snapshot = Arc::new(Mutex::new(RuntimeStats::default()));
+        let gso = config.udp_gso && gso_supported(&socket);
         let mut state = State {
+            gso,
             snapshot: Arc::clone(&snapshot),
             published: Instant::now(),
             socket,
@@ -530,18 +540,16 @@ struct BatchIo {
     recv_bufs: Vec<[u8; MAX_DATAGRAM]>,
     /// (length, sender) of each datagram of the last `recvmmsg`.
     received: [(usize, Option<SocketAddr>); BATCH],
-    send_headers: MultiHeaders<SockaddrStorage>,
-    send_addrs: Vec<Option<SockaddrStorage>>,
+    sender: UdpSender,
 }
 
 impl BatchIo {
-    fn new() -> Self {
+    fn new(gso: bool) -> Self {
         Self {
             recv_headers: MultiHeaders::preallocate(BATCH, None),
             recv_bufs: vec![[0; MAX_DATAGRAM]; BATCH],
             received: [(0, None); BATCH],
-            send_headers: MultiHeaders::preallocate(BATCH, None),
-            send_addrs: Vec::with_capacity(BATCH),
+            sender: UdpSender::new(gso),
         }
     }
 }
@@ -563,6 +571,8 @@ pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
 }
 
 struct State {
+    /// Whether the send path starts with UDP segmentation offload.
+    gso: bool,
     snapshot: Arc<Mutex<RuntimeStats>>,
     /// When `snapshot` was last written.
     published: Instant,
@@ -585,7 +595,7 @@ struct State {
 impl State {
     fn run(&mut self, mut commands: tokio::sync::mpsc::Receiver<Command>, stop: &AtomicBool) {
         // Not in `State`: nix's headers hold raw pointers (not `Send`); built on this thread.
-        let mut io = BatchIo::new();
+        let mut io = BatchIo::new(self.gso);
         while !stop.load(Ordering::Relaxed) {
             self.stats.wakeups += 1;
             while let Ok(cmd) = commands.try_recv() {
@@ -611,7 +621,7 @@ impl State {
                             // Sent as soon as a batch is full: the forwarder's buffer pool
                             // grows to the deepest queue, which this keeps near one batch
                             // plus one packet's fan-out.
-                            if self.forwarder.queued() >= BATCH {
+                            if self.forwarder.queued() >= WINDOW {
                                 self.flush(&mut io);
                             }
                         }
@@ -729,7 +739,7 @@ impl State {
                         let shard = &mut self.shard;
                         tcp.read(id, |tuple, frame| shard.handle_packet(now, tuple, frame));
                         self.pump(now);
-                        if self.forwarder.queued() >= BATCH {
+                        if self.forwarder.queued() >= WINDOW {
                             self.flush(io);
                         }
                     }
@@ -866,12 +876,12 @@ impl State {
         }
     }
 
-    /// Sends the forwarder's queue, [`BATCH`] datagrams per `sendmmsg`. A datagram the kernel
-    /// refuses is dropped and counted (`send_errors`), never retried. Packets on ICE-TCP paths
-    /// go to their connections' write buffers, which are then written.
+    /// Sends the forwarder's queue, windows of up to [`WINDOW`] datagrams handed to the
+    /// [`UdpSender`] (runs to one client as one GSO message; a datagram the kernel refuses is
+    /// dropped and counted, never retried: `udp_send.rs`). Packets on ICE-TCP paths go to
+    /// their connections' write buffers, which are then written.
     fn flush(&mut self, io: &mut BatchIo) {
         let fd = self.socket.as_raw_fd();
-        let no_cmsgs: [ControlMessage<'_>; 0] = [];
         while self.forwarder.queued() > 0 {
             if let Some(d) = self
                 .forwarder
@@ -885,38 +895,24 @@ impl State {
                 self.forwarder.pop_transmit();
                 continue;
             }
-            io.send_addrs.clear();
-            let mut iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|_| [IoSlice::new(&[])]);
-            let mut k = 0;
+            let mut window: [(SocketAddr, &[u8]); WINDOW] =
+                [(SocketAddr::from(([0, 0, 0, 0], 0)), &[]); WINDOW];
+            let mut n = 0;
             let udp = self
                 .forwarder
                 .transmits()
                 .take_while(|d| d.protocol == TransportProtocol::UDP);
-            for (iov, d) in iovs.iter_mut().zip(udp) {
-                *iov = [IoSlice::new(d.bytes)];
-                io.send_addrs
-                    .push(Some(SockaddrStorage::from(wire_addr(self.local, d.dest))));
-                k += 1;
+            for (slot, d) in window.iter_mut().zip(udp) {
+                *slot = (wire_addr(self.local, d.dest), d.bytes);
+                n += 1;
             }
-            let sent = sendmmsg(
-                fd,
-                &mut io.send_headers,
-                iovs[..k].iter(),
-                &io.send_addrs,
-                no_cmsgs,
-                MsgFlags::empty(),
-            )
-            .map(Iterator::count);
-            match sent {
-                Ok(n) if n > 0 => {
-                    self.forwarder.pop_transmits(n);
-                    self.stats.datagrams_sent += n as u64;
-                }
-                _ => {
-                    self.forwarder.pop_transmit();
-                    self.stats.send_errors += 1;
-                }
-            }
+            io.sender.send(fd, &window[..n]);
+            self.forwarder.pop_transmits(n);
+            let sent = io.sender.take_stats();
+            self.stats.datagrams_sent += sent.datagrams_sent;
+            self.stats.send_errors += sent.send_errors;
+            self.stats.gso_messages += sent.gso_messages;
+            self.stats.gso_datagrams += sent.gso_datagrams;
         }
         if let Some(tcp) = self.tcp.as_mut() {
             tcp.flush(None);

@@ -129,6 +129,7 @@ impl ShardedEngine {
             };
             let mut rc = RuntimeConfig::new(SocketAddr::new(config.bind_ip, port));
             rc.connect_timeout = config.connect_timeout;
+            rc.udp_gso = config.udp_gso;
             rc.forward.keyframe_interval = config.keyframe_request_interval;
             // Port 0: the bound port (see `RuntimeConfig::announced`).
             rc.announced = config
@@ -419,6 +420,7 @@ impl ShardedEngine {
             sum.data.relayed += s.data.relayed;
             sum.data.dropped += s.data.dropped;
             sum.datagrams_sent += s.datagrams_sent;
+            sum.gso_datagrams += s.gso_datagrams;
             sum.events_dropped += s.events_dropped;
             sum.tcp.open += s.tcp.open;
             sum.tcp.accepted += s.tcp.accepted;
@@ -451,6 +453,8 @@ impl ShardedEngine {
             ice_tcp_accepted: sum.tcp.accepted,
             ice_tcp_rejected: sum.tcp.refused,
             ice_tcp_dropped: sum.tcp.dropped_full,
+            udp_datagrams_sent: sum.datagrams_sent,
+            udp_gso_datagrams: sum.gso_datagrams,
         }
     }
 }
