@@ -3,10 +3,13 @@
 //!
 //! Owns `capacity` slots (which packet each holds, indexed by sequence number) and one byte
 //! arena the packets are written into back to back, circularly. The arena starts at a sixteenth
-//! of `capacity × slot_size` and doubles, up to that, whenever it is about to overwrite a
-//! packet younger than `max_age`: a low-bitrate track keeps a small arena (audio, screen share,
-//! a thumbnail), a 4 Mbit/s one gets what it needs. Growing is the only allocation after
-//! [`NackRing::new`]; it copies the last lap, so no packet younger than `max_age` is lost. Does
+//! of `capacity × slot_size` and grows, up to that, whenever it is about to overwrite a packet
+//! younger than `max_age`: to what `max_age` of the stream takes at the rate of the lap just
+//! written, plus an eighth (at least a quarter more than before, at most twice). A low-bitrate track keeps a
+//! small arena (audio, screen share, a thumbnail), a 4 Mbit/s one gets what it needs, and a
+//! 1.5 Mbit/s one about 220 kB rather than the 384 kB that doubling gave it. Growing is the
+//! only allocation after [`NackRing::new`]; it copies the last lap, so no packet younger than
+//! `max_age` is lost. Does
 //! not own the mapping from a subscriber's sequence numbers to ours: each leg remembers, for
 //! every packet it sent, the [`RingId`] of the stored packet it was made from (`leg.rs`).
 //!
@@ -94,8 +97,10 @@ pub const MAX_AGE: Duration = Duration::from_secs(1);
 /// Bounded store of clear RTP packets, indexed by sequence number.
 #[derive(Debug)]
 pub struct NackRing {
-    /// The arena: byte `v` of the unwrapped stream lives at `v % data.len()`.
+    /// The arena: byte `v` of the unwrapped stream lives at `(v - base) % data.len()`.
     data: Vec<u8>,
+    /// Stream position of the arena's offset 0 when it last grew (the lap it kept starts there).
+    base: u64,
     /// The arena's largest size.
     max_bytes: usize,
     /// End of the last write in the unwrapped stream.
@@ -121,11 +126,11 @@ impl NackRing {
         let capacity = capacity.clamp(16, 32_768).next_power_of_two();
         let slot_size = slot_size.min(usize::from(u16::MAX));
         let max_bytes = usize::from(capacity) * slot_size;
-        // At least one largest packet, and `max_bytes` a power-of-two multiple of it.
+        // At least one largest packet.
         let start = (max_bytes / 16).max(slot_size);
-        let max_bytes = start << (max_bytes / start).max(1).ilog2();
         Self {
             data: vec![0; start],
+            base: 0,
             max_bytes,
             written: 0,
             valid_from: 0,
@@ -208,19 +213,20 @@ impl NackRing {
 
     /// Where the next packet of `len` bytes (<= the arena) goes in the unwrapped stream: after
     /// the last one, or at the start of the next lap if it would not fit before the end. A new
-    /// lap about to write over a packet younger than `max_age` doubles the arena first.
+    /// lap about to write over a packet younger than `max_age` grows the arena first.
     fn reserve(&mut self, len: usize, now: Instant) -> u64 {
         let size = self.data.len() as u64;
         let mut at = self.written;
-        if at % size + len as u64 > size {
-            at += size - at % size;
+        let in_lap = (at - self.base) % size;
+        if in_lap + len as u64 > size {
+            at += size - in_lap;
         }
-        if at % size == 0 && at > 0 {
-            let young = self
-                .lap_first
-                .is_some_and(|t| now.saturating_duration_since(t) < self.max_age);
-            if young && self.data.len() < self.max_bytes {
-                self.grow(at);
+        if self.offset(at) == 0 && at > self.base {
+            if let Some(first) = self.lap_first {
+                let lap = now.saturating_duration_since(first);
+                if lap < self.max_age && self.data.len() < self.max_bytes {
+                    self.grow(at, lap);
+                }
             }
         }
         if self.offset(at) == 0 {
@@ -229,22 +235,40 @@ impl NackRing {
         at
     }
 
-    /// Doubles the arena at stream position `at` (a multiple of its size), keeping the lap
-    /// just written (`at - size .. at`) where the doubled size looks for it.
-    fn grow(&mut self, at: u64) {
+    /// Grows the arena at stream position `at` (the end of a lap), after a lap of `lap`: to
+    /// what `max_age` takes at that lap's rate plus an eighth, at least a quarter more, at most
+    /// twice the size (a burst after a stall makes one lap look fast; several steps, each
+    /// measured again, follow the rate instead) and at most `max_bytes`. The lap just written (`at - size .. at`, the whole old arena in order)
+    /// moves to the new arena's start, which becomes stream position `at - size`.
+    fn grow(&mut self, at: u64, lap: Duration) {
         let old = self.data.len();
-        let mut data = vec![0; old * 2];
-        let from = at - old as u64;
-        let dst = (from % data.len() as u64) as usize;
-        data[dst..dst + old].copy_from_slice(&self.data);
+        let lap = lap.max(Duration::from_millis(1));
+        let want = (old as f64 * self.max_age.as_secs_f64() / lap.as_secs_f64() * 1.125) as usize;
+        let new = want.clamp(old + old / 4, 2 * old).min(self.max_bytes);
+        let mut data = vec![0; new];
+        data[..old].copy_from_slice(&self.data);
         self.data = data;
-        self.valid_from = from;
+        self.base = at - old as u64;
+        self.valid_from = self.base;
         self.stats.grown += 1;
     }
 
     fn offset(&self, at: u64) -> usize {
         // The remainder is below the arena's length, a usize.
-        (at % self.data.len() as u64) as usize
+        ((at - self.base) % self.data.len() as u64) as usize
+    }
+
+    /// The newest id not after the last one stored whose low 32 bits are `low`: how a holder of
+    /// 4 bytes of a [`RingId`] gets it back. Right for any id younger than 2^32 arrivals, which
+    /// every id a slot can still hold is (at most 32,768 arrivals old); a wrong id is only ever
+    /// a miss ([`NackRing::get`] checks the slot's id), never another packet.
+    pub fn id_ending_in(&self, low: u32) -> RingId {
+        let id = (self.last_id & !u64::from(u32::MAX)) | u64::from(low);
+        RingId(if id > self.last_id {
+            id.wrapping_sub(1 << 32)
+        } else {
+            id
+        })
     }
 
     /// The stored bytes of arrival `id` (sequence number `seq`), if still there and not older
@@ -376,19 +400,49 @@ mod tests {
         }
         assert_eq!(ring.get(ids[23], SeqNo(23), now), Err(Miss::Evicted));
 
-        // Now 100 bytes every 2 ms: a lap is 32 ms, every packet of it young: it doubles
-        // until a lap lasts at least the age limit (6400 bytes: 128 ms), not to its largest.
+        // Now 100 bytes every 2 ms (50 kB/s): a lap is 32 ms, every packet of it young: it
+        // grows to what the age limit takes at that rate plus an eighth (5,625 bytes: a lap of
+        // 112 ms), not to its largest. In three steps: the first lap it measures, 96 ms, was
+        // half slow (the least step, a quarter), the next wants more than twice (the most).
         let mut ids = Vec::new();
         for k in 0..200u16 {
             let n = 40 + k;
             let t = ms(400 + u64::from(k) * 2);
             ids.push((n, ring.insert(Ssrc(1), SeqNo(n), &pkt(n, 100), t).unwrap()));
         }
-        assert_eq!(ring.arena_bytes(), 6400);
-        assert_eq!(ring.stats().grown, 2);
+        assert_eq!(ring.arena_bytes(), 5625);
+        assert_eq!(ring.stats().grown, 3);
         // Every packet younger than the age limit and within the slots' reach is there.
         let now = ms(400 + 199 * 2);
         for &(n, id) in &ids[200 - 50..] {
+            assert_eq!(
+                ring.get(id, SeqNo(n), now).unwrap(),
+                &pkt(n, 100)[..],
+                "packet {n}"
+            );
+        }
+
+        // Twice as fast again (100 kB/s): a lap of the grown arena (its start no longer at
+        // stream position 0) is 56 ms; it grows to about 11,250 bytes (the lap is measured in
+        // whole packets) and keeps what it held.
+        let mut ids = Vec::new();
+        for k in 0..200u16 {
+            let n = 240 + k;
+            let t = ms(800 + u64::from(k));
+            ids.push((n, ring.insert(Ssrc(1), SeqNo(n), &pkt(n, 100), t).unwrap()));
+        }
+        assert!(
+            (11_200..11_300).contains(&ring.arena_bytes()),
+            "{}",
+            ring.arena_bytes()
+        );
+        assert_eq!(
+            ring.stats().grown,
+            5,
+            "two steps: a quarter (that lap straddled both rates), then the rest"
+        );
+        let now = ms(800 + 199);
+        for &(n, id) in &ids[200 - 100..] {
             assert_eq!(
                 ring.get(id, SeqNo(n), now).unwrap(),
                 &pkt(n, 100)[..],
@@ -410,7 +464,7 @@ mod tests {
         assert_eq!(
             ring.arena_bytes(),
             3200,
-            "the 23rd would write over young packets"
+            "the 23rd would write over packets of no age: twice, the most one step grows"
         );
         for n in 0..23u16 {
             assert_eq!(
@@ -434,5 +488,43 @@ mod tests {
         let c = ring.insert(Ssrc(2), SeqNo(5), &pkt(6, 10), t0).unwrap();
         assert!(c > b, "a re-stored packet gets a new id");
         assert_eq!(ring.get(b, SeqNo(5), t0), Err(Miss::Evicted));
+    }
+
+    #[test]
+    fn four_bytes_of_an_id_give_it_back_across_the_32_bit_wrap() {
+        let t0 = Instant::now();
+        let mut ring = NackRing::new(16, 100, MAX_AGE);
+        let a = ring.insert(Ssrc(1), SeqNo(1), &pkt(1, 10), t0).unwrap();
+        assert_eq!(ring.id_ending_in(a.0 as u32), a);
+        assert_eq!(
+            ring.get(ring.id_ending_in(a.0 as u32), SeqNo(1), t0)
+                .unwrap(),
+            &pkt(1, 10)[..]
+        );
+        // As if 2^32 + 4 arrivals had been stored: the next one is 2^32 + 5.
+        ring.last_id = (1 << 32) + 4;
+        let b = ring.insert(Ssrc(1), SeqNo(2), &pkt(2, 10), t0).unwrap();
+        assert_eq!(b, RingId((1 << 32) + 5));
+        assert_eq!(ring.id_ending_in(5), b);
+        assert_eq!(ring.id_ending_in(3), RingId((1 << 32) + 3));
+        assert_eq!(
+            ring.id_ending_in(u32::MAX),
+            RingId(u64::from(u32::MAX)),
+            "before the wrap"
+        );
+        assert_eq!(
+            ring.id_ending_in(6),
+            RingId(6),
+            "not yet stored: the previous epoch's"
+        );
+        assert_eq!(
+            ring.get(ring.id_ending_in(5), SeqNo(2), t0).unwrap(),
+            &pkt(2, 10)[..]
+        );
+        assert_eq!(
+            ring.get(ring.id_ending_in(1), SeqNo(1), t0),
+            Err(Miss::Evicted),
+            "a's id is not 2^32 + 1"
+        );
     }
 }
