@@ -5,15 +5,14 @@
 //! Not part of the server: nothing here is compiled without the feature. Helpers panic with
 //! a message on failure, as test code should.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+use crate::engine::peer::RtcpToApp;
 use crate::{IceCandidate, MediaRouter};
-use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -22,7 +21,6 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rtc::sansio;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -61,56 +59,12 @@ pub const VIDEO_SSRC: u32 = 0x1111_2222;
 pub const AUDIO_SSRC: u32 = 0x3333_4444;
 
 // ---------------------------------------------------------------------------------------------
-// Client-side interceptor: PLI/FIR about our sent tracks reach the application.
+// Client-side interceptor (the shard's `RtcpToApp`, filtered): PLI/FIR about our sent tracks
+// reach the application.
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Default)]
-struct DeliverKeyframeRequests {
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-}
 
 fn is_kf(p: &dyn rtc::rtcp::Packet) -> bool {
     p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
-}
-
-impl sansio::Protocol<TaggedPacket, TaggedPacket, ()> for DeliverKeyframeRequests {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(pkts) = &msg.message.packet {
-            let kf: Vec<Box<dyn rtc::rtcp::Packet>> =
-                pkts.iter().filter(|p| is_kf(p.as_ref())).cloned().collect();
-            if kf.is_empty() {
-                return Ok(());
-            }
-            msg.message.packet = Packet::Rtcp(kf);
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read.push_back(msg);
-        Ok(())
-    }
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for DeliverKeyframeRequests {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -214,7 +168,7 @@ impl Client {
             .expect("register opus (static codec description)");
         let registry = register_default_interceptors(Registry::new(), &mut me)
             .expect("default interceptors build for a registered media engine")
-            .with(14_000usize.into(), DeliverKeyframeRequests::default());
+            .with(14_000usize.into(), RtcpToApp::only(is_kf));
         let se = SettingEngineBuilder::new()
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             .build();

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use media::engine::data::{DataRelay, DataStats, DEFAULT_MAX_BACKLOG};
 use media::engine::forward::{subscription_of, ForwardConfig, Forwarder, Source};
-use media::engine::peer::{MediaKind, PeerId, PublisherAnswer};
+use media::engine::peer::{MediaKind, PeerId, PublisherAnswer, RtcpToApp};
 use media::engine::runtime::{RuntimeConfig, RuntimeError, RuntimeEvent, ShardRuntime};
 use media::engine::shard::{Shard, ShardConfig, ShardEvent};
 use media::engine::wire::Ssrc;
@@ -47,8 +47,8 @@ mod common;
 use common::engine::{
     add_recv_transceivers, add_send_tracks, add_sendrecv_tracks, addr, apply_answer, certificate,
     client_pc, deliver, ice_restart_offer, local_udp, negotiated_pt, offer_from, opus, out_tracks,
-    rtp_header, take_writes, thread_cpu, vp8, write_rtp, Datagram, Kind, RtcpToApp, Simulated,
-    Wire, LEG_VIDEO, SHARD,
+    rtp_header, take_writes, thread_cpu, vp8, write_rtp, Datagram, Kind, Simulated, Wire,
+    LEG_VIDEO, SHARD,
 };
 
 const PUB_VIDEO: u32 = 1000;

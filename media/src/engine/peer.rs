@@ -289,12 +289,25 @@ pub fn default_registry(role: Role) -> Registry {
 /// Application-most slot: the default interceptors have seen inbound RTCP before it.
 const RTCP_TO_APP_SLOT: usize = 14_000;
 
-/// Marks every inbound RTCP packet `DeliverToApplication` (without it rtc's chain terminus
-/// drops inbound RTCP). Outbound traffic passes untouched.
+/// Marks inbound RTCP `DeliverToApplication` (without it rtc's chain terminus drops inbound
+/// RTCP): every packet ([`RtcpToApp::default`], the shard's chains and the tests' client peers)
+/// or only those a filter keeps ([`RtcpToApp::only`]: a compound packet loses the others, and
+/// one left empty is dropped). Outbound traffic passes untouched.
 #[derive(Default)]
-struct RtcpToApp {
+pub struct RtcpToApp {
+    keep: Option<fn(&dyn rtc::rtcp::Packet) -> bool>,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+}
+
+impl RtcpToApp {
+    /// Delivers only the RTCP packets `keep` accepts.
+    pub fn only(keep: fn(&dyn rtc::rtcp::Packet) -> bool) -> Self {
+        Self {
+            keep: Some(keep),
+            ..Self::default()
+        }
+    }
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApp {
@@ -305,7 +318,13 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApp {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if matches!(msg.message.packet, Packet::Rtcp(_)) {
+        if let Packet::Rtcp(packets) = &mut msg.message.packet {
+            if let Some(keep) = self.keep {
+                packets.retain(|p| keep(p.as_ref()));
+                if packets.is_empty() {
+                    return Ok(());
+                }
+            }
             msg.message.add(Attribute::DeliverToApplication);
         }
         self.read.push_back(msg);
