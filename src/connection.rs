@@ -57,6 +57,8 @@ const CLOSE_POLICY_VIOLATION: u16 = 1008;
 /// JSON-RPC error code of transport-level refusals (queue full, rate limited), in the
 /// implementation-defined server-error range; kurento-jsonrpc clients treat it as any error.
 const TRANSPORT_REFUSED: i64 = -32000;
+/// The message of a request refused because [`MAX_QUEUED_REQUESTS`] already wait.
+const TOO_MANY_IN_FLIGHT: &str = "Too many requests in flight";
 
 /// How a connection ended, which decides what happens to its session.
 #[derive(Debug, PartialEq, Eq)]
@@ -400,6 +402,17 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
+/// Refuses request `id` at the transport level (rate limit, queue full), before any room sees
+/// it: a [`TRANSPORT_REFUSED`] error saying `message`.
+fn refuse(id: Id, message: &str, frames: &mut Vec<Frame>) {
+    frames.push(Frame::Text(jsonrpc::encode_error(
+        id,
+        TRANSPORT_REFUSED,
+        message,
+        None,
+    )));
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -434,13 +447,7 @@ impl Connection {
                 .counters
                 .rate_limited
                 .fetch_add(1, Ordering::Relaxed);
-            let msg = "Too many requests: slow down";
-            frames.push(Frame::Text(jsonrpc::encode_error(
-                request.id,
-                TRANSPORT_REFUSED,
-                msg,
-                None,
-            )));
+            refuse(request.id, "Too many requests: slow down", frames);
             return self.abuse_check(frames);
         }
         let method = protocol::parse(&request.method, &request.params);
@@ -449,13 +456,7 @@ impl Connection {
             // The directory is being asked where a join (or reconnection) goes: everything
             // else waits for its answer, in order; `ping` never waits.
             if self.held.len() + self.queue.len() >= MAX_QUEUED_REQUESTS {
-                let msg = "Too many requests in flight";
-                frames.push(Frame::Text(jsonrpc::encode_error(
-                    request.id,
-                    TRANSPORT_REFUSED,
-                    msg,
-                    None,
-                )));
+                refuse(request.id, TOO_MANY_IN_FLIGHT, frames);
             } else {
                 self.held.push_back(text.to_owned());
             }
@@ -499,13 +500,7 @@ impl Connection {
             }
             Ok(Method::Room(r)) => {
                 if self.queue.len() >= MAX_QUEUED_REQUESTS {
-                    let msg = "Too many requests in flight";
-                    frames.push(Frame::Text(jsonrpc::encode_error(
-                        id,
-                        TRANSPORT_REFUSED,
-                        msg,
-                        None,
-                    )));
+                    refuse(id, TOO_MANY_IN_FLIGHT, frames);
                     return Step::Continue;
                 }
                 let raw = self.state.cluster.is_some().then(|| text.to_owned());

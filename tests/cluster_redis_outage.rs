@@ -7,22 +7,15 @@ mod common;
 
 use std::time::Duration;
 
+use common::cluster::{start_node, NodeOptions};
 use common::redis_server::RedisServer;
-use common::{start_server_with, Server};
+use common::Server;
 use serde_json::json;
 
 const TTL_MS: u64 = 3000;
 
 async fn node(redis: &RedisServer, id: &str, media_ip: &str) -> Server {
-    start_server_with(roomd::Config {
-        redis_url: Some(redis.url()),
-        cluster_secret: Some("test-secret".into()),
-        cluster_node_id: Some(id.into()),
-        cluster_claim_ttl_ms: TTL_MS,
-        media_ip: media_ip.parse().expect("an IP"),
-        ..Default::default()
-    })
-    .await
+    start_node(&redis.url(), id, media_ip, TTL_MS, NodeOptions::default()).await
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::cluster::candidate_addresses;
+use common::cluster::{candidate_addresses, start_node, NodeOptions};
 use common::peer;
 use common::redis_server::RedisServer;
 use common::{start_server_with, Server};
@@ -13,20 +13,26 @@ use serde_json::{json, Value};
 /// does not miss renewals (which would close rooms, by design).
 const TTL_MS: u64 = 3000;
 
-/// A node of the test cluster announcing media on `media_ip` (all of 127/8 is loopback).
+/// A node of the test cluster announcing media on `media_ip` (all of 127/8 is loopback), with
+/// a short reconnection grace; returns once it is registered.
 async fn node(redis: &RedisServer, id: &str, media_ip: &str) -> Server {
-    let config = roomd::Config {
-        redis_url: Some(redis.url()),
-        cluster_secret: Some("test-secret".into()),
-        cluster_node_id: Some(id.into()),
-        cluster_claim_ttl_ms: TTL_MS,
-        reconnection_grace_ms: 1000,
-        media_ip: media_ip.parse().expect("an IP"),
-        ..Default::default()
+    let options = NodeOptions {
+        reconnection_grace_ms: Some(1000),
+        ..NodeOptions::default()
     };
-    let server = start_server_with(config).await;
+    let server = start_node(&redis.url(), id, media_ip, TTL_MS, options).await;
     registered(redis, id).await;
     server
+}
+
+/// A node of the test cluster with the admin API on (token `tok`); returns as soon as it
+/// listens, not registered yet.
+async fn admin_node(redis: &RedisServer, id: &str, media_ip: &str) -> Server {
+    let options = NodeOptions {
+        admin_token: Some("tok"),
+        ..NodeOptions::default()
+    };
+    start_node(&redis.url(), id, media_ip, TTL_MS, options).await
 }
 
 /// Polls `key` of `redis` until it exists, at most [`common::WAIT`].
@@ -309,17 +315,12 @@ async fn an_owner_that_hangs_without_closing_tcp_is_noticed_by_the_relay_heartbe
 #[tokio::test]
 async fn a_client_reconnecting_through_another_node_gets_its_session_back() {
     let redis = RedisServer::start().await;
-    let grace = |id: &str, ip: &str| roomd::Config {
-        redis_url: Some(redis.url()),
-        cluster_secret: Some("test-secret".into()),
-        cluster_node_id: Some(id.into()),
-        cluster_claim_ttl_ms: TTL_MS,
-        reconnection_grace_ms: 10_000,
-        media_ip: ip.parse().expect("an IP"),
-        ..Default::default()
+    let grace = NodeOptions {
+        reconnection_grace_ms: Some(10_000),
+        ..NodeOptions::default()
     };
-    let n1 = start_server_with(grace("n1", "127.0.0.1")).await;
-    let n2 = start_server_with(grace("n2", "127.0.0.2")).await;
+    let n1 = start_node(&redis.url(), "n1", "127.0.0.1", TTL_MS, grace).await;
+    let n2 = start_node(&redis.url(), "n2", "127.0.0.2", TTL_MS, grace).await;
     registered(&redis, "n1").await;
     registered(&redis, "n2").await;
     let mut b = n2.client().await;
@@ -472,17 +473,8 @@ async fn a_draining_node_keeps_its_rooms_and_sends_new_ones_to_a_serving_node() 
 #[tokio::test]
 async fn admin_actions_on_any_node_reach_the_room_owner() {
     let redis = RedisServer::start().await;
-    let admin = |id: &str, ip: &str| roomd::Config {
-        redis_url: Some(redis.url()),
-        cluster_secret: Some("test-secret".into()),
-        cluster_node_id: Some(id.into()),
-        cluster_claim_ttl_ms: TTL_MS,
-        admin_token: Some("tok".into()),
-        media_ip: ip.parse().expect("an IP"),
-        ..Default::default()
-    };
-    let n1 = start_server_with(admin("n1", "127.0.0.1")).await;
-    let n2 = start_server_with(admin("n2", "127.0.0.2")).await;
+    let n1 = admin_node(&redis, "n1", "127.0.0.1").await;
+    let n2 = admin_node(&redis, "n2", "127.0.0.2").await;
     registered(&redis, "n1").await;
     registered(&redis, "n2").await;
     let mut b = n2.client().await;
@@ -622,17 +614,8 @@ async fn a_ping_is_answered_while_a_join_waits_on_the_directory() {
 #[tokio::test]
 async fn a_relayed_client_joining_again_after_room_closed_is_placed_afresh() {
     let redis = RedisServer::start().await;
-    let admin = |id: &str, ip: &str| roomd::Config {
-        redis_url: Some(redis.url()),
-        cluster_secret: Some("test-secret".into()),
-        cluster_node_id: Some(id.into()),
-        cluster_claim_ttl_ms: TTL_MS,
-        admin_token: Some("tok".into()),
-        media_ip: ip.parse().expect("an IP"),
-        ..Default::default()
-    };
-    let n1 = start_server_with(admin("n1", "127.0.0.1")).await;
-    let n2 = start_server_with(admin("n2", "127.0.0.2")).await;
+    let n1 = admin_node(&redis, "n1", "127.0.0.1").await;
+    let n2 = admin_node(&redis, "n2", "127.0.0.2").await;
     registered(&redis, "n1").await;
     registered(&redis, "n2").await;
     let mut b = n2.client().await;

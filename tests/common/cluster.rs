@@ -9,10 +9,46 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::{Client, WAIT};
+use super::{start_server_with, Client, Server, WAIT};
 
 /// The cluster secret of every test node.
 pub const SECRET: &str = "test-secret";
+
+/// What sets an in-process test node apart beyond its id and media address; the default is a
+/// node with roomd's defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeOptions<'a> {
+    /// Turns the admin API on with this token.
+    pub admin_token: Option<&'a str>,
+    /// A grace period for dropped sockets other than the default.
+    pub reconnection_grace_ms: Option<u64>,
+}
+
+/// Starts node `id` of the cluster whose Redis is `redis_url` in this process (a [`Server`]),
+/// announcing media on `media_ip` (all of 127/8 is loopback), claims lasting `ttl_ms`. Returns
+/// once it listens, not once it registered in Redis (callers that need that wait for it).
+pub async fn start_node(
+    redis_url: &str,
+    id: &str,
+    media_ip: &str,
+    ttl_ms: u64,
+    options: NodeOptions<'_>,
+) -> Server {
+    let defaults = roomd::Config::default();
+    start_server_with(roomd::Config {
+        redis_url: Some(redis_url.to_owned()),
+        cluster_secret: Some(SECRET.into()),
+        cluster_node_id: Some(id.into()),
+        cluster_claim_ttl_ms: ttl_ms,
+        admin_token: options.admin_token.map(str::to_owned),
+        reconnection_grace_ms: options
+            .reconnection_grace_ms
+            .unwrap_or(defaults.reconnection_grace_ms),
+        media_ip: media_ip.parse().expect("an IP"),
+        ..defaults
+    })
+    .await
+}
 
 /// A roomd node process, killed (SIGKILL) when dropped.
 pub struct NodeProcess {
