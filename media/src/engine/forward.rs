@@ -563,6 +563,7 @@ impl Forwarder {
             self.set_path(peer, local, path.remote, path.protocol);
         }
         if let Some(sub) = self.subs.get_mut(&peer) {
+            tracing::debug!(peer = peer.0, "subscriber connected (ICE and DTLS)");
             sub.attach_at.get_or_insert(now + self.config.attach_delay);
             self.try_keys(shard, peer, now);
             self.attach_pending(now);
@@ -773,6 +774,11 @@ impl Forwarder {
             return;
         };
         self.stats.keyframe_requests_in += 1;
+        tracing::debug!(
+            subscriber = sub.0,
+            ssrc,
+            "keyframe request from a subscriber"
+        );
         if let Some(track) = self.tracks.get_mut(&key).and_then(|t| t.track.as_mut()) {
             track.on_keyframe_request(LegId(sub.0), now);
         }
@@ -789,6 +795,11 @@ impl Forwarder {
             sender_ssrc: self.config.rtcp_ssrc.0,
             media_ssrc: ssrc.0,
         };
+        tracing::debug!(
+            publisher = t.publisher.0,
+            ssrc = ssrc.0,
+            "PLI sent to the publisher"
+        );
         match shard.write_rtcp(t.publisher, vec![Box::new(pli)], now) {
             Ok(()) => self.stats.plis_sent += 1,
             Err(_) => self.stats.rtcp_errors += 1,

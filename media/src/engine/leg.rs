@@ -823,6 +823,18 @@ impl Leg {
         }
     }
 
+    /// Before a replay from the stored keyframe `from`: a leg that has sent nothing yet forgets
+    /// the source packets it dropped while it waited (live packets of the attach delay moved
+    /// its source position past the keyframe, and the replay would be refused as too late).
+    /// A leg that has sent something keeps its place (a replay would go back in time).
+    pub fn rewind_for_replay(&mut self, from: SeqNo) {
+        if self.last_sent_at.is_none() {
+            self.max_src = from.wrapping_add(u16::MAX);
+            self.by_src.fill(SRC_EMPTY);
+            self.restart_candidate = None;
+        }
+    }
+
     fn restart_sequence(&mut self, seq: SeqNo) {
         self.stats.sequence_restarts += 1;
         self.max_src = seq.wrapping_add(u16::MAX);

@@ -332,11 +332,17 @@ impl Track {
             return;
         }
         let Some((ssrc, from, span)) = self.replay_span(now) else {
+            tracing::debug!(
+                leg = id.0,
+                "leg starts without a stored keyframe: keyframe requested"
+            );
             self.keyframes.request(now);
             return;
         };
         let leg = &mut self.legs[i];
+        leg.rewind_for_replay(from);
         let mut sent = 0u64;
+        let mut refused = None;
         for k in 0..=span {
             let seq = from.wrapping_add(k);
             let Some((ring_id, bytes)) = self
@@ -353,13 +359,26 @@ impl Track {
             let codec = self.codec[usize::from(p.pt.0 & 0x7F)];
             p.gateable = codec.is_gateable();
             p.keyframe_start = p.gateable && is_keyframe_start(codec, p.payload());
-            if let Ok(s) = leg.forward(&p, egress.outbound(id), now) {
-                egress.commit(id, s);
-                sent += 1;
+            match leg.forward(&p, egress.outbound(id), now) {
+                Ok(s) => {
+                    egress.commit(id, s);
+                    sent += 1;
+                }
+                Err(e) => {
+                    refused.get_or_insert((k, e, p.keyframe_start));
+                }
             }
         }
         let started = !leg.is_waiting_for_keyframe();
         self.stats.replayed += sent;
+        tracing::debug!(
+            leg = id.0,
+            packets = sent,
+            span,
+            started,
+            first_refused = ?refused,
+            "leg started from the stored keyframe (not started: keyframe requested)"
+        );
         if started {
             self.stats.replays += 1;
         } else {
@@ -439,7 +458,13 @@ impl Track {
     fn set_waiting(&mut self, any: bool, now: Instant) {
         match (any, self.waiting_since) {
             (true, None) => self.waiting_since = Some(now),
-            (false, Some(_)) => self.waiting_since = None,
+            (false, Some(since)) => {
+                tracing::debug!(
+                    waited_ms = now.saturating_duration_since(since).as_millis() as u64,
+                    "every leg of the track has its keyframe"
+                );
+                self.waiting_since = None;
+            }
             _ => {}
         }
     }
@@ -1350,6 +1375,43 @@ mod tests {
         assert!(eg.take().is_empty());
         assert!(track.leg(LegId(3)).unwrap().is_waiting_for_keyframe());
         assert_eq!(track.stats().replays, 1);
+    }
+
+    #[test]
+    fn live_packets_of_the_attach_delay_do_not_spoil_the_replay() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let mut track = vp8_track();
+        let mut eg = Rec::new();
+        track.prime(t0);
+        for (seq, payload) in [(2, VP8_KEY), (3, VP8_MORE)] {
+            assert_eq!(track.on_rtp(&pkt(SRC, seq, payload), t(50), &mut eg), Ok(0));
+        }
+        track.add_leg(video_leg(1, 700, t(150)), t(150));
+        // Between the leg's arrival and its start (the forwarder's attach delay) the
+        // publisher goes on: the waiting leg drops those packets.
+        for seq in [4, 5] {
+            assert_eq!(
+                track.on_rtp(&pkt(SRC, seq, VP8_DELTA), t(155), &mut eg),
+                Ok(0)
+            );
+        }
+        track.start_leg(LegId(1), t(160), &mut eg);
+        assert_eq!(
+            eg.take()
+                .iter()
+                .map(|o| (o.1.seq.0, payload_seq(&o.2)))
+                .collect::<Vec<_>>(),
+            [(700, 2), (701, 3), (702, 4), (703, 5)],
+            "the replay starts at the keyframe although the leg saw 4 and 5 go by"
+        );
+        assert!(!track.leg(LegId(1)).unwrap().is_waiting_for_keyframe());
+        assert_eq!(track.stats().replays, 1);
+        assert_eq!(
+            track.on_rtp(&pkt(SRC, 6, VP8_DELTA), t(170), &mut eg),
+            Ok(1)
+        );
+        assert_eq!(eg.seqs(LegId(1)), [704]);
     }
 
     #[test]
