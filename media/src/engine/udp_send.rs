@@ -117,12 +117,17 @@ impl SendPlan {
 
     /// The datagram indices of message `m`, in send order.
     pub fn message(&self, m: usize) -> &[u16] {
-        let start = if m == 0 {
-            0
-        } else {
-            usize::from(self.ends[m - 1])
-        };
-        &self.order[start..usize::from(self.ends[m])]
+        &self.order[self.start(m)..usize::from(self.ends[m])]
+    }
+
+    /// Keeps the datagrams of messages `m..` only, in the same order, one per message and
+    /// without a segment size (what is left of a window when GSO is refused).
+    pub fn one_each_from(&mut self, m: usize) {
+        let start = self.start(m);
+        self.order.drain(..start);
+        self.ends.clear();
+        self.ends.extend((1..=self.order.len()).map(|i| i as u16));
+        self.segment = None;
     }
 
     /// The segment size of every message, when some message holds several datagrams.
@@ -214,10 +219,9 @@ impl UdpSender {
         self.lengths
             .extend(window.iter().map(|(dest, bytes)| (*dest, bytes.len())));
         self.plan.plan(&self.lengths, self.gso);
-        let messages = self.plan.messages();
         let mut m = 0;
-        while m < messages {
-            let calls = m..messages.min(m + BATCH);
+        while m < self.plan.messages() {
+            let calls = m..self.plan.messages().min(m + BATCH);
             match self.call(fd, window, calls) {
                 Ok(sent) if sent > 0 => {
                     for k in m..m + sent {
@@ -233,48 +237,12 @@ impl UdpSender {
                 Err(Errno::EIO | Errno::EINVAL) if self.plan.segment().is_some() => {
                     warn!("UDP segmentation offload refused by the kernel; sending datagram by datagram from now on");
                     self.gso = false;
-                    let rest = self.plan.order[self.plan.start(m)..].to_vec();
-                    self.send_each(fd, window, &rest);
-                    return;
+                    self.plan.one_each_from(m);
+                    m = 0;
                 }
                 _ => {
                     self.stats.send_errors += self.plan.message(m).len() as u64;
                     m += 1;
-                }
-            }
-        }
-    }
-
-    /// After GSO was refused: the given datagrams, one message each, in that order.
-    fn send_each(&mut self, fd: RawFd, window: &[(SocketAddr, &[u8])], indices: &[u16]) {
-        let mut i = 0;
-        while i < indices.len() {
-            let chunk = &indices[i..indices.len().min(i + BATCH)];
-            self.addrs.clear();
-            let mut iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|_| [IoSlice::new(&[])]);
-            for (iov, &d) in iovs.iter_mut().zip(chunk) {
-                let (dest, bytes) = window[usize::from(d)];
-                *iov = [IoSlice::new(bytes)];
-                self.addrs.push(Some(SockaddrStorage::from(dest)));
-            }
-            let none: [ControlMessage<'_>; 0] = [];
-            let sent = sendmmsg(
-                fd,
-                &mut self.plain,
-                iovs[..chunk.len()].iter(),
-                &self.addrs,
-                none,
-                MsgFlags::empty(),
-            )
-            .map(Iterator::count);
-            match sent {
-                Ok(n) if n > 0 => {
-                    self.stats.datagrams_sent += n as u64;
-                    i += n;
-                }
-                _ => {
-                    self.stats.send_errors += 1;
-                    i += 1;
                 }
             }
         }
@@ -388,6 +356,18 @@ mod tests {
         assert_eq!(messages(&p), vec![vec![0, 1], vec![2, 3, 4], vec![5]]);
         let flat: Vec<u16> = messages(&p).concat();
         assert_eq!(flat, vec![0, 1, 2, 3, 4, 5], "one destination: queue order");
+    }
+
+    #[test]
+    fn what_is_left_after_a_refusal_goes_one_by_one_in_the_same_order() {
+        let (a, b) = (addr(1), addr(2));
+        let w = [(a, 1200), (b, 1200), (a, 1200), (b, 1200), (a, 900)];
+        let mut p = SendPlan::default();
+        p.plan(&w, true);
+        assert_eq!(messages(&p), vec![vec![0, 2, 4], vec![1, 3]]);
+        p.one_each_from(1);
+        assert_eq!(messages(&p), vec![vec![1], vec![3]]);
+        assert_eq!(p.segment(), None);
     }
 
     #[test]
