@@ -179,14 +179,18 @@ async fn start_node(
     Ok((proc, port))
 }
 
-/// Until A is registered and a fresh Redis's quarantine of new claims is over.
-async fn wait_cluster_ready(redis: u16) -> Result<(), String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{redis}/0"))
-        .map_err(|e| format!("redis client: {e}"))?;
-    let mut conn = client
+/// A connection to the bench's redis-server on `port`.
+async fn redis_connection(port: u16) -> Result<redis::aio::MultiplexedConnection, String> {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/0"))
+        .map_err(|e| format!("redis client: {e}"))?
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| format!("redis connection: {e}"))?;
+        .map_err(|e| format!("redis connection: {e}"))
+}
+
+/// Until A is registered and a fresh Redis's quarantine of new claims is over.
+async fn wait_cluster_ready(redis: u16) -> Result<(), String> {
+    let mut conn = redis_connection(redis).await?;
     let deadline = Instant::now() + Duration::from_millis(TTL_MS * 3);
     while Instant::now() < deadline {
         let (registered, quarantined): (bool, bool) = redis::pipe()
@@ -428,12 +432,7 @@ async fn latencies(
 /// `GET` round trip (B looks up the room's owner and the owner's record) and a WebSocket
 /// connection (TCP and HTTP upgrade) to A (B opens the link).
 async fn components(redis: u16, a: u16, n: usize) -> Result<(f64, f64), String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{redis}/0"))
-        .map_err(|e| format!("redis client: {e}"))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("redis connection: {e}"))?;
+    let mut conn = redis_connection(redis).await?;
     let mut gets = Vec::with_capacity(n);
     let mut connects = Vec::with_capacity(n);
     for _ in 0..n {
