@@ -1059,15 +1059,29 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
   });
 }
 
+// Stops the roomd started by --bin and waits until it is gone, so that the next run can bind
+// the same media ports. The first signal drains, and the closed pages' participants stay for
+// the reconnection grace (10 s); the second signal exits at once.
+async function stopServer() {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const gone = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const drained = await Promise.race([gone.then(() => true), new Promise((r) => setTimeout(() => r(false), 1_000))]);
+  if (!drained) {
+    child.kill('SIGTERM');
+    await Promise.race([gone, new Promise((r) => setTimeout(r, 5_000))]);
+  }
+}
+
 main()
-  .then((code) => {
-    if (child) child.kill('SIGTERM');
+  .then(async (code) => {
+    await stopServer();
     process.exit(code);
   })
   .catch(async (e) => {
     console.error(e && e.stack ? e.stack : e);
     if (browser) await browser.close().catch(() => {});
-    if (child) child.kill('SIGTERM');
+    await stopServer();
     console.log('0 passed, 1 failed');
     process.exit(1);
   });
