@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use crate::lock;
 
 /// Commands queued for one endpoint task. When full, a candidate is dropped (counted in the
-/// log; ICE copes with a missing candidate) and a release is handed to a task that waits, so
+/// log; ICE copes with a missing candidate), so is an expected subscriber (the subscription
+/// asks for its keyframe itself), and a release is handed to a task that waits, so
 /// that a release is never lost.
 const ENDPOINT_QUEUE: usize = 64;
 /// Events queued from the media engine for one endpoint before they reach the room. The
@@ -77,7 +78,11 @@ impl Bridge {
                     room.clone(),
                 ));
             }
-            MediaCommand::AddCandidate { endpoint, .. } | MediaCommand::Release { endpoint } => {
+            MediaCommand::AddCandidate { endpoint, .. }
+            | MediaCommand::Release { endpoint }
+            | MediaCommand::ExpectSubscriber {
+                publisher: endpoint,
+            } => {
                 let is_release = matches!(cmd, MediaCommand::Release { .. });
                 let queue = lock(&self.endpoints).get(&endpoint).cloned();
                 let Some(queue) = queue else {
@@ -92,7 +97,9 @@ impl Bridge {
                         });
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        tracing::warn!(endpoint = endpoint.0, "candidate queue full; dropped");
+                        // A candidate, or a hint that a subscriber comes (its subscription
+                        // asks for the keyframe again).
+                        tracing::warn!(endpoint = endpoint.0, "endpoint queue full; dropped");
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
@@ -130,7 +137,9 @@ async fn run_endpoint(
         )
         .await
         .map_err(|e| subscribe_failure(endpoint, e)),
-        MediaCommand::AddCandidate { .. } | MediaCommand::Release { .. } => {
+        MediaCommand::AddCandidate { .. }
+        | MediaCommand::Release { .. }
+        | MediaCommand::ExpectSubscriber { .. } => {
             // `Bridge::execute` starts a task only for Publish and Subscribe.
             Err(NegotiationFailure::EndpointCreation)
         }
@@ -146,6 +155,9 @@ async fn run_endpoint(
             match cmd {
                 MediaCommand::AddCandidate { candidate, .. } => {
                     Box::pin(bridge.media.add_candidate(key, to_media(candidate))).await;
+                }
+                MediaCommand::ExpectSubscriber { .. } => {
+                    Box::pin(bridge.media.expect_subscriber(key)).await;
                 }
                 MediaCommand::Release { .. } => break,
                 MediaCommand::Publish { .. } | MediaCommand::Subscribe { .. } => {}

@@ -10,6 +10,7 @@ use common::peer::{self, directions, mids, publish, send, subscribe, AUDIO_SSRC,
 use common::{error_of, Client, Server};
 use media::testing::{self, CHROME};
 use serde_json::{json, Value};
+use webrtc::media_stream::track_local::TrackLocal;
 
 /// Starts roomd with `config` on two media shards (UDP ports chosen by the system), so that
 /// the scenarios' rooms do not all share one.
@@ -394,6 +395,54 @@ async fn joiners_during_a_publish_learn_of_it_exactly_once() {
             "value {via_value} + events {via_event}"
         );
     }
+}
+
+/// A join into a room with a publisher asks that publisher for a keyframe at once, before the
+/// joiner subscribes, so that its subscription can start from a stored keyframe.
+#[tokio::test]
+async fn a_join_asks_the_rooms_publishers_for_a_keyframe() {
+    let server = start_server(roomd::Config::default()).await;
+    let mut a = server.client().await;
+    a.join("kf", "alice").await;
+    let publication = publish(&mut a, "alice", false, false).await;
+    let mut plis = testing::count_keyframe_requests(publication.video.clone());
+    // Delta frames only: the track opens, and nothing in it would answer a request.
+    let video = publication.video.clone();
+    let sender = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(5));
+        for seq in 0..u16::MAX {
+            ticker.tick().await;
+            let p = testing::synthetic_delta_packet(seq, VIDEO_SSRC, CHROME.vp8, 400);
+            if video.write_rtp(p).await.is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while rtp_received(&server).await < 5.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the publisher's packets never reached roomd"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*plis.borrow(), 0, "nobody watches alice yet");
+    let mut b = server.client().await;
+    b.join("kf", "bob").await;
+    tokio::time::timeout(common::WAIT, plis.wait_for(|n| *n >= 1))
+        .await
+        .expect("bob's join asks alice for a keyframe before bob subscribes")
+        .expect("watch open");
+    sender.abort();
+}
+
+/// `roomd_rtp_received_total` from `/metrics`.
+async fn rtp_received(server: &Server) -> f64 {
+    let text = common::http_get_text(server.addr, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("roomd_rtp_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 async fn media_endpoints(server: &Server) -> u64 {

@@ -33,6 +33,10 @@
 //!   the answer is being made follows the creation). Unknown endpoints and unusable candidates (empty,
 //!   end-of-candidates, mDNS `.local`) are ignored; a candidate is never needed (ICE-lite: the
 //!   client's checks teach the shard its address).
+//! - [`MediaRouter::expect_subscriber`] says a subscription to a live publisher is coming (a
+//!   participant joined its room): its video tracks are asked for a keyframe now, so that the
+//!   subscriber's video starts from a stored keyframe. Ignored for anything but a live
+//!   publisher.
 //! - Commands wait for room in a full shard command queue (backpressure on the caller, never
 //!   an error); a shard that stopped answers [`PublishError::Unavailable`] /
 //!   [`SubscribeError::Unavailable`].
@@ -205,6 +209,15 @@ impl MediaRouter {
     /// Adds a client's ICE candidate to an endpoint.
     pub async fn add_candidate(&self, endpoint: EndpointKey, candidate: IceCandidate) {
         self.engine.add_candidate(endpoint, candidate).await;
+    }
+
+    /// A subscriber of the publisher endpoint `publisher` is coming (a participant joined its
+    /// room): the publisher is asked for a keyframe now, so that one is stored when the
+    /// subscriber connects and its video starts without waiting for the publisher (coalesced
+    /// with the track's other keyframe requests, `MediaConfig`'s keyframe interval). Nothing for
+    /// an unknown endpoint, a subscriber, or a publisher still negotiating.
+    pub async fn expect_subscriber(&self, publisher: EndpointKey) {
+        self.engine.expect_subscriber(publisher).await;
     }
 
     /// Ends an endpoint (a publisher's subscriptions first); returns once the shard removed

@@ -350,6 +350,21 @@ pub fn synthetic_packet(
     }
 }
 
+/// [`synthetic_packet`] as a VP8 delta frame (the payload header's inverse key-frame bit set):
+/// nothing in a stream of these answers a keyframe request.
+pub fn synthetic_delta_packet(
+    seq: u16,
+    ssrc: u32,
+    payload_type: u8,
+    payload_len: usize,
+) -> rtc::rtp::Packet {
+    let mut p = synthetic_packet(seq, ssrc, payload_type, payload_len);
+    let mut payload = p.payload.to_vec();
+    payload[1] = 0x01;
+    p.payload = Bytes::from(payload);
+    p
+}
+
 /// Sends `n` synthetic packets on `track` (seq `start..start+n`), paced `every` apart.
 pub async fn send_packets(
     track: &TrackLocalStaticRTP,
@@ -359,10 +374,38 @@ pub async fn send_packets(
     n: u16,
     every: Duration,
 ) {
+    send_each(track, start, n, every, |seq| {
+        synthetic_packet(seq, ssrc, pt, 400)
+    })
+    .await;
+}
+
+/// [`send_packets`] with delta frames ([`synthetic_delta_packet`]).
+pub async fn send_delta_packets(
+    track: &TrackLocalStaticRTP,
+    ssrc: u32,
+    pt: u8,
+    start: u16,
+    n: u16,
+    every: Duration,
+) {
+    send_each(track, start, n, every, |seq| {
+        synthetic_delta_packet(seq, ssrc, pt, 400)
+    })
+    .await;
+}
+
+async fn send_each(
+    track: &TrackLocalStaticRTP,
+    start: u16,
+    n: u16,
+    every: Duration,
+    packet: impl Fn(u16) -> rtc::rtp::Packet,
+) {
     let mut ticker = tokio::time::interval(every);
     for i in 0..n {
         ticker.tick().await;
-        let p = synthetic_packet(start.wrapping_add(i), ssrc, pt, 400);
+        let p = packet(start.wrapping_add(i));
         track.write_rtp(p).await.expect("client track is bound");
     }
 }

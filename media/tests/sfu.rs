@@ -332,8 +332,9 @@ async fn subscriber_pli_reaches_the_publisher() {
     };
     let (publ, _) = publish(&router, EndpointKey(1), opts, ev_tx.clone()).await;
     let mut plis = count_keyframe_requests(publ.video.clone());
-    // Media flowing before the subscription, so the router knows the publisher's SSRC.
-    send_packets(&publ.video, VIDEO_SSRC, CHROME.vp8, 0, 20, PACE).await;
+    // Media flowing before the subscription, so the router knows the publisher's SSRC; delta
+    // frames, so that no stored keyframe makes the subscription's request unnecessary.
+    send_delta_packets(&publ.video, VIDEO_SSRC, CHROME.vp8, 0, 20, PACE).await;
 
     let (mut sub, _, _) = subscribe(
         &router,
@@ -359,12 +360,11 @@ async fn subscriber_pli_reaches_the_publisher() {
         let mut ticker = tokio::time::interval(PACE);
         for i in 0..400u16 {
             ticker.tick().await;
-            let mut p = synthetic_packet(20 + i, VIDEO_SSRC, CHROME.vp8, 400);
-            if i > 0 {
-                let mut delta = p.payload.to_vec();
-                delta[1] = 0x01; // VP8 payload header: inverse key-frame bit set
-                p.payload = delta.into();
-            }
+            let p = if i == 0 {
+                synthetic_packet(20 + i, VIDEO_SSRC, CHROME.vp8, 400)
+            } else {
+                synthetic_delta_packet(20 + i, VIDEO_SSRC, CHROME.vp8, 400)
+            };
             video.write_rtp(p).await.expect("client track is bound");
         }
     });
@@ -388,6 +388,35 @@ async fn subscriber_pli_reaches_the_publisher() {
     })
     .await;
     sender.abort();
+    router.release(EndpointKey(1)).await;
+    assert_idle(&router);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expected_subscriber_asks_the_publisher_for_a_keyframe_before_it_subscribes() {
+    let router = router();
+    let (ev_tx, _ev_rx) = events();
+    let opts = PublishOpts {
+        audio: false,
+        ..Default::default()
+    };
+    let (publ, _) = publish(&router, EndpointKey(1), opts, ev_tx).await;
+    let plis = count_keyframe_requests(publ.video.clone());
+    // Delta frames only, so that the track is open and nothing in the stream answers a request.
+    send_delta_packets(&publ.video, VIDEO_SSRC, CHROME.vp8, 0, 20, PACE).await;
+    stats_when(&router, "the publisher's packets arrived", |s| {
+        s.packets_received >= 20
+    })
+    .await;
+    assert_eq!(*plis.borrow(), 0, "no subscriber, no keyframe request");
+    // An unknown endpoint is ignored; the publisher's hint asks.
+    router.expect_subscriber(EndpointKey(99)).await;
+    router.expect_subscriber(EndpointKey(1)).await;
+    let mut plis = plis;
+    tokio::time::timeout(WAIT, plis.wait_for(|n| *n >= 1))
+        .await
+        .expect("the publisher is asked for a keyframe before any subscription exists")
+        .expect("watch open");
     router.release(EndpointKey(1)).await;
     assert_idle(&router);
 }

@@ -215,6 +215,14 @@ pub enum MediaCommand {
         /// The endpoint.
         endpoint: EndpointId,
     },
+    /// A subscriber to this publisher endpoint is coming: a participant joined, and clients
+    /// subscribe to every publisher listed in their join answer. The media layer may prepare
+    /// (the engine asks the publisher for a keyframe now, so that one is stored by the time the
+    /// subscriber connects). Harmless for an unknown endpoint.
+    ExpectSubscriber {
+        /// The publisher endpoint.
+        publisher: EndpointId,
+    },
 }
 
 /// Something the outside world must do, in this order.
@@ -628,6 +636,17 @@ impl Room {
             user: user.clone(),
         });
         self.notify_all_except(None, &Notification::ParticipantJoined { id: user.clone() });
+        // The joiner's client subscribes to every publisher of its answer next.
+        let expected: Vec<EndpointId> = self
+            .participants
+            .iter()
+            .filter(|p| p.is_publishing())
+            .filter_map(|p| p.publication.as_ref().map(|e| e.id))
+            .collect();
+        for publisher in expected {
+            self.out
+                .push_back(Output::Media(MediaCommand::ExpectSubscriber { publisher }));
+        }
         self.participants.push(Participant {
             session: session.clone(),
             name: user,

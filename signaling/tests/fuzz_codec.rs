@@ -1164,6 +1164,12 @@ impl Harness {
                     "candidate for {endpoint:?}, which is not live"
                 );
             }
+            MediaCommand::ExpectSubscriber { publisher } => {
+                assert!(
+                    m.answered.contains(&publisher) && !m.released.contains(&publisher),
+                    "subscriber expected for {publisher:?}, which is not a live answered publisher"
+                );
+            }
             MediaCommand::Release { endpoint } => {
                 assert!(
                     m.created.contains(&endpoint),

@@ -1194,7 +1194,7 @@ impl World {
                     },
                 );
             }
-            MediaCommand::AddCandidate { .. } => {}
+            MediaCommand::AddCandidate { .. } | MediaCommand::ExpectSubscriber { .. } => {}
             MediaCommand::Release { endpoint } => {
                 if let Some(ep) = self.engine.get_mut(endpoint) {
                     if ep.up {
@@ -2165,6 +2165,13 @@ impl World {
                         }
                     }
                 }
+            }
+            MediaCommand::ExpectSubscriber { publisher } => {
+                check!(
+                    self.log,
+                    r.held.contains_key(publisher),
+                    "room #{serial} expects a subscriber of {publisher:?}, which it does not hold"
+                );
             }
             MediaCommand::Release { endpoint } => {
                 check!(

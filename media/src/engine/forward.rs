@@ -6,7 +6,8 @@
 //! ```text
 //!  shard.poll_event() ──▶ Forwarder::handle_event ──▶ (other events back to the owner)
 //!        TrackOpen (publisher)  → a Track
-//!        subscriber answered    → its sources' tracks primed (keyframe asked ahead)
+//!        subscriber expected    → the publisher's tracks primed (keyframe asked ahead)
+//!        subscriber answered    → its sources' tracks primed (unless a fresh keyframe is stored)
 //!        Connected (subscriber) → SRTP keys captured → sealer → its legs attached; a video leg
 //!                                 still waiting `attach_delay` later starts at a recent stored
 //!                                 keyframe (or one is asked)
@@ -373,6 +374,22 @@ impl Forwarder {
                 continue;
             };
             if let Some(track) = self.tracks.get_mut(key).and_then(|t| t.track.as_mut()) {
+                track.prime(now);
+            }
+        }
+        self.recompute_timeout();
+    }
+
+    /// A subscriber of `publisher` is expected (its client is about to subscribe): its open
+    /// tracks are primed at `now`, so that a keyframe is stored, or on its way, before the
+    /// subscription is even created (see [`Track::prime`]). Nothing for an unknown peer.
+    pub fn expect_subscriber(&mut self, publisher: PeerId, now: Instant) {
+        for t in self
+            .tracks
+            .values_mut()
+            .filter(|t| t.publisher == publisher)
+        {
+            if let Some(track) = t.track.as_mut() {
                 track.prime(now);
             }
         }

@@ -281,6 +281,10 @@ enum Command {
         id: PeerId,
         reply: Reply<()>,
     },
+    ExpectSubscriber {
+        publisher: PeerId,
+        reply: Reply<()>,
+    },
     Stats {
         reply: Reply<RuntimeStats>,
     },
@@ -430,6 +434,15 @@ impl ShardRuntime {
         Ok(self.try_reserve()?.add_candidate(id, candidate))
     }
 
+    /// A subscriber of publisher `publisher` is expected: its tracks are primed (see
+    /// [`super::forward::Forwarder::expect_subscriber`]).
+    pub fn expect_subscriber(
+        &self,
+        publisher: PeerId,
+    ) -> Result<oneshot::Receiver<()>, RuntimeError> {
+        Ok(self.try_reserve()?.expect_subscriber(publisher))
+    }
+
     /// Removes a peer (publisher: its tracks and every leg on them).
     pub fn remove(&self, id: PeerId) -> Result<oneshot::Receiver<()>, RuntimeError> {
         Ok(self.try_reserve()?.remove(id))
@@ -506,6 +519,11 @@ impl CommandSlot<'_> {
             candidate,
             reply,
         })
+    }
+
+    /// See [`ShardRuntime::expect_subscriber`].
+    pub fn expect_subscriber(self, publisher: PeerId) -> oneshot::Receiver<()> {
+        self.send(|reply| Command::ExpectSubscriber { publisher, reply })
     }
 
     /// See [`ShardRuntime::remove`].
@@ -828,6 +846,10 @@ impl State {
                 self.shard.remove(id);
                 // A released peer is gone from the counters when `release` returns.
                 self.publish_snapshot(now);
+                let _ = reply.send(());
+            }
+            Command::ExpectSubscriber { publisher, reply } => {
+                self.forwarder.expect_subscriber(publisher, now);
                 let _ = reply.send(());
             }
             Command::Stats { reply } => {

@@ -356,6 +356,31 @@ impl ShardedEngine {
         }
     }
 
+    /// See [`crate::MediaRouter::expect_subscriber`].
+    pub async fn expect_subscriber(&self, publisher: EndpointKey) {
+        let shard = {
+            let t = self.shared.lock();
+            match t.endpoints.get(&publisher) {
+                Some(e) if matches!(e.role, Role::Publisher(_)) && e.negotiating.is_none() => {
+                    e.shard
+                }
+                _ => {
+                    debug!(
+                        endpoint = publisher.0,
+                        "subscriber expected for no live publisher"
+                    );
+                    return;
+                }
+            }
+        };
+        match self.runtimes[shard].reserve().await {
+            Ok(slot) => {
+                let _ = slot.expect_subscriber(PeerId(publisher.0)).await;
+            }
+            Err(e) => warn!(endpoint = publisher.0, error = %e, "expected subscriber not told"),
+        }
+    }
+
     /// See [`crate::MediaRouter::release`].
     pub async fn release(&self, key: EndpointKey) {
         let removed: Vec<(EndpointKey, usize)> = {

@@ -296,12 +296,23 @@ impl Track {
         }
     }
 
-    /// A subscription to this track was created at `now`; its leg will be added once its
-    /// transport is up. A keyframe is requested now (coalesced like any request), so that it
-    /// is in the ring, or on its way, when [`add_leg`](Self::add_leg) comes: the publisher's
-    /// reaction time then overlaps the subscriber's ICE and DTLS instead of following them.
+    /// A subscription to this track is coming or was created at `now`; its leg will be added
+    /// once its transport is up. A keyframe is requested now (coalesced like any request), so
+    /// that it is in the ring, or on its way, when [`add_leg`](Self::add_leg) comes: the
+    /// publisher's reaction time then overlaps the subscriber's negotiation, ICE and DTLS
+    /// instead of following them. Not when the ring holds a keyframe young enough to be
+    /// replayed still after half the replay age (the time a subscription takes to connect):
+    /// a participant's join primes, and its subscriptions' creation would otherwise ask the
+    /// publisher for a second keyframe 100–200 ms after the first.
     pub fn prime(&mut self, now: Instant) {
-        if self.gateable {
+        if !self.gateable {
+            return;
+        }
+        let fresh = self
+            .last_keyframe
+            .is_some_and(|k| now.saturating_duration_since(k.arrived) <= self.keyframe_replay / 2)
+            && self.replay_span(now).is_some();
+        if !fresh {
             self.keyframes.request(now);
         }
     }
@@ -1412,6 +1423,34 @@ mod tests {
             Ok(1)
         );
         assert_eq!(eg.seqs(LegId(1)), [704]);
+    }
+
+    #[test]
+    fn priming_asks_nothing_while_a_fresh_keyframe_is_stored() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let mut track = vp8_track();
+        let mut eg = Rec::new();
+        // A participant joins: the track is primed and the request goes out.
+        track.prime(t0);
+        assert!(track.poll_keyframe_request(t0));
+        for (seq, payload) in [(1, VP8_KEY), (2, VP8_MORE), (3, VP8_DELTA)] {
+            track
+                .on_rtp(&pkt(SRC, seq, payload), t(60), &mut eg)
+                .unwrap();
+        }
+        // Its subscription is created 200 ms later: the keyframe (140 ms old) will do.
+        track.prime(t(200));
+        assert_eq!(track.poll_timeout(), None, "nothing to ask");
+        assert!(!track.poll_keyframe_request(t(2000)));
+        // Older than half the replay age (250 ms): it may be too old by the time the leg
+        // connects, so a subscription created now asks.
+        track.prime(t(311));
+        assert!(
+            track.poll_keyframe_request(t(560)),
+            "asked at the end of the interval"
+        );
+        assert_eq!(track.keyframe_stats().sent, 2);
     }
 
     #[test]

@@ -644,6 +644,55 @@ fn subscribe_answers_and_notifies_nobody() {
     )));
 }
 
+/// A join tells the media layer which publishers the joiner's client is about to subscribe
+/// to (those it lists as publishing, before the reply), and no others.
+#[test]
+fn a_join_expects_subscribers_of_the_answered_publishers_only() {
+    let mut h = Harness::new();
+    let expected = |out: &[Output]| -> Vec<EndpointId> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Media(MediaCommand::ExpectSubscriber { publisher }) => Some(*publisher),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(expected(&h.join("alice")).is_empty(), "nobody publishes");
+    h.join("bob");
+    h.join("carol");
+    let (alice_ep, _) = h.publish("alice");
+    let (bob_ep, _) = h.publish("bob");
+    // Carol's offer is still being answered: not publishing yet.
+    h.req(
+        "carol",
+        ClientRequest::PublishVideo {
+            sdp_offer: "offer".into(),
+            do_loopback: false,
+        },
+    );
+    let out = h.join("dave");
+    let mut got = expected(&out);
+    got.sort();
+    assert_eq!(got, [alice_ep, bob_ep]);
+    let first_media = out.iter().position(|o| matches!(o, Output::Media(_)));
+    let reply = out.iter().position(|o| matches!(o, Output::Reply { .. }));
+    assert!(
+        first_media < reply,
+        "asked before the joiner can subscribe: {out:?}"
+    );
+    // A refused join expects nothing.
+    let (_, out) = h.req(
+        "eve",
+        ClientRequest::JoinRoom {
+            room: ROOM.into(),
+            user: "dave".into(),
+            data_channels: false,
+        },
+    );
+    assert!(the_reply(&out).is_err());
+    assert!(expected(&out).is_empty());
+}
+
 /// Checklist 32: subscribing to someone not in the room is 102 with the original's text.
 #[test]
 fn subscribe_to_unknown_user_is_102() {
