@@ -16,6 +16,10 @@
 //!   --seconds N       measured window per scenario (default 5; plus ~2 s warm-up)
 //!   --ramp LIST       viewer counts for `ramp` (default 10,25,50,100,200,300,400,500,600)
 //!   --no-reference    skip the reference-forwarder runs
+//!   --rounds N        run each conference scenario N times (default 1), each round right after
+//!                     a reference run of its own fan-out, and print the median ÷ ref of the
+//!                     valid rounds with its range (the machine's own speed drifts between
+//!                     minutes; a ratio of two measurements seconds apart cancels most of it)
 //!   --smoke           1 room x 2 against roomd for ~5 s; exit 1 unless media flows both ways
 //! ```
 //!
@@ -1729,6 +1733,53 @@ fn print_outcome(o: &Outcome) {
     );
 }
 
+/// What one round of `--rounds` measured of roomd.
+struct Round {
+    us_per_pkt: f64,
+    ratio: Option<f64>,
+    reference_pps: Option<f64>,
+    valid: bool,
+}
+
+/// Median and range of the valid rounds: roomd ÷ reference, roomd's µs per packet and the
+/// reference's out-pps per core.
+fn rounds_summary(suite: Suite, sc: &Scenario, rounds: &[Round]) -> String {
+    let valid: Vec<&Round> = rounds.iter().filter(|r| r.valid).collect();
+    let spread = |mut v: Vec<f64>, fmt: &dyn Fn(f64) -> String| -> String {
+        if v.is_empty() {
+            return "-".into();
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        let (lo, hi) = (v[0], v[n - 1]);
+        format!("{} ({}–{})", fmt(median), fmt(lo), fmt(hi))
+    };
+    format!(
+        "rounds {} {}: {}/{} valid; roomd ÷ ref median {}; roomd µs/pkt {}; reference out-pps per core {}",
+        suite.name(),
+        sc.name,
+        valid.len(),
+        rounds.len(),
+        spread(
+            valid.iter().filter_map(|r| r.ratio).collect(),
+            &|x| format!("{:.0} %", x * 100.0)
+        ),
+        spread(
+            valid.iter().map(|r| r.us_per_pkt).collect(),
+            &|x| format!("{x:.2}")
+        ),
+        spread(
+            valid.iter().filter_map(|r| r.reference_pps).collect(),
+            &|x| format!("{:.0} k", x / 1000.0)
+        ),
+    )
+}
+
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
@@ -1745,6 +1796,7 @@ struct Opts {
     window: Duration,
     ramp: Vec<usize>,
     reference: bool,
+    rounds: usize,
     smoke: bool,
 }
 
@@ -1757,9 +1809,16 @@ fn opts() -> Opts {
             .cloned()
     };
     let has = |name: &str| args.iter().any(|a| a == name);
-    let explicit = ["--scenario", "--suite", "--server", "--seconds", "--ramp"]
-        .iter()
-        .any(|a| has(a));
+    let explicit = [
+        "--scenario",
+        "--suite",
+        "--server",
+        "--seconds",
+        "--ramp",
+        "--rounds",
+    ]
+    .iter()
+    .any(|a| has(a));
     Opts {
         scenarios: arg("--scenario")
             .unwrap_or_else(|| "all".into())
@@ -1790,6 +1849,10 @@ fn opts() -> Opts {
             .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
             .unwrap_or_else(|| vec![10, 25, 50, 100, 200, 300, 400, 500, 600]),
         reference: !has("--no-reference"),
+        rounds: arg("--rounds")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1usize)
+            .max(1),
         smoke: has("--smoke") || !explicit,
     }
 }
@@ -1925,7 +1988,12 @@ async fn main_async(mut o: Opts) {
     }
     let ramp = o.scenarios.iter().any(|s| s == "ramp");
     if o.reference {
-        let mut ns: Vec<usize> = scenarios.iter().map(Scenario::fanout).collect();
+        // With rounds, each conference round measures its own reference (below).
+        let mut ns: Vec<usize> = if o.rounds > 1 {
+            Vec::new()
+        } else {
+            scenarios.iter().map(Scenario::fanout).collect()
+        };
         if ramp {
             ns.push(24);
         }
@@ -1949,15 +2017,48 @@ async fn main_async(mut o: Opts) {
     let mut results = Vec::new();
     for &suite in &o.suites {
         for sc in &scenarios {
-            for &kind in &o.servers {
-                match run_bounded(net.as_ref(), kind, suite, sc, o.window).await {
-                    Ok(mut out) => {
-                        out.reference_us = reference.get(&(suite, sc.fanout())).copied();
-                        print_outcome(&out);
-                        results.push(out);
+            let mut rounds = Vec::new();
+            for round in 1..=o.rounds {
+                let mut reference_pps = None;
+                if o.rounds > 1 && o.reference {
+                    match refwd::run(refwd::Params::paced(
+                        suite,
+                        sc.fanout(),
+                        Duration::from_secs(2),
+                    )) {
+                        Ok(r) => {
+                            println!("round {round}/{}: {}", o.rounds, r.line());
+                            reference.insert((suite, sc.fanout()), r.us_per_out());
+                            reference_pps = Some(r.out_pps_per_core());
+                        }
+                        Err(e) => {
+                            println!("round {round}/{}: reference failed: {e}", o.rounds);
+                            reference.remove(&(suite, sc.fanout()));
+                        }
                     }
-                    Err(e) => println!("{kind:?} {} {}: failed: {e}", suite.name(), sc.name),
                 }
+                for &kind in &o.servers {
+                    match run_bounded(net.as_ref(), kind, suite, sc, o.window).await {
+                        Ok(mut out) => {
+                            out.reference_us = reference.get(&(suite, sc.fanout())).copied();
+                            print_outcome(&out);
+                            if kind == ServerKind::Roomd {
+                                rounds.push(Round {
+                                    us_per_pkt: out.us_per_pkt,
+                                    ratio: out.reference_us.map(|r| r / out.us_per_pkt),
+                                    reference_pps,
+                                    valid: out.valid(),
+                                });
+                            }
+                            results.push(out);
+                        }
+                        Err(e) => println!("{kind:?} {} {}: failed: {e}", suite.name(), sc.name),
+                    }
+                }
+            }
+            if o.rounds > 1 {
+                println!("{}", rounds_summary(suite, sc, &rounds));
+                print_header();
             }
         }
         if ramp {
