@@ -26,6 +26,10 @@
 //!   --smoke           1 room x 2 against roomd for ~5 s; exit 1 unless media flows both ways
 //! ```
 //!
+//! Environment: `LOADGEN_ROOMD_BIN` (another roomd build), `LOADGEN_ROOMD_LOG` (roomd's log
+//! filter; its log on stderr), `LOADGEN_LOG` (the generator's own log), `LOADGEN_DEBUG`
+//! (every signalling message).
+//!
 //! Plain `cargo bench` (no options) runs `--smoke`. Generator on CPU 0, server on CPU 1
 //! (`taskset`). A scenario is marked INVALID when the generator used more than 85 % of its
 //! core during the window (then the generator, not the server, was measured).
