@@ -189,6 +189,30 @@ impl Stats {
         }
         (exp, got.min(exp.max(got)))
     }
+    /// One packet received by subscriber PC `ctx` on stream (`stream`, `kind`), by either
+    /// receive path: the totals, the PC's first video packet (jff), the stream's count; returns
+    /// the stream for its sequence number.
+    fn packet(
+        &mut self,
+        ctx: &PeerCtx,
+        stream: u32,
+        kind: u8,
+        first_video: &mut bool,
+    ) -> &mut StreamStat {
+        self.received_total += 1;
+        if self.measuring {
+            self.received_window += 1;
+        }
+        if kind == 1 && !*first_video {
+            *first_video = true;
+            if let Some(t) = ctx.subscribe_sent {
+                self.join_to_first_frame.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let s = self.streams.entry((ctx.key, stream, kind)).or_default();
+        s.count += 1;
+        s
+    }
     fn error(&mut self, e: String) {
         self.signaling_errors += 1;
         if self.first_error.is_none() {
@@ -402,38 +426,20 @@ fn video_pt(sdp: &str) -> Option<u8> {
 /// sequence number), without decryption: the payload's latency stamp and check stay with the
 /// full receivers. rtc's receive path costs the generator core as much per packet as it costs
 /// the server; at 1x25 the full path made every run generator-bound.
-fn light_receive(
-    b: &[u8],
-    video_pt: Option<u8>,
-    first_video: &mut bool,
-    ctx: &PeerCtx,
-    last_seq: &mut HashMap<u32, u16>,
-) {
+fn light_receive(b: &[u8], video_pt: Option<u8>, first_video: &mut bool, ctx: &PeerCtx) {
     let pt = b[1] & 0x7F;
     let seq = u16::from_be_bytes([b[2], b[3]]);
     let ssrc = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
     let kind = u8::from(Some(pt) == video_pt);
     let mut st = ctx.stats.borrow_mut();
-    st.received_total += 1;
-    if st.measuring {
-        st.received_window += 1;
-    }
-    if kind == 1 && !*first_video {
-        *first_video = true;
-        if let Some(t) = ctx.subscribe_sent {
-            st.join_to_first_frame.push(t.elapsed().as_secs_f64());
-        }
-    }
-    let s = st.streams.entry((ctx.key, ssrc, kind)).or_default();
+    let s = st.packet(ctx, ssrc, kind, first_video);
     s.light = true;
-    s.count += 1;
-    let last = last_seq.entry(ssrc).or_insert(seq);
-    let ahead = seq.wrapping_sub(*last);
+    // `max_seq` extends the 16-bit sequence number: its low half is the newest one seen.
+    let ahead = seq.wrapping_sub(s.max_seq as u16);
     if !s.seen {
         s.max_seq = u32::from(seq);
     } else if ahead != 0 && ahead < 0x8000 {
         s.max_seq = s.max_seq.wrapping_add(u32::from(ahead));
-        *last = seq;
     }
     s.seen = true;
 }
@@ -451,7 +457,6 @@ async fn run_pc(
     let mut connected = false;
     let mut first_video = false;
     let mut remote_video_pt = None;
-    let mut light_seqs: HashMap<u32, u16> = HashMap::new();
     let (mut vpt, mut apt) = (None::<u8>, None::<u8>);
     let mut vseq = 0u16;
     let mut aseq = 0u16;
@@ -498,20 +503,11 @@ async fn run_pc(
                     let seq = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
                     let sent = u64::from_be_bytes(b[12..20].try_into().expect("8 bytes"));
                     let mut st = ctx.stats.borrow_mut();
-                    st.received_total += 1;
                     if st.measuring {
-                        st.received_window += 1;
                         let lat = now_ns().saturating_sub(sent) / 1000;
                         st.latencies_us.push(lat.min(u64::from(u32::MAX)) as u32);
                     }
-                    if kind == 1 && !first_video {
-                        first_video = true;
-                        if let Some(t) = ctx.subscribe_sent {
-                            st.join_to_first_frame.push(t.elapsed().as_secs_f64());
-                        }
-                    }
-                    let s = st.streams.entry((ctx.key, publisher, kind)).or_default();
-                    s.count += 1;
+                    let s = st.packet(&ctx, publisher, kind, &mut first_video);
                     if !s.seen || seq.wrapping_sub(s.max_seq) < (1 << 31) {
                         s.max_seq = seq;
                     }
@@ -639,7 +635,7 @@ async fn run_pc(
                 while let Some((n, peer)) = next {
                     let data = &buf[..n];
                     if ctx.light && connected && is_srtp_rtp(data) {
-                        light_receive(data, remote_video_pt, &mut first_video, &ctx, &mut light_seqs);
+                        light_receive(data, remote_video_pt, &mut first_video, &ctx);
                     } else {
                         let _ = pc.handle_read(TaggedBytesMut {
                             now: Instant::now(),
