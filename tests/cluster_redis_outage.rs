@@ -88,15 +88,7 @@ async fn a_long_redis_outage_closes_rooms_by_their_deadline_and_joins_work_again
     // The node counts what happened.
     let m = common::http_get_text(n1.addr, "/metrics").await;
     let at = |series: &str| -> f64 {
-        m.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no {series} in\n{m}"))
+        common::metric(&m, series).unwrap_or_else(|| panic!("no {series} in\n{m}"))
     };
     assert_eq!(
         at("roomd_cluster_rooms_stopped_total{reason=\"deadline\"}"),

@@ -673,17 +673,6 @@ async fn a_relayed_client_joining_again_after_room_closed_is_placed_afresh() {
     );
 }
 
-/// The value of one series (`name` or `name{labels}`) in a `/metrics` text.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 /// `/metrics` of a cluster node counts its owned rooms, relay links both ways, relayed frames
 /// and placements; a single server has no cluster series.
 #[tokio::test]
@@ -707,7 +696,7 @@ async fn cluster_metrics_count_rooms_links_frames_and_placements() {
 
     let m1 = common::http_get_text(n1.addr, "/metrics").await;
     let m2 = common::http_get_text(n2.addr, "/metrics").await;
-    let at = |m: &str, s: &str| metric(m, s).unwrap_or_else(|| panic!("no {s} in\n{m}"));
+    let at = |m: &str, s: &str| common::metric(m, s).unwrap_or_else(|| panic!("no {s} in\n{m}"));
     assert_eq!(
         at(&m1, "roomd_cluster_placements_total{result=\"relayed\"}"),
         1.0
@@ -759,7 +748,7 @@ async fn cluster_metrics_count_rooms_links_frames_and_placements() {
     ] {
         eventually("the link is closed", || async {
             let m = common::http_get_text(server.addr, "/metrics").await;
-            (metric(&m, series) == Some(0.0)).then_some(())
+            (common::metric(&m, series) == Some(0.0)).then_some(())
         })
         .await;
     }

@@ -4,19 +4,10 @@
 
 mod common;
 
+use common::metric;
 use common::peer::publish;
 use common::start_server;
 use serde_json::json;
-
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_the_process_requests_and_join_to_media() {
@@ -34,21 +25,21 @@ async fn metrics_cover_the_process_requests_and_join_to_media() {
     publication.peer.connected().await;
     let text = common::http_get_text(server.addr, "/metrics").await;
     assert!(text.contains("roomd_build_info{version=\""), "{text}");
-    assert!(value(&text, "process_open_fds").is_some_and(|n| n > 0.0));
-    assert!(value(&text, "process_resident_memory_bytes").is_some_and(|n| n > 1e6));
+    assert!(metric(&text, "process_open_fds").is_some_and(|n| n > 0.0));
+    assert!(metric(&text, "process_resident_memory_bytes").is_some_and(|n| n > 1e6));
     for method in ["joinRoom", "sendMessage", "publishVideo"] {
         let series = format!("roomd_request_duration_seconds_count{{method=\"{method}\"}}");
-        assert_eq!(value(&text, &series), Some(1.0), "{series} in\n{text}");
+        assert_eq!(metric(&text, &series), Some(1.0), "{series} in\n{text}");
     }
     let series = "roomd_request_duration_seconds_count{method=\"leaveRoom\"}";
-    assert_eq!(value(&text, series), Some(0.0));
+    assert_eq!(metric(&text, series), Some(0.0));
     // The server side may see its connection up a moment after the client: wait for it.
     let deadline = tokio::time::Instant::now() + common::WAIT;
     loop {
         let text = common::http_get_text(server.addr, "/metrics").await;
-        if value(&text, "roomd_join_to_media_seconds_count{}") == Some(1.0) {
+        if metric(&text, "roomd_join_to_media_seconds_count{}") == Some(1.0) {
             let inf = "roomd_join_to_media_seconds_bucket{le=\"+Inf\"}";
-            assert_eq!(value(&text, inf), Some(1.0));
+            assert_eq!(metric(&text, inf), Some(1.0));
             break;
         }
         assert!(

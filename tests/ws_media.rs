@@ -418,14 +418,19 @@ async fn a_join_asks_the_rooms_publishers_for_a_keyframe() {
             }
         }
     });
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    while rtp_received(&server).await < 5.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the publisher's packets never reached roomd"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The test client hands its application only PLI/FIR: no RTCP tells it that roomd has the
+    // packets, so roomd's counter is polled (bounded).
+    until_server_shows(|| async {
+        let n = rtp_received(&server).await;
+        if n >= 5.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "the publisher's packets never reached roomd ({n} received)"
+            ))
+        }
+    })
+    .await;
     assert_eq!(*plis.borrow(), 0, "nobody watches alice yet");
     let mut b = server.client().await;
     b.join("kf", "bob").await;
@@ -439,10 +444,26 @@ async fn a_join_asks_the_rooms_publishers_for_a_keyframe() {
 /// `roomd_rtp_received_total` from `/metrics`.
 async fn rtp_received(server: &Server) -> f64 {
     let text = common::http_get_text(server.addr, "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("roomd_rtp_received_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    common::metric(&text, "roomd_rtp_received_total").unwrap_or(0.0)
+}
+
+/// Waits (bounded) for a state roomd shows only on its HTTP endpoints, which have no event a
+/// client could wait on: `probe` is asked every 20 ms and answers `Err(what it saw)` until
+/// the state is there.
+async fn until_server_shows<F, Fut>(mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        match probe().await {
+            Ok(()) => return,
+            Err(seen) => assert!(tokio::time::Instant::now() < deadline, "{seen}"),
+        }
+    }
 }
 
 async fn media_endpoints(server: &Server) -> u64 {
@@ -450,22 +471,18 @@ async fn media_endpoints(server: &Server) -> u64 {
     health["mediaEndpoints"].as_u64().expect("mediaEndpoints")
 }
 
-/// Waits (bounded) until the server reports `n` live media endpoints.
+/// Waits (bounded) until the server reports `n` live media endpoints (endpoint teardown has
+/// no event a client can see).
 async fn wait_media_endpoints(server: &Server, n: u64) {
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    // Endpoint teardown has no event a client can see; poll the health gauge, bounded.
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        tick.tick().await;
+    until_server_shows(|| async {
         let now = media_endpoints(server).await;
         if now == n {
-            return;
+            Ok(())
+        } else {
+            Err(format!("media endpoints stuck at {now}, expected {n}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "media endpoints stuck at {now}, expected {n}"
-        );
-    }
+    })
+    .await;
 }
 
 /// Lifecycle: a publisher whose WebSocket drops keeps its media during the grace period and

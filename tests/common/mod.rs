@@ -28,6 +28,17 @@ pub mod tls;
 /// The longest any single expected event may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The value of one series (`name` or `name{labels}`) in a `/metrics` text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// A running server; stopped when dropped.
 pub struct Server {
     pub addr: SocketAddr,
