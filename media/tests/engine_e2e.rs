@@ -24,7 +24,7 @@ use media::engine::data::{DataRelay, DataStats, DEFAULT_MAX_BACKLOG};
 use media::engine::forward::{subscription_of, ForwardConfig, Forwarder, Source};
 use media::engine::peer::{MediaKind, PeerId, PublisherAnswer, RtcpToApp};
 use media::engine::runtime::{RuntimeConfig, RuntimeError, RuntimeEvent, ShardRuntime};
-use media::engine::shard::{Shard, ShardConfig, ShardEvent};
+use media::engine::shard::{Input, Shard, ShardConfig, ShardEvent};
 use media::engine::wire::Ssrc;
 use rtc::interceptor::Registry;
 use rtc::peer_connection::certificate::RTCCertificate;
@@ -538,7 +538,14 @@ impl Simulated for Sim {
         self.now = self.wire.next_time(self.now, deadlines);
         while let Some(d) = self.wire.pop_due(self.now) {
             if d.to == addr(SHARD) {
-                self.shard.handle_datagram(self.now, d.to, d.from, &d.bytes);
+                let mut bytes = d.bytes.to_vec();
+                if let Input::Rtp { peer, len } = self
+                    .shard
+                    .handle_datagram(self.now, d.to, d.from, &mut bytes)
+                {
+                    self.fw
+                        .on_clear_rtp(&mut self.shard, peer, &bytes[..len], self.now);
+                }
                 self.pump_shard();
             } else if let Some(&i) = self.by_addr.get(&d.to) {
                 let c = &mut self.clients[i];
@@ -698,6 +705,75 @@ fn a_nack_for_a_dropped_packet_is_answered_with_the_same_bytes() {
     assert_eq!(seqs.len(), 21);
     assert_eq!(seqs.iter().filter(|s| **s == lost_seq).count(), 2);
     assert_eq!(sim.rtc_rtp_to.get(&victim).copied().unwrap_or(0), 0);
+}
+
+/// A publisher's RTP is opened by the shard itself once the publisher is connected (rtc sees
+/// only each SSRC's first packet, which opens its track), and what rtc's interceptors tell the
+/// publisher about its media still covers every packet: a NACK for the one lost on the way in,
+/// receiver reports counting it lost.
+#[test]
+fn the_shard_opens_publisher_rtp_itself_and_the_publisher_still_gets_nacks_and_reports() {
+    let (mut sim, p, subs) = Sim::with_subscribers(1);
+    let publisher = sim.clients[p].addr;
+    let video = sim.clients[p].video.expect("publisher").1;
+    let mut n = 0;
+    sim.drop_rule = Some(Box::new(move |d: &Datagram| {
+        if d.from == publisher
+            && is_rtp(&d.bytes)
+            && u32::from_be_bytes([d.bytes[8], d.bytes[9], d.bytes[10], d.bytes[11]]) == video
+        {
+            n += 1;
+            return n == 10;
+        }
+        false
+    }));
+    let (v, a) = sim.publish(p, 40);
+    sim.drop_rule = None;
+    sim.run_for(Duration::from_millis(1500));
+    let lost = v[9];
+    let st = sim.shard.stats();
+    // 80 sent, 1 lost, the first of each SSRC went through rtc.
+    assert_eq!((st.rtp_opened, st.rtp_open_errors), (77, 0), "{st:?}");
+    let fw = sim.fw.stats();
+    assert_eq!(fw.rtp_in, 79, "{fw:?}");
+    let mut expected: Vec<u16> = v.iter().copied().filter(|s| *s != lost).collect();
+    expected.sort_unstable();
+    let mut got: Vec<u16> = sim.clients[subs[0]]
+        .video_rx()
+        .iter()
+        .map(|p| named_seq(&p.payload, true))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got, expected,
+        "the subscriber got every packet that reached the shard"
+    );
+    assert_stream(&sim.clients[subs[0]].audio_rx(), &a, false, "subscriber");
+    let rtcp = &sim.clients[p].rtcp;
+    let nacked: Vec<u16> = rtcp
+        .iter()
+        .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+        .filter(|n| n.media_ssrc == video)
+        .flat_map(|n| n.nacks.iter().flat_map(|pair| pair.packet_list()))
+        .collect();
+    assert!(nacked.contains(&lost), "NACKed {nacked:?}, lost {lost}");
+    assert!(
+        nacked.iter().all(|s| *s == lost),
+        "only the lost one: {nacked:?}"
+    );
+    let reports: Vec<_> = rtcp
+        .iter()
+        .filter_map(|p| p.as_any().downcast_ref::<ReceiverReport>())
+        .flat_map(|rr| rr.reports.iter())
+        .filter(|r| r.ssrc == video)
+        .collect();
+    let last = reports.last().expect("a receiver report about the video");
+    assert_eq!(last.total_lost, 1, "{last:?}");
+    assert_eq!(
+        last.last_sequence_number & 0xFFFF,
+        u32::from(*v.last().expect("sent")),
+        "{last:?}"
+    );
 }
 
 /// A subscriber joining a track that is already flowing: its legs attach when it connects,
@@ -1180,11 +1256,14 @@ fn forwarding_cost_one_to_nine() {
     let mut now = sim.now;
     let mut in_shard = Duration::ZERO;
     let (t, cpu) = (Instant::now(), thread_cpu());
-    for d in &datagrams {
+    for d in &mut datagrams {
         now += Duration::from_micros(300);
         let t = Instant::now();
-        sim.shard.handle_datagram(now, addr(SHARD), from, d);
+        let input = sim.shard.handle_datagram(now, addr(SHARD), from, d);
         in_shard += t.elapsed();
+        if let Input::Rtp { peer, len } = input {
+            sim.fw.on_clear_rtp(&mut sim.shard, peer, &d[..len], now);
+        }
         while let Some(e) = sim.shard.poll_event() {
             let _ = sim.fw.handle_event(&mut sim.shard, e, now);
         }

@@ -331,7 +331,8 @@ impl Simulated for Sim {
             }
             if self.shard_addrs.contains(&d.to) {
                 let t = Instant::now();
-                self.shard.handle_datagram(self.now, d.to, d.from, &d.bytes);
+                self.shard
+                    .handle_datagram(self.now, d.to, d.from, &mut d.bytes.clone());
                 self.shard_busy += t.elapsed();
             } else if let Some(&i) = self.by_addr.get(&d.to) {
                 let c = &mut self.clients[i];
@@ -745,12 +746,12 @@ fn spoofed_stun_is_dropped_and_cannot_steal_a_connected_peer() {
     let attacker = addr("203.0.113.66:6666");
     let now = sim.now;
     sim.shard
-        .handle_datagram(now, addr(SHARD), attacker, &m.raw);
+        .handle_datagram(now, addr(SHARD), attacker, &mut m.raw.clone());
     sim.shard.handle_datagram(
         now,
         addr(SHARD),
         attacker,
-        &[0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+        &mut [0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
     );
     assert!(sim.shard.poll_transmit().is_none(), "nothing answered");
     let st = sim.shard.stats();
@@ -761,7 +762,7 @@ fn spoofed_stun_is_dropped_and_cannot_steal_a_connected_peer() {
     );
     // A datagram on an address the shard does not have.
     sim.shard
-        .handle_datagram(now, addr("192.0.2.99:1"), attacker, &m.raw);
+        .handle_datagram(now, addr("192.0.2.99:1"), attacker, &mut m.raw.clone());
     assert_eq!(sim.shard.stats().unknown_local, 1);
 }
 
@@ -841,7 +842,7 @@ fn a_client_hello_before_the_nomination_is_answered_at_the_nomination() {
     // the client answers that check, as a browser does. No pair is selected yet.
     let now = sim.now;
     sim.shard
-        .handle_datagram(now, addr(SHARD), client, &check(false));
+        .handle_datagram(now, addr(SHARD), client, &mut check(false));
     let out = sent(&mut sim);
     assert!(!out.is_empty() && !out.iter().any(is_dtls), "{out:?}");
     let client_pwd = attr(&offer, "a=ice-pwd:");
@@ -866,7 +867,7 @@ fn a_client_hello_before_the_nomination_is_answered_at_the_nomination() {
             ])
             .expect("binding response");
         sim.shard
-            .handle_datagram(now, addr(SHARD), client, &response.raw);
+            .handle_datagram(now, addr(SHARD), client, &mut response.raw.clone());
     }
     sent(&mut sim);
     assert!(
@@ -886,14 +887,15 @@ fn a_client_hello_before_the_nomination_is_answered_at_the_nomination() {
         .expect("ClientHello");
     let hello = dtls.poll_transmit().expect("ClientHello datagram").message;
     assert_eq!(hello[0], 22, "a handshake record");
-    sim.shard.handle_datagram(now, addr(SHARD), client, &hello);
+    sim.shard
+        .handle_datagram(now, addr(SHARD), client, &mut hello.clone());
     assert!(sent(&mut sim).iter().all(|b| !is_dtls(b)));
     assert_eq!(sim.shard.stats().early_dtls_held, 1);
 
     // The nomination: the pair is selected and the kept ClientHello answered at once, with a
     // HelloVerifyRequest (handshake type 3), without the client sending it again.
     sim.shard
-        .handle_datagram(now, addr(SHARD), client, &check(true));
+        .handle_datagram(now, addr(SHARD), client, &mut check(true));
     let out = sent(&mut sim);
     assert!(sim.shard.path(peer).is_ok(), "nominated");
     assert!(
@@ -932,7 +934,7 @@ fn the_shard_works_on_a_real_udp_socket() {
         let now = Instant::now();
         // Shard side.
         while let Ok((n, from)) = server.recv_from(&mut buf) {
-            shard.handle_datagram(Instant::now(), local, from, &buf[..n]);
+            shard.handle_datagram(Instant::now(), local, from, &mut buf[..n]);
         }
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             shard.handle_timeout(now);

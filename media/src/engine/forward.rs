@@ -12,7 +12,9 @@
 //!                                 still waiting `attach_delay` later starts at a recent stored
 //!                                 keyframe (or one is asked)
 //!          (loopback publisher: the same, for its own legs)
-//!        RtpIn                  → Track::on_rtp → per leg: copy + rewrite → seal → transmit queue
+//!        Connected (publisher)  → SRTP keys captured → opener installed in the shard
+//!        RtpIn, or on_clear_rtp → Track::on_rtp → per leg: copy + rewrite → seal → transmit queue
+//!          (on_clear_rtp: a publisher's RTP the shard opened itself, bypassing rtc)
 //!        RtcpIn (subscriber)    → NACK → on_nack (retransmission, same queue); PLI/FIR →
 //!                                 on_keyframe_request; RR → on_receiver_report
 //!        RtcpIn (publisher)     → SR → on_sender_report
@@ -73,7 +75,7 @@ use super::peer::{
 };
 use super::sender_report::SenderReport;
 use super::shard::{CryptoHook, Shard, ShardEvent};
-use super::srtp::{KeyCaptureError, SrtpKeyCapture, SrtpKeys, SrtpSealer};
+use super::srtp::{KeyCaptureError, SrtpKeyCapture, SrtpKeys, SrtpOpener, SrtpSealer};
 use super::track::{Egress, Track, TrackConfig};
 use super::wire::{Mid, SeqNo, Ssrc};
 
@@ -154,6 +156,8 @@ pub struct ForwardStats {
     pub rtcp_errors: u64,
     /// Subscribers whose SRTP keys could not be read (their legs never attach).
     pub key_errors: u64,
+    /// Publishers whose SRTP keys could not be read (rtc keeps opening their RTP).
+    pub opener_errors: u64,
 }
 
 /// A sealed datagram to send (over TCP: one frame on the (local, dest) connection).
@@ -254,6 +258,8 @@ pub struct Forwarder {
     /// (subscriber, leg SSRC) → track: where the subscriber's RTCP goes.
     leg_by_ssrc: HashMap<(PeerId, u32), TrackKey>,
     captures: Captures,
+    /// Publishers whose SRTP opener is not installed in the shard yet: their key capture.
+    opening: HashMap<PeerId, Arc<SrtpKeyCapture>>,
     tx: TxQueue,
     scratch: Vec<u8>,
     reports: Vec<(LegId, SenderReport)>,
@@ -282,6 +288,7 @@ impl Forwarder {
             subs: HashMap::new(),
             leg_by_ssrc: HashMap::new(),
             captures: Arc::new(Mutex::new(HashMap::new())),
+            opening: HashMap::new(),
             tx,
             reports: Vec::new(),
             next_path_refresh: None,
@@ -291,17 +298,13 @@ impl Forwarder {
         }
     }
 
-    /// The hook to install with [`Shard::set_crypto_hook`]: every peer connection that sends
-    /// media (subscribers, loopback publishers) gets its own [`SrtpKeyCapture`] over rtc's
-    /// default provider: the forwarder seals what they receive. Publishers that only receive
-    /// keep rtc's: nothing is ever sealed for them, and a capture would only keep one more copy
-    /// of their master keys.
+    /// The hook to install with [`Shard::set_crypto_hook`]: every peer connection gets its own
+    /// [`SrtpKeyCapture`] over rtc's default provider: the forwarder seals what subscribers and
+    /// loopback publishers receive with their local keys, and opens what publishers send with
+    /// their remote keys.
     pub fn crypto_hook(&self) -> CryptoHook {
         let captures = self.captures.clone();
-        Box::new(move |id, _role, sends| {
-            if !sends {
-                return None;
-            }
+        Box::new(move |id, _role, _sends| {
             let inner = rtc::crypto::default_provider().ok()?;
             let capture = SrtpKeyCapture::new(inner);
             let provider: Arc<dyn RTCCryptoProvider> = capture.provider();
@@ -343,6 +346,15 @@ impl Forwarder {
             keys.push(key);
         }
         self.publishers.insert(peer, keys);
+        let capture = self
+            .captures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .cloned();
+        if let Some(c) = capture {
+            self.opening.insert(peer, c);
+        }
         if answer.loopback.is_empty() {
             return;
         }
@@ -469,6 +481,7 @@ impl Forwarder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&peer);
+        self.opening.remove(&peer);
         if let Some(keys) = self.publishers.remove(&peer) {
             for key in keys {
                 if let Some(t) = self.tracks.remove(&key) {
@@ -579,6 +592,7 @@ impl Forwarder {
             let local = shard.local_of(path.announced);
             self.set_path(peer, local, path.remote, path.protocol);
         }
+        self.try_opener(shard, peer, now);
         if let Some(sub) = self.subs.get_mut(&peer) {
             tracing::debug!(peer = peer.0, "subscriber connected (ICE and DTLS)");
             sub.attach_at.get_or_insert(now + self.config.attach_delay);
@@ -617,6 +631,34 @@ impl Forwarder {
                 sub.keys_failed = true;
             }
             tracing::warn!(peer = peer.0, "no SRTP keys for forwarding: {e}");
+        }
+    }
+
+    /// Builds a publisher's SRTP opener from the remote keys its capture recorded and hands it
+    /// to the shard, which then opens the publisher's RTP itself ([`Shard::install_opener`]).
+    /// `NotYet` is retried at the next path refresh; on any other failure rtc keeps opening it.
+    fn try_opener(&mut self, shard: &mut Shard, peer: PeerId, now: Instant) {
+        let Some(capture) = self.opening.get(&peer) else {
+            return;
+        };
+        let keys = match shard.srtp_profile(peer, now) {
+            Some(Ok(profile)) => capture.keys(profile),
+            Some(Err(e)) => Err(e),
+            None => Err(KeyCaptureError::NotYet),
+        };
+        let opener = match keys {
+            Err(KeyCaptureError::NotYet) => return,
+            Err(e) => Err(e.to_string()),
+            Ok(k) => SrtpOpener::new(k.profile, &k.remote, capture.inner().crypto())
+                .map_err(|e| e.to_string()),
+        };
+        self.opening.remove(&peer);
+        match opener {
+            Ok(o) => shard.install_opener(peer, o),
+            Err(e) => {
+                self.stats.opener_errors += 1;
+                tracing::warn!(peer = peer.0, "publisher RTP stays with rtc: {e}");
+            }
         }
     }
 
@@ -701,6 +743,29 @@ impl Forwarder {
             self.stats.rtp_too_large += 1;
             return;
         };
+        let scratch = std::mem::take(&mut self.scratch);
+        self.forward(shard, key, &scratch[..n], now);
+        self.scratch = scratch;
+    }
+
+    /// A publisher's RTP packet the shard opened itself ([`crate::engine::shard::Input::Rtp`]):
+    /// the clear packet, forwarded as [`ShardEvent::RtpIn`]'s are.
+    pub fn on_clear_rtp(&mut self, shard: &mut Shard, peer: PeerId, packet: &[u8], now: Instant) {
+        self.stats.rtp_in += 1;
+        let Some(ssrc) = packet.get(8..12) else {
+            self.stats.rtp_unknown_ssrc += 1;
+            return;
+        };
+        let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
+        let Some(&key) = self.by_ssrc.get(&(peer, ssrc)) else {
+            self.stats.rtp_unknown_ssrc += 1;
+            return;
+        };
+        self.forward(shard, key, packet, now);
+    }
+
+    /// One clear packet of track `key` to its legs.
+    fn forward(&mut self, shard: &mut Shard, key: TrackKey, packet: &[u8], now: Instant) {
         let Some(track) = self.tracks.get_mut(&key).and_then(|t| t.track.as_mut()) else {
             self.stats.rtp_unknown_ssrc += 1;
             return;
@@ -711,7 +776,7 @@ impl Forwarder {
             now,
             stats: &mut self.stats,
         };
-        let _ = track.on_rtp(&self.scratch[..n], now, &mut egress);
+        let _ = track.on_rtp(packet, now, &mut egress);
         let pli = track.poll_keyframe_request(now);
         if let Some(t) = track.poll_timeout() {
             self.tracks_timeout = Some(self.tracks_timeout.map_or(t, |c| c.min(t)));
@@ -883,6 +948,12 @@ impl Forwarder {
             for id in unready {
                 if shard.state(id) == Some(PeerState::Connected) {
                     self.try_keys(shard, id, now);
+                }
+            }
+            let opening: Vec<PeerId> = self.opening.keys().copied().collect();
+            for id in opening {
+                if shard.state(id) == Some(PeerState::Connected) {
+                    self.try_opener(shard, id, now);
                 }
             }
             self.attach_pending(now);

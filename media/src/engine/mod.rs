@@ -9,8 +9,12 @@
 //! - `demux`: a shard's address table (5-tuple → peer; learns addresses only from STUN requests
 //!   with valid MESSAGE-INTEGRITY).
 //! - `peer`: one sans-IO peer connection of a shard: build, negotiate (ICE-lite answerer), drain.
-//! - `shard`: the sans-IO shard: many peer connections on one port, timer heap, queues.
-//! - `srtp`: SRTP keys captured from rtc's crypto provider, in-place seal of forwarded RTP.
+//! - `shard`: the sans-IO shard: many peer connections on one port, timer heap, queues; opens
+//!   publishers' RTP itself once their keys are known (rtc keeps ICE, DTLS, SRTCP, data).
+//! - `srtp`: SRTP keys captured from rtc's crypto provider, in-place seal of forwarded RTP and
+//!   in-place open of publishers' RTP.
+//! - `feedback`: a publisher connection's receive-side interceptor chain (NACKs, TWCC, receiver
+//!   reports), shared by rtc and the shard's SRTP bypass.
 //! - `forward`: a shard's forwarding state: tracks and legs from shard events, SRTP sealing,
 //!   the queue of sealed datagrams, RTCP (NACK, PLI/FIR, RR, SR) both ways.
 //! - `data`: a shard's data-channel relay: publishers' messages to their subscribers' channels,
@@ -33,6 +37,7 @@
 pub(crate) mod codecs;
 pub mod data;
 pub mod demux;
+pub(crate) mod feedback;
 pub mod forward;
 pub mod keyframe;
 pub mod leg;

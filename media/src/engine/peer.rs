@@ -5,7 +5,8 @@
 //! ([`MediaKind`], [`CodecSpec`], [`OutTrack`], [`PublishedTrack`], [`SentTrack`],
 //! [`PublisherAnswer`], [`SubscriberAnswer`]), the per-PC configuration ([`PeerFactory`]:
 //! ICE-lite, DTLS server, the shard's certificate, raised ICE timeouts, no mDNS, the codec set
-//! of `codecs.rs`, an interceptor chain per role) and [`Peer`] (the sans-IO
+//! of `codecs.rs`, an interceptor chain per role, a publisher's shared with the shard as its
+//! [`Feedback`]) and [`Peer`] (the sans-IO
 //! `RTCPeerConnection` plus what the shard tracks about it: state, local ICE credentials, the
 //! selected path, its timers).
 //!
@@ -62,8 +63,10 @@ use super::codecs::{
     media_sections, registered_codecs, same_codec, CodecInfo, Direction, Kind, MediaSection,
 };
 
+use super::feedback::{Feedback, FEEDBACK_SLOT};
 use super::outage::{NackFilter, NACK_FILTER_SLOT};
 use super::shard::{FailReason, ShardEvent, Transmit};
+use super::srtp::SrtpOpener;
 use super::wire::{Mid, Pt, Ssrc};
 
 /// A peer connection's id, chosen by the shard's owner (unique within a shard).
@@ -406,6 +409,7 @@ impl PeerFactory {
         role: Role,
         only: &[CodecInfo],
         crypto: Option<Arc<dyn RTCCryptoProvider>>,
+        feedback: Option<&Feedback>,
         now: Instant,
     ) -> Result<RTCPeerConnection, NegotiationError> {
         let mut media_engine = MediaEngine::default();
@@ -432,11 +436,16 @@ impl PeerFactory {
         let config = RTCConfigurationBuilder::new()
             .with_certificates(vec![self.certificate.clone()])
             .build();
+        // A publisher's chain is shared with the shard's SRTP bypass (`feedback.rs`).
+        let registry = match feedback {
+            Some(f) => Registry::new().with(FEEDBACK_SLOT.into(), f.clone()),
+            None => (self.registry)(role),
+        };
         RTCPeerConnectionBuilder::new()
             .with_configuration(config)
             .with_setting_engine(se.build())
             .with_media_engine(media_engine)
-            .with_interceptor_registry((self.registry)(role))
+            .with_interceptor_registry(registry)
             .build(now)
             .map_err(|e| rtc_err("peer connection", e))
     }
@@ -464,7 +473,8 @@ impl PeerFactory {
         now: Instant,
     ) -> Result<(Peer, PublisherAnswer), NegotiationError> {
         let (desc, sections) = parse_offer(offer, &self.supported)?;
-        let mut pc = self.build(Role::Publisher, &[], crypto, now)?;
+        let feedback = Feedback::new((self.registry)(Role::Publisher).build());
+        let mut pc = self.build(Role::Publisher, &[], crypto, Some(&feedback), now)?;
         let back = if loopback {
             loopback_tracks(&sections, &self.supported, offer)
         } else {
@@ -498,6 +508,11 @@ impl PeerFactory {
         });
         let mut peer = Peer::new(Role::Publisher, pc, &sdp, now)?;
         peer.senders = senders;
+        peer.bypass = Some(Bypass {
+            feedback,
+            opener: None,
+            ssrcs: Vec::new(),
+        });
         Ok((
             peer,
             PublisherAnswer {
@@ -519,7 +534,7 @@ impl PeerFactory {
     ) -> Result<(Peer, SubscriberAnswer), NegotiationError> {
         let (desc, sections) = parse_offer(offer, &self.supported)?;
         let formats: Vec<CodecInfo> = tracks.iter().map(|t| t.codec.info()).collect();
-        let mut pc = self.build(Role::Subscriber, &formats, crypto, now)?;
+        let mut pc = self.build(Role::Subscriber, &formats, crypto, None, now)?;
         let mut used = vec![false; sections.len()];
         let mut planned = Vec::new();
         for (ti, t) in tracks.iter().enumerate() {
@@ -1012,6 +1027,20 @@ pub(crate) struct Peer {
     /// DTLS datagrams that came before ICE selected a pair, in order (at most
     /// [`EARLY_DTLS_MAX`]; full: the newest is dropped, the browser resends its flight).
     early_dtls: Vec<(TransportContext, BytesMut)>,
+    /// Publisher: what its RTP takes instead of rtc's pipeline once it can.
+    pub(crate) bypass: Option<Bypass>,
+}
+
+/// A publisher connection's SRTP bypass. The RTP of each SSRC rtc has opened a track for
+/// (bound in the connection's [`Feedback`] chain) is opened by the shard with [`SrtpOpener`],
+/// once the forwarder installed one, fed to the chain header only and handed to the forwarder
+/// without crossing rtc's read pipeline. rtc keeps everything else: ICE, DTLS, SRTCP, data
+/// channels, and the first packet of an SSRC (which opens its track).
+pub(crate) struct Bypass {
+    pub(crate) feedback: Feedback,
+    pub(crate) opener: Option<SrtpOpener>,
+    /// SSRCs whose track rtc opened.
+    pub(crate) ssrcs: Vec<Ssrc>,
 }
 
 /// Capacity of [`Peer::hold_early_dtls`]: a browser's first flight is one ClientHello,
@@ -1049,6 +1078,7 @@ impl Peer {
             heap_at: None,
             connect_deadline: None,
             early_dtls: Vec::new(),
+            bypass: None,
         })
     }
 
@@ -1179,6 +1209,11 @@ impl Peer {
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                     let mid = mid_of_receiver(&mut self.pc, init.receiver_id);
                     let kind = self.kind_of_mid(mid.as_deref());
+                    if let Some(b) = self.bypass.as_mut() {
+                        if !b.ssrcs.contains(&Ssrc(init.ssrc)) {
+                            b.ssrcs.push(Ssrc(init.ssrc));
+                        }
+                    }
                     events.push_back(ShardEvent::TrackOpen {
                         peer: id,
                         mid: mid.map(Mid),

@@ -60,7 +60,7 @@ use tokio::sync::oneshot;
 use super::data::{DataRelay, DataStats, DEFAULT_MAX_BACKLOG};
 use super::forward::{ForwardConfig, ForwardStats, Forwarder, Source};
 use super::peer::{IceTimeouts, OutTrack, PeerId, PublisherAnswer, SubscriberAnswer};
-use super::shard::{Shard, ShardAddr, ShardConfig, ShardError, ShardEvent, ShardStats};
+use super::shard::{Input, Shard, ShardAddr, ShardConfig, ShardError, ShardEvent, ShardStats};
 use super::tcp::{TcpStats, TcpToken, TcpTransport};
 use super::udp_send::{gso_supported, UdpSender, WINDOW};
 use rtc::shared::TransportProtocol;
@@ -633,8 +633,16 @@ impl State {
                 for i in 0..n {
                     match io.received[i] {
                         (len, Some(from)) => {
-                            let bytes = &io.recv_bufs[i][..len];
-                            self.shard.handle_datagram(now, self.local, from, bytes);
+                            let bytes = &mut io.recv_bufs[i][..len];
+                            match self.shard.handle_datagram(now, self.local, from, bytes) {
+                                Input::Rtp { peer, len } => self.forwarder.on_clear_rtp(
+                                    &mut self.shard,
+                                    peer,
+                                    &bytes[..len],
+                                    now,
+                                ),
+                                Input::Done => {}
+                            }
                             self.pump(now);
                             // Sent as soon as a batch is full: the forwarder's buffer pool
                             // grows to the deepest queue, which this keeps near one batch

@@ -13,7 +13,8 @@
 //!
 //! - [`Shard::handle_datagram`] routes through [`Demux`] (only an address authenticated by a
 //!   STUN request with valid MESSAGE-INTEGRITY reaches a peer), feeds that one peer and drains
-//!   it into the transmit and event queues.
+//!   it into the transmit and event queues. A publisher's RTP skips rtc once the shard can open
+//!   it ([`Shard::install_opener`]): decrypted in place and returned as [`Input::Rtp`].
 //! - Timers: each peer's next deadline (rtc's `poll_timeout`, and the shard's connect deadline)
 //!   sits in a min-heap; [`Shard::poll_timeout`] is its top and [`Shard::handle_timeout`] polls
 //!   only the peers that are due. Idle peers cost nothing per wake-up.
@@ -58,6 +59,7 @@ use rtc::crypto::{RTCCryptoProvider, SignatureScheme};
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::Unmarshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::stun::message::is_stun_message;
 
@@ -69,7 +71,7 @@ use super::peer::{
     OutTrack, Path, Peer, PeerFactory, PeerId, PeerState, PublisherAnswer, RegistryFn, Role,
     SubscriberAnswer,
 };
-use super::srtp::{negotiated_profile, KeyCaptureError, SrtpProfile};
+use super::srtp::{negotiated_profile, KeyCaptureError, SrtpOpener, SrtpProfile};
 use super::wire::{Mid, Ssrc};
 
 /// One local address of the shard: the socket address the driver receives on and sends from,
@@ -230,12 +232,26 @@ pub struct ShardStats {
     pub connect_timeouts: u64,
     /// Timer wake-ups of individual peers (rtc `handle_timeout` calls): what idle peers cost.
     pub peer_timeouts: u64,
+    /// Publisher RTP opened by the shard itself ([`Shard::install_opener`]).
+    pub rtp_opened: u64,
+    /// Publisher RTP the shard's opener refused (forged, corrupted, replayed, too old): dropped.
+    pub rtp_open_errors: u64,
 }
 
 /// Chooses the crypto provider of each new peer connection (`None`: rtc's default), given its
 /// id, its role and whether it sends media (a subscriber, a loopback publisher).
 pub type CryptoHook =
     Box<dyn FnMut(PeerId, Role, bool) -> Option<Arc<dyn RTCCryptoProvider>> + Send>;
+
+/// What [`Shard::handle_datagram`] made of a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Handled (or dropped) by the shard and rtc; anything it produced is queued.
+    Done,
+    /// A publisher's RTP, opened in place: the clear packet is the datagram's first `len`
+    /// bytes, for the forwarder (`Forwarder::on_clear_rtp`); nothing else was queued.
+    Rtp { peer: PeerId, len: usize },
+}
 
 /// The sans-IO shard. See the module documentation.
 pub struct Shard {
@@ -434,15 +450,83 @@ impl Shard {
         }
     }
 
-    /// Feeds one datagram received on the socket bound to `local` from `from`.
+    /// Feeds one datagram received on the socket bound to `local` from `from`. A publisher's
+    /// RTP on an SSRC rtc has opened is opened here, in place, without crossing rtc's pipeline
+    /// (see [`Shard::install_opener`]): [`Input::Rtp`] then names the publisher and the clear
+    /// packet's length at the start of `data`, for the forwarder.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
         local: SocketAddr,
         from: SocketAddr,
-        data: &[u8],
-    ) {
-        self.handle_packet(now, FiveTuple::udp(local, from), data);
+        data: &mut [u8],
+    ) -> Input {
+        let tuple = FiveTuple::udp(local, from);
+        match self.open_rtp(now, &tuple, data) {
+            Some(input) => input,
+            None => {
+                self.handle_packet(now, tuple, data);
+                Input::Done
+            }
+        }
+    }
+
+    /// Lets the shard open `peer`'s RTP itself (a publisher: its remote SRTP context, built
+    /// from the keys its handshake negotiated). From now on, every RTP packet on an SSRC whose
+    /// track rtc opened is opened with it, fed to the connection's feedback chain (NACKs,
+    /// TWCC, receiver reports: `feedback.rs`) and returned by [`Shard::handle_datagram`]; rtc
+    /// never sees those again (its SRTP context for them would be stale), so a packet that
+    /// does not open is dropped, counted in [`ShardStats::rtp_open_errors`]. Ignored for a
+    /// peer that is not a publisher or has an opener already.
+    pub fn install_opener(&mut self, peer: PeerId, opener: SrtpOpener) {
+        if let Some(b) = self.peers.get_mut(&peer).and_then(|p| p.bypass.as_mut()) {
+            b.opener.get_or_insert(opener);
+        }
+    }
+
+    /// The bypass of [`Shard::handle_datagram`]: `None` when the datagram is rtc's.
+    fn open_rtp(&mut self, now: Instant, tuple: &FiveTuple, data: &mut [u8]) -> Option<Input> {
+        // RFC 7983: RTP/RTCP start with 128..=191; RFC 5761: payload types 64..=95 are RTCP.
+        if data.len() < 12
+            || !(128..=191).contains(&data[0])
+            || (64..96).contains(&(data[1] & 0x7f))
+        {
+            return None;
+        }
+        let id = self.demux.owner(tuple)?;
+        let peer = self.peers.get_mut(&id)?;
+        if peer.state == PeerState::Failed || peer.path.is_none() {
+            return None;
+        }
+        let bypass = peer.bypass.as_mut()?;
+        let ssrc = Ssrc(u32::from_be_bytes([data[8], data[9], data[10], data[11]]));
+        if !bypass.ssrcs.contains(&ssrc) {
+            return None;
+        }
+        let opener = bypass.opener.as_mut()?;
+        self.stats.datagrams_in += 1;
+        self.stats.datagrams_routed += 1;
+        let len = match opener.open(data) {
+            Ok(len) => len,
+            Err(e) => {
+                self.stats.rtp_open_errors += 1;
+                tracing::trace!(peer = id.0, "publisher RTP not opened: {e}");
+                return Some(Input::Done);
+            }
+        };
+        self.stats.rtp_opened += 1;
+        // The interceptors read the header only (sequence number, timestamp, transport-wide
+        // sequence number); rtc hands its own packets to the chain without a transport too.
+        if let Ok(header) = <rtc::rtp::header::Header as Unmarshal>::unmarshal(&mut &data[..len]) {
+            let next = bypass
+                .feedback
+                .observe(now, TransportContext::default(), header);
+            if let Some(t) = next.filter(|t| peer.deadline.is_none_or(|d| *t < d)) {
+                peer.deadline = Some(t);
+                self.arm(id);
+            }
+        }
+        Some(Input::Rtp { peer: id, len })
     }
 
     /// Feeds one packet: a UDP datagram, or one RFC 4571 frame of an ICE-TCP connection

@@ -1,7 +1,8 @@
-//! The engine's SRTP fast path: the keys rtc negotiated, and an in-place seal of forwarded RTP.
+//! The engine's SRTP fast path: the keys rtc negotiated, an in-place seal of forwarded RTP and
+//! an in-place open of publishers' RTP.
 //!
-//! rtc 0.21.1 keeps its SRTP contexts `pub(crate)`, so two pieces replace `write_rtp` for
-//! forwarded packets:
+//! rtc 0.21.1 keeps its SRTP contexts `pub(crate)`, so these pieces replace `write_rtp` for
+//! forwarded packets and rtc's read path for publishers' RTP:
 //! - [`SrtpKeyCapture`], a crypto provider installed per peer connection with
 //!   `SettingEngineBuilder::with_crypto_provider`. It forwards everything to the wrapped provider
 //!   (ring by default) and records the AES block encryptions of rtc-srtp's key derivation, which
@@ -18,11 +19,16 @@
 //!   index twice on an SSRC (a GCM nonce must never carry two plaintexts); a plain
 //!   retransmission goes through [`SrtpSealer::reseal`], which checks that it reproduces the
 //!   first sealing's tag before anything can be sent.
+//! - [`SrtpOpener`], one per publisher connection (its remote key): the counterpart, opening
+//!   the publisher's RTP in place so that it need not cross rtc's read pipeline (`shard.rs`):
+//!   RFC 3711's rollover-counter estimate and a replay window per SSRC, state committed only
+//!   for packets that authenticate. It reads what rtc-srtp's `encrypt_rtp` writes (tested).
 //!
 //! Profiles: AEAD_AES_128_GCM and AEAD_AES_256_GCM (RFC 7714), AES_CM_128_HMAC_SHA1_80 and _32
 //! (RFC 3711): every profile rtc 0.21.1 negotiates. SRTCP stays with rtc.
 
 mod capture;
+mod open;
 mod seal;
 #[cfg(test)]
 mod tests;
@@ -34,6 +40,7 @@ use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 pub use capture::{negotiated_profile, KeyCaptureError, SrtpKeyCapture};
+pub use open::{OpenError, SrtpOpener, REPLAY_WINDOW};
 pub use seal::{SealError, SealerError, SrtpSealer, MAX_WINDOW, MIN_WINDOW};
 
 /// An SRTP protection profile the fast path implements (RFC 5764 §4.1.2, RFC 7714 §14.2).

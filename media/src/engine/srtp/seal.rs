@@ -457,7 +457,7 @@ impl SrtpSealer {
 
 /// Length of the RTP header of `packet` (fixed part, CSRCs, extension), checked against its
 /// length. Payload types 64-95 are refused: on a muxed port they are RTCP (RFC 5761 §4).
-fn rtp_header_len(packet: &[u8]) -> Result<usize, SealError> {
+pub(super) fn rtp_header_len(packet: &[u8]) -> Result<usize, SealError> {
     if packet.len() < 12 || packet[0] >> 6 != 2 || (64..96).contains(&(packet[1] & 0x7f)) {
         return Err(SealError::NotRtp);
     }

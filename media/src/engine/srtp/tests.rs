@@ -847,3 +847,124 @@ fn client_decrypts_sealed_aes_256_gcm_and_aes_cm_sha1_32() {
     client_decrypts_the_fast_path(SrtpProfile::AeadAes256Gcm, RTCDtlsRole::Client);
     client_decrypts_the_fast_path(SrtpProfile::Aes128CmHmacSha1_32, RTCDtlsRole::Server);
 }
+
+/// Opens `sealed` with `opener`; the clear packet.
+fn open(opener: &mut SrtpOpener, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    let mut buf = sealed.to_vec();
+    let n = opener.open(&mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+#[test]
+fn opener_reads_what_rtc_srtp_encrypts_across_rollover_reordering_and_ssrcs() {
+    // The same traffic shape as the sealer's comparison: three SSRCs, one wrapping its
+    // sequence number, swapped packets (one across the wrap), every header shape.
+    for profile in SrtpProfile::ALL {
+        let key = master(profile, 9);
+        let mut opener = SrtpOpener::new(profile, &key, ring().crypto()).expect("opener");
+        let mut sender = rtc_context(profile, &key);
+        let starts = [
+            (0x1111_1111u32, 65_500u16),
+            (0x2222_2222, 0),
+            (0x3333_3333, 32_700),
+        ];
+        let mut packets = Vec::new();
+        for n in 0..120usize {
+            for (s, &(ssrc, start)) in starts.iter().enumerate() {
+                let seq = start.wrapping_add(n as u16);
+                let i = packets.len();
+                let clear = rtp(
+                    seq,
+                    ssrc,
+                    96 + (i % 3) as u8,
+                    (n * 7 + s * 13) % 1300,
+                    (i % 5) as u8,
+                );
+                let sealed = sender
+                    .encrypt_rtp(&clear)
+                    .expect("rtc-srtp encrypt")
+                    .to_vec();
+                packets.push((clear, sealed));
+            }
+        }
+        for i in [105usize, 30 * 3 + 1, 200 * 3 / 2] {
+            packets.swap(i, i + 3);
+        }
+        for (i, (clear, sealed)) in packets.iter().enumerate() {
+            assert_eq!(
+                open(&mut opener, sealed).unwrap_or_else(|e| panic!("{profile}: packet {i}: {e}")),
+                *clear,
+                "{profile}: packet {i}"
+            );
+        }
+        // Every index once: each of them again is a replay.
+        for (_, sealed) in packets.iter().rev().take(30) {
+            assert_eq!(
+                open(&mut opener, sealed),
+                Err(OpenError::Replayed),
+                "{profile}"
+            );
+        }
+    }
+}
+
+#[test]
+fn opener_refuses_forgeries_replays_and_ancient_packets_without_moving_its_state() {
+    for profile in SrtpProfile::ALL {
+        let key = master(profile, 3);
+        let mut sealer = SrtpSealer::new(profile, &key, ring().crypto()).expect("sealer");
+        let mut opener = SrtpOpener::new(profile, &key, ring().crypto()).expect("opener");
+        let mut wrong =
+            SrtpOpener::new(profile, &master(profile, 4), ring().crypto()).expect("opener");
+        let ssrc = 0x5150_0001;
+        let first = seal(&mut sealer, &rtp(100, ssrc, 96, 300, 2)).expect("seal");
+        assert_eq!(
+            wrong.open(&mut first.clone()),
+            Err(OpenError::Auth),
+            "{profile}"
+        );
+        let mut tampered = first.clone();
+        let at = tampered.len() / 2;
+        tampered[at] ^= 0x40;
+        assert_eq!(
+            opener.open(&mut tampered),
+            Err(OpenError::Auth),
+            "{profile}"
+        );
+        // A forged packet far ahead must not move the window: the real one still opens.
+        let mut forged = rtp(30_000, ssrc, 96, 300, 0);
+        forged.resize(forged.len() + profile.overhead(), 0);
+        assert_eq!(opener.open(&mut forged), Err(OpenError::Auth), "{profile}");
+        assert!(open(&mut opener, &first).is_ok(), "{profile}");
+        assert_eq!(
+            open(&mut opener, &first),
+            Err(OpenError::Replayed),
+            "{profile}"
+        );
+        // Out of order within the window: fine once; beyond the window: too old.
+        let mut held = Vec::new();
+        for seq in 101..101 + REPLAY_WINDOW as u16 + 10 {
+            let sealed = seal(&mut sealer, &rtp(seq, ssrc, 96, 40, 0)).expect("seal");
+            if seq == 105 || seq == 106 {
+                held.push(sealed);
+                continue;
+            }
+            open(&mut opener, &sealed).expect("in order");
+            if seq == 300 {
+                // 195 packets late: a retransmission on a long path, opened once.
+                assert!(open(&mut opener, &held[0]).is_ok(), "{profile}");
+                assert_eq!(open(&mut opener, &held[0]), Err(OpenError::Replayed));
+            }
+        }
+        assert_eq!(
+            open(&mut opener, &held[1]),
+            Err(OpenError::TooOld),
+            "{profile}"
+        );
+        assert!(matches!(opener.open(&mut [0u8; 8]), Err(OpenError::NotRtp)));
+        let mut rtcp = first.clone();
+        rtcp[1] = 200;
+        assert_eq!(opener.open(&mut rtcp), Err(OpenError::NotRtp), "{profile}");
+    }
+}

@@ -1,0 +1,298 @@
+//! [`SrtpOpener`]: in-place SRTP decryption of a publisher's RTP (the remote SRTP context of one
+//! peer connection), RFC 7714 (AES-GCM) and RFC 3711 (AES-CM + HMAC-SHA1): the sealer's
+//! counterpart, so that a publisher's media need not cross rtc's read pipeline.
+//!
+//! Per SSRC: the rollover counter estimated as RFC 3711 §3.3.1 / Appendix A says, and a replay
+//! window of the last [`REPLAY_WINDOW`] indices. State changes only after a packet
+//! authenticated, so forged or corrupted datagrams cannot move it.
+
+use rtc::crypto::{
+    AeadAlgorithm, AeadCipher, CryptoError, HmacAlgorithm, Mac, RTCCrypto, StreamCipher,
+    StreamCipherAlgorithm,
+};
+
+use super::seal::rtp_header_len;
+use super::{
+    derive, MasterKey, SrtpProfile, LABEL_SRTP_AUTHENTICATION, LABEL_SRTP_ENCRYPTION,
+    LABEL_SRTP_SALT,
+};
+
+/// Indices behind an SSRC's newest one that are still accepted (once each). Wider than
+/// rtc-srtp's optional 64: a retransmission the NACK generator asked for arrives a round trip
+/// after the loss, by then hundreds of video packets later on a long path.
+pub const REPLAY_WINDOW: u64 = 512;
+const WORDS: usize = (REPLAY_WINDOW / 64) as usize;
+
+/// Why a datagram was not opened. The opener's state is unchanged after an error.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Not an RTP packet (or shorter than its header and the tag).
+    #[error("not an SRTP packet")]
+    NotRtp,
+    /// The tag did not verify: forged, corrupted, or not under this key.
+    #[error("SRTP authentication failed")]
+    Auth,
+    /// This packet index was opened already.
+    #[error("replayed SRTP packet")]
+    Replayed,
+    /// More than [`REPLAY_WINDOW`] indices behind the newest one of its SSRC.
+    #[error("SRTP packet too old")]
+    TooOld,
+    /// The crypto provider failed.
+    #[error("crypto provider: {0}")]
+    Crypto(#[from] CryptoError),
+}
+
+enum Cipher {
+    Gcm {
+        aead: Box<dyn AeadCipher>,
+        salt: [u8; 12],
+    },
+    Cm {
+        ctr: Box<dyn StreamCipher>,
+        mac: Box<dyn Mac>,
+        salt: [u8; 14],
+    },
+}
+
+/// Receive state of one SSRC.
+struct SsrcState {
+    ssrc: u32,
+    /// Highest packet index opened (ROC << 16 | SEQ).
+    highest: u64,
+    /// Bit `i % REPLAY_WINDOW` set: index `i` (within the window of `highest`) was opened.
+    seen: [u64; WORDS],
+}
+
+impl SsrcState {
+    /// RFC 3711 Appendix A: the index whose ROC puts `seq` closest to the newest sequence number.
+    fn estimate(&self, seq: u16) -> u64 {
+        let roc = self.highest >> 16;
+        let s_l = self.highest as u16;
+        let v = if s_l < 0x8000 {
+            if seq > s_l && seq - s_l > 0x8000 {
+                roc.wrapping_sub(1)
+            } else {
+                roc
+            }
+        } else if s_l - 0x8000 > seq {
+            roc + 1
+        } else {
+            roc
+        };
+        if v > u64::from(u32::MAX) {
+            // ROC 0 and a sequence number from "before" it: there is no such index.
+            return u64::from(seq);
+        }
+        (v << 16) | u64::from(seq)
+    }
+
+    fn check(&self, index: u64) -> Result<(), OpenError> {
+        if index > self.highest {
+            return Ok(());
+        }
+        if self.highest - index >= REPLAY_WINDOW {
+            return Err(OpenError::TooOld);
+        }
+        let (w, b) = bit(index);
+        if self.seen[w] & b != 0 {
+            return Err(OpenError::Replayed);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, index: u64) {
+        if index > self.highest {
+            let ahead = index - self.highest;
+            if ahead >= REPLAY_WINDOW {
+                self.seen = [0; WORDS];
+            } else {
+                for i in self.highest + 1..index {
+                    let (w, b) = bit(i);
+                    self.seen[w] &= !b;
+                }
+            }
+            self.highest = index;
+        }
+        let (w, b) = bit(index);
+        self.seen[w] |= b;
+    }
+}
+
+fn bit(index: u64) -> (usize, u64) {
+    let i = index % REPLAY_WINDOW;
+    ((i / 64) as usize, 1u64 << (i % 64))
+}
+
+/// The inbound SRTP context of one peer connection: opens its RTP packets in place.
+///
+/// Built from the connection's remote [`MasterKey`]. Per SSRC (added on its first packet that
+/// authenticates, the only allocation): the rollover counter and the replay window. No
+/// allocation per packet. SRTCP stays with rtc.
+pub struct SrtpOpener {
+    profile: SrtpProfile,
+    cipher: Cipher,
+    ssrcs: Vec<SsrcState>,
+}
+
+impl SrtpOpener {
+    /// An opener for `profile` with `master` (the [`super::SrtpKeys::remote`] of the peer
+    /// connection); `crypto` as for [`super::SrtpSealer::new`].
+    pub fn new(
+        profile: SrtpProfile,
+        master: &MasterKey,
+        crypto: &dyn RTCCrypto,
+    ) -> Result<SrtpOpener, super::SealerError> {
+        if !master.fits(profile) {
+            return Err(super::SealerError::KeyLength(profile));
+        }
+        let (key_len, salt_len, auth_len) = profile.session_lengths();
+        let mut key = [0u8; 32];
+        let mut salt = [0u8; 14];
+        let mut auth = [0u8; 20];
+        let built = (|| -> Result<Cipher, CryptoError> {
+            derive(
+                crypto,
+                profile,
+                master,
+                LABEL_SRTP_ENCRYPTION,
+                &mut key[..key_len],
+            )?;
+            derive(
+                crypto,
+                profile,
+                master,
+                LABEL_SRTP_SALT,
+                &mut salt[..salt_len],
+            )?;
+            Ok(match profile {
+                SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm => {
+                    let algorithm = if profile == SrtpProfile::AeadAes128Gcm {
+                        AeadAlgorithm::Aes128Gcm
+                    } else {
+                        AeadAlgorithm::Aes256Gcm
+                    };
+                    let aead = crypto.new_aead(algorithm, &key[..key_len])?;
+                    let mut s = [0u8; 12];
+                    s.copy_from_slice(&salt[..12]);
+                    Cipher::Gcm { aead, salt: s }
+                }
+                SrtpProfile::Aes128CmHmacSha1_80 | SrtpProfile::Aes128CmHmacSha1_32 => {
+                    derive(
+                        crypto,
+                        profile,
+                        master,
+                        LABEL_SRTP_AUTHENTICATION,
+                        &mut auth,
+                    )?;
+                    let ctr = crypto
+                        .new_stream_cipher(StreamCipherAlgorithm::Aes128Ctr, &key[..key_len])?;
+                    let mac = crypto.new_hmac(HmacAlgorithm::Sha1, &auth[..auth_len])?;
+                    Cipher::Cm { ctr, mac, salt }
+                }
+            })
+        })();
+        key.fill(0);
+        salt.fill(0);
+        auth.fill(0);
+        Ok(SrtpOpener {
+            profile,
+            cipher: built?,
+            ssrcs: Vec::new(),
+        })
+    }
+
+    /// The profile this opener decrypts.
+    pub fn profile(&self) -> SrtpProfile {
+        self.profile
+    }
+
+    /// Authenticates and decrypts the SRTP packet `buf` in place; returns the clear RTP
+    /// packet's length (`buf.len()` less the tag). On error nothing is committed, and `buf` may
+    /// hold garbage (never forward it).
+    pub fn open(&mut self, buf: &mut [u8]) -> Result<usize, OpenError> {
+        let tag_len = self.profile.overhead();
+        if buf.len() < 12 + tag_len {
+            return Err(OpenError::NotRtp);
+        }
+        let len = buf.len() - tag_len;
+        let header_len = rtp_header_len(&buf[..len]).map_err(|_| OpenError::NotRtp)?;
+        let seq = u16::from_be_bytes([buf[2], buf[3]]);
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        let slot = self.ssrcs.iter().position(|s| s.ssrc == ssrc);
+        let index = match slot {
+            Some(i) => {
+                let state = &self.ssrcs[i];
+                let index = state.estimate(seq);
+                state.check(index)?;
+                index
+            }
+            // As the sender starts: ROC 0 on an SSRC's first packet.
+            None => u64::from(seq),
+        };
+        self.decrypt(buf, len, header_len, ssrc, index)?;
+        match slot {
+            Some(i) => self.ssrcs[i].commit(index),
+            None => {
+                let mut s = SsrcState {
+                    ssrc,
+                    highest: index,
+                    seen: [0; WORDS],
+                };
+                s.commit(index);
+                self.ssrcs.push(s);
+            }
+        }
+        Ok(len)
+    }
+
+    fn decrypt(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        header_len: usize,
+        ssrc: u32,
+        index: u64,
+    ) -> Result<(), OpenError> {
+        let tag_len = self.profile.overhead();
+        let roc = (index >> 16) as u32;
+        let seq = index as u16;
+        match &mut self.cipher {
+            Cipher::Gcm { aead, salt } => {
+                // RFC 7714 §8.1, as the sealer.
+                let mut iv = [0u8; 12];
+                iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+                iv[6..10].copy_from_slice(&roc.to_be_bytes());
+                iv[10..12].copy_from_slice(&seq.to_be_bytes());
+                for (v, s) in iv.iter_mut().zip(salt.iter()) {
+                    *v ^= s;
+                }
+                let (header, rest) = buf.split_at_mut(header_len);
+                let (payload, tail) = rest.split_at_mut(len - header_len);
+                aead.open_in_place(&iv, header, payload, &tail[..tag_len])
+                    .map_err(|_| OpenError::Auth)?;
+            }
+            Cipher::Cm { ctr, mac, salt } => {
+                // RFC 3711 §4.2: authenticate first (packet || ROC), then decrypt.
+                let mut full = [0u8; 20];
+                mac.sign(&[&buf[..len], &roc.to_be_bytes()], &mut full)?;
+                let diff = full[..tag_len]
+                    .iter()
+                    .zip(&buf[len..len + tag_len])
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+                if diff != 0 {
+                    return Err(OpenError::Auth);
+                }
+                let mut iv = [0u8; 16];
+                iv[4..8].copy_from_slice(&ssrc.to_be_bytes());
+                iv[8..12].copy_from_slice(&roc.to_be_bytes());
+                iv[12..14].copy_from_slice(&seq.to_be_bytes());
+                for (v, s) in iv.iter_mut().zip(salt.iter()) {
+                    *v ^= s;
+                }
+                ctr.apply_keystream(&iv, &mut buf[header_len..len])?;
+            }
+        }
+        Ok(())
+    }
+}
