@@ -1591,3 +1591,56 @@ fn a_queued_command_wakes_the_shard_thread() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the shard thread stopped within 10 s of the drop");
 }
+
+/// A storm of negotiations does not keep the shard's socket unread: commands are taken a
+/// budget at a time. Datagrams sent right after 120 queued publishes are read before a stats
+/// command queued behind those publishes is answered; without the budget the thread would take
+/// every queued command (the stats one included) before reading its socket again.
+#[test]
+fn a_storm_of_commands_leaves_the_socket_read_between_budgets() {
+    let mut config = RuntimeConfig::new(addr("127.0.0.1:0"));
+    config.commands = 128;
+    let (rt, _events) = ShardRuntime::spawn(config).expect("runtime");
+    let cert = certificate();
+    let offers: Vec<String> = (0..120)
+        .map(|i| {
+            Client::new(
+                Kind::Publisher,
+                false,
+                client_addr(i),
+                &cert,
+                Instant::now(),
+            )
+            .1
+        })
+        .collect();
+    let before = rt
+        .stats()
+        .expect("queued")
+        .blocking_recv()
+        .expect("answered")
+        .shard
+        .datagrams_in;
+    let replies: Vec<_> = offers
+        .into_iter()
+        .enumerate()
+        .map(|(i, offer)| rt.publish(PeerId(i as u64), offer, false).expect("queued"))
+        .collect();
+    let (sock, _) = local_udp();
+    for _ in 0..10 {
+        // Not STUN, from an unknown address: read and dropped by the address table.
+        sock.send_to(&[0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1], rt.local_addr())
+            .expect("sent");
+    }
+    let stats = rt.stats().expect("queued");
+    for r in replies {
+        r.blocking_recv().expect("reply").expect("publisher answer");
+    }
+    let stats = stats.blocking_recv().expect("answered");
+    assert_eq!(
+        stats.shard.datagrams_in - before,
+        10,
+        "the socket was not read while the publishes were negotiated: {stats:?}"
+    );
+    assert!(stats.command_budget_spent > 0, "{stats:?}");
+}

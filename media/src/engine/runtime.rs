@@ -250,6 +250,8 @@ pub struct RuntimeStats {
     pub recv_errors: u64,
     pub events_dropped: u64,
     pub commands: u64,
+    /// Times queued commands were left for the next turn, the socket read first.
+    pub command_budget_spent: u64,
     /// Loop iterations (wake-ups).
     pub wakeups: u64,
 }
@@ -549,6 +551,8 @@ impl Drop for ShardRuntime {
 
 /// Datagrams per `recvmmsg` / `sendmmsg`.
 const BATCH: usize = 32;
+/// Time the shard thread spends on queued commands before it reads its socket again.
+const COMMAND_BUDGET: Duration = Duration::from_millis(2);
 /// Largest datagram read; a longer one is truncated (and refused by rtc).
 const MAX_DATAGRAM: usize = 2048;
 
@@ -616,12 +620,23 @@ impl State {
         let mut io = BatchIo::new(self.gso);
         while !stop.load(Ordering::Relaxed) {
             self.stats.wakeups += 1;
+            // A negotiation costs the thread a millisecond or more: a join storm's commands are
+            // taken a budget at a time, the socket read between budgets, or the kernel buffer
+            // overflows while they run and drops datagrams (DTLS flights among them, which a
+            // webrtc-rs client never resends: its connection then never comes up).
+            let started = Instant::now();
+            let mut more_commands = false;
             while let Ok(cmd) = commands.try_recv() {
                 self.command(cmd);
+                if started.elapsed() >= COMMAND_BUDGET {
+                    more_commands = true;
+                    self.stats.command_budget_spent += 1;
+                    break;
+                }
             }
             self.pump(Instant::now());
             self.flush(&mut io);
-            let udp_ready = self.wait(Instant::now());
+            let udp_ready = self.wait(Instant::now(), more_commands);
             self.serve_tcp(&mut io);
             let n = if udp_ready {
                 self.recv_batch(&mut io)
@@ -699,7 +714,8 @@ impl State {
     /// Waits in `poll(2)` until the UDP socket or a TCP descriptor is ready or the next timer
     /// (capped at `max_wait`, in whole milliseconds, at least 1) is due. Returns whether the
     /// UDP socket is readable; the ready TCP entries are left in `tcp_ready`.
-    fn wait(&mut self, now: Instant) -> bool {
+    /// With `no_block` (commands are still queued) it only looks.
+    fn wait(&mut self, now: Instant, no_block: bool) -> bool {
         let next = [
             self.shard.poll_timeout(),
             self.forwarder.poll_timeout(),
@@ -711,7 +727,11 @@ impl State {
         let wait = next
             .map_or(self.max_wait, |t| t.saturating_duration_since(now))
             .min(self.max_wait);
-        let millis = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
+        let millis = if no_block {
+            0
+        } else {
+            u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX)
+        };
         self.tcp_ready.clear();
         // One small allocation per wake-up (not per packet): the set borrows the descriptors.
         let mut fds = vec![
