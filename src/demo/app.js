@@ -230,7 +230,8 @@
     chat: [],
     errors: [],
     events: [],
-    timings: { joinSentAt: null, joinedAt: null },
+    /** performance.now() of the join's steps; offers/answers by endpoint name. */
+    timings: { joinSentAt: null, joinedAt: null, callShownAt: null, offers: {}, answers: {} },
     /** Names of the remote tiles on screen. */
     tiles() {
       return [...document.querySelectorAll('#grid .tile.remote')].map((t) => t.dataset.name);
@@ -456,8 +457,20 @@
     return b;
   }
 
-  /** Picks the column count that makes 16:9 tiles as large as possible. */
+  let layoutQueued = false;
+  /** Lays the grid out before the next frame: once per frame however many tiles changed, since
+   * measuring the grid forces a style and layout pass. */
   function layout() {
+    if (layoutQueued) return;
+    layoutQueued = true;
+    requestAnimationFrame(() => {
+      layoutQueued = false;
+      fitGrid();
+    });
+  }
+
+  /** Picks the column count that makes 16:9 tiles as large as possible. */
+  function fitGrid() {
     const tiles = el.grid.querySelectorAll('.tile');
     const n = tiles.length || 1;
     const pad = parseFloat(getComputedStyle(el.grid).paddingLeft) || 0;
@@ -497,9 +510,13 @@
   // Negotiation: the client always offers; candidates trickle both ways.
   // ---------------------------------------------------------------------------------------
   function newEntry(endpointName) {
+    let settle;
     return {
       endpointName,
       pc: new RTCPeerConnection(app.rtcConfig),
+      /** Resolves once the server's answer is applied, or negotiation ended without one. */
+      settled: new Promise((r) => { settle = r; }),
+      markSettled: () => settle(),
       offerSent: false,
       answered: false,
       closed: false,
@@ -531,14 +548,23 @@
     };
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
-    if (entry.closed) return false;
+    if (entry.closed) {
+      entry.markSettled();
+      return false;
+    }
     const { promise } = app.socket.send(method, buildParams(pc.localDescription.sdp));
     entry.offerSent = true;
+    hook.timings.offers[entry.endpointName] = performance.now();
     entry.localQueue.splice(0).forEach((c) => sendCandidate(entry, c));
     const result = await promise;
-    if (entry.closed) return false;
+    if (entry.closed) {
+      entry.markSettled();
+      return false;
+    }
     await pc.setRemoteDescription({ type: 'answer', sdp: result.sdpAnswer });
     entry.answered = true;
+    entry.markSettled();
+    hook.timings.answers[entry.endpointName] = performance.now();
     for (const c of entry.remoteQueue.splice(0)) {
       await pc.addIceCandidate(c).catch((e) => log('addIceCandidate', e.message));
     }
@@ -660,12 +686,14 @@
       showTileError(text);
     });
     negotiate(entry, 'receiveVideoFrom', (sdp) => ({ sender: `${name}_${streamId}`, sdpOffer: sdp })).catch((err) => {
+      entry.markSettled();
       if (entry.closed) return;
       const text = describeError(err, `Could not receive ${name}`);
       hook.errors.push(text);
       log(text);
       showTileError(text);
     });
+    return entry;
   }
 
   function unsubscribeLocal(name) {
@@ -835,6 +863,30 @@
 
   function enterCall(peers) {
     app.phase = 'joined';
+    // Subscriptions first: each peer connection is created and negotiated before the call
+    // view is built; the view waits (150 ms at most) until the server's answers are applied.
+    // Built first, the view, its tiles and the publisher connection held this page's main
+    // thread for 100-250 ms before any offer could leave, and again before the answers could
+    // be applied (the late joiner's first frames waited for both, BENCHMARKS §4.8); ICE, DTLS
+    // and decoding do not need the main thread, so they proceed while the view is built.
+    const subscribed = [];
+    for (const peer of peers) {
+      const streams = Array.isArray(peer.streams) ? peer.streams : [];
+      const known = app.participants.get(peer.id);
+      app.participants.set(peer.id, { publishing: streams.length > 0 || !!(known && known.publishing) });
+      if (streams.length && !app.subs.has(peer.id)) subscribed.push(subscribe(peer.id, streams[0].id));
+    }
+    // participantPublished that raced the join answer.
+    for (const [name, p] of app.participants) {
+      if (p.publishing && !app.subs.has(name)) subscribed.push(subscribe(name, 'webcam'));
+    }
+    const settled = Promise.all(subscribed.map((e) => e.settled));
+    Promise.race([settled, new Promise((r) => setTimeout(r, 150))]).then(showCall);
+  }
+
+  /** The call view of a joined room (after [enterCall]'s subscriptions were answered). */
+  function showCall() {
+    if (app.phase !== 'joined') return;
     el.lobby.hidden = true;
     el.call.hidden = false;
     clearInterval(app.roomsTimer);
@@ -848,22 +900,12 @@
     url.searchParams.set('room', app.room);
     history.replaceState(null, '', url);
     updateLocalTile();
-    // Peers listed in the join answer: publishing ones are subscribed to at once.
-    for (const peer of peers) {
-      const streams = Array.isArray(peer.streams) ? peer.streams : [];
-      const known = app.participants.get(peer.id);
-      app.participants.set(peer.id, { publishing: streams.length > 0 || !!(known && known.publishing) });
-      if (streams.length && !app.subs.has(peer.id)) subscribe(peer.id, streams[0].id);
-    }
-    // participantPublished that raced the join answer.
-    for (const [name, p] of app.participants) {
-      if (p.publishing && !app.subs.has(name)) subscribe(name, 'webcam');
-    }
     renderPeople();
     layout();
     app.statsTimer = setInterval(refreshStats, STATS_INTERVAL_MS);
     if (app.wantPublish && app.localStream) withPublishLock(publish);
     updateControls();
+    hook.timings.callShownAt = performance.now();
   }
 
   function teardown() {

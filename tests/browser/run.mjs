@@ -506,8 +506,12 @@ scenario('late-joiner-and-screenshot', async (ctx) => {
       }
       await new Promise((r) => setTimeout(r, 10));
     }
-    return res;
-  }, { names: ['Alice', 'Bob'], limit: 10_000 });
+    const tm = window.roomd.timings;
+    const since = (t) => (t == null ? 'never' : Math.round(t - start));
+    const steps = `join answer ${since(tm.joinedAt)} ms, call view ${since(tm.callShownAt)} ms, `
+      + names.map((n) => `${n}: offer ${since(tm.offers[n])} ms, answer applied ${since(tm.answers[n])} ms`).join(', ');
+    return { res, steps };
+  }, { names: ['Alice', 'Bob'], limit: 10_000 }).then(({ res, steps }) => { ctx.note(`late joiner's page: ${steps}`); return res; });
   ctx.note(`late joiner join→first decoded frame: Alice ${first.Alice ?? 'never'} ms, Bob ${first.Bob ?? 'never'} ms`);
   for (const n of ['Alice', 'Bob']) {
     if (first[n] === undefined || first[n] > 2000) throw new Error(`late joiner decoded ${n} after ${first[n] ?? '>10000'} ms (limit 2000 ms)`);
