@@ -512,6 +512,7 @@ impl PeerFactory {
             feedback,
             opener: None,
             ssrcs: Vec::new(),
+            rtc_seq: Vec::new(),
         });
         Ok((
             peer,
@@ -1041,6 +1042,21 @@ pub(crate) struct Bypass {
     pub(crate) opener: Option<SrtpOpener>,
     /// SSRCs whose track rtc opened.
     pub(crate) ssrcs: Vec<Ssrc>,
+    /// The newest sequence number rtc opened on each SSRC (it opens at least the first
+    /// packet): where the opener's rollover estimate starts.
+    pub(crate) rtc_seq: Vec<(Ssrc, u16)>,
+}
+
+impl Bypass {
+    /// Notes that rtc opened the RTP packet `data` (clear header).
+    pub(crate) fn rtc_opened(&mut self, data: &[u8]) {
+        let ssrc = Ssrc(u32::from_be_bytes([data[8], data[9], data[10], data[11]]));
+        let seq = u16::from_be_bytes([data[2], data[3]]);
+        match self.rtc_seq.iter_mut().find(|(s, _)| *s == ssrc) {
+            Some(e) => e.1 = seq,
+            None => self.rtc_seq.push((ssrc, seq)),
+        }
+    }
 }
 
 /// Capacity of [`Peer::hold_early_dtls`]: a browser's first flight is one ClientHello,

@@ -486,11 +486,7 @@ impl Shard {
 
     /// The bypass of [`Shard::handle_datagram`]: `None` when the datagram is rtc's.
     fn open_rtp(&mut self, now: Instant, tuple: &FiveTuple, data: &mut [u8]) -> Option<Input> {
-        // RFC 7983: RTP/RTCP start with 128..=191; RFC 5761: payload types 64..=95 are RTCP.
-        if data.len() < 12
-            || !(128..=191).contains(&data[0])
-            || (64..96).contains(&(data[1] & 0x7f))
-        {
+        if !is_rtp(data) {
             return None;
         }
         let id = self.demux.owner(tuple)?;
@@ -506,7 +502,9 @@ impl Shard {
         let opener = bypass.opener.as_mut()?;
         self.stats.datagrams_in += 1;
         self.stats.datagrams_routed += 1;
-        let len = match opener.open(data) {
+        let rtc_seq = &bypass.rtc_seq;
+        let before = |s: u32| rtc_seq.iter().find(|(x, _)| x.0 == s).map(|(_, q)| *q);
+        let len = match opener.open_after(data, before) {
             Ok(len) => len,
             Err(e) => {
                 self.stats.rtp_open_errors += 1;
@@ -585,8 +583,13 @@ impl Shard {
             transport,
             message: BytesMut::from(data),
         };
-        if peer.pc.handle_read(msg).is_err() {
-            self.stats.read_errors += 1;
+        match peer.pc.handle_read(msg) {
+            Err(_) => self.stats.read_errors += 1,
+            Ok(()) => {
+                if let Some(b) = peer.bypass.as_mut().filter(|_| is_rtp(data)) {
+                    b.rtc_opened(data);
+                }
+            }
         }
         if stun && peer.state != PeerState::Failed {
             // STUN is where ICE (re)selects a pair; rtc has no event for it.
@@ -912,6 +915,12 @@ impl Shard {
             .filter_map(|(id, p)| p.heap_at.map(|at| Reverse((at, *id))))
             .collect();
     }
+}
+
+/// Whether `data` is an RTP packet by RFC 7983 (first byte 128..=191) and RFC 5761 (payload
+/// types 64..=95 are RTCP), with a whole fixed header.
+fn is_rtp(data: &[u8]) -> bool {
+    data.len() >= 12 && (128..=191).contains(&data[0]) && !(64..96).contains(&(data[1] & 0x7f))
 }
 
 fn local_of(addrs: &[ShardAddr], announced: SocketAddr) -> SocketAddr {

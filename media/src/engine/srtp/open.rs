@@ -209,8 +209,22 @@ impl SrtpOpener {
 
     /// Authenticates and decrypts the SRTP packet `buf` in place; returns the clear RTP
     /// packet's length (`buf.len()` less the tag). On error nothing is committed, and `buf` may
-    /// hold garbage (never forward it).
+    /// hold garbage (never forward it). An SSRC's first packet here is taken to have rollover
+    /// counter 0, as the sender starts.
     pub fn open(&mut self, buf: &mut [u8]) -> Result<usize, OpenError> {
+        self.open_after(buf, |_| None)
+    }
+
+    /// [`open`](Self::open) for a stream another context opened first: on an SSRC's first
+    /// packet here, `before(ssrc)` names the newest sequence number that context opened (with
+    /// rollover counter 0), and the rollover counter is estimated from it, as if this opener
+    /// had opened it (a stream that started just before its sequence number wraps is then
+    /// read right).
+    pub fn open_after(
+        &mut self,
+        buf: &mut [u8],
+        before: impl FnOnce(u32) -> Option<u16>,
+    ) -> Result<usize, OpenError> {
         let tag_len = self.profile.overhead();
         if buf.len() < 12 + tag_len {
             return Err(OpenError::NotRtp);
@@ -220,6 +234,7 @@ impl SrtpOpener {
         let seq = u16::from_be_bytes([buf[2], buf[3]]);
         let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
         let slot = self.ssrcs.iter().position(|s| s.ssrc == ssrc);
+        let mut fresh = None;
         let index = match slot {
             Some(i) => {
                 let state = &self.ssrcs[i];
@@ -227,21 +242,36 @@ impl SrtpOpener {
                 state.check(index)?;
                 index
             }
-            // As the sender starts: ROC 0 on an SSRC's first packet.
-            None => u64::from(seq),
+            None => {
+                let state = match before(ssrc) {
+                    Some(opened) => {
+                        let mut s = SsrcState {
+                            ssrc,
+                            highest: u64::from(opened),
+                            seen: [0; WORDS],
+                        };
+                        s.commit(u64::from(opened));
+                        s
+                    }
+                    // As the sender starts: ROC 0 on an SSRC's first packet.
+                    None => SsrcState {
+                        ssrc,
+                        highest: u64::from(seq),
+                        seen: [0; WORDS],
+                    },
+                };
+                let index = state.estimate(seq);
+                state.check(index)?;
+                fresh = Some(state);
+                index
+            }
         };
         self.decrypt(buf, len, header_len, ssrc, index)?;
-        match slot {
-            Some(i) => self.ssrcs[i].commit(index),
-            None => {
-                let mut s = SsrcState {
-                    ssrc,
-                    highest: index,
-                    seen: [0; WORDS],
-                };
-                s.commit(index);
-                self.ssrcs.push(s);
-            }
+        if let Some(i) = slot {
+            self.ssrcs[i].commit(index);
+        } else if let Some(mut s) = fresh {
+            s.commit(index);
+            self.ssrcs.push(s);
         }
         Ok(len)
     }

@@ -968,3 +968,47 @@ fn opener_refuses_forgeries_replays_and_ancient_packets_without_moving_its_state
         assert_eq!(opener.open(&mut rtcp), Err(OpenError::NotRtp), "{profile}");
     }
 }
+
+#[test]
+fn opener_takes_over_a_stream_across_its_wrap_from_the_context_that_opened_it_first() {
+    // rtc opens a stream's first packet (it opens the track) and the opener the rest: when
+    // that first packet is the last before the sequence number wraps, the opener must start
+    // from it, or it would read the next ones with rollover counter 0 and refuse them all.
+    for profile in SrtpProfile::ALL {
+        let key = master(profile, 5);
+        let mut sender = rtc_context(profile, &key);
+        let ssrc = 0x0BAD_CAFE;
+        let first = sender
+            .encrypt_rtp(&rtp(65_535, ssrc, 96, 100, 0))
+            .expect("encrypt");
+        let mut rtc = rtc_context(profile, &key);
+        rtc.decrypt_rtp(&first).expect("rtc opens the first");
+        let next: Vec<(Vec<u8>, Vec<u8>)> = (0..3u16)
+            .map(|seq| {
+                let clear = rtp(seq, ssrc, 96, 100, 0);
+                let sealed = sender.encrypt_rtp(&clear).expect("encrypt").to_vec();
+                (clear, sealed)
+            })
+            .collect();
+        let mut naive = SrtpOpener::new(profile, &key, ring().crypto()).expect("opener");
+        assert_eq!(
+            naive.open(&mut next[0].1.clone()),
+            Err(OpenError::Auth),
+            "{profile}"
+        );
+        let mut opener = SrtpOpener::new(profile, &key, ring().crypto()).expect("opener");
+        for (i, (clear, sealed)) in next.iter().enumerate() {
+            let mut buf = sealed.clone();
+            let n = opener
+                .open_after(&mut buf, |s| (s == ssrc).then_some(65_535))
+                .unwrap_or_else(|e| panic!("{profile}: packet {i}: {e}"));
+            assert_eq!(&buf[..n], &clear[..], "{profile}: packet {i}");
+        }
+        // What rtc opened counts as opened: the same packet again is a replay.
+        assert_eq!(
+            open(&mut opener, &first),
+            Err(OpenError::Replayed),
+            "{profile}"
+        );
+    }
+}
