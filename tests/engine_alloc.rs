@@ -195,7 +195,8 @@ fn forwarding_retransmitting_and_reporting_allocate_nothing() {
 }
 
 /// The shard-level forwarding path (`media::engine::forward::Forwarder`): `RtpIn` events of a
-/// publisher's video track fanned out to 9 subscriber legs, re-marshalled, rewritten, sealed
+/// publisher's video track (and then its clear bytes, as the shard's own opening hands them)
+/// fanned out to 9 subscriber legs, re-marshalled, rewritten, sealed
 /// (AES-GCM) into pooled buffers and drained, plus subscribers' NACKs answered through the
 /// same queue. The packets and RTCP are built before the measured region (rtc allocates them
 /// when it parses what arrives, once per received packet whatever the fan-out). Part of the
@@ -378,6 +379,28 @@ fn forwarder_allocates_nothing_per_packet() {
         "forwarder: {forwarded} datagrams sealed, {change:?}, {st:?}"
     );
     println!("forwarder 1 → {SUBS}: {forwarded} sealed datagrams ({bytes} bytes), {change:?}");
+
+    // The shard's own opening hands the forwarder clear bytes (`Forwarder::on_clear_rtp`), not
+    // rtc's parsed packets: the same fan-out, measured from packets built beforehand.
+    let clear: Vec<Vec<u8>> = (4_000..6_000u16).map(packet).collect();
+    let before = fw.stats();
+    let region = Region::new(GLOBAL);
+    for (i, p) in clear.iter().enumerate() {
+        fw.on_clear_rtp(&mut shard, publisher, p, at(4_000 + i as u16));
+        while let Some(d) = fw.peek_transmit() {
+            black_box(d.bytes[0]);
+            fw.pop_transmit();
+        }
+    }
+    let change = region.change();
+    let st = fw.stats();
+    let forwarded = st.queued - before.queued;
+    assert!(forwarded > 1_500 * SUBS, "forwarded {forwarded}, {st:?}");
+    assert_eq!(
+        (change.allocations, change.reallocations),
+        (0, 0),
+        "forwarder, clear bytes: {forwarded} datagrams sealed, {change:?}, {st:?}"
+    );
 }
 
 /// The shard's send path (`media::engine::udp_send::UdpSender`): windows of 45 sealed-size
