@@ -602,6 +602,22 @@ fn forwarded_seqs(sim: &Sim, to: SocketAddr, ssrc: u32) -> Vec<u16> {
         .unwrap_or_default()
 }
 
+/// A drop rule for [`Sim::drop_rule`]: the `n`th RTP datagram of `ssrc` among those `on`
+/// selects (the clear header names the SSRC: SRTP encrypts only the payload).
+fn drop_nth_rtp(n: usize, ssrc: u32, on: impl Fn(&Datagram) -> bool + 'static) -> DropRule {
+    let mut seen = 0;
+    Box::new(move |d: &Datagram| {
+        if on(d)
+            && is_rtp(&d.bytes)
+            && u32::from_be_bytes([d.bytes[8], d.bytes[9], d.bytes[10], d.bytes[11]]) == ssrc
+        {
+            seen += 1;
+            return seen == n;
+        }
+        false
+    })
+}
+
 #[test]
 fn two_subscribers_receive_every_packet_intact_and_rtc_sends_no_rtp_to_them() {
     let (mut sim, p, subs) = Sim::with_subscribers(2);
@@ -643,17 +659,7 @@ fn a_nack_for_a_dropped_packet_is_answered_with_the_same_bytes() {
     let (mut sim, p, subs) = Sim::with_subscribers(2);
     let victim = sim.clients[subs[0]].addr;
     // Drop the 10th video datagram forwarded to the first subscriber.
-    let mut n = 0;
-    sim.drop_rule = Some(Box::new(move |d: &Datagram| {
-        if d.to == victim
-            && is_rtp(&d.bytes)
-            && u32::from_be_bytes([d.bytes[8], d.bytes[9], d.bytes[10], d.bytes[11]]) == LEG_VIDEO
-        {
-            n += 1;
-            return n == 10;
-        }
-        false
-    }));
+    sim.drop_rule = Some(drop_nth_rtp(10, LEG_VIDEO, move |d| d.to == victim));
     let (v, a) = sim.publish(p, 20);
     sim.drop_rule = None;
     assert_eq!(sim.dropped.len(), 1);
@@ -716,17 +722,7 @@ fn the_shard_opens_publisher_rtp_itself_and_the_publisher_still_gets_nacks_and_r
     let (mut sim, p, subs) = Sim::with_subscribers(1);
     let publisher = sim.clients[p].addr;
     let video = sim.clients[p].video.expect("publisher").1;
-    let mut n = 0;
-    sim.drop_rule = Some(Box::new(move |d: &Datagram| {
-        if d.from == publisher
-            && is_rtp(&d.bytes)
-            && u32::from_be_bytes([d.bytes[8], d.bytes[9], d.bytes[10], d.bytes[11]]) == video
-        {
-            n += 1;
-            return n == 10;
-        }
-        false
-    }));
+    sim.drop_rule = Some(drop_nth_rtp(10, video, move |d| d.from == publisher));
     let (v, a) = sim.publish(p, 40);
     sim.drop_rule = None;
     sim.run_for(Duration::from_millis(1500));

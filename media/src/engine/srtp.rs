@@ -28,6 +28,7 @@
 //! (RFC 3711): every profile rtc 0.21.1 negotiates. SRTCP stays with rtc.
 
 mod capture;
+mod cipher;
 mod open;
 mod seal;
 #[cfg(test)]

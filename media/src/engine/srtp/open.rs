@@ -6,16 +6,11 @@
 //! window of the last [`REPLAY_WINDOW`] indices. State changes only after a packet
 //! authenticated, so forged or corrupted datagrams cannot move it.
 
-use rtc::crypto::{
-    AeadAlgorithm, AeadCipher, CryptoError, HmacAlgorithm, Mac, RTCCrypto, StreamCipher,
-    StreamCipherAlgorithm,
-};
+use rtc::crypto::{CryptoError, RTCCrypto};
 
+use super::cipher::{cm_iv, gcm_iv, Cipher};
 use super::seal::rtp_header_len;
-use super::{
-    derive, MasterKey, SrtpProfile, LABEL_SRTP_AUTHENTICATION, LABEL_SRTP_ENCRYPTION,
-    LABEL_SRTP_SALT,
-};
+use super::{MasterKey, SealerError, SrtpProfile};
 
 /// Indices behind an SSRC's newest one that are still accepted (once each). Wider than
 /// rtc-srtp's optional 64: a retransmission the NACK generator asked for arrives a round trip
@@ -41,18 +36,6 @@ pub enum OpenError {
     /// The crypto provider failed.
     #[error("crypto provider: {0}")]
     Crypto(#[from] CryptoError),
-}
-
-enum Cipher {
-    Gcm {
-        aead: Box<dyn AeadCipher>,
-        salt: [u8; 12],
-    },
-    Cm {
-        ctr: Box<dyn StreamCipher>,
-        mac: Box<dyn Mac>,
-        salt: [u8; 14],
-    },
 }
 
 /// Receive state of one SSRC.
@@ -142,62 +125,11 @@ impl SrtpOpener {
         profile: SrtpProfile,
         master: &MasterKey,
         crypto: &dyn RTCCrypto,
-    ) -> Result<SrtpOpener, super::SealerError> {
-        if !master.fits(profile) {
-            return Err(super::SealerError::KeyLength(profile));
-        }
-        let (key_len, salt_len, auth_len) = profile.session_lengths();
-        let mut key = [0u8; 32];
-        let mut salt = [0u8; 14];
-        let mut auth = [0u8; 20];
-        let built = (|| -> Result<Cipher, CryptoError> {
-            derive(
-                crypto,
-                profile,
-                master,
-                LABEL_SRTP_ENCRYPTION,
-                &mut key[..key_len],
-            )?;
-            derive(
-                crypto,
-                profile,
-                master,
-                LABEL_SRTP_SALT,
-                &mut salt[..salt_len],
-            )?;
-            Ok(match profile {
-                SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm => {
-                    let algorithm = if profile == SrtpProfile::AeadAes128Gcm {
-                        AeadAlgorithm::Aes128Gcm
-                    } else {
-                        AeadAlgorithm::Aes256Gcm
-                    };
-                    let aead = crypto.new_aead(algorithm, &key[..key_len])?;
-                    let mut s = [0u8; 12];
-                    s.copy_from_slice(&salt[..12]);
-                    Cipher::Gcm { aead, salt: s }
-                }
-                SrtpProfile::Aes128CmHmacSha1_80 | SrtpProfile::Aes128CmHmacSha1_32 => {
-                    derive(
-                        crypto,
-                        profile,
-                        master,
-                        LABEL_SRTP_AUTHENTICATION,
-                        &mut auth,
-                    )?;
-                    let ctr = crypto
-                        .new_stream_cipher(StreamCipherAlgorithm::Aes128Ctr, &key[..key_len])?;
-                    let mac = crypto.new_hmac(HmacAlgorithm::Sha1, &auth[..auth_len])?;
-                    Cipher::Cm { ctr, mac, salt }
-                }
-            })
-        })();
-        key.fill(0);
-        salt.fill(0);
-        auth.fill(0);
+    ) -> Result<SrtpOpener, SealerError> {
+        let cipher = Cipher::new(profile, master, crypto)?;
         Ok(SrtpOpener {
             profile,
-            cipher: built?,
+            cipher,
             ssrcs: Vec::new(),
         })
     }
@@ -289,14 +221,7 @@ impl SrtpOpener {
         let seq = index as u16;
         match &mut self.cipher {
             Cipher::Gcm { aead, salt } => {
-                // RFC 7714 §8.1, as the sealer.
-                let mut iv = [0u8; 12];
-                iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-                iv[6..10].copy_from_slice(&roc.to_be_bytes());
-                iv[10..12].copy_from_slice(&seq.to_be_bytes());
-                for (v, s) in iv.iter_mut().zip(salt.iter()) {
-                    *v ^= s;
-                }
+                let iv = gcm_iv(salt, ssrc, roc, seq);
                 let (header, rest) = buf.split_at_mut(header_len);
                 let (payload, tail) = rest.split_at_mut(len - header_len);
                 aead.open_in_place(&iv, header, payload, &tail[..tag_len])
@@ -313,13 +238,7 @@ impl SrtpOpener {
                 if diff != 0 {
                     return Err(OpenError::Auth);
                 }
-                let mut iv = [0u8; 16];
-                iv[4..8].copy_from_slice(&ssrc.to_be_bytes());
-                iv[8..12].copy_from_slice(&roc.to_be_bytes());
-                iv[12..14].copy_from_slice(&seq.to_be_bytes());
-                for (v, s) in iv.iter_mut().zip(salt.iter()) {
-                    *v ^= s;
-                }
+                let iv = cm_iv(salt, ssrc, roc, seq);
                 ctr.apply_keystream(&iv, &mut buf[header_len..len])?;
             }
         }

@@ -1,15 +1,10 @@
 //! [`SrtpSealer`]: in-place SRTP encryption of outgoing RTP for one leg (one peer connection's
 //! local SRTP context), RFC 7714 (AES-GCM) and RFC 3711 (AES-CM + HMAC-SHA1).
 
-use rtc::crypto::{
-    AeadAlgorithm, AeadCipher, CryptoError, HmacAlgorithm, Mac, RTCCrypto, StreamCipher,
-    StreamCipherAlgorithm,
-};
+use rtc::crypto::{CryptoError, RTCCrypto};
 
-use super::{
-    derive, MasterKey, SrtpProfile, LABEL_SRTP_AUTHENTICATION, LABEL_SRTP_ENCRYPTION,
-    LABEL_SRTP_SALT,
-};
+use super::cipher::{cm_iv, gcm_iv, Cipher};
+use super::{MasterKey, SrtpProfile};
 use crate::engine::wire::Ssrc;
 
 /// How far behind the newest packet index of an SSRC a packet may still be sealed, at most and
@@ -89,20 +84,6 @@ pub enum SealerError {
     /// The crypto provider failed.
     #[error("crypto provider: {0}")]
     Crypto(#[from] CryptoError),
-}
-
-enum Cipher {
-    /// RFC 7714: AES-GCM over the payload, the header as AAD, a 16-byte tag.
-    Gcm {
-        aead: Box<dyn AeadCipher>,
-        salt: [u8; 12],
-    },
-    /// RFC 3711: AES-CM over the payload, HMAC-SHA1 over header, payload and ROC.
-    Cm {
-        ctr: Box<dyn StreamCipher>,
-        mac: Box<dyn Mac>,
-        salt: [u8; 14],
-    },
 }
 
 /// Rollover state of one SSRC (RFC 3711 §3.3.1), seen from the sender.
@@ -250,67 +231,10 @@ impl SrtpSealer {
         master: &MasterKey,
         crypto: &dyn RTCCrypto,
     ) -> Result<SrtpSealer, SealerError> {
-        if !master.fits(profile) {
-            return Err(SealerError::KeyLength(profile));
-        }
-        let (key_len, salt_len, auth_len) = profile.session_lengths();
-        let mut key = [0u8; 32];
-        let mut salt = [0u8; 14];
-        let mut auth = [0u8; 20];
-        let built = (|| -> Result<Cipher, CryptoError> {
-            derive(
-                crypto,
-                profile,
-                master,
-                LABEL_SRTP_ENCRYPTION,
-                &mut key[..key_len],
-            )?;
-            derive(
-                crypto,
-                profile,
-                master,
-                LABEL_SRTP_SALT,
-                &mut salt[..salt_len],
-            )?;
-            Ok(match profile {
-                SrtpProfile::AeadAes128Gcm | SrtpProfile::AeadAes256Gcm => {
-                    let algorithm = if profile == SrtpProfile::AeadAes128Gcm {
-                        AeadAlgorithm::Aes128Gcm
-                    } else {
-                        AeadAlgorithm::Aes256Gcm
-                    };
-                    let aead = crypto.new_aead(algorithm, &key[..key_len])?;
-                    if aead.tag_len() != profile.overhead() {
-                        return Err(CryptoError::InvalidTagLength {
-                            expected: profile.overhead(),
-                            actual: aead.tag_len(),
-                        });
-                    }
-                    let mut s = [0u8; 12];
-                    s.copy_from_slice(&salt[..12]);
-                    Cipher::Gcm { aead, salt: s }
-                }
-                SrtpProfile::Aes128CmHmacSha1_80 | SrtpProfile::Aes128CmHmacSha1_32 => {
-                    derive(
-                        crypto,
-                        profile,
-                        master,
-                        LABEL_SRTP_AUTHENTICATION,
-                        &mut auth,
-                    )?;
-                    let ctr = crypto
-                        .new_stream_cipher(StreamCipherAlgorithm::Aes128Ctr, &key[..key_len])?;
-                    let mac = crypto.new_hmac(HmacAlgorithm::Sha1, &auth[..auth_len])?;
-                    Cipher::Cm { ctr, mac, salt }
-                }
-            })
-        })();
-        key.fill(0);
-        salt.fill(0);
-        auth.fill(0);
+        let cipher = Cipher::new(profile, master, crypto)?;
         Ok(SrtpSealer {
             profile,
-            cipher: built?,
+            cipher,
             ssrcs: Vec::new(),
         })
     }
@@ -417,27 +341,13 @@ impl SrtpSealer {
         let seq = index as u16;
         match &mut self.cipher {
             Cipher::Gcm { aead, salt } => {
-                // RFC 7714 §8.1: IV = (0x0000 || SSRC || ROC || SEQ) XOR salt.
-                let mut iv = [0u8; 12];
-                iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-                iv[6..10].copy_from_slice(&roc.to_be_bytes());
-                iv[10..12].copy_from_slice(&seq.to_be_bytes());
-                for (v, s) in iv.iter_mut().zip(salt.iter()) {
-                    *v ^= s;
-                }
+                let iv = gcm_iv(salt, ssrc, roc, seq);
                 let (header, rest) = buf.split_at_mut(header_len);
                 let (payload, tail) = rest.split_at_mut(len - header_len);
                 aead.seal_in_place(&iv, header, payload, &mut tail[..tag_len])?;
             }
             Cipher::Cm { ctr, mac, salt } => {
-                // RFC 3711 §4.1.1: IV = (salt << 16) XOR (SSRC << 64) XOR (index << 16).
-                let mut iv = [0u8; 16];
-                iv[4..8].copy_from_slice(&ssrc.to_be_bytes());
-                iv[8..12].copy_from_slice(&roc.to_be_bytes());
-                iv[12..14].copy_from_slice(&seq.to_be_bytes());
-                for (v, s) in iv.iter_mut().zip(salt.iter()) {
-                    *v ^= s;
-                }
+                let iv = cm_iv(salt, ssrc, roc, seq);
                 ctr.apply_keystream(&iv, &mut buf[header_len..len])?;
                 // RFC 3711 §4.2: tag = HMAC-SHA1(auth key, packet || ROC), truncated.
                 let mut full = [0u8; 20];

@@ -148,6 +148,27 @@ fn key_derivation_matches_rfc3711_appendix_b3() {
     );
 }
 
+/// (SSRC, sequence number, payload length) of three interleaved streams of 120 packets, one
+/// starting just before its sequence number wraps, of varied sizes.
+fn interleaved_streams() -> Vec<(u32, u16, usize)> {
+    let starts = [
+        (0x1111_1111u32, 65_500u16),
+        (0x2222_2222, 0),
+        (0x3333_3333, 32_700),
+    ];
+    let mut order = Vec::new();
+    for n in 0..120usize {
+        for (s, &(ssrc, start)) in starts.iter().enumerate() {
+            order.push((ssrc, start.wrapping_add(n as u16), (n * 7 + s * 13) % 1300));
+        }
+    }
+    order
+}
+
+/// Positions of [`interleaved_streams`] swapped with the one 3 later: (65535, 0) of the first
+/// SSRC, and a couple elsewhere.
+const SWAPS: [usize; 3] = [105, 30 * 3 + 1, 200 * 3 / 2];
+
 #[test]
 fn seal_is_byte_identical_to_rtc_srtp_across_rollover_and_ssrcs() {
     // Three SSRCs interleaved, one starting just before the sequence number wraps; varied
@@ -157,19 +178,8 @@ fn seal_is_byte_identical_to_rtc_srtp_across_rollover_and_ssrcs() {
         let key = master(profile, 7);
         let mut sealer = SrtpSealer::new(profile, &key, ring().crypto()).expect("sealer");
         let mut reference = rtc_context(profile, &key);
-        let starts = [
-            (0x1111_1111u32, 65_500u16),
-            (0x2222_2222, 0),
-            (0x3333_3333, 32_700),
-        ];
-        let mut order: Vec<(u32, u16, usize)> = Vec::new();
-        for n in 0..120usize {
-            for (s, &(ssrc, start)) in starts.iter().enumerate() {
-                order.push((ssrc, start.wrapping_add(n as u16), (n * 7 + s * 13) % 1300));
-            }
-        }
-        // Swaps: (65535, 0) of the first SSRC, and a couple elsewhere.
-        for i in [105usize, 30 * 3 + 1, 200 * 3 / 2] {
+        let mut order = interleaved_streams();
+        for i in SWAPS {
             order.swap(i, i + 3);
         }
         let mut compared = 0;
@@ -864,31 +874,19 @@ fn opener_reads_what_rtc_srtp_encrypts_across_rollover_reordering_and_ssrcs() {
         let key = master(profile, 9);
         let mut opener = SrtpOpener::new(profile, &key, ring().crypto()).expect("opener");
         let mut sender = rtc_context(profile, &key);
-        let starts = [
-            (0x1111_1111u32, 65_500u16),
-            (0x2222_2222, 0),
-            (0x3333_3333, 32_700),
-        ];
-        let mut packets = Vec::new();
-        for n in 0..120usize {
-            for (s, &(ssrc, start)) in starts.iter().enumerate() {
-                let seq = start.wrapping_add(n as u16);
-                let i = packets.len();
-                let clear = rtp(
-                    seq,
-                    ssrc,
-                    96 + (i % 3) as u8,
-                    (n * 7 + s * 13) % 1300,
-                    (i % 5) as u8,
-                );
+        let mut packets: Vec<(Vec<u8>, Vec<u8>)> = interleaved_streams()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ssrc, seq, len))| {
+                let clear = rtp(seq, ssrc, 96 + (i % 3) as u8, len, (i % 5) as u8);
                 let sealed = sender
                     .encrypt_rtp(&clear)
                     .expect("rtc-srtp encrypt")
                     .to_vec();
-                packets.push((clear, sealed));
-            }
-        }
-        for i in [105usize, 30 * 3 + 1, 200 * 3 / 2] {
+                (clear, sealed)
+            })
+            .collect();
+        for i in SWAPS {
             packets.swap(i, i + 3);
         }
         for (i, (clear, sealed)) in packets.iter().enumerate() {
