@@ -304,7 +304,7 @@ impl Forwarder {
     /// their remote keys.
     pub fn crypto_hook(&self) -> CryptoHook {
         let captures = self.captures.clone();
-        Box::new(move |id, _role, _sends| {
+        Box::new(move |id| {
             let inner = rtc::crypto::default_provider().ok()?;
             let capture = SrtpKeyCapture::new(inner);
             let provider: Arc<dyn RTCCryptoProvider> = capture.provider();
@@ -612,13 +612,11 @@ impl Forwarder {
         if sub.sealer.is_some() || sub.keys_failed {
             return;
         }
-        let keys = match (&sub.capture, shard.srtp_profile(peer, now)) {
-            (Some(c), Some(Ok(profile))) => c.keys(profile),
-            (None, _) => Err(KeyCaptureError::Unrecognised(
+        let keys = match &sub.capture {
+            Some(c) => captured_keys(c, shard, peer, now),
+            None => Err(KeyCaptureError::Unrecognised(
                 "no key capture installed for this peer connection".into(),
             )),
-            (_, Some(Err(e))) => Err(e),
-            (_, None) => Err(KeyCaptureError::NotYet),
         };
         let result = match keys {
             Err(KeyCaptureError::NotYet) => return,
@@ -641,12 +639,7 @@ impl Forwarder {
         let Some(capture) = self.opening.get(&peer) else {
             return;
         };
-        let keys = match shard.srtp_profile(peer, now) {
-            Some(Ok(profile)) => capture.keys(profile),
-            Some(Err(e)) => Err(e),
-            None => Err(KeyCaptureError::NotYet),
-        };
-        let opener = match keys {
+        let opener = match captured_keys(capture, shard, peer, now) {
             Err(KeyCaptureError::NotYet) => return,
             Err(e) => Err(e.to_string()),
             Ok(k) => SrtpOpener::new(k.profile, &k.remote, capture.inner().crypto())
@@ -1087,6 +1080,21 @@ impl Egress for Out<'_> {
                 self.tx.current = Some(buf);
             }
         }
+    }
+}
+
+/// The SRTP keys `capture` recorded for `peer`, read with the profile the shard says its
+/// handshake negotiated (`NotYet` before the handshake completed).
+fn captured_keys(
+    capture: &SrtpKeyCapture,
+    shard: &mut Shard,
+    peer: PeerId,
+    now: Instant,
+) -> Result<SrtpKeys, KeyCaptureError> {
+    match shard.srtp_profile(peer, now) {
+        Some(Ok(profile)) => capture.keys(profile),
+        Some(Err(e)) => Err(e),
+        None => Err(KeyCaptureError::NotYet),
     }
 }
 

@@ -511,8 +511,7 @@ impl PeerFactory {
         peer.bypass = Some(Bypass {
             feedback,
             opener: None,
-            ssrcs: Vec::new(),
-            rtc_seq: Vec::new(),
+            streams: Vec::new(),
         });
         Ok((
             peer,
@@ -1040,11 +1039,18 @@ pub(crate) struct Peer {
 pub(crate) struct Bypass {
     pub(crate) feedback: Feedback,
     pub(crate) opener: Option<SrtpOpener>,
-    /// SSRCs whose track rtc opened.
-    pub(crate) ssrcs: Vec<Ssrc>,
-    /// The newest sequence number rtc opened on each SSRC (it opens at least the first
-    /// packet): where the opener's rollover estimate starts.
-    pub(crate) rtc_seq: Vec<(Ssrc, u16)>,
+    /// Every SSRC rtc opened RTP on.
+    streams: Vec<RtcStream>,
+}
+
+/// An SSRC rtc opened RTP on.
+struct RtcStream {
+    ssrc: Ssrc,
+    /// The newest sequence number rtc opened (it opens at least the first packet): where the
+    /// opener's rollover estimate starts.
+    last_seq: u16,
+    /// rtc opened a track for it (and bound it in the feedback chain): only then is it bypassed.
+    track: bool,
 }
 
 impl Bypass {
@@ -1052,10 +1058,29 @@ impl Bypass {
     pub(crate) fn rtc_opened(&mut self, data: &[u8]) {
         let ssrc = Ssrc(u32::from_be_bytes([data[8], data[9], data[10], data[11]]));
         let seq = u16::from_be_bytes([data[2], data[3]]);
-        match self.rtc_seq.iter_mut().find(|(s, _)| *s == ssrc) {
-            Some(e) => e.1 = seq,
-            None => self.rtc_seq.push((ssrc, seq)),
+        match self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
+            Some(s) => s.last_seq = seq,
+            None => self.streams.push(RtcStream {
+                ssrc,
+                last_seq: seq,
+                track: false,
+            }),
         }
+    }
+
+    /// rtc opened a track for `ssrc` (on the packet [`rtc_opened`](Self::rtc_opened) noted).
+    fn track_opened(&mut self, ssrc: Ssrc) {
+        if let Some(s) = self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
+            s.track = true;
+        }
+    }
+
+    /// For an SSRC that is bypassed, the newest sequence number rtc opened on it.
+    pub(crate) fn bypassed(&self, ssrc: Ssrc) -> Option<u16> {
+        self.streams
+            .iter()
+            .find(|s| s.ssrc == ssrc && s.track)
+            .map(|s| s.last_seq)
     }
 }
 
@@ -1226,9 +1251,7 @@ impl Peer {
                     let mid = mid_of_receiver(&mut self.pc, init.receiver_id);
                     let kind = self.kind_of_mid(mid.as_deref());
                     if let Some(b) = self.bypass.as_mut() {
-                        if !b.ssrcs.contains(&Ssrc(init.ssrc)) {
-                            b.ssrcs.push(Ssrc(init.ssrc));
-                        }
+                        b.track_opened(Ssrc(init.ssrc));
                     }
                     events.push_back(ShardEvent::TrackOpen {
                         peer: id,

@@ -239,9 +239,8 @@ pub struct ShardStats {
 }
 
 /// Chooses the crypto provider of each new peer connection (`None`: rtc's default), given its
-/// id, its role and whether it sends media (a subscriber, a loopback publisher).
-pub type CryptoHook =
-    Box<dyn FnMut(PeerId, Role, bool) -> Option<Arc<dyn RTCCryptoProvider>> + Send>;
+/// id.
+pub type CryptoHook = Box<dyn FnMut(PeerId) -> Option<Arc<dyn RTCCryptoProvider>> + Send>;
 
 /// What [`Shard::handle_datagram`] made of a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,7 +327,7 @@ impl Shard {
         now: Instant,
     ) -> Result<PublisherAnswer, ShardError> {
         self.check_new(id)?;
-        let crypto = self.crypto_for(id, Role::Publisher, loopback);
+        let crypto = self.crypto_for(id);
         let (peer, answer) = self.factory.publisher(offer, loopback, crypto, now)?;
         self.insert(id, peer, now)?;
         Ok(answer)
@@ -345,7 +344,7 @@ impl Shard {
         now: Instant,
     ) -> Result<SubscriberAnswer, ShardError> {
         self.check_new(id)?;
-        let crypto = self.crypto_for(id, Role::Subscriber, true);
+        let crypto = self.crypto_for(id);
         let (peer, answer) = self.factory.subscriber(offer, tracks, crypto, now)?;
         self.insert(id, peer, now)?;
         Ok(answer)
@@ -358,13 +357,8 @@ impl Shard {
         Ok(())
     }
 
-    fn crypto_for(
-        &mut self,
-        id: PeerId,
-        role: Role,
-        sends: bool,
-    ) -> Option<Arc<dyn RTCCryptoProvider>> {
-        self.crypto_hook.as_mut().and_then(|h| h(id, role, sends))
+    fn crypto_for(&mut self, id: PeerId) -> Option<Arc<dyn RTCCryptoProvider>> {
+        self.crypto_hook.as_mut().and_then(|h| h(id))
     }
 
     fn insert(&mut self, id: PeerId, mut peer: Peer, now: Instant) -> Result<(), ShardError> {
@@ -496,15 +490,11 @@ impl Shard {
         }
         let bypass = peer.bypass.as_mut()?;
         let ssrc = Ssrc(u32::from_be_bytes([data[8], data[9], data[10], data[11]]));
-        if !bypass.ssrcs.contains(&ssrc) {
-            return None;
-        }
+        let rtc_last = bypass.bypassed(ssrc)?;
         let opener = bypass.opener.as_mut()?;
         self.stats.datagrams_in += 1;
         self.stats.datagrams_routed += 1;
-        let rtc_seq = &bypass.rtc_seq;
-        let before = |s: u32| rtc_seq.iter().find(|(x, _)| x.0 == s).map(|(_, q)| *q);
-        let len = match opener.open_after(data, before) {
+        let len = match opener.open_after(data, rtc_last) {
             Ok(len) => len,
             Err(e) => {
                 self.stats.rtp_open_errors += 1;

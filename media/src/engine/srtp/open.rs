@@ -144,19 +144,19 @@ impl SrtpOpener {
     /// hold garbage (never forward it). An SSRC's first packet here is taken to have rollover
     /// counter 0, as the sender starts.
     pub fn open(&mut self, buf: &mut [u8]) -> Result<usize, OpenError> {
-        self.open_after(buf, |_| None)
+        self.open_with(buf, None)
     }
 
-    /// [`open`](Self::open) for a stream another context opened first: on an SSRC's first
-    /// packet here, `before(ssrc)` names the newest sequence number that context opened (with
-    /// rollover counter 0), and the rollover counter is estimated from it, as if this opener
-    /// had opened it (a stream that started just before its sequence number wraps is then
-    /// read right).
-    pub fn open_after(
-        &mut self,
-        buf: &mut [u8],
-        before: impl FnOnce(u32) -> Option<u16>,
-    ) -> Result<usize, OpenError> {
+    /// [`open`](Self::open) for a stream another context opened first: `before` names the
+    /// newest sequence number that context opened on the packet's SSRC (with rollover counter
+    /// 0). Read on the SSRC's first packet here: the rollover counter is estimated from it, as
+    /// if this opener had opened it (a stream that started just before its sequence number
+    /// wraps is then read right).
+    pub fn open_after(&mut self, buf: &mut [u8], before: u16) -> Result<usize, OpenError> {
+        self.open_with(buf, Some(before))
+    }
+
+    fn open_with(&mut self, buf: &mut [u8], before: Option<u16>) -> Result<usize, OpenError> {
         let tag_len = self.profile.overhead();
         if buf.len() < 12 + tag_len {
             return Err(OpenError::NotRtp);
@@ -175,7 +175,7 @@ impl SrtpOpener {
                 index
             }
             None => {
-                let state = match before(ssrc) {
+                let state = match before {
                     Some(opened) => {
                         let mut s = SsrcState {
                             ssrc,
