@@ -197,6 +197,7 @@
   // ---------------------------------------------------------------------------------------
   const app = {
     phase: 'lobby', // lobby | joining | joined | leaving
+    joins: 0, // joins entered so far: a late call view of an earlier one is not shown
     room: null,
     user: null,
     socket: null,
@@ -514,7 +515,7 @@
     return {
       endpointName,
       pc: new RTCPeerConnection(app.rtcConfig),
-      /** Resolves once the server's answer is applied, or negotiation ended without one. */
+      /** Resolves once the server's answer is applied (or the negotiation ended without one). */
       settled: new Promise((r) => { settle = r; }),
       markSettled: () => settle(),
       offerSent: false,
@@ -548,19 +549,13 @@
     };
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
-    if (entry.closed) {
-      entry.markSettled();
-      return false;
-    }
+    if (entry.closed) return false;
     const { promise } = app.socket.send(method, buildParams(pc.localDescription.sdp));
     entry.offerSent = true;
     hook.timings.offers[entry.endpointName] = performance.now();
     entry.localQueue.splice(0).forEach((c) => sendCandidate(entry, c));
     const result = await promise;
-    if (entry.closed) {
-      entry.markSettled();
-      return false;
-    }
+    if (entry.closed) return false;
     await pc.setRemoteDescription({ type: 'answer', sdp: result.sdpAnswer });
     entry.answered = true;
     entry.markSettled();
@@ -686,13 +681,12 @@
       showTileError(text);
     });
     negotiate(entry, 'receiveVideoFrom', (sdp) => ({ sender: `${name}_${streamId}`, sdpOffer: sdp })).catch((err) => {
-      entry.markSettled();
       if (entry.closed) return;
       const text = describeError(err, `Could not receive ${name}`);
       hook.errors.push(text);
       log(text);
       showTileError(text);
-    });
+    }).finally(entry.markSettled);
     return entry;
   }
 
@@ -881,12 +875,14 @@
       if (p.publishing && !app.subs.has(name)) subscribed.push(subscribe(name, 'webcam'));
     }
     const settled = Promise.all(subscribed.map((e) => e.settled));
-    Promise.race([settled, new Promise((r) => setTimeout(r, 150))]).then(showCall);
+    const join = ++app.joins;
+    Promise.race([settled, new Promise((r) => setTimeout(r, 150))]).then(() => showCall(join));
   }
 
-  /** The call view of a joined room (after [enterCall]'s subscriptions were answered). */
-  function showCall() {
-    if (app.phase !== 'joined') return;
+  /** The call view of join number `join` (after [enterCall]'s subscriptions were answered),
+   * unless the page has left or joined again since. */
+  function showCall(join) {
+    if (app.phase !== 'joined' || app.joins !== join) return;
     el.lobby.hidden = true;
     el.call.hidden = false;
     clearInterval(app.roomsTimer);
