@@ -252,6 +252,27 @@ pub struct SrtpKeys {
     pub remote: MasterKey,
 }
 
+/// RFC 3711 §3.3.1 / Appendix A: the packet index (ROC << 16 | SEQ) whose rollover counter puts
+/// `seq` closest to `highest`, the newest index of its SSRC. A sequence number "before" rollover
+/// counter 0 is taken with counter 0; `None` when the counter would pass 2^32 (new keys are
+/// due, RFC 3711 §9.2).
+fn packet_index(highest: u64, seq: u16) -> Option<u64> {
+    let roc = (highest >> 16) as u32;
+    let last = highest as u16;
+    let v = if last < 0x8000 {
+        if seq > last && seq - last > 0x8000 {
+            roc.saturating_sub(1)
+        } else {
+            roc
+        }
+    } else if seq < last - 0x8000 {
+        roc.checked_add(1)?
+    } else {
+        roc
+    };
+    Some(u64::from(v) << 16 | u64::from(seq))
+}
+
 /// The AES-CM PRF input block for `label` and block counter `i` (RFC 3711 §4.3.1 and §4.3.3,
 /// key derivation rate 0): the master salt, left-aligned in 16 bytes, XOR the label at byte 7,
 /// XOR `i` in the last two bytes.

@@ -10,7 +10,7 @@ use rtc::crypto::{CryptoError, RTCCrypto};
 
 use super::cipher::{cm_iv, gcm_iv, Cipher};
 use super::seal::rtp_header_len;
-use super::{MasterKey, SealerError, SrtpProfile};
+use super::{packet_index, MasterKey, SealerError, SrtpProfile};
 
 /// Indices behind an SSRC's newest one that are still accepted (once each). Wider than
 /// rtc-srtp's optional 64: a retransmission the NACK generator asked for arrives a round trip
@@ -48,26 +48,10 @@ struct SsrcState {
 }
 
 impl SsrcState {
-    /// RFC 3711 Appendix A: the index whose ROC puts `seq` closest to the newest sequence number.
-    fn estimate(&self, seq: u16) -> u64 {
-        let roc = self.highest >> 16;
-        let s_l = self.highest as u16;
-        let v = if s_l < 0x8000 {
-            if seq > s_l && seq - s_l > 0x8000 {
-                roc.wrapping_sub(1)
-            } else {
-                roc
-            }
-        } else if s_l - 0x8000 > seq {
-            roc + 1
-        } else {
-            roc
-        };
-        if v > u64::from(u32::MAX) {
-            // ROC 0 and a sequence number from "before" it: there is no such index.
-            return u64::from(seq);
-        }
-        (v << 16) | u64::from(seq)
+    /// The index of `seq` (RFC 3711's estimate from the newest index); past the last rollover
+    /// counter there is none to open.
+    fn estimate(&self, seq: u16) -> Result<u64, OpenError> {
+        packet_index(self.highest, seq).ok_or(OpenError::TooOld)
     }
 
     fn check(&self, index: u64) -> Result<(), OpenError> {
@@ -170,7 +154,7 @@ impl SrtpOpener {
         let index = match slot {
             Some(i) => {
                 let state = &self.ssrcs[i];
-                let index = state.estimate(seq);
+                let index = state.estimate(seq)?;
                 state.check(index)?;
                 index
             }
@@ -192,7 +176,7 @@ impl SrtpOpener {
                         seen: [0; WORDS],
                     },
                 };
-                let index = state.estimate(seq);
+                let index = state.estimate(seq)?;
                 state.check(index)?;
                 fresh = Some(state);
                 index

@@ -4,7 +4,7 @@
 use rtc::crypto::{CryptoError, RTCCrypto};
 
 use super::cipher::{cm_iv, gcm_iv, Cipher};
-use super::{MasterKey, SrtpProfile};
+use super::{packet_index, MasterKey, SrtpProfile};
 use crate::engine::wire::Ssrc;
 
 /// How far behind the newest packet index of an SSRC a packet may still be sealed, at most and
@@ -118,21 +118,7 @@ impl SsrcState {
     /// also makes: a sequence number more than 2^15 behind the newest belongs to the next
     /// rollover, one more than 2^15 ahead to the previous, never below ROC 0).
     fn index_of(&self, seq: u16) -> Result<u64, SealError> {
-        let roc = (self.highest >> 16) as u32;
-        let last = self.highest as u16;
-        let v = if last < 0x8000 {
-            if seq > last && seq - last > 0x8000 {
-                roc.saturating_sub(1)
-            } else {
-                roc
-            }
-        } else if seq < last - 0x8000 {
-            roc.checked_add(1)
-                .ok_or(SealError::RocExhausted(self.ssrc))?
-        } else {
-            roc
-        };
-        Ok(u64::from(v) << 16 | u64::from(seq))
+        packet_index(self.highest, seq).ok_or(SealError::RocExhausted(self.ssrc))
     }
 
     fn check(&self, index: u64) -> Result<(), SealError> {
