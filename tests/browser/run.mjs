@@ -603,7 +603,7 @@ function startSampler(peer) {
   const sample = async () => {
     const stats = await pc.getStats();
     // Stamped once the stats are in, so a sample never reflects a moment later than its time.
-    const s = { t: Date.now(), fd: 0, pk: 0, pli: 0, jbt: 0, jbe: 0, ice: pc.iceConnectionState, vf: video.getVideoPlaybackQuality().totalVideoFrames };
+    const s = { t: Date.now(), fd: 0, pk: 0, pli: 0, jbt: 0, jbe: 0, nack: 0, lost: 0, kfd: 0, fr: 0, fdrop: 0, fz: 0, ice: pc.iceConnectionState, vf: video.getVideoPlaybackQuality().totalVideoFrames };
     stats.forEach((r) => {
       if (r.type === 'inbound-rtp' && r.kind === 'video') {
         s.fd += r.framesDecoded || 0;
@@ -611,6 +611,12 @@ function startSampler(peer) {
         s.pli += r.pliCount || 0;
         s.jbt += r.jitterBufferTargetDelay || 0;
         s.jbe += r.jitterBufferEmittedCount || 0;
+        s.nack += r.nackCount || 0;
+        s.lost += r.packetsLost || 0;
+        s.kfd += r.keyFramesDecoded || 0;
+        s.fr += r.framesReceived || 0;
+        s.fdrop += r.framesDropped || 0;
+        s.fz += r.freezeCount || 0;
       }
     });
     samples.push(s);
@@ -694,6 +700,24 @@ function outageFigures(samples, cutAt, endAt) {
   };
 }
 
+/**
+ * From one subscriber's samples, what changed after `endAt`, sample by sample (ms after the
+ * outage: counter deltas), for the report of a failed recovery.
+ */
+function outageTimeline(samples, endAt) {
+  const keys = ['pk', 'fr', 'fd', 'kfd', 'fdrop', 'fz', 'nack', 'lost', 'pli'];
+  const out = [];
+  let prev = null;
+  for (const x of samples) {
+    if (prev && x.t > endAt) {
+      const d = keys.filter((k) => x[k] !== prev[k]).map((k) => `${k}${x[k] - prev[k] >= 0 ? '+' : ''}${x[k] - prev[k]}`);
+      if (d.length) out.push(`${x.t - endAt}: ${d.join(' ')}`);
+    }
+    prev = x;
+  }
+  return out.join('; ');
+}
+
 scenario('media-outage', async (ctx) => {
   if (!netns || !serverBin) throw new Error('media-outage needs --netns (a network namespace of its own) and --bin (roomd started by the harness)');
   const room = uniqueRoom('outage');
@@ -722,6 +746,7 @@ scenario('media-outage', async (ctx) => {
     endAt = Date.now(); // the rule goes right after: no sample before this saw media again
     restoreMedia();
   }
+  ctx.note(`cut at ${new Date(cutAt).toISOString()}, restored at ${new Date(endAt).toISOString()}`);
   await tick(OBSERVE_MS); // the recovery, measured from the samples afterwards
   const pubAfter = await Promise.all(pairs.map(([p]) => p.page.evaluate(publisherCounters)));
   const roomdAfter = await roomdCounters();
@@ -731,12 +756,13 @@ scenario('media-outage', async (ctx) => {
       window.outageSampling = false;
       return window.outageSamples;
     });
-    figures.push({ who: `${p.name}←${peer}`, ...outageFigures(samples, cutAt, endAt) });
+    figures.push({ who: `${p.name}←${peer}`, ...outageFigures(samples, cutAt, endAt), timeline: outageTimeline(samples, endAt) });
   }
   for (const f of figures) {
     ctx.note(`${f.who}: outage ${endAt - cutAt} ms, in its last 2 s ${f.decodedInOutage} frames decoded, ${f.packetsInOutage} packets; ICE ${f.ice}; ` +
       `after it: first packet at ${f.firstPacketMs} ms, ${f.plis} PLIs sent${f.plis ? ` (first at ${f.firstPliMs} ms)` : ''}, ` +
-      `picture back at ${f.recoveryMs} ms (video element ${f.elementRecoveryMs} ms), ${f.framesAfter} frames in ${f.observedMs} ms, jitter-buffer target ${f.targetDelayMs} ms`);
+      `picture back at ${f.recoveryMs} ms (video element ${f.elementRecoveryMs} ms), ${f.framesAfter} frames in ${f.observedMs} ms, jitter-buffer target ${f.targetDelayMs} ms; ` +
+      `first changes (ms after the outage: counters) ${f.timeline.split('; ').slice(0, 10).join('; ')}`);
   }
   pubAfter.forEach((n, i) => {
     const d = (k) => n[k] - pubBefore[i][k];
