@@ -35,7 +35,7 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
 use super::keyframe::{is_keyframe_start, Codec, KeyframeRequester, KeyframeStats};
 use super::leg::{DropReason, Leg, LegId, Outbound, Sent};
 use super::nack_ring::{self, NackRing, NotStored, RingId};
-use super::outage::OutageDetector;
+use super::outage::{Backlog, BacklogDetector, OutageDetector};
 use super::sender_report::{PublisherClock, SenderReport};
 use super::wire::{Pt, SeqNo, Ssrc};
 
@@ -215,7 +215,8 @@ pub struct TrackStats {
     pub sender_reports_in: u64,
     /// Sender reports produced for legs.
     pub sender_reports_out: u64,
-    /// Resumptions after an outage with packets lost (gated legs rebased, keyframe asked).
+    /// Resumptions after an outage with packets lost or with a backlog of stale packets (gated
+    /// legs rebased, keyframe asked).
     pub outages: u64,
     /// Joining legs started at a stored keyframe (see [`Track::start_leg`]).
     pub replays: u64,
@@ -260,6 +261,8 @@ pub struct Track {
     /// Notices the stream resuming after an outage with packets lost (see `resume_after_outage`
     /// in `leg.rs` and `outage.rs`).
     outage: OutageDetector,
+    /// Notices the publisher flushing frames it held back during an outage (`outage.rs`).
+    backlog: BacklogDetector,
     stats: TrackStats,
 }
 
@@ -292,6 +295,7 @@ impl Track {
             next_sr: None,
             waiting_since: None,
             outage: OutageDetector::default(),
+            backlog: BacklogDetector::new(config.clock_rate),
             stats: TrackStats::default(),
         }
     }
@@ -509,7 +513,15 @@ impl Track {
         }
         let codec = self.codec[usize::from(p.pt.0 & 0x7F)];
         p.gateable = codec.is_gateable();
-        p.keyframe_start = p.gateable && is_keyframe_start(codec, p.payload());
+        let backlog = if p.gateable {
+            self.backlog.on_packet(p.seq.0, p.timestamp, now)
+        } else {
+            Backlog::No
+        };
+        // A keyframe from a backlog opens no gate and answers no request: what follows it
+        // is stale too.
+        p.keyframe_start =
+            p.gateable && backlog == Backlog::No && is_keyframe_start(codec, p.payload());
         if p.keyframe_start {
             self.keyframes.on_keyframe();
             self.last_keyframe = p.ring_id.map(|_| KeyframeMark {
@@ -525,7 +537,15 @@ impl Track {
             }
         }
         self.source = Some(p.ssrc);
-        if p.gateable && self.outage.on_packet(p.seq.0, now).is_some() {
+        let lost = p.gateable && self.outage.on_packet(p.seq.0, now).is_some();
+        if lost || backlog == Backlog::Starts {
+            tracing::debug!(
+                ssrc = p.ssrc.0,
+                seq = p.seq.0,
+                lost,
+                backlog = backlog == Backlog::Starts,
+                "publisher stream resumed after an outage: gated legs rebased"
+            );
             self.stats.outages += 1;
             for leg in &mut self.legs {
                 leg.resume_after_outage(p.seq);
@@ -797,11 +817,16 @@ pub(super) mod build {
     /// A packet of source `ssrc` with sequence number `seq` (timestamp `seq × 3000`) whose
     /// payload is `payload` followed by `seq` (so that tests can tell packets apart).
     pub(crate) fn pkt(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
+        pkt_ts(ssrc, seq, u32::from(seq).wrapping_mul(3000), payload)
+    }
+
+    /// As [`pkt`], with RTP timestamp `ts`.
+    pub(crate) fn pkt_ts(ssrc: u32, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
         let mut p = payload.to_vec();
         p.extend_from_slice(&seq.to_be_bytes());
         Rtp {
             seq,
-            ts: u32::from(seq).wrapping_mul(3000),
+            ts,
             ssrc,
             payload: &p,
             ..Rtp::default()
@@ -812,7 +837,7 @@ pub(super) mod build {
 
 #[cfg(test)]
 mod tests {
-    use super::build::{pkt, Ext, Rtp, VP8_DELTA, VP8_KEY, VP8_MORE};
+    use super::build::{pkt, pkt_ts, Ext, Rtp, VP8_DELTA, VP8_KEY, VP8_MORE};
     use super::*;
     use crate::engine::leg::{uri, DropReason, ExtRule, LegConfig, NackMiss, PtMap, SendKind};
     use crate::engine::sender_report::ntp_middle;
@@ -948,7 +973,10 @@ mod tests {
         track.on_rtp(&pkt(SRC, 5, VP8_DELTA), t0, &mut eg).unwrap();
         let t1 = t0 + Duration::from_millis(600);
         assert!(track.poll_keyframe_request(t1));
-        track.on_rtp(&pkt(SRC, 6, VP8_KEY), t1, &mut eg).unwrap();
+        // (Captured then: after 600 ms of silence, an older frame would be a stale backlog.)
+        track
+            .on_rtp(&pkt_ts(SRC, 6, 600 * 90, VP8_KEY), t1, &mut eg)
+            .unwrap();
         let out = eg.take();
         let leg2: Vec<_> = out.iter().filter(|o| o.0 == LegId(2)).collect();
         assert_eq!(leg2.len(), 1, "only the keyframe reached leg 2");
@@ -974,9 +1002,12 @@ mod tests {
         track.on_rtp(&pkt(SRC, 2, VP8_DELTA), t0, &mut eg).unwrap();
         assert_eq!(eg.seqs(LegId(1)), [100, 101]);
 
-        // A pause without loss is no outage: nothing asked, numbering goes on.
+        // A pause without loss is no outage: nothing asked, numbering goes on (the frame after
+        // it was captured after it: no backlog).
         let t1 = t0 + Duration::from_secs(2);
-        track.on_rtp(&pkt(SRC, 3, VP8_DELTA), t1, &mut eg).unwrap();
+        track
+            .on_rtp(&pkt_ts(SRC, 3, 2 * 90_000, VP8_DELTA), t1, &mut eg)
+            .unwrap();
         assert_eq!(eg.seqs(LegId(1)), [102]);
         assert!(!track.poll_keyframe_request(t1));
 
@@ -1007,6 +1038,62 @@ mod tests {
         assert_eq!(eg.seqs(LegId(1)), [104, 106]);
         assert!(!track.poll_keyframe_request(t3));
         assert_eq!(track.stats().outages, 1);
+    }
+
+    #[test]
+    fn a_backlog_flushed_after_an_outage_reaches_no_leg_until_a_fresh_keyframe() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // RTP time of a frame captured `n` ms after t0 (90 kHz).
+        let at = |n: u32| n * 90;
+        let mut track = vp8_track();
+        let mut eg = Rec::new();
+        track.add_leg(video_leg(1, 100, t0), t0);
+        assert!(track.poll_keyframe_request(t0));
+        track
+            .on_rtp(&pkt_ts(SRC, 1, at(0), VP8_KEY), ms(0), &mut eg)
+            .unwrap();
+        track
+            .on_rtp(&pkt_ts(SRC, 2, at(33), VP8_DELTA), ms(33), &mut eg)
+            .unwrap();
+        assert_eq!(eg.seqs(LegId(1)), [100, 101]);
+
+        // 3 s of outage; the publisher held back what it captured meanwhile and now flushes
+        // it, without a gap, a keyframe among it: none of it is fresh, so none goes out, and a
+        // keyframe is asked for at once.
+        assert_eq!(
+            track.on_rtp(&pkt_ts(SRC, 3, at(66), VP8_DELTA), ms(3_040), &mut eg),
+            Ok(0)
+        );
+        assert!(track.poll_keyframe_request(ms(3_040)), "asked at once");
+        for (seq, captured, payload) in
+            [(4, 99, VP8_KEY), (5, 132, VP8_DELTA), (6, 2_900, VP8_DELTA)]
+        {
+            assert_eq!(
+                track.on_rtp(&pkt_ts(SRC, seq, at(captured), payload), ms(3_045), &mut eg),
+                Ok(0),
+                "stale packet {seq} forwarded"
+            );
+        }
+        assert!(eg.seqs(LegId(1)).is_empty());
+        assert_eq!(
+            track.keyframe_stats().keyframes,
+            1,
+            "a stale keyframe is no keyframe (nor one to replay to a joining leg)"
+        );
+        // The fresh keyframe, captured after the stream came back, restarts the leg with the
+        // next output number; what follows flows again.
+        assert_eq!(
+            track.on_rtp(&pkt_ts(SRC, 7, at(3_060), VP8_KEY), ms(3_080), &mut eg),
+            Ok(1)
+        );
+        assert_eq!(
+            track.on_rtp(&pkt_ts(SRC, 8, at(3_093), VP8_DELTA), ms(3_100), &mut eg),
+            Ok(1)
+        );
+        assert_eq!(eg.seqs(LegId(1)), [102, 103]);
+        assert_eq!(track.stats().outages, 1);
+        assert_eq!(track.keyframe_stats().keyframes, 2);
     }
 
     /// The leg for the byte-identity and RTX tests: extensions stamped and remapped, a mid.
@@ -1319,8 +1406,9 @@ mod tests {
         assert_eq!(track.poll_timeout(), Some(t(1500)));
         assert!(!track.poll_keyframe_request(t(1499)));
         assert!(track.poll_keyframe_request(t(1500)));
+        // (Captured then: after 1.4 s of silence, an older frame would be a stale backlog.)
         track
-            .on_rtp(&pkt(SRC, 2, VP8_KEY), t(1600), &mut eg)
+            .on_rtp(&pkt_ts(SRC, 2, 1_600 * 90, VP8_KEY), t(1600), &mut eg)
             .unwrap();
         assert!(!track.leg(LegId(3)).unwrap().is_waiting_for_keyframe());
         assert_eq!(track.poll_timeout(), None);
