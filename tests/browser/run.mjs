@@ -126,6 +126,12 @@ async function collectStatsInPage() {
         s.audioPackets += r.packetsReceived || 0;
       } else if (r.type === 'outbound-rtp' && r.kind === 'video') {
         s.framesEncoded += r.framesEncoded || 0;
+        // Why a publisher sends little: what limits its quality, since when, and its estimate.
+        const d = r.qualityLimitationDurations || {};
+        s.sender = `sent=${r.packetsSent} kf=${r.keyFramesEncoded} pli=${r.pliCount} nack=${r.nackCount} target=${Math.round((r.targetBitrate || 0) / 1000)}kb/s `
+          + `limited=${r.qualityLimitationReason} (bw ${Math.round((d.bandwidth || 0) * 1000)} ms, cpu ${Math.round((d.cpu || 0) * 1000)} ms)`;
+      } else if (r.type === 'candidate-pair' && r.nominated && r.availableOutgoingBitrate !== undefined) {
+        s.bwe = Math.round(r.availableOutgoingBitrate / 1000);
       }
     });
     return s;
@@ -137,7 +143,8 @@ async function collectStatsInPage() {
 }
 
 function fmtStats(s) {
-  const one = (x) => (x ? `${x.conn}/${x.ice} frames=${x.framesDecoded} vpk=${x.videoPackets} apk=${x.audioPackets}${x.framesEncoded ? ` enc=${x.framesEncoded}` : ''}` : 'none');
+  const one = (x) => (x ? `${x.conn}/${x.ice} frames=${x.framesDecoded} vpk=${x.videoPackets} apk=${x.audioPackets}${x.framesEncoded ? ` enc=${x.framesEncoded}` : ''}`
+    + `${x.sender ? ` ${x.sender}` : ''}${x.bwe !== undefined ? ` bwe=${x.bwe}kb/s` : ''}` : 'none');
   const peers = Object.entries(s.peers).map(([n, x]) => `${n}: ${one(x)}`).join('; ');
   return `publisher: ${one(s.publisher)}; peers: {${peers}}`;
 }
@@ -230,6 +237,24 @@ class Participant {
  * receiving audio (packetsReceived grows) on `p`'s page, and that `p` subscribes to exactly
  * those names. With `loopback`, the same for `p`'s own stream coming back on its publisher PC.
  */
+/**
+ * Waits until every participant's publisher has encoded at least `fps` frames in one second: a
+ * call past its start-up. Headless Chromium's fake camera sometimes delivers no frame for 2–3 s
+ * right after a second page opened it, to every page at once (seen: framesEncoded flat in both
+ * publishers while roomd's PLIs and RTCP kept arriving); a late joiner is not measured then.
+ */
+async function steadyPublishing(ps, fps = 10) {
+  let prev = await Promise.all(ps.map((p) => p.stats()));
+  const encoded = (s) => (s.publisher ? s.publisher.framesEncoded : 0);
+  await until(`every publisher of ${ps.map((p) => p.name).join(', ')} encoding ${fps} frames a second`, 15_000, async () => {
+    await tick(1_000);
+    const now = await Promise.all(ps.map((p) => p.stats()));
+    const steady = now.every((s, i) => encoded(s) - encoded(prev[i]) >= fps);
+    prev = now;
+    return steady;
+  }, 0);
+}
+
 async function expectMedia(p, names, { loopback = false, ms = MEDIA_WAIT_MS } = {}) {
   const base = await p.stats();
   const b = (n) => base.peers[n] || { framesDecoded: 0, audioPackets: 0 };
@@ -487,6 +512,7 @@ scenario('late-joiner-and-screenshot', async (ctx) => {
   await alice.join(room);
   await bob.join(room);
   await Promise.all([expectMedia(alice, ['Bob']), expectMedia(bob, ['Alice'])]);
+  await steadyPublishing([alice, bob]);
   // Carol joins late; the page records when joinRoom was sent, and we poll getStats in the page.
   await carol.page.fill('#room', room);
   await carol.page.fill('#user', 'Carol');
