@@ -76,6 +76,11 @@ struct Client {
     rtcp: Vec<Box<dyn rtc::rtcp::Packet>>,
     video_seq: u16,
     audio_seq: u16,
+    /// Publisher: when it sent its first video packet; the RTP timestamps of what it sent.
+    /// Like a camera's, its timestamps follow its clock (roomd tells a stale backlog after a
+    /// silence by them, `outage.rs`).
+    video_epoch: Option<Instant>,
+    video_ts: HashMap<u16, u32>,
     /// The data channel the client opened (offered with it), if any.
     channel: Option<usize>,
     channel_open: bool,
@@ -147,6 +152,8 @@ impl Client {
             rtcp: Vec::new(),
             video_seq: 0,
             audio_seq: 0,
+            video_epoch: None,
+            video_ts: HashMap::new(),
             channel,
             channel_open: false,
             messages: Vec::new(),
@@ -210,7 +217,11 @@ impl Client {
         let pt = self.pt_of(sender, MIME_TYPE_VP8);
         self.video_seq = self.video_seq.wrapping_add(1);
         let seq = self.video_seq;
-        let header = rtp_header(pt, seq, video_ts(seq), ssrc, true);
+        let epoch = *self.video_epoch.get_or_insert(now);
+        let ticks = now.saturating_duration_since(epoch).as_micros() * 90 / 1_000;
+        let ts = video_ts(1).wrapping_add(u32::try_from(ticks).unwrap_or(u32::MAX));
+        self.video_ts.insert(seq, ts);
+        let header = rtp_header(pt, seq, ts, ssrc, true);
         write_rtp(
             &mut self.pc,
             sender,
@@ -1013,7 +1024,10 @@ fn sender_reports_reach_subscribers_in_their_timestamp_space() {
     let (mut sim, p, subs) = Sim::with_subscribers(2);
     let (v, _) = sim.publish(p, 10);
     let last = *v.last().expect("sent");
-    let (ntp, rtp) = (0xE000_0000_8000_0000u64, video_ts(last) + 1234);
+    let (ntp, rtp) = (
+        0xE000_0000_8000_0000u64,
+        sim.clients[p].video_ts[&last] + 1234,
+    );
     let now = sim.now;
     sim.clients[p].send_sender_report(now, ntp, rtp);
     sim.run_for(Duration::from_millis(100));
@@ -1032,7 +1046,7 @@ fn sender_reports_reach_subscribers_in_their_timestamp_space() {
         let offset = first
             .header
             .timestamp
-            .wrapping_sub(video_ts(named_seq(&first.payload, true)));
+            .wrapping_sub(sim.clients[p].video_ts[&named_seq(&first.payload, true)]);
         // The SR left the shard as the publisher's arrived: no time elapsed in between.
         assert_eq!(sr.ntp_time, ntp, "subscriber {s}");
         assert_eq!(sr.rtp_time, rtp.wrapping_add(offset), "subscriber {s}");
