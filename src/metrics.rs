@@ -297,6 +297,12 @@ pub(crate) fn render(
         media.keyframe_requests_received,
     );
     metric(
+        "roomd_publisher_outages_total",
+        "counter",
+        "Publisher video streams that resumed after a network outage (lost packets or a stale backlog); their subscribers restarted at a keyframe.",
+        media.publisher_outages,
+    );
+    metric(
         "roomd_data_messages_relayed_total",
         "counter",
         "Data-channel messages relayed.",

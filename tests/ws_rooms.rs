@@ -411,6 +411,7 @@ async fn metrics_expose_rooms_and_media_counters() {
     for series in [
         "# TYPE roomd_udp_datagrams_sent_total counter",
         "# TYPE roomd_udp_gso_datagrams_total counter",
+        "\nroomd_publisher_outages_total 0\n",
     ] {
         assert!(text.contains(series), "{series}: {text}");
     }

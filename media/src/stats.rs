@@ -50,6 +50,9 @@ pub struct MediaStats {
     pub keyframe_requests_sent: u64,
     /// Keyframe requests received from subscribers (before coalescing).
     pub keyframe_requests_received: u64,
+    /// Publisher video streams that came back from an outage with packets lost or with a
+    /// backlog of stale frames: their subscribers were restarted at a keyframe.
+    pub publisher_outages: u64,
     /// Data-channel messages relayed to subscribers.
     pub data_messages_relayed: u64,
     /// Media events dropped because an endpoint's event queue was full.

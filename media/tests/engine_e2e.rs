@@ -872,6 +872,33 @@ fn a_subscriber_ice_restart_keeps_forwarding() {
     assert_eq!(st.key_errors + st.seal_errors, 0, "{st:?}");
 }
 
+/// A publisher back from a 3 s outage that swallowed 100 video packets: the subscriber's video
+/// resumes at the next keyframe, asked for at once, with no gap in its sequence numbers (nothing
+/// for it to NACK); audio goes on as it comes; the forwarder counts one outage.
+#[test]
+fn a_publisher_back_from_an_outage_restarts_its_subscribers_at_a_keyframe() {
+    let (mut sim, p, subs) = Sim::with_subscribers(1);
+    let s = subs[0];
+    let (mut v, mut a) = sim.publish(p, 10);
+    let plis = sim.clients[p].plis().len();
+    // The outage: time passes, the publisher's packets go nowhere.
+    sim.clients[p].video_seq += 100;
+    sim.run_for(Duration::from_secs(3));
+    let (v2, a2) = sim.publish(p, 40);
+    assert_eq!(v2.first(), Some(&111));
+    // 111..=120 are delta frames: the subscriber cannot decode them, so they are not sent.
+    v.extend(v2.into_iter().filter(|&seq| seq >= 121));
+    a.extend(a2);
+    assert_stream(&sim.clients[s].video_rx(), &v, true, "subscriber");
+    assert_stream(&sim.clients[s].audio_rx(), &a, false, "subscriber");
+    assert!(
+        sim.clients[p].plis().len() > plis,
+        "a keyframe was asked for: {:?}",
+        sim.clients[p].plis()
+    );
+    assert_eq!(sim.fw.stats().outages, 1);
+}
+
 /// Loopback: the publisher's answer is sendrecv and its own packets come back on the same
 /// connection, intact and continuous, under the SSRCs the answer announced, sealed by the
 /// forwarder (rtc sends it no RTP); its NACK about a dropped packet is answered with the same

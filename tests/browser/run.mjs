@@ -670,7 +670,7 @@ async function roomdCounters() {
   const text = await (await fetch(`${baseUrl}/metrics`)).text();
   const out = {};
   for (const line of text.split('\n')) {
-    const m = /^(roomd_(?:rtp_dropped_total|keyframe_requests_\w+_total|rtp_sent_total)(?:\{[^}]*\})?) (\d+)/.exec(line);
+    const m = /^(roomd_(?:rtp_dropped_total|keyframe_requests_\w+_total|rtp_sent_total|publisher_outages_total)(?:\{[^}]*\})?) (\d+)/.exec(line);
     if (m) out[m[1]] = Number(m[2]);
   }
   return out;

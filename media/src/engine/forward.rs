@@ -158,6 +158,9 @@ pub struct ForwardStats {
     pub key_errors: u64,
     /// Publishers whose SRTP keys could not be read (rtc keeps opening their RTP).
     pub opener_errors: u64,
+    /// Publisher video streams that resumed after an outage with packets lost or with a stale
+    /// backlog (their legs rebased, a keyframe asked for: `outage.rs`).
+    pub outages: u64,
 }
 
 /// A sealed datagram to send (over TCP: one frame on the (local, dest) connection).
@@ -769,7 +772,9 @@ impl Forwarder {
             now,
             stats: &mut self.stats,
         };
+        let outages = track.stats().outages;
         let _ = track.on_rtp(packet, now, &mut egress);
+        self.stats.outages += track.stats().outages - outages;
         let pli = track.poll_keyframe_request(now);
         if let Some(t) = track.poll_timeout() {
             self.tracks_timeout = Some(self.tracks_timeout.map_or(t, |c| c.min(t)));

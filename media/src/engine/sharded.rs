@@ -442,6 +442,7 @@ impl ShardedEngine {
             sum.forward.queue_full += s.forward.queue_full;
             sum.forward.plis_sent += s.forward.plis_sent;
             sum.forward.keyframe_requests_in += s.forward.keyframe_requests_in;
+            sum.forward.outages += s.forward.outages;
             sum.data.relayed += s.data.relayed;
             sum.data.dropped += s.data.dropped;
             sum.datagrams_sent += s.datagrams_sent;
@@ -472,6 +473,7 @@ impl ShardedEngine {
                 .collect(),
             keyframe_requests_sent: sum.forward.plis_sent,
             keyframe_requests_received: sum.forward.keyframe_requests_in,
+            publisher_outages: sum.forward.outages,
             data_messages_relayed: sum.data.relayed,
             events_dropped: sum.events_dropped + self.shared.events_dropped.load(Ordering::Relaxed),
             ice_tcp_connections: sum.tcp.open as u64,
