@@ -46,27 +46,33 @@ pub(crate) const RESUME_WINDOW: Duration = Duration::from_millis(300);
 /// needs none. Later gaps are ordinary losses, NACKed as usual (the keyframe may be among them).
 #[derive(Debug, Default)]
 pub(crate) struct OutageDetector {
-    last: Option<(Instant, u16)>,
+    /// The newest packet so far: arrival, sequence number, RTP timestamp.
+    last: Option<(Instant, u16, u32)>,
     /// Until when the stream counts as resuming.
     resuming: Option<Instant>,
+    /// When the packet registered last ended a silence: the packet before the silence (arrival,
+    /// RTP timestamp).
+    silence_ended: Option<(Instant, u32)>,
 }
 
 impl OutageDetector {
-    /// Registers a packet with sequence number `seq` received at `now`; returns, when the
-    /// stream just jumped over packets lost in an outage, the sequence number they all precede
-    /// (the moment to ask for a keyframe).
-    pub(crate) fn on_packet(&mut self, seq: u16, now: Instant) -> Option<u16> {
-        let Some((at, last_seq)) = self.last else {
-            self.last = Some((now, seq));
+    /// Registers a packet with sequence number `seq` and RTP timestamp `ts` received at `now`;
+    /// returns, when the stream just jumped over packets lost in an outage, the sequence number
+    /// they all precede (the moment to ask for a keyframe).
+    pub(crate) fn on_packet(&mut self, seq: u16, ts: u32, now: Instant) -> Option<u16> {
+        self.silence_ended = None;
+        let Some((at, last_seq, last_ts)) = self.last else {
+            self.last = Some((now, seq, ts));
             return None;
         };
         let ahead = seq.wrapping_sub(last_seq);
         if ahead == 0 || ahead >= 0x8000 {
             return None; // duplicate or late (reordered, retransmitted)
         }
-        self.last = Some((now, seq));
+        self.last = Some((now, seq, ts));
         if now.saturating_duration_since(at) >= OUTAGE_SILENCE {
             self.resuming = Some(now + RESUME_WINDOW);
+            self.silence_ended = Some((at, last_ts));
         }
         let until = self.resuming?;
         if now > until {
@@ -78,6 +84,13 @@ impl OutageDetector {
         }
         self.resuming = None;
         Some(seq)
+    }
+
+    /// Whether the packet registered last was the first of the stream to advance after a
+    /// silence of [`OUTAGE_SILENCE`]: then the packet before the silence (arrival, RTP
+    /// timestamp), what [`BacklogDetector`] measures staleness from.
+    pub(crate) fn silence_ended(&self) -> Option<(Instant, u32)> {
+        self.silence_ended
     }
 }
 
@@ -101,8 +114,6 @@ const BACKLOG_WINDOW: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 pub(crate) struct BacklogDetector {
     clock_rate: u32,
-    /// The newest packet so far: arrival, sequence number, RTP timestamp.
-    last: Option<(Instant, u16, u32)>,
     /// After a silence: the last packet before it (arrival, RTP timestamp), when the stream
     /// resumed, and until when packets are checked. Ends at the first fresh packet.
     resumed: Option<Resumed>,
@@ -130,30 +141,27 @@ impl BacklogDetector {
     pub(crate) fn new(clock_rate: u32) -> Self {
         Self {
             clock_rate: clock_rate.max(1),
-            last: None,
             resumed: None,
         }
     }
 
-    /// Registers a packet (sequence number `seq`, RTP timestamp `ts`) received at `now`.
-    pub(crate) fn on_packet(&mut self, seq: u16, ts: u32, now: Instant) -> Backlog {
-        let mut starts = false;
-        match self.last {
-            None => self.last = Some((now, seq, ts)),
-            Some((at, last_seq, last_ts)) => {
-                let ahead = seq.wrapping_sub(last_seq);
-                if ahead != 0 && ahead < 0x8000 {
-                    if now.saturating_duration_since(at) >= OUTAGE_SILENCE {
-                        self.resumed = Some(Resumed {
-                            before_at: at,
-                            before_ts: last_ts,
-                            at: now,
-                        });
-                        starts = true;
-                    }
-                    self.last = Some((now, seq, ts));
-                }
-            }
+    /// Registers a packet (sequence number `seq`, RTP timestamp `ts`) received at `now`, after
+    /// the stream's [`OutageDetector`] registered it: `silence_ended` is what its
+    /// [`OutageDetector::silence_ended`] says of it.
+    pub(crate) fn on_packet(
+        &mut self,
+        silence_ended: Option<(Instant, u32)>,
+        seq: u16,
+        ts: u32,
+        now: Instant,
+    ) -> Backlog {
+        let starts = silence_ended.is_some();
+        if let Some((before_at, before_ts)) = silence_ended {
+            self.resumed = Some(Resumed {
+                before_at,
+                before_ts,
+                at: now,
+            });
         }
         let Some(r) = self.resumed else {
             return Backlog::No;
@@ -215,8 +223,8 @@ struct NackedStream {
 }
 
 impl NackedStream {
-    fn on_packet(&mut self, seq: u16, now: Instant) {
-        if let Some(before) = self.detector.on_packet(seq, now) {
+    fn on_packet(&mut self, seq: u16, ts: u32, now: Instant) {
+        if let Some(before) = self.detector.on_packet(seq, ts, now) {
             self.written_off_before = Some(before);
         }
         if self.newest.is_none_or(|n| seq_before(n, seq)) {
@@ -327,10 +335,11 @@ impl sansio::Protocol<TaggedPacket, TaggedPacket, ()> for NackFilter {
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtp(p) = &msg.message.packet {
-            self.streams
-                .entry(p.header.ssrc)
-                .or_default()
-                .on_packet(p.header.sequence_number, msg.now);
+            self.streams.entry(p.header.ssrc).or_default().on_packet(
+                p.header.sequence_number,
+                p.header.timestamp,
+                msg.now,
+            );
         }
         self.read_queue.push_back(msg);
         Ok(())
@@ -387,29 +396,29 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut d = OutageDetector::default();
-        assert_eq!(d.on_packet(65_534, ms(0)), None);
+        assert_eq!(d.on_packet(65_534, 0, ms(0)), None);
         // Continuous, across the wrap; a short gap with loss is NACK territory.
-        assert_eq!(d.on_packet(65_535, ms(10)), None);
-        assert_eq!(d.on_packet(0, ms(20)), None);
-        assert_eq!(d.on_packet(5, ms(100)), None);
+        assert_eq!(d.on_packet(65_535, 0, ms(10)), None);
+        assert_eq!(d.on_packet(0, 0, ms(20)), None);
+        assert_eq!(d.on_packet(5, 0, ms(100)), None);
         // A pause without loss (e.g. a muted camera sending nothing) needs no keyframe.
-        assert_eq!(d.on_packet(6, ms(2_000)), None);
-        assert_eq!(d.on_packet(7, ms(2_010)), None);
+        assert_eq!(d.on_packet(6, 0, ms(2_000)), None);
+        assert_eq!(d.on_packet(7, 0, ms(2_010)), None);
         // Late packets do not count as progress.
-        assert_eq!(d.on_packet(3, ms(2_100)), None);
-        assert_eq!(d.on_packet(7, ms(2_200)), None);
+        assert_eq!(d.on_packet(3, 0, ms(2_100)), None);
+        assert_eq!(d.on_packet(7, 0, ms(2_200)), None);
         // Silence, then a jump: what it skipped is written off, once.
-        assert_eq!(d.on_packet(300, ms(3_000)), Some(300));
-        assert_eq!(d.on_packet(305, ms(3_010)), None);
+        assert_eq!(d.on_packet(300, 0, ms(3_000)), Some(300));
+        assert_eq!(d.on_packet(305, 0, ms(3_010)), None);
         // Silence, the held-back packets first, then the jump within RESUME_WINDOW.
-        assert_eq!(d.on_packet(306, ms(4_000)), None);
-        assert_eq!(d.on_packet(307, ms(4_005)), None);
-        assert_eq!(d.on_packet(350, ms(4_010)), Some(350));
-        assert_eq!(d.on_packet(360, ms(4_020)), None);
+        assert_eq!(d.on_packet(306, 0, ms(4_000)), None);
+        assert_eq!(d.on_packet(307, 0, ms(4_005)), None);
+        assert_eq!(d.on_packet(350, 0, ms(4_010)), Some(350));
+        assert_eq!(d.on_packet(360, 0, ms(4_020)), None);
         // A jump after the window is an ordinary loss.
-        assert_eq!(d.on_packet(361, ms(6_000)), None);
+        assert_eq!(d.on_packet(361, 0, ms(6_000)), None);
         let later = 6_000 + u64::try_from(RESUME_WINDOW.as_millis()).unwrap_or(0) + 1;
-        assert_eq!(d.on_packet(370, ms(later)), None);
+        assert_eq!(d.on_packet(370, 0, ms(later)), None);
     }
 
     #[test]
@@ -419,31 +428,35 @@ mod tests {
         // RTP time of a capture `n` ms after t0 (90 kHz), from a base near the wrap.
         let base = u32::MAX - 45_000;
         let at = |n: u32| base.wrapping_add(n * 90);
-        let mut d = BacklogDetector::new(90_000);
-        assert_eq!(d.on_packet(10, at(0), ms(0)), Backlog::No);
-        assert_eq!(d.on_packet(11, at(33), ms(33)), Backlog::No);
+        // As the track does: the outage detector first, which tells the backlog detector when
+        // a silence ended.
+        let mut outage = OutageDetector::default();
+        let mut backlog = BacklogDetector::new(90_000);
+        let mut d = |seq: u16, ts: u32, now: Instant| {
+            outage.on_packet(seq, ts, now);
+            backlog.on_packet(outage.silence_ended(), seq, ts, now)
+        };
+        assert_eq!(d(10, at(0), ms(0)), Backlog::No);
+        assert_eq!(d(11, at(33), ms(33)), Backlog::No);
         // A pause, then a frame captured after it: fresh.
-        assert_eq!(d.on_packet(12, at(1_000), ms(1_010)), Backlog::No);
+        assert_eq!(d(12, at(1_000), ms(1_010)), Backlog::No);
         // 3 s of outage, then frames captured during it (the timestamp wrapped meanwhile).
-        assert_eq!(d.on_packet(13, at(1_033), ms(4_000)), Backlog::Starts);
-        assert_eq!(d.on_packet(14, at(2_500), ms(4_010)), Backlog::Continues);
+        assert_eq!(d(13, at(1_033), ms(4_000)), Backlog::Starts);
+        assert_eq!(d(14, at(2_500), ms(4_010)), Backlog::Continues);
         // A late packet from before the silence is stale too, and starts nothing.
-        assert_eq!(d.on_packet(12, at(1_000), ms(4_015)), Backlog::Continues);
+        assert_eq!(d(12, at(1_000), ms(4_015)), Backlog::Continues);
         // Captured less than STALE_LAG before the stream resumed: fresh, the backlog is over.
         let fresh = 4_000 - u32::try_from(STALE_LAG.as_millis()).unwrap_or(0) + 10;
-        assert_eq!(d.on_packet(15, at(fresh), ms(4_020)), Backlog::No);
-        assert_eq!(d.on_packet(16, at(2_600), ms(4_030)), Backlog::No);
+        assert_eq!(d(15, at(fresh), ms(4_020)), Backlog::No);
+        assert_eq!(d(16, at(2_600), ms(4_030)), Backlog::No);
         // A backlog that never ends is given up after BACKLOG_WINDOW.
-        assert_eq!(d.on_packet(17, at(2_633), ms(6_000)), Backlog::Starts);
+        assert_eq!(d(17, at(2_633), ms(6_000)), Backlog::Starts);
         let window = u64::try_from(BACKLOG_WINDOW.as_millis()).unwrap_or(0);
         for i in 1..=window / 100 {
             let seq = 17 + u16::try_from(i).unwrap_or(0);
-            assert_eq!(
-                d.on_packet(seq, at(2_633), ms(6_000 + i * 100)),
-                Backlog::Continues
-            );
+            assert_eq!(d(seq, at(2_633), ms(6_000 + i * 100)), Backlog::Continues);
         }
-        assert_eq!(d.on_packet(100, at(2_633), ms(6_001 + window)), Backlog::No);
+        assert_eq!(d(100, at(2_633), ms(6_001 + window)), Backlog::No);
     }
 
     fn rtp(ssrc: u32, seq: u16, now: Instant) -> TaggedPacket {

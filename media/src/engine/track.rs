@@ -261,7 +261,8 @@ pub struct Track {
     /// Notices the stream resuming after an outage with packets lost (see `resume_after_outage`
     /// in `leg.rs` and `outage.rs`).
     outage: OutageDetector,
-    /// Notices the publisher flushing frames it held back during an outage (`outage.rs`).
+    /// Notices the publisher flushing frames it held back during an outage (`outage.rs`), from
+    /// the silences `outage` notices.
     backlog: BacklogDetector,
     stats: TrackStats,
 }
@@ -513,8 +514,11 @@ impl Track {
         }
         let codec = self.codec[usize::from(p.pt.0 & 0x7F)];
         p.gateable = codec.is_gateable();
+        let lost = p.gateable && self.outage.on_packet(p.seq.0, p.timestamp, now).is_some();
         let backlog = if p.gateable {
-            self.backlog.on_packet(p.seq.0, p.timestamp, now)
+            let silence_ended = self.outage.silence_ended();
+            self.backlog
+                .on_packet(silence_ended, p.seq.0, p.timestamp, now)
         } else {
             Backlog::No
         };
@@ -537,7 +541,6 @@ impl Track {
             }
         }
         self.source = Some(p.ssrc);
-        let lost = p.gateable && self.outage.on_packet(p.seq.0, now).is_some();
         if lost || backlog == Backlog::Starts {
             tracing::debug!(
                 ssrc = p.ssrc.0,
