@@ -23,6 +23,8 @@
 //!                     a reference run of its own fan-out, and print the median ÷ ref of the
 //!                     valid rounds with its range (the machine's own speed drifts between
 //!                     minutes; a ratio of two measurements seconds apart cancels most of it)
+//!   --receive R       poll | wake (default poll): how the generator's peers wait for datagrams
+//!                     (see `PeerSock`); `wake` is how every run before 2026-12-02 received
 //!   --smoke           1 room x 2 against roomd for ~5 s; exit 1 unless media flows both ways
 //! ```
 //!
@@ -45,7 +47,9 @@ mod refwd;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::io::IoSliceMut;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::sync::OnceLock;
@@ -53,6 +57,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
+};
 use refwd::Suite;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::Registry;
@@ -79,7 +87,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------------------------------------
@@ -111,8 +119,24 @@ fn debug() -> bool {
 }
 
 fn epoch() -> Instant {
-    static T0: OnceLock<Instant> = OnceLock::new();
-    *T0.get_or_init(Instant::now)
+    epochs().0
+}
+
+/// The generator's epoch as an `Instant` and as nanoseconds of the realtime clock (the clock of
+/// the kernel's receive timestamps), read together once.
+fn epochs() -> (Instant, u64) {
+    static T0: OnceLock<(Instant, u64)> = OnceLock::new();
+    *T0.get_or_init(|| {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        (Instant::now(), real)
+    })
+}
+
+/// Nanoseconds since the epoch of `t`.
+fn ns_of(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64
 }
 
 fn now_ns() -> u64 {
@@ -198,6 +222,7 @@ impl Stats {
         stream: u32,
         kind: u8,
         first_video: &mut bool,
+        rx_ns: u64,
     ) -> &mut StreamStat {
         self.received_total += 1;
         if self.measuring {
@@ -206,7 +231,8 @@ impl Stats {
         if kind == 1 && !*first_video {
             *first_video = true;
             if let Some(t) = ctx.subscribe_sent {
-                self.join_to_first_frame.push(t.elapsed().as_secs_f64());
+                let jff = rx_ns.saturating_sub(ns_of(t));
+                self.join_to_first_frame.push(jff as f64 * 1e-9);
             }
         }
         let s = self.streams.entry((ctx.key, stream, kind)).or_default();
@@ -366,9 +392,196 @@ fn add_send_track(pc: &mut RTCPeerConnection, kind: RtpCodecKind, ssrc: u32) -> 
     pc.get_senders().last().expect("sender")
 }
 
+// ---------------------------------------------------------------------------------------------
+// How a peer waits for datagrams (`--receive`)
+
+/// `--receive`: how the generator's peers wait for datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Receive {
+    /// Each peer's socket is in the generator runtime's epoll set. While the generator thread
+    /// sleeps there, every datagram the server sends wakes it — from inside the server's
+    /// `sendmmsg` on loopback, so the server's CPU time pays for waking the generator (≈ 14 %
+    /// of roomd's at 1x25, BENCHMARKS §4.11). The reference forwarder's unread sinks wake
+    /// nobody.
+    Wake,
+    /// Each peer's socket is in a second epoll set ([`Poller`]) that no thread sleeps on:
+    /// a datagram is queued and wakes nobody, as at the reference's sinks. Every
+    /// [`POLL_EVERY`] the poller asks that set which sockets have data and wakes their peers'
+    /// tasks on the generator thread. Receive times are the kernel's (`SO_TIMESTAMPNS`,
+    /// stamped when the server's send delivered the datagram), so polling adds nothing to the
+    /// latency and jff figures.
+    Poll,
+}
+
+/// `--receive` (set once in `main`).
+static RECEIVE: OnceLock<Receive> = OnceLock::new();
+
+fn receive_mode() -> Receive {
+    RECEIVE.get().copied().unwrap_or(Receive::Poll)
+}
+
+/// How often [`Poller`] looks for sockets with data: the tokio timer's resolution.
+const POLL_EVERY: Duration = Duration::from_millis(1);
+
+/// The epoll set of `Receive::Poll` peers: registered sockets by peer key, each with the
+/// `Notify` its peer's task waits on. One per scenario; its task ends with the scenario's
+/// `stop`.
+struct Poller {
+    epoll: Epoll,
+    peers: RefCell<HashMap<u64, Rc<Notify>>>,
+}
+
+impl Poller {
+    /// A poller whose task runs on the local task set until `stop`.
+    fn start(stop: Rc<Cell<bool>>) -> Rc<Poller> {
+        let poller = Rc::new(Poller {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll_create1"),
+            peers: RefCell::default(),
+        });
+        let p = poller.clone();
+        tokio::task::spawn_local(async move {
+            let mut events = vec![EpollEvent::empty(); 1024];
+            let mut tick = tokio::time::interval(POLL_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.get() {
+                tick.tick().await;
+                // Level-triggered: a socket its task has not drained yet is reported again.
+                loop {
+                    let n = p.epoll.wait(&mut events, 0u8).unwrap_or(0);
+                    let peers = p.peers.borrow();
+                    for e in &events[..n] {
+                        if let Some(ready) = peers.get(&e.data()) {
+                            ready.notify_one();
+                        }
+                    }
+                    if n < events.len() {
+                        break;
+                    }
+                }
+            }
+        });
+        poller
+    }
+}
+
+/// A peer's UDP socket, waited on as `--receive` says.
+enum PeerSock {
+    /// `Receive::Wake`.
+    Wake(UdpSocket),
+    /// `Receive::Poll`: a plain non-blocking socket in `poller`'s set under `key`.
+    Poll {
+        sock: std::net::UdpSocket,
+        ready: Rc<Notify>,
+        poller: Rc<Poller>,
+        key: u64,
+        cmsg: RefCell<Vec<u8>>,
+    },
+}
+
+impl PeerSock {
+    /// `sock` (bound, non-blocking) for peer `key`: in `poller`'s set if there is one.
+    fn new(sock: std::net::UdpSocket, key: u64, poller: Option<Rc<Poller>>) -> PeerSock {
+        match poller {
+            None => PeerSock::Wake(UdpSocket::from_std(sock).expect("tokio udp socket")),
+            Some(poller) => {
+                setsockopt(&sock, sockopt::ReceiveTimestampns, &true).expect("SO_TIMESTAMPNS");
+                poller
+                    .epoll
+                    .add(&sock, EpollEvent::new(EpollFlags::EPOLLIN, key))
+                    .expect("epoll add");
+                let ready = Rc::new(Notify::new());
+                poller.peers.borrow_mut().insert(key, ready.clone());
+                PeerSock::Poll {
+                    sock,
+                    ready,
+                    poller,
+                    key,
+                    cmsg: RefCell::new(nix::cmsg_space!(nix::sys::time::TimeSpec)),
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            PeerSock::Wake(s) => s.local_addr(),
+            PeerSock::Poll { sock, .. } => sock.local_addr(),
+        }
+        .expect("bound socket has an address")
+    }
+
+    /// Sends without waiting (a full socket buffer drops the datagram, as a network would).
+    fn send_to(&self, b: &[u8], to: SocketAddr) {
+        let _ = match self {
+            PeerSock::Wake(s) => s.try_send_to(b, to),
+            PeerSock::Poll { sock, .. } => sock.send_to(b, to),
+        };
+    }
+
+    /// Until a datagram may be waiting (then drain with [`try_recv`](Self::try_recv)).
+    async fn readable(&self) {
+        match self {
+            PeerSock::Wake(s) => {
+                let _ = s.readable().await;
+            }
+            PeerSock::Poll { ready, .. } => ready.notified().await,
+        }
+    }
+
+    /// The next queued datagram without waiting: its length, sender and receive time (ns since
+    /// the epoch: the kernel's timestamp when polled, now when woken).
+    fn try_recv(&self, buf: &mut [u8]) -> Option<(usize, SocketAddr, u64)> {
+        match self {
+            PeerSock::Wake(s) => s
+                .try_recv_from(buf)
+                .ok()
+                .map(|(n, peer)| (n, peer, now_ns())),
+            PeerSock::Poll { sock, cmsg, .. } => {
+                let mut cmsg = cmsg.borrow_mut();
+                let mut iov = [IoSliceMut::new(buf)];
+                let m = recvmsg::<SockaddrStorage>(
+                    sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_DONTWAIT,
+                )
+                .ok()?;
+                let peer = m.address.and_then(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| SocketAddr::V4((*v4).into()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+                })?;
+                let mut rx_ns = now_ns();
+                if let Ok(cmsgs) = m.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                            let real = ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64;
+                            rx_ns = real.saturating_sub(epochs().1);
+                        }
+                    }
+                }
+                Some((m.bytes, peer, rx_ns))
+            }
+        }
+    }
+}
+
+impl Drop for PeerSock {
+    fn drop(&mut self) {
+        if let PeerSock::Poll {
+            sock, poller, key, ..
+        } = self
+        {
+            let _ = poller.epoll.delete(&*sock);
+            poller.peers.borrow_mut().remove(key);
+        }
+    }
+}
+
 /// Binds the peer's UDP socket on `ip` and registers it as the only (host) candidate.
-async fn bind_candidate(pc: &mut RTCPeerConnection, ip: IpAddr) -> (UdpSocket, String) {
-    let sock = UdpSocket::bind((ip, 0)).await.expect("udp bind");
+fn bind_candidate(pc: &mut RTCPeerConnection, ip: IpAddr) -> (std::net::UdpSocket, String) {
+    let sock = std::net::UdpSocket::bind((ip, 0)).expect("udp bind");
+    sock.set_nonblocking(true).expect("non-blocking socket");
     let addr = sock.local_addr().expect("addr");
     let cand = CandidateHostConfig {
         base_config: CandidateConfig {
@@ -426,13 +639,19 @@ fn video_pt(sdp: &str) -> Option<u8> {
 /// sequence number), without decryption: the payload's latency stamp and check stay with the
 /// full receivers. rtc's receive path costs the generator core as much per packet as it costs
 /// the server; at 1x25 the full path made every run generator-bound.
-fn light_receive(b: &[u8], video_pt: Option<u8>, first_video: &mut bool, ctx: &PeerCtx) {
+fn light_receive(
+    b: &[u8],
+    video_pt: Option<u8>,
+    first_video: &mut bool,
+    ctx: &PeerCtx,
+    rx_ns: u64,
+) {
     let pt = b[1] & 0x7F;
     let seq = u16::from_be_bytes([b[2], b[3]]);
     let ssrc = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
     let kind = u8::from(Some(pt) == video_pt);
     let mut st = ctx.stats.borrow_mut();
-    let s = st.packet(ctx, ssrc, kind, first_video);
+    let s = st.packet(ctx, ssrc, kind, first_video, rx_ns);
     s.light = true;
     // `max_seq` extends the 16-bit sequence number: its low half is the newest one seen.
     let ahead = seq.wrapping_sub(s.max_seq as u16);
@@ -444,15 +663,64 @@ fn light_receive(b: &[u8], video_pt: Option<u8>, first_video: &mut bool, ctx: &P
     s.seen = true;
 }
 
+/// What rtc has read for `pc`: received RTP into the statistics (latency and jff at `rx_ns`,
+/// the receive time of the datagram that carried it), keyframe requests into `want_key`.
+fn take_reads(
+    pc: &mut RTCPeerConnection,
+    ctx: &PeerCtx,
+    rx_ns: u64,
+    first_video: &mut bool,
+    want_key: &mut bool,
+) {
+    while let Some(TaggedRTCMessage { message, .. }) = pc.poll_read() {
+        match message {
+            RTCMessage::RtpPacket(_, p) => {
+                let b = &p.payload;
+                if b.len() < 20 || b[2] != MAGIC {
+                    continue;
+                }
+                let kind = b[3];
+                let publisher = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                let seq = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+                let sent = u64::from_be_bytes(b[12..20].try_into().expect("8 bytes"));
+                let mut st = ctx.stats.borrow_mut();
+                if st.measuring {
+                    let lat = rx_ns.saturating_sub(sent) / 1000;
+                    st.latencies_us.push(lat.min(u64::from(u32::MAX)) as u32);
+                }
+                let s = st.packet(ctx, publisher, kind, first_video, rx_ns);
+                if !s.seen || seq.wrapping_sub(s.max_seq) < (1 << 31) {
+                    s.max_seq = seq;
+                }
+                s.seen = true;
+            }
+            RTCMessage::RtcpPacket(_, pkts) => {
+                let mut st = ctx.stats.borrow_mut();
+                for p in &pkts {
+                    let any = p.as_any();
+                    if any.downcast_ref::<PictureLossIndication>().is_some() {
+                        st.plis += 1;
+                        *want_key = true;
+                    } else if any.downcast_ref::<FullIntraRequest>().is_some() {
+                        st.firs += 1;
+                        *want_key = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Runs one peer connection until `stop`: socket I/O, timers, media generation (publishers),
 /// statistics (subscribers).
 async fn run_pc(
     mut pc: RTCPeerConnection,
-    sock: UdpSocket,
+    sock: PeerSock,
     mut cmds: mpsc::UnboundedReceiver<PcCmd>,
     mut ctx: PeerCtx,
 ) {
-    let local = sock.local_addr().expect("addr");
+    let local = sock.local_addr();
     let mut buf = vec![0u8; 2048];
     let mut connected = false;
     let mut first_video = false;
@@ -474,7 +742,7 @@ async fn run_pc(
         }
         // Drain outputs.
         while let Some(msg) = pc.poll_write() {
-            let _ = sock.try_send_to(&msg.message, msg.transport.peer_addr);
+            sock.send_to(&msg.message, msg.transport.peer_addr);
         }
         while let Some(ev) = pc.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
@@ -491,44 +759,7 @@ async fn run_pc(
                 }
             }
         }
-        while let Some(TaggedRTCMessage { message, .. }) = pc.poll_read() {
-            match message {
-                RTCMessage::RtpPacket(_, p) => {
-                    let b = &p.payload;
-                    if b.len() < 20 || b[2] != MAGIC {
-                        continue;
-                    }
-                    let kind = b[3];
-                    let publisher = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-                    let seq = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
-                    let sent = u64::from_be_bytes(b[12..20].try_into().expect("8 bytes"));
-                    let mut st = ctx.stats.borrow_mut();
-                    if st.measuring {
-                        let lat = now_ns().saturating_sub(sent) / 1000;
-                        st.latencies_us.push(lat.min(u64::from(u32::MAX)) as u32);
-                    }
-                    let s = st.packet(&ctx, publisher, kind, &mut first_video);
-                    if !s.seen || seq.wrapping_sub(s.max_seq) < (1 << 31) {
-                        s.max_seq = seq;
-                    }
-                    s.seen = true;
-                }
-                RTCMessage::RtcpPacket(_, pkts) => {
-                    let mut st = ctx.stats.borrow_mut();
-                    for p in &pkts {
-                        let any = p.as_any();
-                        if any.downcast_ref::<PictureLossIndication>().is_some() {
-                            st.plis += 1;
-                            want_key = true;
-                        } else if any.downcast_ref::<FullIntraRequest>().is_some() {
-                            st.firs += 1;
-                            want_key = true;
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
+        take_reads(&mut pc, &ctx, now_ns(), &mut first_video, &mut want_key);
         // Media generation.
         let now = Instant::now();
         if connected {
@@ -629,13 +860,11 @@ async fn run_pc(
         tokio::pin!(sleep);
         tokio::select! {
             biased;
-            r = sock.recv_from(&mut buf) => {
-                let mut next = r.ok();
-                // Then what else is queued, without waiting.
-                while let Some((n, peer)) = next {
+            _ = sock.readable() => {
+                while let Some((n, peer, rx_ns)) = sock.try_recv(&mut buf) {
                     let data = &buf[..n];
                     if ctx.light && connected && is_srtp_rtp(data) {
-                        light_receive(data, remote_video_pt, &mut first_video, &ctx);
+                        light_receive(data, remote_video_pt, &mut first_video, &ctx, rx_ns);
                     } else {
                         let _ = pc.handle_read(TaggedBytesMut {
                             now: Instant::now(),
@@ -647,8 +876,9 @@ async fn run_pc(
                             },
                             message: BytesMut::from(data),
                         });
+                        // Its RTP now, with this datagram's receive time.
+                        take_reads(&mut pc, &ctx, rx_ns, &mut first_video, &mut want_key);
                     }
-                    next = sock.try_recv_from(&mut buf).ok();
                 }
             }
             c = cmds.recv() => match c {
@@ -688,7 +918,7 @@ async fn run_pc(
     }
     let _ = pc.close();
     while let Some(msg) = pc.poll_write() {
-        let _ = sock.try_send_to(&msg.message, msg.transport.peer_addr);
+        sock.send_to(&msg.message, msg.transport.peer_addr);
     }
     ctx.publishing.take();
 }
@@ -887,6 +1117,8 @@ struct Env {
     next_key: Rc<Cell<u64>>,
     /// One subscriber PC in this many receives through rtc (`--full-every`).
     full_every: u64,
+    /// `Receive::Poll`: the scenario's poller.
+    poller: Option<Rc<Poller>>,
 }
 
 impl Env {
@@ -900,12 +1132,13 @@ impl Env {
     fn spawn_pc(
         &self,
         pc: RTCPeerConnection,
-        sock: UdpSocket,
+        sock: std::net::UdpSocket,
         publishing: Option<Publishing>,
         subscribe_sent: Option<Instant>,
     ) -> mpsc::UnboundedSender<PcCmd> {
         let (tx, rx) = mpsc::unbounded_channel();
         let key = self.key();
+        let sock = PeerSock::new(sock, key, self.poller.clone());
         let ctx = PeerCtx {
             key,
             stats: self.stats.clone(),
@@ -929,7 +1162,7 @@ impl Env {
         let audio_ssrc = video_ssrc + 1;
         let audio = add_send_track(&mut pc, RtpCodecKind::Audio, audio_ssrc);
         let video = add_send_track(&mut pc, RtpCodecKind::Video, video_ssrc);
-        let (sock, cand) = bind_candidate(&mut pc, self.media_ip).await;
+        let (sock, cand) = bind_candidate(&mut pc, self.media_ip);
         let offer = create_offer(&mut pc);
         let publishing = Publishing {
             id: pub_id,
@@ -1027,7 +1260,7 @@ async fn kurento_participant(env: Env, room: String, user: String, publish: bool
                 }),
             );
         }
-        let (sock, _cand) = bind_candidate(&mut pc, env.media_ip).await;
+        let (sock, _cand) = bind_candidate(&mut pc, env.media_ip);
         let offer = create_offer(&mut pc);
         let tx = env.spawn_pc(pc, sock, None, Some(Instant::now()));
         endpoints.borrow_mut().insert(sender.clone(), tx.clone());
@@ -1150,7 +1383,7 @@ async fn janus_participant(env: Env, room: u64, user: String, publish: bool, pub
             let ev = if ev["jsep"].is_null() { wait_jsep(&rpc, ev).await? } else { ev };
             let offer = janus_sdp(ev["jsep"]["sdp"].as_str().ok_or("no offer jsep")?);
             let mut pc = new_pc(env.suite);
-            let (sock, cand) = bind_candidate(&mut pc, env.media_ip).await;
+            let (sock, cand) = bind_candidate(&mut pc, env.media_ip);
             let tx = env.spawn_pc(pc, sock, None, Some(sent));
             handles.borrow_mut().insert(sh, tx.clone());
             let (atx, arx) = oneshot::channel();
@@ -1644,14 +1877,16 @@ async fn run_scenario(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, rss0, _) = proc_sample(pid);
     let stats: SharedStats = Rc::default();
+    let stop = Rc::new(Cell::new(false));
     let env = Env {
         url: server.url.clone(),
         media_ip: server.media_ip,
         suite,
         stats: stats.clone(),
-        stop: Rc::new(Cell::new(false)),
+        stop: stop.clone(),
         next_key: Rc::new(Cell::new(1)),
         full_every: full_every(),
+        poller: (receive_mode() == Receive::Poll).then(|| Poller::start(stop)),
     };
     let expected_pcs = (sc.rooms * (sc.publishers + sc.publishers * (sc.participants - 1))) as u64;
     let mut pub_id = 0u32;
@@ -1880,6 +2115,7 @@ struct Opts {
     reference: bool,
     rounds: usize,
     full_every: u64,
+    receive: Receive,
     smoke: bool,
 }
 
@@ -1900,6 +2136,7 @@ fn opts() -> Opts {
         "--ramp",
         "--rounds",
         "--full-every",
+        "--receive",
     ]
     .iter()
     .any(|a| has(a));
@@ -1941,6 +2178,10 @@ fn opts() -> Opts {
             .and_then(|s| s.parse().ok())
             .unwrap_or(8u64)
             .max(1),
+        receive: match arg("--receive").as_deref() {
+            Some("wake") => Receive::Wake,
+            _ => Receive::Poll,
+        },
         smoke: has("--smoke") || !explicit,
     }
 }
@@ -1958,6 +2199,7 @@ fn main() {
             .init();
     }
     let _ = FULL_EVERY.set(if o.smoke { 2 } else { o.full_every });
+    let _ = RECEIVE.set(o.receive);
     raise_fd_limit();
     let _ = epoch();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -2106,8 +2348,16 @@ async fn main_async(mut o: Opts) {
     }
     refwd::pin_current_thread(GEN_CPU);
     println!(
-        "\nwindow {:.0} s per scenario; generator pinned to CPU {GEN_CPU}, server to CPU {SERVER_CPU}; latency = one-way send→receive through the server (generator-side rtc processing included); latency and loss from 1 subscriber PC in {}, packet counts and jff from all",
+        "\nwindow {:.0} s per scenario; generator pinned to CPU {GEN_CPU}, server to CPU {SERVER_CPU}; receive {}; latency = one-way send→receive through the server ({}); latency and loss from 1 subscriber PC in {}, packet counts and jff from all",
         o.window.as_secs_f64(),
+        match o.receive {
+            Receive::Poll => "poll (receivers wake nobody)",
+            Receive::Wake => "wake (the server's sends wake the generator)",
+        },
+        match o.receive {
+            Receive::Poll => "kernel receive timestamp",
+            Receive::Wake => "generator-side rtc processing included",
+        },
         full_every()
     );
     print_header();
