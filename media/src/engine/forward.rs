@@ -71,7 +71,8 @@ use super::leg::{
 };
 use super::nack_ring;
 use super::peer::{
-    CodecSpec, MediaKind, OutTrack, PeerId, PeerState, PublisherAnswer, SentTrack, SubscriberAnswer,
+    CodecSpec, MediaKind, OutTrack, PeerId, PeerMap, PeerState, PublisherAnswer, SentTrack,
+    SubscriberAnswer,
 };
 use super::sender_report::SenderReport;
 use super::shard::{CryptoHook, Shard, ShardEvent};
@@ -257,7 +258,7 @@ pub struct Forwarder {
     by_ssrc: HashMap<(PeerId, u32), TrackKey>,
     /// Publishers and the extmaps of their sections (mid → extmap).
     publishers: HashMap<PeerId, Vec<TrackKey>>,
-    subs: HashMap<PeerId, Sub>,
+    subs: PeerMap<Sub>,
     /// (subscriber, leg SSRC) → track: where the subscriber's RTCP goes.
     leg_by_ssrc: HashMap<(PeerId, u32), TrackKey>,
     captures: Captures,
@@ -288,7 +289,7 @@ impl Forwarder {
             by_mid: HashMap::new(),
             by_ssrc: HashMap::new(),
             publishers: HashMap::new(),
-            subs: HashMap::new(),
+            subs: PeerMap::default(),
             leg_by_ssrc: HashMap::new(),
             captures: Arc::new(Mutex::new(HashMap::new())),
             opening: HashMap::new(),
@@ -1033,7 +1034,7 @@ impl Forwarder {
 
 /// The track's egress: pooled buffers, the subscriber's sealer and path.
 struct Out<'a> {
-    subs: &'a mut HashMap<PeerId, Sub>,
+    subs: &'a mut PeerMap<Sub>,
     tx: &'a mut TxQueue,
     now: Instant,
     stats: &'a mut ForwardStats,
@@ -1055,6 +1056,16 @@ impl Egress for Out<'_> {
             transport_seq: &mut sub.transport_seq,
             abs_send_time: abs_send_time(self.now.saturating_duration_since(sub.epoch)),
         })
+    }
+
+    fn touch(&self, leg: LegId, ssrc: Ssrc, seq: SeqNo) {
+        if let Some(sealer) = self
+            .subs
+            .get(&PeerId(leg.0))
+            .and_then(|s| s.sealer.as_ref())
+        {
+            sealer.touch(ssrc, seq);
+        }
     }
 
     fn commit(&mut self, leg: LegId, sent: Sent) {

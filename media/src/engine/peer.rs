@@ -22,6 +22,7 @@
 //! protocol; the driver frames it (RFC 4571).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +73,37 @@ use super::wire::{Mid, Pt, Ssrc};
 /// A peer connection's id, chosen by the shard's owner (unique within a shard).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
+
+/// A map keyed by [`PeerId`], hashed by [`PeerIdHasher`].
+pub type PeerMap<V> = HashMap<PeerId, V, BuildHasherDefault<PeerIdHasher>>;
+
+/// Hashes a [`PeerId`] with two multiplications instead of SipHash. Peer ids are chosen by
+/// roomd, never by a client, so there is no collision flooding to defend against, and the
+/// forwarder looks a subscriber up twice per forwarded packet.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PeerIdHasher(u64);
+
+impl Hasher for PeerIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        // MurmurHash3's 64-bit finalizer: every bit of the id reaches every bit of the hash,
+        // the low ones (hashbrown's bucket) and the high ones (its tag) alike, so ids that
+        // differ only in their high bits still spread.
+        let mut x = self.0.rotate_left(5) ^ v;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+        self.0 = x ^ (x >> 33);
+    }
+}
 
 /// A data channel of a peer connection: rtc's connection-local handle (stable for the
 /// channel's lifetime, never reused), not the SCTP stream id.
@@ -1309,6 +1341,29 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_ids_spread_over_buckets_whichever_bits_differ() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<PeerIdHasher>::default();
+        // A table of 64 buckets takes the hash's low 6 bits: ids counting in the low bits and
+        // ids counting in the high bits must both fill most of them.
+        for shift in [0u32, 20, 48] {
+            let buckets: std::collections::HashSet<u64> = (0..64u64)
+                .map(|i| build.hash_one(PeerId(i << shift)) & 63)
+                .collect();
+            assert!(
+                buckets.len() >= 32,
+                "ids << {shift}: {} buckets",
+                buckets.len()
+            );
+        }
+        let mut map = PeerMap::default();
+        for i in 0..1000u64 {
+            map.insert(PeerId(i << 32), i);
+        }
+        assert!((0..1000u64).all(|i| map.get(&PeerId(i << 32)) == Some(&i)));
+    }
 
     #[test]
     fn ice_credentials_are_read_from_the_sdp() {

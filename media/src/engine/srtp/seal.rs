@@ -5,7 +5,7 @@ use rtc::crypto::{CryptoError, RTCCrypto};
 
 use super::cipher::{cm_iv, gcm_iv, Cipher};
 use super::{packet_index, MasterKey, SrtpProfile};
-use crate::engine::wire::Ssrc;
+use crate::engine::wire::{SeqNo, Ssrc};
 
 /// How far behind the newest packet index of an SSRC a packet may still be sealed, at most and
 /// at least. Sealing the same index twice would reuse a GCM nonce (and a CM keystream), so the
@@ -241,6 +241,18 @@ impl SrtpSealer {
             .iter()
             .find(|s| s.ssrc == ssrc.0)
             .map(|s| (s.highest >> 16) as u32)
+    }
+
+    /// Reads (and does nothing with) what sealing `ssrc`'s packet `seq` next will read first:
+    /// the SSRC's record of sealed indices at that index. See `Leg::touch`.
+    #[inline]
+    pub fn touch(&self, ssrc: Ssrc, seq: SeqNo) {
+        if let Some(s) = self.ssrcs.iter().find(|s| s.ssrc == ssrc.0) {
+            let slot = (u64::from(seq.0) & (s.window - 1)) as usize;
+            let word = s.sealed.get(slot / 64).copied();
+            let tag = s.tags.get(slot).copied();
+            std::hint::black_box((word, tag));
+        }
     }
 
     /// Encrypts the clear RTP packet `buf[..len]` in place and appends its tag; returns the SRTP
