@@ -23,8 +23,9 @@
 //!                     a reference run of its own fan-out, and print the median ÷ ref of the
 //!                     valid rounds with its range (the machine's own speed drifts between
 //!                     minutes; a ratio of two measurements seconds apart cancels most of it)
-//!   --receive R       poll | wake (default poll): how the generator's peers wait for datagrams
-//!                     (see `PeerSock`); `wake` is how every run before 2026-12-02 received
+//!   --receive R       poll | wake | unread (default poll): how the generator's peers wait for
+//!                     datagrams (see `Receive`); `wake` is how every run before 2026-12-02
+//!                     received; `unread` (roomd only) is an analysis of what receiving costs
 //!   --smoke           1 room x 2 against roomd for ~5 s; exit 1 unless media flows both ways
 //! ```
 //!
@@ -411,6 +412,13 @@ enum Receive {
     /// stamped when the server's send delivered the datagram), so polling adds nothing to the
     /// latency and jff figures.
     Poll,
+    /// As `Poll`, but a light receiver stops reading once connected: its socket fills and
+    /// the kernel drops what comes after, as at the reference's sinks, so the server pays no
+    /// receive-side cost for it (no enqueue, no freeing of its datagrams on the other core).
+    /// What the generator counts is then meaningless: the forwarded rate is roomd's own
+    /// (`roomd_rtp_forwarded_total`); loss and latency come from the full receivers. An
+    /// analysis of the ratio's make-up, not a measurement of delivery.
+    Unread,
 }
 
 /// `--receive` (set once in `main`).
@@ -516,6 +524,13 @@ impl PeerSock {
             PeerSock::Wake(s) => s.try_send_to(b, to),
             PeerSock::Poll { sock, .. } => sock.send_to(b, to),
         };
+    }
+
+    /// `Receive::Unread`: never reads again (leaves the poller's set).
+    fn stop_reading(&self) {
+        if let PeerSock::Poll { sock, poller, .. } = self {
+            let _ = poller.epoll.delete(sock);
+        }
     }
 
     /// Until a datagram may be waiting (then drain with [`try_recv`](Self::try_recv)).
@@ -721,6 +736,7 @@ async fn run_pc(
     mut ctx: PeerCtx,
 ) {
     let local = sock.local_addr();
+    let unread = ctx.light && receive_mode() == Receive::Unread;
     let mut buf = vec![0u8; 2048];
     let mut connected = false;
     let mut first_video = false;
@@ -860,7 +876,13 @@ async fn run_pc(
         tokio::pin!(sleep);
         tokio::select! {
             biased;
-            _ = sock.readable() => {
+            _ = async {
+                if unread && connected {
+                    sock.stop_reading();
+                    std::future::pending::<()>().await;
+                }
+                sock.readable().await;
+            } => {
                 while let Some((n, peer, rx_ns)) = sock.try_recv(&mut buf) {
                     let data = &buf[..n];
                     if ctx.light && connected && is_srtp_rtp(data) {
@@ -1886,7 +1908,7 @@ async fn run_scenario(
         stop: stop.clone(),
         next_key: Rc::new(Cell::new(1)),
         full_every: full_every(),
-        poller: (receive_mode() == Receive::Poll).then(|| Poller::start(stop)),
+        poller: (receive_mode() != Receive::Wake).then(|| Poller::start(stop)),
     };
     let expected_pcs = (sc.rooms * (sc.publishers + sc.publishers * (sc.participants - 1))) as u64;
     let mut pub_id = 0u32;
@@ -1936,6 +1958,16 @@ async fn run_scenario(
     }
     tokio::time::sleep(warmup).await;
     // Window.
+    let forwarded = || async {
+        match (receive_mode(), server.http_port) {
+            (Receive::Unread, Some(p)) => scrape_counter(p, "roomd_rtp_forwarded_total")
+                .await
+                .map(|n| (n, Instant::now())),
+            _ => None,
+        }
+    };
+    // Scraped outside the CPU window (the scrape costs the server a little).
+    let f0 = forwarded().await;
     stats.borrow_mut().start_window();
     let (c0, _, _) = proc_sample(pid);
     let (w0, gw0) = (sched_wait(pid), sched_wait(std::process::id()));
@@ -1947,6 +1979,7 @@ async fn run_scenario(
     let (c1, rss, hwm) = proc_sample(pid);
     let server_wait = (sched_wait(pid) - w0) / wall;
     let gen_wait = (sched_wait(std::process::id()) - gw0) / wall;
+    let f1 = forwarded().await;
     let server_kf = match server.http_port {
         Some(p) => scrape_counter(p, "roomd_keyframe_requests_sent_total").await,
         None => None,
@@ -1955,7 +1988,14 @@ async fn run_scenario(
         let mut st = stats.borrow_mut();
         st.measuring = false;
         let (expected, got) = st.window_loss();
-        let received = st.received_window;
+        let received = match (f0, f1) {
+            // The server's rate between the scrapes, over the window.
+            (Some((a, ta)), Some((b, tb))) => {
+                let rate = b.saturating_sub(a) as f64 / (tb - ta).as_secs_f64().max(1e-9);
+                (rate * wall) as u64
+            }
+            _ => st.received_window,
+        };
         let server_cpu = c1 - c0;
         let streams = sc.sub_streams().max(1);
         let mut lat = std::mem::take(&mut st.latencies_us);
@@ -2180,6 +2220,7 @@ fn opts() -> Opts {
             .max(1),
         receive: match arg("--receive").as_deref() {
             Some("wake") => Receive::Wake,
+            Some("unread") => Receive::Unread,
             _ => Receive::Poll,
         },
         smoke: has("--smoke") || !explicit,
@@ -2353,9 +2394,11 @@ async fn main_async(mut o: Opts) {
         match o.receive {
             Receive::Poll => "poll (receivers wake nobody)",
             Receive::Wake => "wake (the server's sends wake the generator)",
+            Receive::Unread =>
+                "unread (light receivers stop reading once connected; fwd pps is the server's own count)",
         },
         match o.receive {
-            Receive::Poll => "kernel receive timestamp",
+            Receive::Poll | Receive::Unread => "kernel receive timestamp",
             Receive::Wake => "generator-side rtc processing included",
         },
         full_every()
