@@ -31,7 +31,7 @@ use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::integrity::MessageIntegrity;
 use rtc::stun::message::{is_stun_message, Message, BINDING_REQUEST};
 
-use super::peer::PeerId;
+use super::peer::{PeerId, PeerMap};
 
 /// Default bound on the tuples one peer may own.
 pub const DEFAULT_MAX_ADDRS_PER_PEER: usize = 8;
@@ -162,7 +162,7 @@ struct Entry {
 pub struct Demux {
     by_tuple: HashMap<FiveTuple, PeerId>,
     by_ufrag: HashMap<String, PeerId>,
-    peers: HashMap<PeerId, Entry>,
+    peers: PeerMap<Entry>,
     max_tuples_per_peer: usize,
     crypto: Arc<dyn RTCCryptoProvider>,
     drops: DropCounts,
@@ -174,7 +174,7 @@ impl Demux {
         Self {
             by_tuple: HashMap::new(),
             by_ufrag: HashMap::new(),
-            peers: HashMap::new(),
+            peers: PeerMap::default(),
             max_tuples_per_peer: max_tuples_per_peer.max(1),
             crypto,
             drops: DropCounts::default(),

@@ -49,7 +49,7 @@
 //! [`FailReason`], [`ShardError`], [`ShardStats`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,8 +68,8 @@ use super::peer::is_dtls;
 use super::demux::{Demux, DropCounts, FiveTuple, DEFAULT_MAX_ADDRS_PER_PEER};
 use super::peer::{
     default_registry, supported_codecs, ChannelId, IceTimeouts, MediaKind, NegotiationError,
-    OutTrack, Path, Peer, PeerFactory, PeerId, PeerState, PublisherAnswer, RegistryFn, Role,
-    SubscriberAnswer,
+    OutTrack, Path, Peer, PeerFactory, PeerId, PeerMap, PeerState, PublisherAnswer, RegistryFn,
+    Role, SubscriberAnswer,
 };
 use super::srtp::{negotiated_profile, KeyCaptureError, SrtpOpener, SrtpProfile};
 use super::wire::{Mid, Ssrc};
@@ -258,7 +258,7 @@ pub struct Shard {
     factory: PeerFactory,
     /// Boxed: a peer connection is ~9 kB, and a table of them would move and double that much
     /// per slot as it grows.
-    peers: HashMap<PeerId, Box<Peer>>,
+    peers: PeerMap<Box<Peer>>,
     demux: Demux,
     /// (deadline, peer); an entry is live only if it equals the peer's `heap_at`.
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
@@ -294,7 +294,7 @@ impl Shard {
             demux: Demux::new(provider, config.max_paths_per_peer),
             config,
             factory,
-            peers: HashMap::new(),
+            peers: PeerMap::default(),
             timers: BinaryHeap::new(),
             due: Vec::new(),
             transmits: VecDeque::new(),
