@@ -591,6 +591,10 @@ fn a_hundred_peer_connections_share_one_port() {
         (0..N).all(|i| sim.shard.state(PeerId(i as u64)) == Some(PeerState::Connected)),
         "consent keeps every peer up"
     );
+    // Publishers get rtc's 200 ms tick (5 a second); subscribers without data channels one a
+    // second (the shard's quiet tick): about 3 on average, 5 without the quiet tick.
+    let per_pc = wakeups as f64 / N as f64 / 10.0;
+    assert!(per_pc < 3.5, "{per_pc:.1} timer wake-ups per PC per second");
     // Removal frees the port's table: nothing for removed peers is routed any more.
     for i in 0..N {
         sim.shard.remove(PeerId(i as u64));
@@ -653,6 +657,40 @@ fn a_silent_client_fails_after_the_ice_timeouts() {
         .count();
     assert_eq!(n, 1);
     assert_eq!(sim.shard.poll_timeout(), None);
+}
+
+#[test]
+fn a_silent_subscriber_fails_after_the_ice_timeouts_too() {
+    // A subscriber without data channels is ticked once a second, not every 200 ms: its
+    // liveness verdicts may come up to a second later than a publisher's, no more.
+    let mut sim = Sim::new();
+    sim.join(Kind::Publisher);
+    let s = sim.join(Kind::Subscriber);
+    assert!(sim.run_until(Duration::from_secs(5), Sim::all_connected));
+    sim.run_until(Duration::from_secs(20), |_| false);
+    assert_eq!(sim.shard.state(PeerId(1)), Some(PeerState::Connected));
+    sim.clients[s].silent = true;
+    let silent_at = sim.now;
+    assert!(sim.run_until(Duration::from_secs(60), |s| s.failed(PeerId(1)).is_some()));
+    let disc = sim
+        .events
+        .iter()
+        .find_map(|(t, e)| {
+            matches!(e, ShardEvent::Disconnected { peer } if *peer == PeerId(1)).then_some(*t)
+        })
+        .expect("disconnected first");
+    let (failed, reason) = sim.failed(PeerId(1)).expect("failed");
+    assert_eq!(reason, FailReason::Transport);
+    let (disc, failed) = (disc - silent_at, failed - silent_at);
+    assert!(
+        (Duration::from_secs(13)..=Duration::from_secs(17)).contains(&disc),
+        "disconnected after {disc:?}"
+    );
+    assert!(
+        (Duration::from_secs(43)..=Duration::from_secs(47)).contains(&failed),
+        "failed after {failed:?}"
+    );
+    assert_eq!(sim.shard.state(PeerId(0)), Some(PeerState::Connected));
 }
 
 #[test]

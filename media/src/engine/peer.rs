@@ -1061,6 +1061,13 @@ pub(crate) struct Peer {
     early_dtls: Vec<(TransportContext, BytesMut)>,
     /// Publisher: what its RTP takes instead of rtc's pipeline once it can.
     pub(crate) bypass: Option<Bypass>,
+    /// Set at each `Connected`: a subscriber whose answer has no SCTP section. Its interceptor
+    /// chain has no timer and DTLS is done, so rtc's only timer is the ICE agent's fixed
+    /// 200 ms tick, which watches liveness over seconds: the shard ticks it less often
+    /// (`Shard::after_input`).
+    pub(crate) quiet: bool,
+    /// When the shard last gave rtc a timeout.
+    pub(crate) last_tick: Option<Instant>,
 }
 
 /// A publisher connection's SRTP bypass. The RTP of each SSRC rtc has opened a track for
@@ -1152,6 +1159,8 @@ impl Peer {
             connect_deadline: None,
             early_dtls: Vec::new(),
             bypass: None,
+            quiet: false,
+            last_tick: None,
         })
     }
 
@@ -1244,6 +1253,11 @@ impl Peer {
                     RTCPeerConnectionState::Connected => {
                         self.state = PeerState::Connected;
                         self.connect_deadline = None;
+                        self.quiet = self.role == Role::Subscriber
+                            && self
+                                .pc
+                                .local_description()
+                                .is_some_and(|d| !d.sdp.contains("m=application"));
                         self.path = self.selected_path().or(self.path);
                         events.push_back(ShardEvent::Connected { peer: id });
                     }
