@@ -288,6 +288,25 @@ impl Sim {
         })
     }
 
+    /// Client `client` (the shard's `peer`) goes away without a word: runs until the shard
+    /// fails the peer (at most 60 s), checks it said `Disconnected` first and failed it for its
+    /// transport; how long after the silence began each came.
+    fn silence(&mut self, client: usize, peer: PeerId) -> (Duration, Duration) {
+        self.clients[client].silent = true;
+        let silent_at = self.now;
+        assert!(self.run_until(Duration::from_secs(60), |s| s.failed(peer).is_some()));
+        let disc = self
+            .events
+            .iter()
+            .find_map(|(t, e)| {
+                matches!(e, ShardEvent::Disconnected { peer: p } if *p == peer).then_some(*t)
+            })
+            .expect("disconnected first");
+        let (failed, reason) = self.failed(peer).expect("failed");
+        assert_eq!(reason, FailReason::Transport);
+        (disc - silent_at, failed - silent_at)
+    }
+
     fn all_connected(&self) -> bool {
         (0..self.clients.len()).all(|i| {
             self.connected_at(PeerId(i as u64)).is_some() && self.clients[i].connected.is_some()
@@ -611,42 +630,18 @@ fn a_silent_client_fails_after_the_ice_timeouts() {
     // Consent keeps it up for a while.
     sim.run_until(Duration::from_secs(20), |_| false);
     assert_eq!(sim.shard.state(PeerId(0)), Some(PeerState::Connected));
-    // The client goes away without a word.
-    sim.clients[p].silent = true;
-    let silent_at = sim.now;
-    assert!(sim.run_until(Duration::from_secs(60), |s| s.failed(PeerId(0)).is_some()));
-    let disc = sim
-        .events
-        .iter()
-        .find_map(|(t, e)| matches!(e, ShardEvent::Disconnected { .. }).then_some(*t))
-        .expect("disconnected first");
-    let (failed, reason) = sim.failed(PeerId(0)).expect("failed");
-    assert_eq!(reason, FailReason::Transport);
+    let (disc, failed) = sim.silence(p, PeerId(0));
     println!(
-        "silent client: disconnected after {:?}, failed after {:?} (ICE timeouts 15 s + 30 s)",
-        disc - silent_at,
-        failed - silent_at
+        "silent client: disconnected after {disc:?}, failed after {failed:?} (ICE timeouts 15 s + 30 s)"
     );
     // Counted from the client's last consent check (it sends one every 2 s).
     assert!(
-        disc - silent_at >= Duration::from_secs(13),
-        "{:?}",
-        disc - silent_at
+        (Duration::from_secs(13)..=Duration::from_secs(16)).contains(&disc),
+        "disconnected after {disc:?}"
     );
     assert!(
-        disc - silent_at <= Duration::from_secs(16),
-        "{:?}",
-        disc - silent_at
-    );
-    assert!(
-        failed - silent_at >= Duration::from_secs(43),
-        "{:?}",
-        failed - silent_at
-    );
-    assert!(
-        failed - silent_at <= Duration::from_secs(46),
-        "{:?}",
-        failed - silent_at
+        (Duration::from_secs(43)..=Duration::from_secs(46)).contains(&failed),
+        "failed after {failed:?}"
     );
     // Reported once; its timers stop.
     sim.run_until(Duration::from_secs(10), |_| false);
@@ -669,19 +664,7 @@ fn a_silent_subscriber_fails_after_the_ice_timeouts_too() {
     assert!(sim.run_until(Duration::from_secs(5), Sim::all_connected));
     sim.run_until(Duration::from_secs(20), |_| false);
     assert_eq!(sim.shard.state(PeerId(1)), Some(PeerState::Connected));
-    sim.clients[s].silent = true;
-    let silent_at = sim.now;
-    assert!(sim.run_until(Duration::from_secs(60), |s| s.failed(PeerId(1)).is_some()));
-    let disc = sim
-        .events
-        .iter()
-        .find_map(|(t, e)| {
-            matches!(e, ShardEvent::Disconnected { peer } if *peer == PeerId(1)).then_some(*t)
-        })
-        .expect("disconnected first");
-    let (failed, reason) = sim.failed(PeerId(1)).expect("failed");
-    assert_eq!(reason, FailReason::Transport);
-    let (disc, failed) = (disc - silent_at, failed - silent_at);
+    let (disc, failed) = sim.silence(s, PeerId(1));
     assert!(
         (Duration::from_secs(13)..=Duration::from_secs(17)).contains(&disc),
         "disconnected after {disc:?}"
