@@ -737,6 +737,7 @@ async fn run_pc(
 ) {
     let local = sock.local_addr();
     let unread = ctx.light && receive_mode() == Receive::Unread;
+    let mut stopped_reading = false;
     let mut buf = vec![0u8; 2048];
     let mut connected = false;
     let mut first_video = false;
@@ -878,7 +879,11 @@ async fn run_pc(
             biased;
             _ = async {
                 if unread && connected {
-                    sock.stop_reading();
+                    // Once: the socket then stays out of the poller's set.
+                    if !stopped_reading {
+                        sock.stop_reading();
+                        stopped_reading = true;
+                    }
                     std::future::pending::<()>().await;
                 }
                 sock.readable().await;
