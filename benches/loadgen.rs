@@ -1736,6 +1736,55 @@ events: {{ broadcast = false }}
 
 /// Sum of the samples of a Prometheus counter on roomd's `/metrics` (plain HTTP/1.0 GET).
 async fn scrape_counter(port: u16, name: &str) -> Option<u64> {
+    let body = scrape(port).await?;
+    Some(sum_samples(&body, name, "") as u64)
+}
+
+/// The sum of the samples in `body` whose series starts with `name` and contains `label`.
+fn sum_samples(body: &str, name: &str, label: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+}
+
+/// What roomd's shards say of themselves (their `/metrics`), to diff around a window.
+#[derive(Clone, Copy, Debug)]
+struct ShardSample {
+    /// Wall time the shards spent working, summed.
+    busy: f64,
+    /// Turns, and turns no longer than 2.5 ms.
+    turns: f64,
+    short_turns: f64,
+    /// Datagrams the kernel dropped at the shards' sockets.
+    drops: f64,
+}
+
+impl ShardSample {
+    async fn scrape(port: u16) -> Option<ShardSample> {
+        let body = scrape(port).await?;
+        let turn = "roomd_media_shard_turn_seconds_bucket";
+        Some(ShardSample {
+            busy: sum_samples(&body, "roomd_media_shard_busy_seconds_total", ""),
+            turns: sum_samples(&body, turn, "le=\"+Inf\""),
+            short_turns: sum_samples(&body, turn, "le=\"0.0025\""),
+            drops: sum_samples(&body, "roomd_udp_receive_drops_total", ""),
+        })
+    }
+}
+
+/// roomd's own view of a window: its shards' busy wall time (against its CPU time, the
+/// difference is time a shard was mid-turn but not running), its turns over 2.5 ms (each
+/// delays every datagram arriving during it by that much) and the kernel's drops.
+#[derive(Clone, Copy, Debug)]
+struct ShardWindow {
+    busy: f64,
+    long_turns: u64,
+    drops: u64,
+}
+
+/// roomd's `/metrics` text (plain HTTP/1.0 GET), `None` on any failure.
+async fn scrape(port: u16) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -1748,12 +1797,7 @@ async fn scrape_counter(port: u16, name: &str) -> Option<u64> {
         .await
         .ok()?
         .ok()?;
-    let v = body
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>();
-    Some(v as u64)
+    Some(body)
 }
 
 /// Seconds all threads of `pid` spent runnable but waiting for a CPU (procfs schedstat).
@@ -1858,6 +1902,8 @@ struct Outcome {
     errors: u64,
     first_error: Option<String>,
     reference_us: Option<f64>,
+    /// roomd's own view of the window (around it: scraped just outside).
+    shard: Option<ShardWindow>,
 }
 
 impl Outcome {
@@ -1973,6 +2019,10 @@ async fn run_scenario(
     };
     // Scraped outside the CPU window (the scrape costs the server a little).
     let f0 = forwarded().await;
+    let shard0 = match server.http_port {
+        Some(p) => ShardSample::scrape(p).await.map(|s| (s, Instant::now())),
+        None => None,
+    };
     stats.borrow_mut().start_window();
     let (c0, _, _) = proc_sample(pid);
     let (w0, gw0) = (sched_wait(pid), sched_wait(std::process::id()));
@@ -1985,6 +2035,18 @@ async fn run_scenario(
     let server_wait = (sched_wait(pid) - w0) / wall;
     let gen_wait = (sched_wait(std::process::id()) - gw0) / wall;
     let f1 = forwarded().await;
+    let shard1 = match server.http_port {
+        Some(p) => ShardSample::scrape(p).await.map(|s| (s, Instant::now())),
+        None => None,
+    };
+    let shard = match (shard0, shard1) {
+        (Some((a, ta)), Some((b, tb))) => Some(ShardWindow {
+            busy: (b.busy - a.busy) / (tb - ta).as_secs_f64().max(1e-9),
+            long_turns: ((b.turns - a.turns) - (b.short_turns - a.short_turns)).max(0.0) as u64,
+            drops: (b.drops - a.drops).max(0.0) as u64,
+        }),
+        _ => None,
+    };
     let server_kf = match server.http_port {
         Some(p) => scrape_counter(p, "roomd_keyframe_requests_sent_total").await,
         None => None,
@@ -2037,12 +2099,26 @@ async fn run_scenario(
             errors: st.signaling_errors,
             first_error: st.first_error.clone(),
             reference_us: None,
+            shard,
         }
     };
     env.stop.set(true);
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(server);
     Ok(out)
+}
+
+/// The status's note on roomd's shards ("" for Janus).
+fn shard_note(w: Option<ShardWindow>) -> String {
+    w.map(|w| {
+        format!(
+            "; shards busy {:.0} % of wall time, turns > 2.5 ms: {}, kernel drops: {}",
+            w.busy * 100.0,
+            w.long_turns,
+            w.drops
+        )
+    })
+    .unwrap_or_default()
 }
 
 fn print_header() {
@@ -2077,13 +2153,14 @@ fn print_outcome(o: &Outcome) {
         ratio.map(|r| format!("{:.0}%", r * 100.0)).unwrap_or_else(|| "-".into()),
         if o.valid() && (o.loss > 0.005 || o.pps < 0.95 * o.in_pps * o.scenario.fanout() as f64) {
             format!(
-                "SATURATED (loss or delivery short; peak RSS {:.0} MB; run-queue wait: server {:.0} %, generator {:.0} %)",
+                "SATURATED (loss or delivery short; peak RSS {:.0} MB; run-queue wait: server {:.0} %, generator {:.0} %{})",
                 o.hwm_mb,
                 o.server_wait * 100.0,
-                o.gen_wait * 100.0
+                o.gen_wait * 100.0,
+                shard_note(o.shard)
             )
         } else if o.valid() {
-            format!("ok (peak RSS {:.0} MB; run-queue wait: server {:.0} %, generator {:.0} %)", o.hwm_mb, o.server_wait * 100.0, o.gen_wait * 100.0)
+            format!("ok (peak RSS {:.0} MB; run-queue wait: server {:.0} %, generator {:.0} %{})", o.hwm_mb, o.server_wait * 100.0, o.gen_wait * 100.0, shard_note(o.shard))
         } else {
             format!(
                 "INVALID ({}{}{})",

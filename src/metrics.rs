@@ -350,6 +350,15 @@ pub(crate) fn render(
         "UDP datagrams sent inside a message of several to one client (segmentation offload).",
         media.udp_gso_datagrams,
     );
+    if let Some(drops) = media.udp_receive_drops {
+        metric(
+            "roomd_udp_receive_drops_total",
+            "counter",
+            "UDP datagrams the kernel dropped at the media shards' sockets (receive buffer full: a shard did not read in time).",
+            drops,
+        );
+    }
+    render_shard_load(&mut out, &media.shards);
     let _ = writeln!(
         out,
         "# HELP roomd_room_limit_refusals_total Room requests refused by a room limit.\n\
@@ -374,6 +383,60 @@ pub(crate) fn render(
         let _ = writeln!(out, "roomd_rtp_dropped_total{{reason=\"{reason:?}\"}} {n}");
     }
     out
+}
+
+/// Each media shard's busy time, its turns (the work between two waits of its loop: what a
+/// datagram arriving during one waits for) as a histogram, and its longest turn.
+fn render_shard_load(out: &mut String, shards: &[media::ShardLoad]) {
+    let _ = writeln!(
+        out,
+        "# HELP roomd_media_shard_busy_seconds_total Time a media shard thread spent working (outside its wait).\n\
+         # TYPE roomd_media_shard_busy_seconds_total counter"
+    );
+    for (i, load) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "roomd_media_shard_busy_seconds_total{{shard=\"{i}\"}} {}",
+            load.busy.as_secs_f64()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP roomd_media_shard_turn_seconds Length of a media shard's turns: the work between two waits, which a datagram arriving during it waits for.\n\
+         # TYPE roomd_media_shard_turn_seconds histogram"
+    );
+    for (i, load) in shards.iter().enumerate() {
+        let mut cumulative = 0;
+        for (bound, n) in media::TURN_BUCKETS.iter().zip(&load.turns) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "roomd_media_shard_turn_seconds_bucket{{shard=\"{i}\",le=\"{}\"}} {cumulative}",
+                bound.as_secs_f64()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "roomd_media_shard_turn_seconds_bucket{{shard=\"{i}\",le=\"+Inf\"}} {}\n\
+             roomd_media_shard_turn_seconds_sum{{shard=\"{i}\"}} {}\n\
+             roomd_media_shard_turn_seconds_count{{shard=\"{i}\"}} {}",
+            load.turn_count(),
+            load.busy.as_secs_f64(),
+            load.turn_count()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP roomd_media_shard_longest_turn_seconds The longest turn of a media shard since it started.\n\
+         # TYPE roomd_media_shard_longest_turn_seconds gauge"
+    );
+    for (i, load) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "roomd_media_shard_longest_turn_seconds{{shard=\"{i}\"}} {}",
+            load.longest_turn.as_secs_f64()
+        );
+    }
 }
 
 /// One metric family: name, type, help, and its samples as (labels, value).

@@ -40,6 +40,7 @@ async fn metrics_cover_the_process_requests_and_join_to_media() {
         if metric(&text, "roomd_join_to_media_seconds_count{}") == Some(1.0) {
             let inf = "roomd_join_to_media_seconds_bucket{le=\"+Inf\"}";
             assert_eq!(metric(&text, inf), Some(1.0));
+            shard_load_is_exported(&text);
             break;
         }
         assert!(
@@ -48,4 +49,27 @@ async fn metrics_cover_the_process_requests_and_join_to_media() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// After a negotiation and a connection, shard 0 has worked: its busy time, its turns (every
+/// turn in the `+Inf` bucket, the histogram's sum its busy time) and its longest turn are
+/// there, and so is the kernel's drop count of its socket.
+fn shard_load_is_exported(text: &str) {
+    let busy = metric(text, "roomd_media_shard_busy_seconds_total{shard=\"0\"}");
+    assert!(busy.is_some_and(|b| b > 0.0), "busy {busy:?} in\n{text}");
+    let count = metric(text, "roomd_media_shard_turn_seconds_count{shard=\"0\"}");
+    assert!(count.is_some_and(|c| c > 0.0), "turns {count:?} in\n{text}");
+    let inf = "roomd_media_shard_turn_seconds_bucket{shard=\"0\",le=\"+Inf\"}";
+    assert_eq!(metric(text, inf), count);
+    let sum = metric(text, "roomd_media_shard_turn_seconds_sum{shard=\"0\"}");
+    assert_eq!(sum, busy);
+    let longest = metric(text, "roomd_media_shard_longest_turn_seconds{shard=\"0\"}");
+    assert!(
+        longest.is_some_and(|l| l > 0.0 && Some(l) <= busy),
+        "longest {longest:?}, busy {busy:?}"
+    );
+    assert!(
+        metric(text, "roomd_udp_receive_drops_total").is_some(),
+        "{text}"
+    );
 }

@@ -66,7 +66,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use crate::config::{MediaConfig, DEFAULT_CONNECT_TIMEOUT};
-pub use crate::stats::{DropReason, MediaStats};
+pub use crate::stats::{DropReason, MediaStats, ShardLoad, TURN_BUCKETS};
 
 /// Opaque endpoint identifier chosen by the caller; unique for the router's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

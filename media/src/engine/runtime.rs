@@ -18,7 +18,9 @@
 //! frames; run due timers; route events through the forwarder, then the data relay; send what
 //! the shard queued (`send_to`: handshakes and RTCP, few) and the forwarder's datagrams in
 //! windows of up to [`WINDOW`] through the [`UdpSender`] (`sendmmsg`, runs to one client as
-//! one GSO message; nix's safe wrappers; this crate has no unsafe code);
+//! one GSO message; nix's safe wrappers; this crate has no unsafe code). Each turn of the loop
+//! (from `poll`'s return to the next `poll`) is timed into the published [`ShardLoad`]: the
+//! latency the shard adds and the share of a core it uses, for `/metrics`;
 //! a packet whose path is an ICE-TCP connection goes into that connection's bounded write
 //! buffer instead (full: dropped and counted, see `tcp.rs`). The socket's
 //! kernel buffers are enlarged ([`RuntimeConfig::socket_buffer`]): with the default (~200 kB,
@@ -63,6 +65,7 @@ use super::peer::{IceTimeouts, OutTrack, PeerId, PublisherAnswer, SubscriberAnsw
 use super::shard::{Input, Shard, ShardAddr, ShardConfig, ShardError, ShardEvent, ShardStats};
 use super::tcp::{TcpStats, TcpToken, TcpTransport};
 use super::udp_send::{gso_supported, UdpSender, WINDOW};
+use crate::stats::ShardLoad;
 use rtc::shared::TransportProtocol;
 
 /// What the runtime reports: the shard's events other than media and data (`Connected`,
@@ -254,6 +257,8 @@ pub struct RuntimeStats {
     pub command_budget_spent: u64,
     /// Loop iterations (wake-ups).
     pub wakeups: u64,
+    /// The loop's turns (work between two waits) and its busy time.
+    pub load: ShardLoad,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -302,6 +307,8 @@ pub struct ShardRuntime {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     snapshot: Arc<Mutex<RuntimeStats>>,
+    /// The UDP socket's inode, to find its kernel drop count (`None`: not known).
+    socket_inode: Option<u64>,
 }
 
 impl ShardRuntime {
@@ -310,6 +317,7 @@ impl ShardRuntime {
         let (socket, tcp) = bind_both(&config)?;
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
+        let socket_inode = socket_inode(&socket);
         let announced = announced_addrs(&config.announced, local)?;
         let mut shard_config = ShardConfig::new(local);
         shard_config.addrs = announced
@@ -361,6 +369,7 @@ impl ShardRuntime {
                 stop,
                 thread: Some(thread),
                 snapshot,
+                socket_inode,
             },
             events,
         ))
@@ -454,6 +463,11 @@ impl ShardRuntime {
     /// old); unlike [`ShardRuntime::stats`] it does not wait for the thread.
     pub fn snapshot(&self) -> RuntimeStats {
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The inode of the shard's UDP socket (Linux), which names it in `/proc/net/udp*`.
+    pub fn socket_inode(&self) -> Option<u64> {
+        self.socket_inode
     }
 
     /// Counters.
@@ -576,6 +590,53 @@ impl BatchIo {
     }
 }
 
+/// The inode of `socket` (Linux: `stat` of its `/proc/self/fd` entry), `None` elsewhere.
+fn socket_inode(socket: &UdpSocket) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// The datagrams the kernel dropped at the UDP sockets `inodes` (receive buffer full), summed,
+/// from Linux's `/proc/self/net/udp` and `udp6`; `None` when none of them is listed there (not
+/// Linux, or no `/proc`). Read at scrape time, never by a shard thread.
+pub(crate) fn udp_receive_drops(inodes: &[u64]) -> Option<u64> {
+    let tables: Vec<String> = ["/proc/self/net/udp", "/proc/self/net/udp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect();
+    let (found, drops) = tables
+        .iter()
+        .map(|t| drops_in_table(t, inodes))
+        .fold((0, 0), |(f, d), (f2, d2)| (f + f2, d + d2));
+    (found > 0).then_some(drops)
+}
+
+/// In one `/proc/net/udp*` table: how many of the sockets `inodes` it lists, and the sum of
+/// their `drops` column. Lines it cannot read are skipped.
+fn drops_in_table(table: &str, inodes: &[u64]) -> (usize, u64) {
+    // Columns: sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops.
+    const INODE: usize = 9;
+    const DROPS: usize = 12;
+    let mut found = 0;
+    let mut drops = 0;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(inode), Some(n)) = (
+            fields.get(INODE).and_then(|f| f.parse::<u64>().ok()),
+            fields.get(DROPS).and_then(|f| f.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        if inodes.contains(&inode) {
+            found += 1;
+            drops += n;
+        }
+    }
+    (found, drops)
+}
+
 /// A socket address as std's type (IPv4 or IPv6; a v4-mapped IPv6 address, as a dual-stack
 /// socket reports IPv4 senders, as IPv4; other families: `None`).
 fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
@@ -618,6 +679,8 @@ impl State {
     fn run(&mut self, mut commands: tokio::sync::mpsc::Receiver<Command>, stop: &AtomicBool) {
         // Not in `State`: nix's headers hold raw pointers (not `Send`); built on this thread.
         let mut io = BatchIo::new(self.gso);
+        // When the current turn began: the last return from `wait`.
+        let mut turn_began: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             self.stats.wakeups += 1;
             // A negotiation costs the thread a millisecond or more: a join storm's commands are
@@ -636,7 +699,12 @@ impl State {
             }
             self.pump(Instant::now());
             self.flush(&mut io);
-            let udp_ready = self.wait(Instant::now(), more_commands);
+            let now = Instant::now();
+            if let Some(began) = turn_began {
+                self.stats.load.record(now.saturating_duration_since(began));
+            }
+            let udp_ready = self.wait(now, more_commands);
+            turn_began = Some(Instant::now());
             self.serve_tcp(&mut io);
             let n = if udp_ready {
                 self.recv_batch(&mut io)
@@ -1023,5 +1091,41 @@ impl State {
         } else {
             self.stats.send_errors += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_gives_the_drops_of_the_listed_inodes_only() {
+        let table = "\
+   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+ 1081: 0100007F:9C40 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17
+ 1082: 0100007F:9C41 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4343 2 0000000000000000 5
+ 1083: 0100007F:9C42 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4444 2 0000000000000000 1000
+ garbage line
+";
+        assert_eq!(drops_in_table(table, &[4242, 4343]), (2, 22));
+        assert_eq!(drops_in_table(table, &[9999]), (0, 0));
+    }
+
+    /// The kernel's own count, on a real socket that nobody reads: what the shards' metric
+    /// reports when a shard falls behind.
+    #[test]
+    fn an_unread_socket_reports_the_datagrams_the_kernel_dropped() {
+        let sink = UdpSocket::bind("127.0.0.1:0").expect("loopback bind always works");
+        let inode = socket_inode(&sink).expect("Linux lists a socket under /proc/self/fd");
+        assert_eq!(udp_receive_drops(&[inode]), Some(0));
+        let to = sink.local_addr().expect("a bound socket has an address");
+        let source = UdpSocket::bind("127.0.0.1:0").expect("loopback bind always works");
+        // The default receive buffer holds a few hundred small datagrams at most.
+        for _ in 0..20_000 {
+            let _ = source.send_to(&[0u8; 1000], to);
+        }
+        let drops = udp_receive_drops(&[inode]).expect("the socket is still open");
+        assert!(drops > 0, "no drops counted after 20,000 unread datagrams");
+        assert_eq!(udp_receive_drops(&[u64::MAX]), None);
     }
 }

@@ -434,8 +434,10 @@ impl ShardedEngine {
                 })
         };
         let mut sum = RuntimeStats::default();
+        let mut shards = Vec::with_capacity(self.runtimes.len());
         for r in &self.runtimes {
             let s = r.snapshot();
+            shards.push(s.load);
             sum.shard.peers += s.shard.peers;
             sum.forward.rtp_in += s.forward.rtp_in;
             sum.forward.queued += s.forward.queued;
@@ -453,6 +455,11 @@ impl ShardedEngine {
             sum.tcp.refused += s.tcp.refused + s.tcp.unauthenticated;
             sum.tcp.dropped_full += s.tcp.dropped_full + s.tcp.dropped_no_connection;
         }
+        let inodes: Vec<u64> = self
+            .runtimes
+            .iter()
+            .filter_map(ShardRuntime::socket_inode)
+            .collect();
         MediaStats {
             peer_connections: publishers + subscribers,
             publishers,
@@ -482,6 +489,8 @@ impl ShardedEngine {
             ice_tcp_dropped: sum.tcp.dropped_full,
             udp_datagrams_sent: sum.datagrams_sent,
             udp_gso_datagrams: sum.gso_datagrams,
+            udp_receive_drops: super::runtime::udp_receive_drops(&inodes),
+            shards,
         }
     }
 }
