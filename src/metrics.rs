@@ -388,18 +388,31 @@ pub(crate) fn render(
 /// Each media shard's busy time, its turns (the work between two waits of its loop: what a
 /// datagram arriving during one waits for) as a histogram, and its longest turn.
 fn render_shard_load(out: &mut String, shards: &[media::ShardLoad]) {
-    let _ = writeln!(
+    // A family with one sample per shard.
+    let per_shard = |out: &mut String,
+                     name: &str,
+                     kind: &str,
+                     help: &str,
+                     value: &dyn Fn(&media::ShardLoad) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (i, load) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", value(load));
+        }
+    };
+    per_shard(
         out,
-        "# HELP roomd_media_shard_busy_seconds_total Time a media shard thread spent working (outside its wait).\n\
-         # TYPE roomd_media_shard_busy_seconds_total counter"
+        "roomd_media_shard_busy_seconds_total",
+        "counter",
+        "Time a media shard thread spent working (outside its wait).",
+        &|load| load.busy.as_secs_f64(),
     );
-    for (i, load) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "roomd_media_shard_busy_seconds_total{{shard=\"{i}\"}} {}",
-            load.busy.as_secs_f64()
-        );
-    }
+    per_shard(
+        out,
+        "roomd_media_shard_longest_turn_seconds",
+        "gauge",
+        "The longest turn of a media shard since it started.",
+        &|load| load.longest_turn.as_secs_f64(),
+    );
     let _ = writeln!(
         out,
         "# HELP roomd_media_shard_turn_seconds Length of a media shard's turns: the work between two waits, which a datagram arriving during it waits for.\n\
@@ -423,18 +436,6 @@ fn render_shard_load(out: &mut String, shards: &[media::ShardLoad]) {
             load.turn_count(),
             load.busy.as_secs_f64(),
             load.turn_count()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP roomd_media_shard_longest_turn_seconds The longest turn of a media shard since it started.\n\
-         # TYPE roomd_media_shard_longest_turn_seconds gauge"
-    );
-    for (i, load) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "roomd_media_shard_longest_turn_seconds{{shard=\"{i}\"}} {}",
-            load.longest_turn.as_secs_f64()
         );
     }
 }
