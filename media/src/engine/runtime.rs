@@ -698,7 +698,7 @@ impl State {
                 }
             }
             self.pump(Instant::now());
-            self.flush(&mut io);
+            self.flush(&mut io.sender);
             let now = Instant::now();
             if let Some(began) = turn_began {
                 self.stats.load.record(now.saturating_duration_since(began));
@@ -713,30 +713,42 @@ impl State {
             };
             if n > 0 {
                 let now = Instant::now();
+                // Consecutive RTP datagrams of one publisher, opened in place, forwarded
+                // together (each leg takes a run of them: `Track::on_rtp_burst`): (index,
+                // clear length) in the batch.
+                let mut run = [(0usize, 0usize); BATCH];
+                let mut run_len = 0;
+                let mut run_peer = None;
                 for i in 0..n {
                     match io.received[i] {
                         (len, Some(from)) => {
                             let bytes = &mut io.recv_bufs[i][..len];
                             match self.shard.handle_datagram(now, self.local, from, bytes) {
-                                Input::Rtp { peer, len } => self.forwarder.on_clear_rtp(
-                                    &mut self.shard,
-                                    peer,
-                                    &bytes[..len],
-                                    now,
-                                ),
-                                Input::Done => {}
-                            }
-                            self.pump(now);
-                            // Sent as soon as a batch is full: the forwarder's buffer pool
-                            // grows to the deepest queue, which this keeps near one batch
-                            // plus one packet's fan-out.
-                            if self.forwarder.queued() >= WINDOW {
-                                self.flush(&mut io);
+                                Input::Rtp { peer, len } => {
+                                    if run_peer != Some(peer) {
+                                        self.forward_run(run_peer, &run[..run_len], &mut io, now);
+                                        run_len = 0;
+                                        run_peer = Some(peer);
+                                    }
+                                    run[run_len] = (i, len);
+                                    run_len += 1;
+                                }
+                                Input::Done => {
+                                    // In arrival order: the RTP before it, then its events.
+                                    self.forward_run(run_peer, &run[..run_len], &mut io, now);
+                                    run_len = 0;
+                                    run_peer = None;
+                                    self.pump(now);
+                                    if self.forwarder.queued() >= WINDOW {
+                                        self.flush(&mut io.sender);
+                                    }
+                                }
                             }
                         }
                         (_, None) => self.stats.recv_errors += 1,
                     }
                 }
+                self.forward_run(run_peer, &run[..run_len], &mut io, now);
             }
             let now = Instant::now();
             if self.shard.poll_timeout().is_some_and(|t| t <= now) {
@@ -752,7 +764,7 @@ impl State {
             }
             self.forget_closed_tcp();
             self.pump(now);
-            self.flush(&mut io);
+            self.flush(&mut io.sender);
             if now.duration_since(self.published) >= SNAPSHOT_INTERVAL {
                 self.publish_snapshot(now);
             }
@@ -854,7 +866,7 @@ impl State {
                         tcp.read(id, |tuple, frame| shard.handle_packet(now, tuple, frame));
                         self.pump(now);
                         if self.forwarder.queued() >= WINDOW {
-                            self.flush(io);
+                            self.flush(&mut io.sender);
                         }
                     }
                 }
@@ -998,7 +1010,39 @@ impl State {
     /// [`UdpSender`] (runs to one client as one GSO message; a datagram the kernel refuses is
     /// dropped and counted, never retried: `udp_send.rs`). Packets on ICE-TCP paths go to
     /// their connections' write buffers, which are then written.
-    fn flush(&mut self, io: &mut BatchIo) {
+    /// Forwards a run of clear RTP datagrams of `peer` (their index in the batch and clear
+    /// length), as many at a time as the forwarder takes, routing events and sending what is
+    /// queued in between: sent as soon as a window is full, the forwarder's buffer pool grows
+    /// to the deepest queue, which this keeps near one window plus one call's burst budget.
+    fn forward_run(
+        &mut self,
+        peer: Option<PeerId>,
+        run: &[(usize, usize)],
+        io: &mut BatchIo,
+        now: Instant,
+    ) {
+        let Some(peer) = peer else {
+            return;
+        };
+        let mut packets: [&[u8]; BATCH] = [&[]; BATCH];
+        for (slot, &(i, len)) in packets.iter_mut().zip(run) {
+            *slot = &io.recv_bufs[i][..len];
+        }
+        let packets = &packets[..run.len()];
+        let mut done = 0;
+        while done < packets.len() {
+            done += self
+                .forwarder
+                .on_clear_rtp_run(&mut self.shard, peer, &packets[done..], now)
+                .max(1);
+            self.pump(now);
+            if self.forwarder.queued() >= WINDOW {
+                self.flush(&mut io.sender);
+            }
+        }
+    }
+
+    fn flush(&mut self, sender: &mut UdpSender) {
         let fd = self.socket.as_raw_fd();
         while self.forwarder.queued() > 0 {
             if let Some(d) = self
@@ -1024,9 +1068,9 @@ impl State {
                 *slot = (wire_addr(self.local, d.dest), d.bytes);
                 n += 1;
             }
-            io.sender.send(fd, &window[..n]);
+            sender.send(fd, &window[..n]);
             self.forwarder.pop_transmits(n);
-            let sent = io.sender.take_stats();
+            let sent = sender.take_stats();
             self.stats.datagrams_sent += sent.datagrams_sent;
             self.stats.send_errors += sent.send_errors;
             self.stats.gso_messages += sent.gso_messages;
