@@ -1006,10 +1006,6 @@ impl State {
         }
     }
 
-    /// Sends the forwarder's queue, windows of up to [`WINDOW`] datagrams handed to the
-    /// [`UdpSender`] (runs to one client as one GSO message; a datagram the kernel refuses is
-    /// dropped and counted, never retried: `udp_send.rs`). Packets on ICE-TCP paths go to
-    /// their connections' write buffers, which are then written.
     /// Forwards a run of clear RTP datagrams of `peer` (their index in the batch and clear
     /// length), as many at a time as the forwarder takes, routing events and sending what is
     /// queued in between: sent as soon as a window is full, the forwarder's buffer pool grows
@@ -1042,6 +1038,10 @@ impl State {
         }
     }
 
+    /// Sends the forwarder's queue, windows of up to [`WINDOW`] datagrams handed to the
+    /// [`UdpSender`] (runs to one client as one GSO message; a datagram the kernel refuses is
+    /// dropped and counted, never retried: `udp_send.rs`). Packets on ICE-TCP paths go to
+    /// their connections' write buffers, which are then written.
     fn flush(&mut self, sender: &mut UdpSender) {
         let fd = self.socket.as_raw_fd();
         while self.forwarder.queued() > 0 {
