@@ -758,17 +758,7 @@ impl Forwarder {
     /// A publisher's RTP packet the shard opened itself ([`crate::engine::shard::Input::Rtp`]):
     /// the clear packet, forwarded as [`ShardEvent::RtpIn`]'s are.
     pub fn on_clear_rtp(&mut self, shard: &mut Shard, peer: PeerId, packet: &[u8], now: Instant) {
-        self.stats.rtp_in += 1;
-        let Some(ssrc) = packet.get(8..12) else {
-            self.stats.rtp_unknown_ssrc += 1;
-            return;
-        };
-        let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
-        let Some(&key) = self.by_ssrc.get(&(peer, ssrc)) else {
-            self.stats.rtp_unknown_ssrc += 1;
-            return;
-        };
-        self.forward(shard, key, &[packet], now);
+        self.on_clear_rtp_run(shard, peer, &[packet], now);
     }
 
     /// Consecutive RTP packets of a publisher the shard opened itself, read in one batch:
@@ -792,7 +782,8 @@ impl Forwarder {
             return 0;
         };
         let Some(ssrc) = ssrc_of(first) else {
-            self.on_clear_rtp(shard, peer, first, now);
+            self.stats.rtp_in += 1;
+            self.stats.rtp_unknown_ssrc += 1;
             return 1;
         };
         let same = packets
