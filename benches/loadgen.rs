@@ -2018,11 +2018,14 @@ async fn run_scenario(
         }
     };
     // Scraped outside the CPU window (the scrape costs the server a little).
-    let f0 = forwarded().await;
-    let shard0 = match server.http_port {
-        Some(p) => ShardSample::scrape(p).await.map(|s| (s, Instant::now())),
-        None => None,
+    let shard_sample = || async {
+        match server.http_port {
+            Some(p) => ShardSample::scrape(p).await.map(|s| (s, Instant::now())),
+            None => None,
+        }
     };
+    let f0 = forwarded().await;
+    let shard0 = shard_sample().await;
     stats.borrow_mut().start_window();
     let (c0, _, _) = proc_sample(pid);
     let (w0, gw0) = (sched_wait(pid), sched_wait(std::process::id()));
@@ -2035,10 +2038,7 @@ async fn run_scenario(
     let server_wait = (sched_wait(pid) - w0) / wall;
     let gen_wait = (sched_wait(std::process::id()) - gw0) / wall;
     let f1 = forwarded().await;
-    let shard1 = match server.http_port {
-        Some(p) => ShardSample::scrape(p).await.map(|s| (s, Instant::now())),
-        None => None,
-    };
+    let shard1 = shard_sample().await;
     let shard = match (shard0, shard1) {
         (Some((a, ta)), Some((b, tb))) => Some(ShardWindow {
             busy: (b.busy - a.busy) / (tb - ta).as_secs_f64().max(1e-9),
